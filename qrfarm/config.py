@@ -1,0 +1,130 @@
+"""Settings: environment variables ``QRFARM_*`` and an optional TOML file.
+
+The file (``QRFARM_CONFIG``, default ``./qrfarm.toml`` when present) names
+the PACS nodes::
+
+    ae_title = "QRFARM"
+    allowed_hosts = ["127.0.0.1", "10.20.0.0/16"]
+
+    [nodes.orthanc]
+    ae_title = "ORTHANC"
+    host = "127.0.0.1"
+    port = 4242
+
+Every outbound target passes the allow-list here, where targets enter, so
+that nothing in the protocol layer can be pointed elsewhere by accident.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import TargetNotAllowed
+
+
+class NodeSettings(BaseModel):
+    """One configured PACS node."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    max_associations: int = Field(default=4, ge=1)
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("QRFARM_CONFIG")
+    if explicit:
+        return Path(explicit)
+    default = Path("qrfarm.toml")
+    return default if default.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Everything qrfarm reads from its environment, made once by an entry point."""
+
+    model_config = SettingsConfigDict(env_prefix="QRFARM_", extra="forbid")
+
+    ae_title: str = "QRFARM"
+    # Hosts, IP addresses or networks qrfarm may connect to; "*" admits any.
+    allowed_hosts: Annotated[list[str], NoDecode] = ["*"]
+    nodes: dict[str, NodeSettings] = {}
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
+    connect_timeout: float = 10.0
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        # The environment gives "127.0.0.1,10.0.0.0/8"; a TOML file gives a list.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def check_target(self, host: str) -> None:
+        """Raise TargetNotAllowed unless ``host`` (and every address it resolves to) is allowed."""
+        if "*" in self.allowed_hosts:
+            return
+        if host in self.allowed_hosts:
+            return
+        networks = []
+        for entry in self.allowed_hosts:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                continue
+        addresses = _resolve(host)
+        if addresses and all(any(a in n for n in networks) for a in addresses):
+            return
+        allowed = ", ".join(self.allowed_hosts) or "nothing"
+        raise TargetNotAllowed(
+            f"host {host!r} is not in the outbound allow-list (QRFARM_ALLOWED_HOSTS: {allowed})"
+        )
+
+
+def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,464 @@
+"""One association with a peer, and any number of operations on it.
+
+A :class:`Connection` opens an association with exactly the presentation
+contexts asked for, runs C-ECHO, C-FIND, C-GET and C-MOVE on it one at a
+time, keeps every response, and closes. Exceptions are only for what stops
+the exchange itself (refused, rejected, aborted, timed out); a failure
+status is a result like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+
+from qrfarm.errors import (
+    AcseTimeout,
+    AssociationAborted,
+    AssociationRejected,
+    DeadlineExceeded,
+    DimseTimeout,
+    PeerUnreachable,
+    PresentationContextError,
+    QrfarmError,
+)
+
+from .contexts import check_count, scp_roles
+from .identifiers import validate_query_identifier, validate_retrieve_identifier
+from .model import Operation, Root, sop_class
+from .node import Node, validate_ae_title
+from .responses import OperationResult, Response, Status, StoredInstance
+
+log = logging.getLogger(__name__)
+
+# Called for every response as it arrives (e.g. to show progress, or to
+# decide to cancel); it runs on the thread that runs the operation.
+ResponseCallback = Callable[[Response], None]
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds each stage may take; ``None`` waits for ever.
+
+    ``dimse`` bounds the wait for each single message: a PACS that sends no
+    pending responses during a long C-MOVE needs a large one, with an overall
+    ``deadline`` per operation as the real bound.
+    """
+
+    connect: float | None = 10.0
+    acse: float = 30.0
+    dimse: float = 30.0
+    network: float | None = 60.0
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """A C-STORE sub-operation of a C-GET, handed to the caller's sink."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    event: Event
+
+    def dataset_bytes(self) -> bytes:
+        """The data set exactly as the peer encoded it (no file meta)."""
+        return self.event.encoded_dataset(include_meta=False)
+
+    def part10_bytes(self) -> bytes:
+        """A DICOM Part-10 file: file meta built from the request, then the data set as sent."""
+        return self.event.encoded_dataset(include_meta=True)
+
+    def dataset(self) -> Dataset:
+        """The decoded data set (parses it: use to check that it is whole)."""
+        return self.event.dataset
+
+
+# A sink stores one C-GET instance and returns the C-STORE status to answer.
+InstanceSink = Callable[[StoreRequest], int]
+
+
+def _enable_nodelay(sock: socket.socket | None) -> None:
+    # pynetdicom writes a command and its data set as separate PDUs; without
+    # TCP_NODELAY Nagle holds the second one until the peer's delayed ACK.
+    if sock is not None:
+        with suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Connection:
+    """An open association to one node. Use :meth:`open`; close it, or use ``with``."""
+
+    def __init__(self, node: Node, calling_ae: str, timeouts: Timeouts) -> None:
+        self.node = node
+        self.calling_ae = validate_ae_title(calling_ae, "calling AE title")
+        self.timeouts = timeouts
+        self._assoc: Association | None = None
+        self._connected = False
+        self._next_message_id = 1
+        self._lock = threading.Lock()
+        self._running: tuple[int, str] | None = None
+        self._sink: InstanceSink | None = None
+        self._stored: list[StoredInstance] = []
+
+    # -- opening and closing -------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        node: Node,
+        contexts: Sequence[PresentationContext],
+        *,
+        calling_ae: str = "QRFARM",
+        timeouts: Timeouts | None = None,
+        max_pdu: int = 65536,
+    ) -> Connection:
+        """Associate with ``node`` proposing exactly ``contexts``.
+
+        Raises PeerUnreachable, AssociationRejected, AcseTimeout or
+        AssociationAborted when no association results.
+        """
+        contexts = list(contexts)
+        check_count(contexts)
+        conn = cls(node, calling_ae, timeouts or Timeouts())
+        conn._associate(contexts, max_pdu)
+        return conn
+
+    def _associate(self, contexts: list[PresentationContext], max_pdu: int) -> None:
+        # Identifiers hold patient data: keep them out of pynetdicom's log.
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
+        ae = AE(ae_title=self.calling_ae)
+        ae.requested_contexts = contexts
+        ae.connection_timeout = self.timeouts.connect
+        ae.acse_timeout = self.timeouts.acse
+        ae.dimse_timeout = self.timeouts.dimse
+        ae.network_timeout = self.timeouts.network
+        ae.maximum_pdu_size = max_pdu
+        tls_args: tuple[ssl.SSLContext, str] | None = None
+        if self.node.tls is not None:
+            hostname = self.node.tls.server_hostname or self.node.host
+            tls_args = (self.node.tls.context(), hostname)
+        started = time.monotonic()
+        assoc = ae.associate(
+            self.node.host,
+            self.node.port,
+            ae_title=self.node.ae_title,
+            ext_neg=scp_roles(contexts) or None,  # type: ignore[arg-type]
+            tls_args=tls_args,
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, self._on_connection_open),
+                (evt.EVT_C_STORE, self._on_c_store),
+            ],
+        )
+        if assoc.is_established:
+            self._assoc = assoc
+            return
+        if assoc.is_rejected:
+            primitive = assoc.acceptor.primitive
+            assert primitive is not None
+            raise AssociationRejected(
+                primitive.result_str,
+                primitive.source_str,
+                primitive.reason_str,
+                transient=primitive.result == 0x02,
+            )
+        if not self._connected:
+            raise PeerUnreachable(self.node.host, self.node.port, self._connect_error(tls_args))
+        if time.monotonic() - started >= self.timeouts.acse * 0.9:
+            raise AcseTimeout(
+                f"{self.node} did not answer the association request within "
+                f"{self.timeouts.acse:g} s"
+            )
+        raise AssociationAborted(f"{self.node} aborted the association request")
+
+    def _connect_error(self, tls_args: tuple[ssl.SSLContext, str] | None) -> str:
+        """Why no connection could be made: connect once more to get the OS's words."""
+        try:
+            with socket.create_connection(
+                (self.node.host, self.node.port), timeout=self.timeouts.connect
+            ) as sock:
+                if tls_args is not None:
+                    with tls_args[0].wrap_socket(sock, server_hostname=tls_args[1]):
+                        pass
+        except ssl.SSLError as exc:
+            return f"TLS handshake failed: {exc}"
+        except OSError as exc:
+            return exc.strerror or str(exc) or type(exc).__name__
+        return "the connection was closed before the association request"
+
+    def _on_connection_open(self, event: Event) -> None:
+        self._connected = True
+        _enable_nodelay(event.assoc.dul.socket.socket if event.assoc.dul.socket else None)
+
+    @property
+    def is_open(self) -> bool:
+        return self._assoc is not None and self._assoc.is_established
+
+    @property
+    def accepted_contexts(self) -> list[PresentationContext]:
+        return list(self._assoc.accepted_contexts) if self._assoc else []
+
+    def close(self) -> None:
+        """Release the association (abort it if the release does not go through)."""
+        assoc, self._assoc = self._assoc, None
+        if assoc is None:
+            return
+        if assoc.is_established:
+            assoc.release()
+        if assoc.is_established:
+            assoc.abort()
+
+    def abort(self) -> None:
+        """Abort the association at once (A-ABORT)."""
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.abort()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- operations ------------------------------------------------------------
+
+    def echo(self) -> Response:
+        """C-ECHO; the response (success or not) is returned."""
+        assoc = self._established(Operation.ECHO, Root.STUDY)
+        message_id = self._take_message_id(None)
+        status = assoc.send_c_echo(msg_id=message_id)
+        if "Status" not in status:
+            raise self._interrupted(time.monotonic(), None, deadline_hit=False)
+        return Response.from_pynetdicom(Operation.ECHO, status, None)
+
+    def find(
+        self,
+        identifier: Dataset,
+        root: Root = Root.STUDY,
+        *,
+        validate: bool = True,
+        on_response: ResponseCallback | None = None,
+        deadline: float | None = None,
+        message_id: int | None = None,
+    ) -> OperationResult:
+        """C-FIND; ``validate=False`` sends a caller-built identifier as it is."""
+        if validate:
+            validate_query_identifier(identifier, root)
+        assoc = self._established(Operation.FIND, root)
+        uid = sop_class(root, Operation.FIND)
+        msg_id = self._take_message_id(message_id)
+        responses = assoc.send_c_find(identifier, uid, msg_id=msg_id)
+        return self._collect(Operation.FIND, uid, msg_id, responses, on_response, deadline)
+
+    def get(
+        self,
+        identifier: Dataset,
+        root: Root = Root.STUDY,
+        *,
+        store: InstanceSink,
+        validate: bool = True,
+        on_response: ResponseCallback | None = None,
+        deadline: float | None = None,
+        message_id: int | None = None,
+    ) -> OperationResult:
+        """C-GET; each instance the peer sends is handed to ``store``."""
+        if validate:
+            validate_retrieve_identifier(identifier, root)
+        assoc = self._established(Operation.GET, root)
+        uid = sop_class(root, Operation.GET)
+        msg_id = self._take_message_id(message_id)
+        self._sink, self._stored = store, []
+        try:
+            responses = assoc.send_c_get(identifier, uid, msg_id=msg_id)
+            result = self._collect(Operation.GET, uid, msg_id, responses, on_response, deadline)
+        finally:
+            self._sink = None
+        result.instances = self._stored
+        return result
+
+    def move(
+        self,
+        identifier: Dataset,
+        destination: str,
+        root: Root = Root.STUDY,
+        *,
+        validate: bool = True,
+        on_response: ResponseCallback | None = None,
+        deadline: float | None = None,
+        message_id: int | None = None,
+    ) -> OperationResult:
+        """C-MOVE to ``destination``; ``message_id`` fixes the Message ID (never 0)."""
+        destination = validate_ae_title(destination, "move destination")
+        if validate:
+            validate_retrieve_identifier(identifier, root)
+        assoc = self._established(Operation.MOVE, root)
+        uid = sop_class(root, Operation.MOVE)
+        msg_id = self._take_message_id(message_id)
+        responses = assoc.send_c_move(identifier, destination, uid, msg_id=msg_id)
+        return self._collect(Operation.MOVE, uid, msg_id, responses, on_response, deadline)
+
+    def cancel(self) -> bool:
+        """Send C-CANCEL for the running operation; False when none is running.
+
+        Safe to call from another thread or from an ``on_response`` callback.
+        The peer may ignore it (Orthanc does): the operation then runs to its end.
+        """
+        with self._lock:
+            running, assoc = self._running, self._assoc
+        if running is None or assoc is None or not assoc.is_established:
+            return False
+        msg_id, uid = running
+        assoc.send_c_cancel(msg_id, query_model=uid)
+        return True
+
+    # -- internals -------------------------------------------------------------
+
+    def _established(self, operation: Operation, root: Root) -> Association:
+        assoc = self._assoc
+        if assoc is None or not assoc.is_established:
+            raise AssociationAborted(f"the association with {self.node} is no longer open")
+        uid = sop_class(root, operation)
+        if not any(c.abstract_syntax == uid for c in assoc.accepted_contexts):
+            raise PresentationContextError(
+                f"{self.node} accepted no presentation context for {uid.name} ({uid}); "
+                "open the connection with a context for this operation and root"
+            )
+        return assoc
+
+    def _take_message_id(self, requested: int | None) -> int:
+        if requested is not None:
+            if not 1 <= requested <= 0xFFFF:
+                raise ValueError(f"message ID {requested}: must be between 1 and 65535")
+            return requested
+        # Never 0: Orthanc leaves the Move Originator out of sub-operations then.
+        msg_id = self._next_message_id
+        self._next_message_id = msg_id % 0xFFFF + 1
+        return msg_id
+
+    def _collect(
+        self,
+        operation: Operation,
+        uid: str,
+        msg_id: int,
+        responses: Iterator[tuple[Dataset, Dataset | None]],
+        on_response: ResponseCallback | None,
+        deadline: float | None,
+    ) -> OperationResult:
+        """Consume every response (pynetdicom needs it), keeping each one."""
+        result = OperationResult(operation, msg_id)
+        with self._lock:
+            self._running = (msg_id, uid)
+        deadline_hit = threading.Event()
+        timer = self._deadline_timer(deadline, deadline_hit)
+        last_message = time.monotonic()
+        try:
+            for status, identifier in responses:
+                if "Status" not in status:
+                    result.ended_at = time.time()
+                    error = self._interrupted(last_message, result, deadline_hit.is_set())
+                    raise error
+                last_message = time.monotonic()
+                response = Response.from_pynetdicom(operation, status, identifier)
+                result.responses.append(response)
+                if on_response is not None:
+                    on_response(response)
+        finally:
+            with self._lock:
+                self._running = None
+            if timer is not None:
+                timer.cancel()
+        result.ended_at = time.time()
+        if deadline_hit.is_set():
+            raise DeadlineExceeded(
+                f"{operation.value} on {self.node} ran past its deadline of {deadline:g} s "
+                f"and was cancelled"
+            ).with_partial(result)
+        return result
+
+    def _deadline_timer(
+        self, deadline: float | None, hit: threading.Event
+    ) -> threading.Timer | None:
+        if deadline is None:
+            return None
+
+        def expire() -> None:
+            # Ask nicely first; a peer that ignores C-CANCEL gets an A-ABORT
+            # after a grace period, which ends the response loop.
+            hit.set()
+            with suppress(Exception):
+                self.cancel()
+            grace = threading.Timer(min(5.0, self.timeouts.dimse), self._abort_if_running)
+            grace.daemon = True
+            grace.start()
+
+        timer = threading.Timer(deadline, expire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _abort_if_running(self) -> None:
+        with self._lock:
+            running, assoc = self._running, self._assoc
+        if running is not None and assoc is not None and assoc.is_established:
+            assoc.abort()
+
+    def _interrupted(
+        self, last_message: float, result: OperationResult | None, deadline_hit: bool
+    ) -> QrfarmError:
+        """The error for a response loop that ended without a final response."""
+        self._assoc = None
+        idle = time.monotonic() - last_message
+        error: QrfarmError
+        if deadline_hit:
+            error = DeadlineExceeded(f"the operation on {self.node} ran past its deadline")
+        elif idle >= self.timeouts.dimse * 0.9:
+            error = DimseTimeout(
+                f"{self.node} sent no response within {self.timeouts.dimse:g} s; "
+                "the association was aborted"
+            )
+        else:
+            error = AssociationAborted(
+                f"the association with {self.node} was aborted or its connection closed "
+                "before the final response"
+            )
+        return error.with_partial(result) if result is not None else error
+
+    def _on_c_store(self, event: Event) -> int:
+        """A C-GET sub-operation: hand it to the running get's sink, answer its status."""
+        request = event.request
+        assert isinstance(request, C_STORE)
+        store = StoreRequest(
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            transfer_syntax=str(event.context.transfer_syntax),
+            event=event,
+        )
+        sink = self._sink
+        if sink is None:
+            log.warning("C-STORE of %s outside a C-GET refused", store.sop_instance_uid)
+            status = Status.UNABLE_TO_PROCESS
+        else:
+            try:
+                status = sink(store)
+            except Exception:
+                log.exception("storing %s failed", store.sop_instance_uid)
+                status = Status.OUT_OF_RESOURCES
+        self._stored.append(
+            StoredInstance(
+                store.sop_class_uid, store.sop_instance_uid, store.transfer_syntax, status
+            )
+        )
+        return status

@@ -1,0 +1,97 @@
+"""Which storage SOP classes a C-GET should propose, found out before it runs.
+
+A C-GET can only receive the SOP classes it proposed as storage contexts
+when the association was opened. So the classes are found first, on a
+query association: the study's SOPClassesInStudy when the PACS returns it,
+otherwise the SOPClassUID of every instance from IMAGE-level finds, walking
+down the hierarchy from the retrieve level.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from .connection import Connection
+from .identifiers import build_query_identifier
+from .model import UNIQUE_KEY, Level, Root, path_to
+
+# Bound the walk: a patient with thousands of series is better served by
+# the default set than by thousands of queries before the retrieve.
+MAX_QUERIES = 200
+
+
+def expected_sop_classes(conn: Connection, identifier: Dataset, root: Root) -> list[str]:
+    """The SOP classes of the instances ``identifier`` would retrieve (may be empty)."""
+    level = Level(str(identifier.QueryRetrieveLevel))
+    fixed = {
+        UNIQUE_KEY[lv]: str(identifier[UNIQUE_KEY[lv]].value)
+        for lv in path_to(root, level)
+        if lv is not level
+    }
+    own_key = UNIQUE_KEY[level]
+    element = identifier[own_key]
+    values = list(element.value) if element.VM > 1 else [str(element.value)]
+    found: dict[str, None] = {}
+    budget = [MAX_QUERIES]
+    for value in values:
+        _walk(conn, root, level, {**fixed, own_key: str(value)}, found, budget)
+    return list(found)
+
+
+def _walk(
+    conn: Connection,
+    root: Root,
+    level: Level,
+    keys: dict[str, str],
+    found: dict[str, None],
+    budget: list[int],
+) -> None:
+    if budget[0] <= 0:
+        return
+    if level is Level.IMAGE:
+        query = build_query_identifier(
+            root, Level.IMAGE, keys, ["SOPClassUID"], default_return_keys=False
+        )
+        budget[0] -= 1
+        for match in conn.find(query, root).matches:
+            if match.get("SOPClassUID"):
+                found[str(match.SOPClassUID)] = None
+        return
+    if level is Level.STUDY:
+        above = {k: v for k, v in keys.items() if k != UNIQUE_KEY[Level.STUDY]}
+        query = build_query_identifier(
+            root,
+            Level.STUDY,
+            {**above, "StudyInstanceUID": keys["StudyInstanceUID"]},
+            ["SOPClassesInStudy"],
+            default_return_keys=False,
+        )
+        budget[0] -= 1
+        classes = [
+            str(u)
+            for m in conn.find(query, root).matches
+            for u in _multi(m.get("SOPClassesInStudy"))
+        ]
+        if classes:
+            found.update(dict.fromkeys(classes))
+            return
+    below = {Level.PATIENT: Level.STUDY, Level.STUDY: Level.SERIES, Level.SERIES: Level.IMAGE}[
+        level
+    ]
+    query = build_query_identifier(
+        root, below, keys, [UNIQUE_KEY[below]], default_return_keys=False
+    )
+    budget[0] -= 1
+    for match in conn.find(query, root).matches:
+        child = match.get(UNIQUE_KEY[below])
+        if child:
+            _walk(conn, root, below, {**keys, UNIQUE_KEY[below]: str(child)}, found, budget)
+
+
+def _multi(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple, MultiValue)):
+        return list(value)
+    return [value]

@@ -1,0 +1,84 @@
+"""Where the instances of a C-GET go: a directory of Part-10 files, or memory.
+
+Both check that an instance is whole before answering success: a data set
+that does not parse, or whose SOP Instance UID differs from the request's,
+is answered with a failure status and not kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from .connection import StoreRequest
+from .responses import Status
+
+CANNOT_UNDERSTAND = 0xC210  # Storage: "Cannot understand" (PS3.4 B.2.3)
+DATASET_DOES_NOT_MATCH = 0xA900
+
+
+def check_whole(request: StoreRequest) -> int | None:
+    """A failure status if the instance is malformed or not what it claims; else None."""
+    if not UID(request.sop_instance_uid).is_valid:
+        return CANNOT_UNDERSTAND
+    try:
+        dataset = request.dataset()
+        for element in dataset.iterall():
+            _ = element.value  # decoding every element finds a cut-short data set
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError):
+        return CANNOT_UNDERSTAND
+    if str(dataset.get("SOPInstanceUID", "")) != request.sop_instance_uid:
+        return DATASET_DOES_NOT_MATCH
+    if str(dataset.get("SOPClassUID", "")) != request.sop_class_uid:
+        return DATASET_DOES_NOT_MATCH
+    return None
+
+
+class DirectorySink:
+    """Writes each instance as ``<SOPInstanceUID>.dcm``: temp file, fsync, rename."""
+
+    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.paths: dict[str, Path] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, request: StoreRequest) -> int:
+        failure = check_whole(request)
+        if failure is not None:
+            return failure
+        # The UID was checked above: digits and dots only, so a safe file name.
+        final = self.directory / f"{request.sop_instance_uid}.dcm"
+        fd, temp_name = tempfile.mkstemp(dir=self.directory, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(request.part10_bytes())
+                if self.fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            Path(temp_name).replace(final)
+        except OSError:
+            with contextlib.suppress(OSError):
+                Path(temp_name).unlink()
+            return Status.OUT_OF_RESOURCES
+        self.paths[request.sop_instance_uid] = final
+        return Status.SUCCESS
+
+
+class MemorySink:
+    """Keeps each instance's data set bytes by SOP Instance UID."""
+
+    def __init__(self) -> None:
+        self.datasets: dict[str, bytes] = {}
+
+    def __call__(self, request: StoreRequest) -> int:
+        failure = check_whole(request)
+        if failure is not None:
+            return failure
+        self.datasets[request.sop_instance_uid] = request.dataset_bytes()
+        return Status.SUCCESS

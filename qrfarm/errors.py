@@ -1,0 +1,125 @@
+"""The one exception hierarchy of qrfarm.
+
+Every error says whether retrying the same thing later can help
+(``retriable``): a refused connection or a timeout may pass, a malformed
+identifier never will. Callers that schedule retries read that attribute
+instead of matching on types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+
+class QrfarmError(Exception):
+    """Root of every error qrfarm raises on purpose."""
+
+    retriable: bool = False
+    # What an interrupted operation had received before it stopped (an
+    # OperationResult of qrfarm.dicom), so no response is lost with the error.
+    partial: Any = None
+
+    def with_partial(self, partial: Any) -> Self:
+        self.partial = partial
+        return self
+
+
+class PermanentError(QrfarmError):
+    """Retrying the same request cannot succeed."""
+
+    retriable = False
+
+
+class RetriableError(QrfarmError):
+    """The same request may succeed later (peer busy, down, slow)."""
+
+    retriable = True
+
+
+class InvalidIdentifier(PermanentError, ValueError):
+    """A query or retrieve identifier breaks a rule of PS3.4; nothing was sent."""
+
+    def __init__(self, attribute: str, rule: str) -> None:
+        self.attribute = attribute
+        self.rule = rule
+        super().__init__(f"{attribute}: {rule}")
+
+
+class InvalidNode(PermanentError, ValueError):
+    """A node description (AE title, host, port, TLS files) is not usable."""
+
+
+class TargetNotAllowed(PermanentError):
+    """The host is outside the outbound allow-list of the settings."""
+
+
+class PresentationContextError(PermanentError):
+    """Too many contexts asked for, or the peer accepted none for an operation."""
+
+
+class PeerUnreachable(RetriableError):
+    """No TCP (or TLS) connection could be made: refused, unreachable, timed out."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        super().__init__(f"cannot connect to {host}:{port}: {reason}")
+
+
+class AssociationRejected(QrfarmError):
+    """The peer answered A-ASSOCIATE-RJ; ``reason`` is the peer's own diagnostic."""
+
+    def __init__(self, result: str, source: str, reason: str, *, transient: bool) -> None:
+        self.result = result
+        self.source = source
+        self.reason = reason
+        self.retriable = transient
+        super().__init__(f"association rejected ({result}) by {source}: {reason}")
+
+
+class AssociationAborted(RetriableError):
+    """The association ended with A-ABORT or a dropped connection mid-exchange."""
+
+
+class DicomTimeout(RetriableError):
+    """A configured timeout ran out; the association was aborted."""
+
+
+class AcseTimeout(DicomTimeout):
+    """The peer did not answer the association request in time."""
+
+
+class DimseTimeout(DicomTimeout):
+    """The peer sent no DIMSE message within the per-message timeout."""
+
+
+class DeadlineExceeded(DicomTimeout):
+    """The whole operation ran past its overall deadline."""
+
+
+class DimseFailure(QrfarmError):
+    """An operation ended with a failure, warning or cancel status.
+
+    Raised only when a caller asks for it (``OperationResult.raise_for_status``):
+    the protocol layer itself returns such statuses as ordinary results.
+    """
+
+    def __init__(self, status: int, description: str, error_comment: str | None) -> None:
+        self.status = status
+        self.description = description
+        self.error_comment = error_comment
+        detail = f" ({error_comment})" if error_comment else ""
+        super().__init__(f"status 0x{status:04X} {description}{detail}")
+
+
+class OutOfResources(DimseFailure, RetriableError):
+    """The peer answered Refused: Out of Resources (0xA7xx)."""
+
+
+class MoveDestinationUnknown(DimseFailure, PermanentError):
+    """The peer does not know the C-MOVE destination AE title (0xA801)."""
+
+
+class IdentifierRejected(DimseFailure, PermanentError):
+    """The peer refused the identifier (0xA900, 0xCxxx and similar)."""

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the system peers the tests talk to (DCMTK tools, Orthanc) from
+# Debian's packages, when they are missing. Needs root (or sudo).
+set -euo pipefail
+
+need=()
+for tool in dcmqrscp storescp storescu findscu movescu getscu echoscu; do
+    [ -x "/usr/bin/$tool" ] || need+=(dcmtk)
+done
+command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+# policy-rc.d keeps the package from starting Orthanc as a system service.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole check: peers installed, lint, types, import contracts, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-peers.sh
+bash scripts/setup.sh
+export QRFARM_ALLOWED_HOSTS=127.0.0.1
+.venv/bin/ruff check qrfarm tests bench
+.venv/bin/ruff format --check qrfarm tests bench
+.venv/bin/mypy
+.venv/bin/lint-imports
+.venv/bin/pytest "$@"
