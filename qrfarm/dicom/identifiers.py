@@ -23,7 +23,6 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID
 
 from qrfarm.errors import InvalidIdentifier
 
@@ -211,12 +210,20 @@ def _values_in(ds: Dataset, keyword: str) -> list[str]:
     return _values(ds[keyword].value) if keyword in ds else []
 
 
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """PS3.5 9.1: digits and dots, no leading zeros in a component, at most 64 characters."""
+    return len(value) <= 64 and _UID.match(value) is not None
+
+
 def _check_uid(keyword: str, uid: str) -> None:
     if not uid:
         raise InvalidIdentifier(keyword, "an empty UID in a list of UIDs")
     if "*" in uid or "?" in uid:
         raise InvalidIdentifier(keyword, f"wildcards are not allowed in a UID ({uid!r})")
-    if not UID(uid).is_valid:
+    if not is_valid_uid(uid):
         raise InvalidIdentifier(
             keyword,
             f"{uid!r} is not a valid UID (digits and dots, at most 64 characters, "

@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 
 from .connection import StoreRequest
+from .identifiers import is_valid_uid
 from .responses import Status
 
 CANNOT_UNDERSTAND = 0xC210  # Storage: "Cannot understand" (PS3.4 B.2.3)
@@ -24,7 +24,7 @@ DATASET_DOES_NOT_MATCH = 0xA900
 
 def check_whole(request: StoreRequest) -> int | None:
     """A failure status if the instance is malformed or not what it claims; else None."""
-    if not UID(request.sop_instance_uid).is_valid:
+    if not is_valid_uid(request.sop_instance_uid):
         return CANNOT_UNDERSTAND
     try:
         dataset = request.dataset()
