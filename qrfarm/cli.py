@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -20,6 +22,13 @@ from typing import Annotated, NoReturn
 import typer
 from pydicom.dataset import Dataset
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from .config import Settings
@@ -44,6 +53,8 @@ from .dicom import (
 )
 from .dicom.planning import expected_sop_classes
 from .errors import InvalidIdentifier, InvalidNode, PermanentError, QrfarmError, TargetNotAllowed
+from .sandbox.pacs import SandboxPacs
+from .sandbox.synthetic import generate_corpus
 
 app = typer.Typer(
     help="qrfarm: DICOM query/retrieve (C-ECHO, C-FIND, C-GET, C-MOVE) against PACS nodes.",
@@ -134,6 +145,8 @@ def _configure(
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # pynetdicom logs each failure we report ourselves; show its words only on -v.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL if verbose == 0 else level)
+    # pydicom logs each malformed value the identifier rules then refuse by name.
+    logging.getLogger("pydicom").setLevel(logging.ERROR if verbose == 0 else level)
 
 
 def _run(action: Callable[[Settings], int]) -> None:
@@ -183,12 +196,37 @@ def _print_final(result: OperationResult) -> None:
             out.print(f"failed: {uid}", highlight=False)
 
 
-def _progress(response: Response) -> None:
-    if response.is_pending and response.remaining is not None:
-        err.print(
-            f"remaining {response.remaining}, completed {response.completed or 0}, "
-            f"failed {response.failed or 0}, warning {response.warning or 0}",
-            highlight=False,
+class SubOperationProgress:
+    """A progress bar on stderr fed by the pending responses' sub-operation counts."""
+
+    def __init__(self, label: str) -> None:
+        self._progress = Progress(
+            TextColumn(label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("failed {task.fields[failed]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self._task = self._progress.add_task(label, total=None, failed=0)
+
+    def __enter__(self) -> SubOperationProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, response: Response) -> None:
+        if not response.is_pending or response.remaining is None:
+            return
+        done = (response.completed or 0) + (response.failed or 0) + (response.warning or 0)
+        self._progress.update(
+            self._task,
+            total=done + response.remaining,
+            completed=done,
+            failed=response.failed or 0,
         )
 
 
@@ -327,10 +365,11 @@ def get(
             classes = list(DEFAULT_STORAGE_SOP_CLASSES)
         contexts = qr_contexts([Operation.GET], [root]) + storage_contexts(classes)
         sink = DirectorySink(output)
-        with Connection.open(target, contexts, calling_ae=calling, timeouts=timeouts) as conn:
-            result = conn.get(
-                identifier, root, store=sink, on_response=_progress, deadline=deadline
-            )
+        with (
+            Connection.open(target, contexts, calling_ae=calling, timeouts=timeouts) as conn,
+            SubOperationProgress("C-GET") as progress,
+        ):
+            result = conn.get(identifier, root, store=sink, on_response=progress, deadline=deadline)
         _print_final(result)
         out.print(f"{len(sink.paths)} file(s) in {output}", highlight=False)
         return _exit_code(result)
@@ -364,22 +403,71 @@ def move(
             raise InvalidIdentifier(returned[0], "a retrieve takes unique keys with values only")
         identifier = build_retrieve_identifier(root, level, matching)
         target = _node(node, settings, tls, tls_ca, tls_cert, tls_key)
-        with Connection.open(
-            target,
-            qr_contexts([Operation.MOVE], [root]),
-            calling_ae=aet or settings.ae_title,
-            timeouts=_timeouts(settings, dimse_timeout),
-        ) as conn:
+        with (
+            Connection.open(
+                target,
+                qr_contexts([Operation.MOVE], [root]),
+                calling_ae=aet or settings.ae_title,
+                timeouts=_timeouts(settings, dimse_timeout),
+            ) as conn,
+            SubOperationProgress("C-MOVE") as progress,
+        ):
             result = conn.move(
                 identifier,
                 dest,
                 root,
                 message_id=message_id,
-                on_response=_progress,
+                on_response=progress,
                 deadline=deadline,
             )
         _print_final(result)
         return _exit_code(result)
+
+    _run(action)
+
+
+@app.command()
+def sandbox(
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Serve the *.dcm files under this folder instead."),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", "-p", help="Port on 127.0.0.1.")] = 11112,
+    ae_title: Annotated[str, typer.Option("--aet", help="The sandbox's AE title.")] = "SANDBOX",
+    dest: Annotated[
+        list[str] | None,
+        typer.Option("--dest", help="A C-MOVE destination, AET=host:port (repeatable)."),
+    ] = None,
+) -> None:
+    """Serve a small PACS in pure Python, filled with synthetic studies, to try qrfarm on."""
+
+    def action(settings: Settings) -> int:
+        destinations: dict[str, tuple[str, int]] = {}
+        for spec in dest or []:
+            aet, _, address = spec.partition("=")
+            node = Node.parse(f"{aet}@{address}")
+            settings.check_target(node.host)
+            destinations[node.ae_title] = (node.host, node.port)
+        with tempfile.TemporaryDirectory(prefix="qrfarm-sandbox-") as scratch:
+            if data is None:
+                corpus = generate_corpus(Path(scratch), large_study_instances=40)
+                files = [i.path for i in corpus.instances]
+            else:
+                files = sorted(data.rglob("*.dcm"))
+            pacs = SandboxPacs(files, ae_title=ae_title, destinations=destinations)
+            bound = pacs.start("127.0.0.1", port)
+            out.print(
+                f"sandbox PACS {ae_title}@127.0.0.1:{bound}: {len(files)} instances; "
+                "Ctrl-C stops it",
+                highlight=False,
+            )
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                pacs.stop()
+        return EXIT_OK
 
     _run(action)
 

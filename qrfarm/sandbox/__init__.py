@@ -1,0 +1,1 @@
+"""Synthetic DICOM data and stand-in peers for demos and tests."""

@@ -1,0 +1,137 @@
+"""A small PACS in pure Python (pynetdicom): C-ECHO, C-FIND, C-GET, C-MOVE over files.
+
+It needs neither root nor another service, so that qrfarm can be tried on
+a fresh machine: ``qrfarm sandbox`` serves a synthetic archive with it.
+Move destinations are AE titles mapped to addresses on the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from qrfarm.dicom import Level, Root, sop_class
+from qrfarm.dicom.model import VERIFICATION_SOP_CLASS, Operation
+
+from .archive import Archive, ArchivedInstance
+
+log = logging.getLogger(__name__)
+
+_ROOT_OF_FIND = {sop_class(r, Operation.FIND): r for r in Root}
+
+
+def _level(identifier: Dataset) -> Level | None:
+    try:
+        return Level(str(identifier.get("QueryRetrieveLevel", "")))
+    except ValueError:
+        return None
+
+
+def handle_find(event: Event, archive: Archive) -> Iterator[tuple[int, Dataset | None]]:
+    identifier = event.identifier
+    level = _level(identifier)
+    if level is None:
+        yield 0xA900, None  # Identifier does not match SOP class
+        return
+    for group in archive.select(identifier, level):
+        if event.is_cancelled:
+            yield 0xFE00, None
+            return
+        yield 0xFF00, archive.answer(identifier, level, group)
+    yield 0x0000, None
+
+
+def _instances(event: Event, archive: Archive) -> list[ArchivedInstance] | None:
+    identifier = event.identifier
+    level = _level(identifier)
+    if level is None:
+        return None
+    return [i for group in archive.select(identifier, level) for i in group]
+
+
+def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
+    instances = _instances(event, archive)
+    if instances is None:
+        yield 0
+        return
+    yield len(instances)
+    for instance in instances:
+        if event.is_cancelled:
+            yield 0xFE00, None
+            return
+        yield 0xFF00, dcmread(instance.path)
+
+
+def handle_move(
+    event: Event, archive: Archive, destinations: dict[str, tuple[str, int]]
+) -> Iterator[Any]:
+    destination = destinations.get(str(event.move_destination).strip())
+    if destination is None:
+        yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+        return
+    instances = _instances(event, archive)
+    yield destination
+    yield len(instances or [])
+    for instance in instances or []:
+        if event.is_cancelled:
+            yield 0xFE00, None
+            return
+        yield 0xFF00, dcmread(instance.path)
+
+
+class SandboxPacs:
+    """A running sandbox PACS; ``stop()`` ends it."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        *,
+        ae_title: str = "SANDBOX",
+        destinations: dict[str, tuple[str, int]] | None = None,
+    ) -> None:
+        self.archive = Archive(files)
+        self.ae_title = ae_title
+        self.destinations = dict(destinations or {})
+        self._server: ThreadedAssociationServer | None = None
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on ``host:port`` (0: any free port); return the port."""
+        # Identifiers hold patient data: keep them out of pynetdicom's log.
+        pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+        pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+        ae = AE(ae_title=self.ae_title)
+        ae.add_supported_context(VERIFICATION_SOP_CLASS)
+        for root in Root:
+            for operation in (Operation.FIND, Operation.GET, Operation.MOVE):
+                ae.add_supported_context(sop_class(root, operation))
+        # Sub-operations: storage contexts it may propose for C-MOVE, and the
+        # SCP role a C-GET requestor asks for on its storage contexts.
+        for context in StoragePresentationContexts:
+            assert context.abstract_syntax is not None
+            ae.add_requested_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES[:3])
+            ae.add_supported_context(
+                context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=False, scp_role=True
+            )
+        handlers: list[Any] = [
+            (evt.EVT_C_FIND, handle_find, [self.archive]),
+            (evt.EVT_C_GET, handle_get, [self.archive]),
+            (evt.EVT_C_MOVE, handle_move, [self.archive, self.destinations]),
+        ]
+        self._server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+        bound = int(self._server.socket.getsockname()[1])  # type: ignore[union-attr]
+        log.info("sandbox PACS %s listening on %s:%d", self.ae_title, host, bound)
+        return bound
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
