@@ -122,4 +122,4 @@ class MoveDestinationUnknown(DimseFailure, PermanentError):
 
 
 class IdentifierRejected(DimseFailure, PermanentError):
-    """The peer refused the identifier (0xA900, 0xCxxx and similar)."""
+    """The peer refused the identifier: Identifier Does Not Match SOP Class (0xA9xx)."""

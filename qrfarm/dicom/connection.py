@@ -23,6 +23,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext
 
 from qrfarm.errors import (
@@ -107,6 +108,7 @@ class Connection:
         self.timeouts = timeouts
         self._assoc: Association | None = None
         self._connected = False
+        self._rejection: A_ASSOCIATE_RJ | None = None
         self._next_message_id = 1
         self._lock = threading.Lock()
         self._running: tuple[int, str] | None = None
@@ -160,20 +162,27 @@ class Connection:
             tls_args=tls_args,
             evt_handlers=[
                 (evt.EVT_CONN_OPEN, self._on_connection_open),
+                (evt.EVT_PDU_RECV, self._on_pdu_received),
                 (evt.EVT_C_STORE, self._on_c_store),
             ],
         )
         if assoc.is_established:
+            # Only the association answer was of interest; don't pay for a
+            # handler call on every P-DATA PDU from now on.
+            assoc.unbind(evt.EVT_PDU_RECV, self._on_pdu_received)
             self._assoc = assoc
             return
-        if assoc.is_rejected:
-            primitive = assoc.acceptor.primitive
-            assert primitive is not None
+        # pynetdicom may report a rejection as an abort: when the peer closes
+        # the connection right after its A-ASSOCIATE-RJ, the requestor can see
+        # the closed socket before it reads the answer. The PDU itself is the
+        # truth, so it is taken from the PDU event.
+        rejection = self._rejection
+        if rejection is not None:
             raise AssociationRejected(
-                primitive.result_str,
-                primitive.source_str,
-                primitive.reason_str,
-                transient=primitive.result == 0x02,
+                rejection.result_str,
+                rejection.source_str,
+                rejection.reason_str,
+                transient=rejection.result == 0x02,
             )
         if not self._connected:
             raise PeerUnreachable(self.node.host, self.node.port, self._connect_error(tls_args))
@@ -198,6 +207,11 @@ class Connection:
         except OSError as exc:
             return exc.strerror or str(exc) or type(exc).__name__
         return "the connection was closed before the association request"
+
+    def _on_pdu_received(self, event: Event) -> None:
+        pdu = event.pdu
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            self._rejection = pdu
 
     def _on_connection_open(self, event: Event) -> None:
         self._connected = True

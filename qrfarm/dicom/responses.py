@@ -215,6 +215,6 @@ class OperationResult:
             error_type = MoveDestinationUnknown
         elif 0xA700 <= final.status <= 0xA7FF:
             error_type = OutOfResources
-        elif 0xA900 <= final.status <= 0xA9FF or 0xC000 <= final.status <= 0xCFFF:
+        elif 0xA900 <= final.status <= 0xA9FF:
             error_type = IdentifierRejected
         raise error_type(final.status, final.description, final.error_comment)
