@@ -79,11 +79,26 @@ def qr_contexts(
     return contexts
 
 
+# Explicit VR Little Endian first and Implicit last: many acceptors take the
+# first syntax they support in the proposer's order, and the explicit one is
+# what archives hold most; compressed syntaxes follow, so that an instance
+# held compressed can come as it is rather than be decompressed.
+STORAGE_TRANSFER_SYNTAXES: list[str | UID] = [
+    ExplicitVRLittleEndian,
+    *[
+        ts
+        for ts in ALL_TRANSFER_SYNTAXES
+        if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    ],
+    ImplicitVRLittleEndian,
+]
+
+
 def storage_contexts(sop_classes: Iterable[str]) -> list[PresentationContext]:
     """Storage contexts for a C-GET, each proposing every known transfer syntax."""
     contexts: list[PresentationContext] = []
     for uid in dict.fromkeys(UID(u) for u in sop_classes if u):
-        contexts.append(build_context(uid, ALL_TRANSFER_SYNTAXES))
+        contexts.append(build_context(uid, STORAGE_TRANSFER_SYNTAXES))
     return contexts
 
 

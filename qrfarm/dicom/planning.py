@@ -21,8 +21,17 @@ from .model import UNIQUE_KEY, Level, Root, path_to
 MAX_QUERIES = 200
 
 
+class _Unknown(Exception):
+    """The PACS did not say the SOP class of some instance."""
+
+
 def expected_sop_classes(conn: Connection, identifier: Dataset, root: Root) -> list[str]:
-    """The SOP classes of the instances ``identifier`` would retrieve (may be empty)."""
+    """The SOP classes of the instances ``identifier`` would retrieve.
+
+    Empty when the PACS does not tell (dcmqrscp returns neither
+    SOPClassesInStudy nor SOPClassUID): a partial list would make the C-GET
+    refuse the instances left out, so the caller then proposes its default set.
+    """
     level = Level(str(identifier.QueryRetrieveLevel))
     fixed = {
         UNIQUE_KEY[lv]: str(identifier[UNIQUE_KEY[lv]].value)
@@ -34,8 +43,11 @@ def expected_sop_classes(conn: Connection, identifier: Dataset, root: Root) -> l
     values = list(element.value) if element.VM > 1 else [str(element.value)]
     found: dict[str, None] = {}
     budget = [MAX_QUERIES]
-    for value in values:
-        _walk(conn, root, level, {**fixed, own_key: str(value)}, found, budget)
+    try:
+        for value in values:
+            _walk(conn, root, level, {**fixed, own_key: str(value)}, found, budget)
+    except _Unknown:
+        return []
     return list(found)
 
 
@@ -48,15 +60,16 @@ def _walk(
     budget: list[int],
 ) -> None:
     if budget[0] <= 0:
-        return
+        raise _Unknown
     if level is Level.IMAGE:
         query = build_query_identifier(
             root, Level.IMAGE, keys, ["SOPClassUID"], default_return_keys=False
         )
         budget[0] -= 1
         for match in conn.find(query, root).matches:
-            if match.get("SOPClassUID"):
-                found[str(match.SOPClassUID)] = None
+            if not match.get("SOPClassUID"):
+                raise _Unknown
+            found[str(match.SOPClassUID)] = None
         return
     if level is Level.STUDY:
         above = {k: v for k, v in keys.items() if k != UNIQUE_KEY[Level.STUDY]}
