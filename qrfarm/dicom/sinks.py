@@ -8,15 +8,20 @@ is answered with a failure status and not kept.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
+from .completeness import Truncated, check_complete
 from .connection import StoreRequest
 from .identifiers import is_valid_uid
 from .responses import Status
+
+log = logging.getLogger(__name__)
 
 CANNOT_UNDERSTAND = 0xC210  # Storage: "Cannot understand" (PS3.4 B.2.3)
 DATASET_DOES_NOT_MATCH = 0xA900
@@ -26,6 +31,17 @@ def check_whole(request: StoreRequest) -> int | None:
     """A failure status if the instance is malformed or not what it claims; else None."""
     if not is_valid_uid(request.sop_instance_uid):
         return CANNOT_UNDERSTAND
+    syntax = UID(request.transfer_syntax)
+    if not syntax.is_deflated:  # a deflated stream is checked by decoding it below
+        try:
+            check_complete(
+                request.dataset_bytes(),
+                implicit_vr=syntax.is_implicit_VR,
+                little_endian=syntax.is_little_endian,
+            )
+        except Truncated as exc:
+            log.warning("C-STORE of %s refused: %s", request.sop_instance_uid, exc)
+            return CANNOT_UNDERSTAND
     try:
         dataset = request.dataset()
         for element in dataset.iterall():
