@@ -51,6 +51,7 @@ from .dicom import (
     qr_contexts,
     storage_contexts,
 )
+from .dicom.node import validate_ae_title
 from .dicom.planning import expected_sop_classes
 from .errors import InvalidIdentifier, InvalidNode, PermanentError, QrfarmError, TargetNotAllowed
 from .sandbox.pacs import SandboxPacs
@@ -402,6 +403,7 @@ def move(
         if returned:
             raise InvalidIdentifier(returned[0], "a retrieve takes unique keys with values only")
         identifier = build_retrieve_identifier(root, level, matching)
+        destination = validate_ae_title(dest, "move destination")
         target = _node(node, settings, tls, tls_ca, tls_cert, tls_key)
         with (
             Connection.open(
@@ -414,7 +416,7 @@ def move(
         ):
             result = conn.move(
                 identifier,
-                dest,
+                destination,
                 root,
                 message_id=message_id,
                 on_response=progress,

@@ -15,7 +15,7 @@ from .model import Operation, Root
 # control characters, not all spaces (leading and trailing spaces are not
 # significant).
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
-_NODE_SPEC = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
+_NODE_SPEC = re.compile(r"^(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
 
 
 def validate_ae_title(value: str, what: str = "AE title") -> str:
