@@ -42,6 +42,10 @@ class NodeSettings(BaseModel):
     host: str
     port: int = Field(ge=1, le=65535)
     max_associations: int = Field(default=4, ge=1)
+    # Calling AE titles this PACS sends C-STOREs from, besides ae_title.
+    store_ae_titles: list[str] = []
+    # Accept this node's C-STOREs only from its own host.
+    restrict_store_host: bool = False
     tls: bool = False
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
@@ -65,6 +69,19 @@ class Settings(BaseSettings):
     # Hosts, IP addresses or networks qrfarm may connect to; "*" admits any.
     allowed_hosts: Annotated[list[str], NoDecode] = ["*"]
     nodes: dict[str, NodeSettings] = {}
+    # The database of record: SQLite by default (one machine), PostgreSQL in a farm.
+    database_url: str = "sqlite:///qrfarm.db"
+    # Where received instances are stored: <root>/<study>/<series>/<sop>.dcm.
+    storage_root: Path = Path("qrfarm-storage")
+    scp_ae_title: str = "QRFARMSCP"
+    scp_host: str = "127.0.0.1"
+    scp_port: int = Field(default=11113, ge=0, le=65535)
+    scp_max_associations: int = Field(default=32, ge=1)
+    # Answer a C-STORE only once the file is fsync'ed (off only for tests of speed).
+    scp_fsync: bool = True
+    # How long after a move ends its Message ID still names it, so that
+    # C-STOREs arriving after the final response are still attributed.
+    move_late_window_s: float = 3600.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0

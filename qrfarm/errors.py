@@ -123,3 +123,7 @@ class MoveDestinationUnknown(DimseFailure, PermanentError):
 
 class IdentifierRejected(DimseFailure, PermanentError):
     """The peer refused the identifier: Identifier Does Not Match SOP Class (0xA9xx)."""
+
+
+class DatabaseNotReady(PermanentError):
+    """The database is missing its schema or is at an older one."""

@@ -1,0 +1,147 @@
+"""Shared pieces of the qrfarm command: the app, options, exit codes, error handling."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from ..config import Settings
+from ..dicom import (
+    Level,
+    Node,
+    OperationResult,
+    Root,
+    StatusCategory,
+    Timeouts,
+    TlsSettings,
+    parse_key,
+)
+from ..errors import InvalidIdentifier, InvalidNode, PermanentError, QrfarmError, TargetNotAllowed
+
+app = typer.Typer(
+    help="qrfarm: DICOM query/retrieve (C-ECHO, C-FIND, C-GET, C-MOVE) against PACS nodes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_WARNING, EXIT_FAILURE, EXIT_NO_ASSOCIATION, EXIT_BAD_INPUT = 0, 1, 2, 3, 4
+
+NodeArg = Annotated[str, typer.Argument(help="A configured node name, or AET@host:port.")]
+RootOpt = Annotated[Root, typer.Option("--root", "-r", help="Information model root.")]
+LevelOpt = Annotated[Level, typer.Option("--level", "-L", help="Query/Retrieve level.")]
+KeysOpt = Annotated[
+    list[str] | None,
+    typer.Option("--key", "-k", help="Keyword=value to match, or a bare Keyword to return."),
+]
+AetOpt = Annotated[str | None, typer.Option("--aet", help="Our calling AE title.")]
+TlsOpt = Annotated[bool, typer.Option("--tls", help="Use TLS.")]
+CaOpt = Annotated[Path | None, typer.Option("--tls-ca", help="CA file to trust (PEM).")]
+CertOpt = Annotated[Path | None, typer.Option("--tls-cert", help="Our certificate (PEM).")]
+KeyOpt = Annotated[Path | None, typer.Option("--tls-key", help="Our private key (PEM).")]
+DimseOpt = Annotated[
+    float | None, typer.Option("--dimse-timeout", help="Seconds to wait for each message.")
+]
+DeadlineOpt = Annotated[
+    float | None, typer.Option("--deadline", help="Seconds the whole operation may take.")
+]
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def resolve_node(
+    spec: str,
+    settings: Settings,
+    tls: bool,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> Node:
+    tls_settings = TlsSettings(ca_file=ca, cert_file=cert, key_file=key) if tls else None
+    configured = settings.nodes.get(spec)
+    if configured is not None:
+        if configured.tls and tls_settings is None:
+            tls_settings = TlsSettings(
+                ca_file=configured.tls_ca_file,
+                cert_file=configured.tls_cert_file,
+                key_file=configured.tls_key_file,
+            )
+        node = Node(
+            configured.ae_title,
+            configured.host,
+            configured.port,
+            tls=tls_settings,
+            max_associations=configured.max_associations,
+        )
+    elif "@" in spec:
+        node = Node.parse(spec, tls=tls_settings)
+    else:
+        raise InvalidNode(f"node {spec!r}: not a configured node name, nor AET@host:port")
+    settings.check_target(node.host)
+    return node
+
+
+def split_keys(keys: list[str] | None) -> tuple[dict[str, str], list[str]]:
+    matching: dict[str, str] = {}
+    returned: list[str] = []
+    for spec in keys or []:
+        keyword, value = parse_key(spec)
+        if value is None:
+            returned.append(keyword)
+        else:
+            matching[keyword] = value
+    return matching, returned
+
+
+@app.callback()
+def _configure(
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")
+    ] = 0,
+) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # pynetdicom logs each failure we report ourselves; show its words only on -v.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL if verbose == 0 else level)
+    # pydicom logs each malformed value the identifier rules then refuse by name.
+    logging.getLogger("pydicom").setLevel(logging.ERROR if verbose == 0 else level)
+
+
+def run(action: Callable[[Settings], int]) -> None:
+    """Run a command, turning qrfarm's errors into a message and an exit status."""
+    try:
+        code = action(Settings())
+    except (InvalidIdentifier, InvalidNode, TargetNotAllowed, ValueError) as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    except PermanentError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    except QrfarmError as exc:
+        fail(str(exc), EXIT_NO_ASSOCIATION)
+    raise typer.Exit(code)
+
+
+def timeouts_from(settings: Settings, dimse: float | None) -> Timeouts:
+    return Timeouts(
+        connect=settings.connect_timeout,
+        acse=settings.acse_timeout,
+        dimse=dimse if dimse is not None else settings.dimse_timeout,
+        network=settings.network_timeout,
+    )
+
+
+def exit_code(result: OperationResult) -> int:
+    category = result.final.category
+    if category is StatusCategory.SUCCESS:
+        return EXIT_OK
+    if category is StatusCategory.WARNING:
+        return EXIT_WARNING
+    return EXIT_FAILURE

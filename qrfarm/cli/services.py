@@ -1,0 +1,146 @@
+"""Services: the sandbox PACS, the database, the storage SCP."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..config import Settings
+from ..dicom import (
+    Node,
+)
+from ..dicom.node import validate_ae_title
+from ..errors import DatabaseNotReady
+from ..jobs.nodes import NodeSpec, upsert_node
+from ..models import make_engine, session_factory, upgrade
+from ..models.migrate import is_current
+from ..sandbox.pacs import SandboxPacs
+from ..sandbox.synthetic import generate_corpus
+from ..scp import StorageScp
+from ..storage import InstanceStorage
+from .common import EXIT_OK, app, out, run
+
+
+@app.command()
+def sandbox(
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Serve the *.dcm files under this folder instead."),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", "-p", help="Port on 127.0.0.1.")] = 11112,
+    ae_title: Annotated[str, typer.Option("--aet", help="The sandbox's AE title.")] = "SANDBOX",
+    dest: Annotated[
+        list[str] | None,
+        typer.Option("--dest", help="A C-MOVE destination, AET=host:port (repeatable)."),
+    ] = None,
+) -> None:
+    """Serve a small PACS in pure Python, filled with synthetic studies, to try qrfarm on."""
+
+    def action(settings: Settings) -> int:
+        destinations: dict[str, tuple[str, int]] = {}
+        for spec in dest or []:
+            aet, _, address = spec.partition("=")
+            node = Node.parse(f"{aet}@{address}")
+            settings.check_target(node.host)
+            destinations[node.ae_title] = (node.host, node.port)
+        with tempfile.TemporaryDirectory(prefix="qrfarm-sandbox-") as scratch:
+            if data is None:
+                corpus = generate_corpus(Path(scratch), large_study_instances=40)
+                files = [i.path for i in corpus.instances]
+            else:
+                files = sorted(data.rglob("*.dcm"))
+            pacs = SandboxPacs(files, ae_title=ae_title, destinations=destinations)
+            bound = pacs.start("127.0.0.1", port)
+            out.print(
+                f"sandbox PACS {ae_title}@127.0.0.1:{bound}: {len(files)} instances; "
+                "Ctrl-C stops it",
+                highlight=False,
+            )
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                pacs.stop()
+        return EXIT_OK
+
+    run(action)
+
+
+db_app = typer.Typer(help="The database of record.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database or bring it to the latest schema (Alembic migrations)."""
+
+    def action(settings: Settings) -> int:
+        upgrade(settings.database_url)
+        out.print(f"database at the latest schema: {_safe_url(settings.database_url)}")
+        return EXIT_OK
+
+    run(action)
+
+
+def _safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def register_configured_nodes(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    """Write the settings file's nodes into the database, where every process reads them."""
+    with sessions() as session, session.begin():
+        for name, node in settings.nodes.items():
+            settings.check_target(node.host)
+            upsert_node(
+                session,
+                NodeSpec(
+                    name=name,
+                    ae_title=node.ae_title,
+                    host=node.host,
+                    port=node.port,
+                    max_associations=node.max_associations,
+                    store_ae_titles=list(node.store_ae_titles),
+                    restrict_store_host=node.restrict_store_host,
+                    tls=node.tls,
+                ),
+            )
+
+
+@app.command()
+def scp(
+    port: Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on.")] = None,
+    ae_title: Annotated[str | None, typer.Option("--aet", help="Our AE title.")] = None,
+) -> None:
+    """Run the storage SCP: store and record every instance a C-MOVE brings in."""
+
+    def action(settings: Settings) -> int:
+        engine = make_engine(settings.database_url, pool_size=settings.scp_max_associations)
+        if not is_current(engine):
+            raise DatabaseNotReady(
+                f"the database at {_safe_url(settings.database_url)} is not at the latest "
+                "schema: run `qrfarm db upgrade` first"
+            )
+        sessions = session_factory(engine)
+        register_configured_nodes(settings, sessions)
+        service = StorageScp(
+            sessions,
+            InstanceStorage(settings.storage_root, fsync=settings.scp_fsync),
+            ae_title=validate_ae_title(ae_title or settings.scp_ae_title),
+            host=host or settings.scp_host,
+            port=settings.scp_port if port is None else port,
+            max_associations=settings.scp_max_associations,
+            late_window_s=settings.move_late_window_s,
+        )
+        service.serve()
+        engine.dispose()
+        return EXIT_OK
+
+    run(action)

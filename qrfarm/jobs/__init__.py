@@ -1,0 +1,1 @@
+"""The job life cycle: submitting, attempts, Message IDs of moves, reconciliation."""

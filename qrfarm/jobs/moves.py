@@ -1,0 +1,74 @@
+"""C-MOVE Message IDs, handed out by the database so that they name one move.
+
+Message IDs are 16-bit and unique only per association; the storage SCP
+finds the move a C-STORE belongs to by (Move Originator AE Title, Move
+Originator Message ID). So the database hands them out: unique per calling
+AE title across the farm over running and recently ended moves (the primary
+key says so), never 0 (Orthanc leaves the originator out for 0).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from qrfarm.errors import RetriableError
+from qrfarm.models import Attempt, MoveMessageId, utcnow
+
+MAX_TRIES = 64
+
+
+class NoMessageIdFree(RetriableError):
+    """Every Message ID of this calling AE title is held by a running or recent move."""
+
+
+def allocate_message_id(
+    session: Session, attempt: Attempt, calling_ae: str, *, late_window_s: float = 3600.0
+) -> int:
+    """Reserve a Message ID for ``attempt`` and record it on the attempt.
+
+    Runs in its own savepoints; the caller commits (before sending the move).
+    """
+    cutoff = utcnow() - dt.timedelta(seconds=late_window_s)
+    session.execute(
+        delete(MoveMessageId).where(
+            MoveMessageId.calling_ae == calling_ae,
+            MoveMessageId.released_at.is_not(None),
+            MoveMessageId.released_at < cutoff,
+        )
+    )
+    last = session.scalar(
+        select(func.max(MoveMessageId.message_id)).where(MoveMessageId.calling_ae == calling_ae)
+    )
+    candidate = (last or 0) % 0xFFFF + 1
+    for _ in range(MAX_TRIES):
+        try:
+            with session.begin_nested():
+                session.add(
+                    MoveMessageId(
+                        calling_ae=calling_ae,
+                        message_id=candidate,
+                        attempt_id=attempt.id,
+                        job_id=attempt.job_id,
+                    )
+                )
+        except IntegrityError:
+            candidate = random.randint(1, 0xFFFF)
+            continue
+        attempt.message_id = candidate
+        attempt.calling_ae = calling_ae
+        return candidate
+    raise NoMessageIdFree(f"no free C-MOVE Message ID for calling AE {calling_ae}")
+
+
+def release_message_id(session: Session, attempt: Attempt) -> None:
+    """Mark the attempt's Message ID ended; it still names the move for the late window."""
+    session.execute(
+        update(MoveMessageId)
+        .where(MoveMessageId.attempt_id == attempt.id, MoveMessageId.released_at.is_(None))
+        .values(released_at=utcnow())
+    )

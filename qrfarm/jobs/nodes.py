@@ -1,0 +1,42 @@
+"""Registering PACS nodes in the database (the settings file's, or added by hand)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from qrfarm.dicom.node import Node, validate_ae_title
+from qrfarm.models import NodeRecord
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    max_associations: int = 4
+    store_ae_titles: list[str] = field(default_factory=list)
+    restrict_store_host: bool = False
+    tls: bool = False
+
+
+def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
+    """Create or update the node named ``spec.name``; validated like any Node."""
+    Node(spec.ae_title, spec.host, spec.port, max_associations=spec.max_associations)
+    store_titles = [validate_ae_title(t, "store AE title") for t in spec.store_ae_titles]
+    row = session.scalar(select(NodeRecord).where(NodeRecord.name == spec.name))
+    if row is None:
+        row = NodeRecord(name=spec.name)
+        session.add(row)
+    row.ae_title = spec.ae_title.strip()
+    row.host = spec.host
+    row.port = spec.port
+    row.max_associations = spec.max_associations
+    row.store_ae_titles = store_titles
+    row.restrict_store_host = spec.restrict_store_host
+    row.tls = spec.tls
+    session.flush()
+    return row

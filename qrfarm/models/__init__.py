@@ -1,0 +1,42 @@
+"""The database of record: SQLAlchemy 2.x models, engines, Alembic migrations.
+
+Imports only :mod:`qrfarm.config` of qrfarm.
+"""
+
+from .base import Base, utcnow
+from .instances import MatchedBy, OrphanInstance, ReceivedInstance
+from .jobs import (
+    ACTIVE_STATES,
+    Attempt,
+    DimseResponse,
+    ExpectedInstance,
+    FindResult,
+    Job,
+    JobKind,
+    JobState,
+    MoveMessageId,
+)
+from .migrate import upgrade
+from .nodes import NodeRecord
+from .session import make_engine, session_factory
+
+__all__ = [
+    "ACTIVE_STATES",
+    "Attempt",
+    "Base",
+    "DimseResponse",
+    "ExpectedInstance",
+    "FindResult",
+    "Job",
+    "JobKind",
+    "JobState",
+    "MatchedBy",
+    "MoveMessageId",
+    "NodeRecord",
+    "OrphanInstance",
+    "ReceivedInstance",
+    "make_engine",
+    "session_factory",
+    "upgrade",
+    "utcnow",
+]

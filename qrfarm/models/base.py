@@ -1,0 +1,26 @@
+"""The declarative base every table shares, and the one clock the rows use."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import MetaData
+from sqlalchemy.orm import DeclarativeBase
+
+# Stable constraint names, so that migrations can find them on every database.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def utcnow() -> dt.datetime:
+    """Now, in UTC, naive: both SQLite and PostgreSQL store it the same way."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -1,0 +1,112 @@
+"""pynetdicom event handlers of the storage SCP; their dependencies come in as arguments."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from threading import Event as ThreadEvent
+
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from qrfarm.storage import InstanceStorage, StorageError, StorageFull, UnsafeUid
+
+from .correlate import correlate
+from .facts import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Refused, read_facts
+from .known_nodes import KnownNodes
+from .recorder import record
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
+REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_SHUTTING_DOWN = (0x02, 0x03, 0x02)  # transient: local limit exceeded
+REJECT_FLUSH_S = 2.0
+
+
+@dataclass
+class ScpContext:
+    """What the handlers need: storage, the database, the known nodes, settings."""
+
+    storage: InstanceStorage
+    sessions: sessionmaker[Session]
+    known_nodes: KnownNodes
+    late_window_s: float
+    draining: ThreadEvent = field(default_factory=ThreadEvent)
+
+
+def handle_requested(event: Event, ctx: ScpContext) -> None:
+    """Admit or reject an association before negotiation (calling AE, host, draining)."""
+    calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()  # type: ignore[union-attr]
+    host = event.assoc.requestor.address
+    if ctx.draining.is_set():
+        _reject(event, REJECT_SHUTTING_DOWN)
+        return
+    if not ctx.known_nodes.admits(calling_ae, host):
+        log.warning(
+            "association from %s at %s rejected: calling AE title not known", calling_ae, host
+        )
+        _reject(event, REJECT_UNKNOWN_CALLING_AE)
+
+
+def _reject(event: Event, reason: tuple[int, int, int]) -> None:
+    event.assoc.acse.send_reject(*reason)
+    # The A-ASSOCIATE-RJ is sent by the DUL thread; the association thread
+    # closes the socket as soon as this handler returns, and the peer would
+    # see an abort instead of the reason. So wait until it is on the wire
+    # (Sta13: waiting for the peer to close; Sta1: closed).
+    deadline = time.monotonic() + REJECT_FLUSH_S
+    while time.monotonic() < deadline:
+        if event.assoc.dul.state_machine.current_state in ("Sta13", "Sta1"):
+            return
+        time.sleep(0.001)
+
+
+def handle_connection_open(event: Event) -> None:
+    # The sender writes command and data set as separate PDUs; no Nagle stall on our side.
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if sock is not None:
+        with suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def handle_store(event: Event, ctx: ScpContext) -> int:
+    """Store, correlate, record; answer success only once file and row are durable."""
+    request = event.request
+    assert isinstance(request, C_STORE) and request.DataSet is not None
+    raw = request.DataSet.getvalue()
+    try:
+        facts = read_facts(event, raw)
+    except Refused as refused:
+        log.warning("C-STORE of %s refused: %s", request.AffectedSOPInstanceUID, refused)
+        return refused.status
+    try:
+        stored = ctx.storage.store(
+            facts.study_instance_uid,
+            facts.series_instance_uid,
+            facts.sop_instance_uid,
+            event.encoded_dataset(include_meta=True),
+        )
+    except UnsafeUid as exc:
+        log.warning("C-STORE refused: %s", exc)
+        return CANNOT_UNDERSTAND
+    except (StorageFull, StorageError) as exc:
+        log.error("C-STORE of %s not stored: %s", facts.sop_instance_uid, exc)
+        return OUT_OF_RESOURCES
+    relative = str(stored.path.relative_to(ctx.storage.root))
+    nodes = ctx.known_nodes.for_calling_ae(facts.calling_ae)
+    try:
+        with ctx.sessions() as session, session.begin():
+            matches = correlate(session, facts, nodes, ctx.late_window_s)
+            record(session, facts, stored, relative, matches)
+    except SQLAlchemyError as exc:
+        # The file is whole on disk; without its row it counts for nothing,
+        # and the PACS is told to try again.
+        log.error("C-STORE of %s not recorded: %s", facts.sop_instance_uid, exc)
+        return OUT_OF_RESOURCES
+    return SUCCESS

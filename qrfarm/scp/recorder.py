@@ -1,0 +1,99 @@
+"""Recording an instance: one row per job and SOP Instance UID, or an orphan row.
+
+Runs inside the caller's transaction: the C-STORE is answered success only
+after it commits. A repeat for the same job never makes a second row; it is
+counted, and flagged when its bytes differ from the first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from qrfarm.models import Job, OrphanInstance, ReceivedInstance
+from qrfarm.storage import StoredFile
+
+from .correlate import Match
+from .facts import StoreFacts
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(table)
+
+
+def _columns(facts: StoreFacts, stored: StoredFile, file_path: str) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": facts.sop_instance_uid,
+        "sop_class_uid": facts.sop_class_uid,
+        "study_instance_uid": facts.study_instance_uid,
+        "series_instance_uid": facts.series_instance_uid,
+        "transfer_syntax": facts.transfer_syntax,
+        "size": stored.size,
+        "file_path": file_path,
+        "calling_ae": facts.calling_ae,
+        "called_ae": facts.called_ae,
+        "peer_host": facts.peer_host,
+        "move_originator_ae": facts.originator_ae,
+        "move_originator_message_id": facts.originator_message_id,
+    }
+
+
+def record(
+    session: Session, facts: StoreFacts, stored: StoredFile, file_path: str, matches: list[Match]
+) -> None:
+    columns = _columns(facts, stored, file_path)
+    differs = stored.already_there and not stored.same_bytes
+    if not matches:
+        _record_orphan(session, columns, differs)
+        return
+    for match in matches:
+        inserted = session.execute(
+            _insert(session, ReceivedInstance)
+            .values(job_id=match.job_id, matched_by=match.matched_by, **columns)
+            .on_conflict_do_nothing(index_elements=["job_id", "sop_instance_uid"])
+            .returning(ReceivedInstance.id)
+        ).scalar()
+        if inserted is not None:
+            session.execute(
+                update(Job)
+                .where(Job.id == match.job_id)
+                .values(recorded_count=Job.recorded_count + 1)
+            )
+        else:
+            session.execute(
+                update(ReceivedInstance)
+                .where(
+                    ReceivedInstance.job_id == match.job_id,
+                    ReceivedInstance.sop_instance_uid == facts.sop_instance_uid,
+                )
+                .values(
+                    repeat_count=ReceivedInstance.repeat_count + 1,
+                    repeat_differs=ReceivedInstance.repeat_differs | differs,
+                )
+            )
+
+
+def _record_orphan(session: Session, columns: dict[str, Any], differs: bool) -> None:
+    inserted = session.execute(
+        _insert(session, OrphanInstance)
+        .values(**columns)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid", "calling_ae"])
+        .returning(OrphanInstance.id)
+    ).scalar()
+    if inserted is None:
+        session.execute(
+            update(OrphanInstance)
+            .where(
+                OrphanInstance.sop_instance_uid == columns["sop_instance_uid"],
+                OrphanInstance.calling_ae == columns["calling_ae"],
+            )
+            .values(
+                repeat_count=OrphanInstance.repeat_count + 1,
+                repeat_differs=OrphanInstance.repeat_differs | differs,
+            )
+        )

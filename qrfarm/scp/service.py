@@ -1,0 +1,128 @@
+"""The storage SCP as a service: listen, serve many associations, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from qrfarm.dicom.model import VERIFICATION_SOP_CLASS
+from qrfarm.storage import InstanceStorage
+
+from .handlers import (
+    ScpContext,
+    handle_connection_open,
+    handle_requested,
+    handle_store,
+)
+from .known_nodes import KnownNodes
+
+log = logging.getLogger(__name__)
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """Binds with SO_REUSEPORT, so that several SCP processes can share one port."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class StorageScp:
+    """One storage SCP process: ``start()``, then ``stop()`` (or ``serve()`` until a signal)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        storage: InstanceStorage,
+        *,
+        ae_title: str = "QRFARMSCP",
+        host: str = "127.0.0.1",
+        port: int = 11113,
+        max_associations: int = 32,
+        late_window_s: float = 3600.0,
+        max_pdu: int = 0,
+    ) -> None:
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+        self.max_associations = max_associations
+        self.max_pdu = max_pdu
+        self.context = ScpContext(storage, sessions, KnownNodes(sessions), late_window_s)
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _ae(self) -> AE:
+        # Identifiers hold patient data; private SOP classes must be stored too.
+        pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+        pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+        pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = True
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_associations = self.max_associations
+        ae.maximum_pdu_size = self.max_pdu
+        # A thread per association lingers a moment after release; the limit
+        # counts threads, so a short network timeout keeps it honest.
+        ae.network_timeout = 60
+        ae.add_supported_context(VERIFICATION_SOP_CLASS)
+        for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    def start(self) -> int:
+        """Listen and serve in a background thread; return the port bound."""
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, handle_connection_open),
+            (evt.EVT_REQUESTED, handle_requested, [self.context]),
+            (evt.EVT_C_STORE, handle_store, [self.context]),
+        ]
+        server = self._ae().make_server(
+            (self.host, self.port), evt_handlers=handlers, server_class=ReusePortServer
+        )
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="storage-scp", daemon=True
+        )
+        self._thread.start()
+        self.port = int(server.server_address[1])
+        log.info("storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
+        return self.port
+
+    def stop(self, drain_timeout: float = 30.0) -> None:
+        """Refuse new associations, let the ones in flight finish, then close."""
+        server = self._server
+        if server is None:
+            return
+        self.context.draining.set()
+        server.shutdown()  # stops accepting and closes the listening socket
+        deadline = time.monotonic() + drain_timeout
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in server.active_associations:
+            log.warning("aborting an association still open after %.0f s", drain_timeout)
+            assoc.abort()
+        self._server = None
+
+    def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then drain and stop."""
+        stopping = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("signal %d: draining", signum)
+            stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        stopping.wait()
+        self.stop()
