@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from qrfarm.errors import RetriableError
-from qrfarm.models import Attempt, MoveMessageId, utcnow
+from qrfarm.models import Attempt, Job, MoveMessageId, utcnow
 
 MAX_TRIES = 64
 
@@ -72,3 +72,23 @@ def release_message_id(session: Session, attempt: Attempt) -> None:
         .where(MoveMessageId.attempt_id == attempt.id, MoveMessageId.released_at.is_(None))
         .values(released_at=utcnow())
     )
+
+
+def begin_move_attempt(
+    session: Session,
+    job: Job,
+    calling_ae: str,
+    *,
+    worker: str | None = None,
+    task_id: str | None = None,
+    late_window_s: float = 3600.0,
+) -> Attempt:
+    """A new attempt of a move job, with its Message ID reserved; commit before sending."""
+    number = (
+        session.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job.id)) or 0
+    ) + 1
+    attempt = Attempt(job_id=job.id, number=number, worker=worker, task_id=task_id, called_ae=None)
+    session.add(attempt)
+    session.flush()
+    allocate_message_id(session, attempt, calling_ae, late_window_s=late_window_s)
+    return attempt

@@ -86,9 +86,12 @@ class StorageScp:
             (evt.EVT_REQUESTED, handle_requested, [self.context]),
             (evt.EVT_C_STORE, handle_store, [self.context]),
         ]
-        server = self._ae().make_server(
+        ae = self._ae()
+        server = ae.make_server(
             (self.host, self.port), evt_handlers=handlers, server_class=ReusePortServer
         )
+        # AE.start_server keeps its servers in this list, and shutdown() expects it.
+        ae._servers.append(server)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name="storage-scp", daemon=True
