@@ -8,6 +8,7 @@ Move destinations are AE titles mapped to addresses on the command line.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,13 +80,21 @@ def handle_move(
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
     instances = _instances(event, archive)
-    yield destination
+    # The third item is passed to the store association: TCP_NODELAY on it,
+    # or Nagle holds each data set PDU until the destination's delayed ACK.
+    yield (*destination, {"evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay)]})
     yield len(instances or [])
     for instance in instances or []:
         if event.is_cancelled:
             yield 0xFE00, None
             return
         yield 0xFF00, dcmread(instance.path)
+
+
+def _nodelay(event: Event) -> None:
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class SandboxPacs:
