@@ -18,6 +18,7 @@ from qrfarm.scp import StorageScp
 from qrfarm.storage import InstanceStorage
 from tests.conftest import CALLING_AE, QRFARM_SCP_AE
 from tests.databases import database_url, migrated
+from tests.postgres_cluster import OwnPostgres, run_own_postgres
 
 # The nodes the SCP knows: the two PACS (their C-STOREs come from their own
 # AE titles), a DCMTK sender, and the pure-Python sandbox PACS.
@@ -91,3 +92,10 @@ def scp(db: Db, storage_root: Path, qrfarm_scp_port: int) -> Iterator[StorageScp
         yield service
     finally:
         service.stop(drain_timeout=10)
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
+    """A PostgreSQL cluster of the test's own, which it may stop and start."""
+    with run_own_postgres(tmp_path / "pg") as cluster:
+        yield cluster

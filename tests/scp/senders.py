@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -49,8 +50,16 @@ def send_raw(
     request.Priority = 0
     request.DataSet = BytesIO(raw)
     assert context.context_id is not None
-    assoc.dimse.send_msg(request, context.context_id)
-    _, response = assoc.dimse.get_msg(block=True)
+    # As send_c_store does: pause the association's reactor, or it takes the
+    # response off the queue itself ("unexpected C-STORE service message").
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, context.context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
     assert isinstance(response, C_STORE) and response.Status is not None
     return int(response.Status)
 
