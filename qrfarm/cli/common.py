@@ -109,7 +109,7 @@ def _configure(
     ] = 0,
 ) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pynetdicom logs each failure we report ourselves; show its words only on -v.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL if verbose == 0 else level)
     # pydicom logs each malformed value the identifier rules then refuse by name.

@@ -109,11 +109,16 @@ class StorageScp:
         self.context.draining.set()
         server.shutdown()  # stops accepting and closes the listening socket
         deadline = time.monotonic() + drain_timeout
-        while server.active_associations and time.monotonic() < deadline:
+        # Only associations that are established have stores in flight; a
+        # connection that never asked for one (a port probe) is not waited for.
+        while time.monotonic() < deadline and any(
+            a.is_established for a in server.active_associations
+        ):
             time.sleep(0.05)
         for assoc in server.active_associations:
-            log.warning("aborting an association still open after %.0f s", drain_timeout)
-            assoc.abort()
+            if assoc.is_established:
+                log.warning("aborting an association still open after %.0f s", drain_timeout)
+            assoc.abort(block=False)
         self._server = None
 
     def serve(self) -> None:
