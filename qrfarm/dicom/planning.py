@@ -9,6 +9,8 @@ down the hierarchy from the retrieve level.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -108,3 +110,70 @@ def _multi(value: object) -> list[object]:
     if isinstance(value, (list, tuple, MultiValue)):
         return list(value)
     return [value]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One instance an IMAGE-level find answered with."""
+
+    sop_instance_uid: str
+    sop_class_uid: str | None
+    study_instance_uid: str
+    series_instance_uid: str
+
+
+def expected_instances(conn: Connection, identifier: Dataset, root: Root) -> list[ImageRef]:
+    """Every instance a retrieve identifier names, by IMAGE-level finds down the hierarchy.
+
+    Raises LookupError when the PACS answers a find with a failure, so the
+    caller never takes a partial list for the whole.
+    """
+    level = Level(str(identifier.QueryRetrieveLevel))
+    fixed = {
+        UNIQUE_KEY[lv]: str(identifier[UNIQUE_KEY[lv]].value)
+        for lv in path_to(root, level)
+        if lv is not level
+    }
+    own_key = UNIQUE_KEY[level]
+    element = identifier[own_key]
+    values = list(element.value) if element.VM > 1 else [str(element.value)]
+    found: dict[str, ImageRef] = {}
+    for value in values:
+        _collect(conn, root, level, {**fixed, own_key: str(value)}, found)
+    return list(found.values())
+
+
+def _find(
+    conn: Connection, root: Root, level: Level, keys: dict[str, str], returned: list[str]
+) -> list[Dataset]:
+    query = build_query_identifier(root, level, keys, returned, default_return_keys=False)
+    result = conn.find(query, root)
+    if not result.ok:
+        raise LookupError(f"{level.value}-level find answered {result.final.summary()}")
+    return result.matches
+
+
+def _collect(
+    conn: Connection, root: Root, level: Level, keys: dict[str, str], found: dict[str, ImageRef]
+) -> None:
+    if level is Level.IMAGE:
+        for match in _find(conn, root, Level.IMAGE, keys, ["SOPInstanceUID", "SOPClassUID"]):
+            uid = str(match.get("SOPInstanceUID") or "")
+            if uid:
+                found[uid] = ImageRef(
+                    uid,
+                    str(match.SOPClassUID) if match.get("SOPClassUID") else None,
+                    keys["StudyInstanceUID"],
+                    keys["SeriesInstanceUID"],
+                )
+        return
+    below = {Level.PATIENT: Level.STUDY, Level.STUDY: Level.SERIES, Level.SERIES: Level.IMAGE}[
+        level
+    ]
+    key = UNIQUE_KEY[below]
+    if below is Level.IMAGE and "SOPInstanceUID" in keys:
+        return
+    for match in _find(conn, root, below, keys, [key]):
+        child = match.get(key)
+        if child:
+            _collect(conn, root, below, {**keys, key: str(child)}, found)

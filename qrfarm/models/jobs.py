@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Enum,
     ForeignKey,
     Index,
@@ -71,6 +72,29 @@ class Job(Base):
     expected_count: Mapped[int | None] = mapped_column(Integer)
     recorded_count: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # What reconciliation found: instances failed (as the PACS listed them)
+    # and expected but never recorded.
+    failed_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    missing_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The SOP Instance UIDs the next attempt asks for (a retry of what is
+    # missing); empty: the whole identifier.
+    retry_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Progress from the pending responses, written about once a second.
+    progress_remaining: Mapped[int | None] = mapped_column(Integer)
+    progress_completed: Mapped[int | None] = mapped_column(Integer)
+    progress_failed: Mapped[int | None] = mapped_column(Integer)
+    progress_warning: Mapped[int | None] = mapped_column(Integer)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The lease of the worker running the job: a redelivered task finds it
+    # alive and steps aside; an expired one lets the sweeper send it again.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[dt.datetime | None]
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    next_attempt_at: Mapped[dt.datetime | None]
+    dispatched_at: Mapped[dt.datetime | None]
+    reconcile_until: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[dt.datetime | None]
@@ -80,7 +104,10 @@ class Job(Base):
         back_populates="job", order_by="Attempt.number", cascade="all, delete-orphan"
     )
 
-    __table_args__ = (Index("ix_jobs_state_node", "state", "node_id"),)
+    __table_args__ = (
+        Index("ix_jobs_state_node", "state", "node_id"),
+        Index("ix_jobs_state_next_attempt", "state", "next_attempt_at"),
+    )
 
 
 class Attempt(Base):

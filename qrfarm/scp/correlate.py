@@ -10,29 +10,22 @@ orphan, stored and recorded all the same.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from qrfarm.jobs.recording import InstanceFacts, Match
 from qrfarm.models import ExpectedInstance, Job, JobKind, JobState, MatchedBy, MoveMessageId, utcnow
 
-from .facts import StoreFacts
 from .known_nodes import KnownNode
 
 # A move's instances may still arrive while it is being reconciled.
 _RECEIVING = (JobState.RUNNING, JobState.RECONCILING)
 
 
-@dataclass(frozen=True)
-class Match:
-    job_id: int
-    matched_by: MatchedBy
-
-
 def correlate(
-    session: Session, facts: StoreFacts, nodes: list[KnownNode], late_window_s: float
+    session: Session, facts: InstanceFacts, nodes: list[KnownNode], late_window_s: float
 ) -> list[Match]:
     node_ids = {n.id for n in nodes}
     by_originator = _by_originator(session, facts, node_ids, late_window_s)
@@ -42,7 +35,7 @@ def correlate(
 
 
 def _by_originator(
-    session: Session, facts: StoreFacts, node_ids: set[int], late_window_s: float
+    session: Session, facts: InstanceFacts, node_ids: set[int], late_window_s: float
 ) -> Match | None:
     if not facts.originator_ae or not facts.originator_message_id:
         return None
@@ -60,7 +53,7 @@ def _by_originator(
     return Match(row.job_id, MatchedBy.ORIGINATOR)
 
 
-def _by_uids(session: Session, facts: StoreFacts, node_ids: set[int]) -> list[Match]:
+def _by_uids(session: Session, facts: InstanceFacts, node_ids: set[int]) -> list[Match]:
     if not node_ids:
         return []
     jobs = session.execute(
@@ -90,7 +83,7 @@ def _values(identifier: dict[str, Any], tag: str) -> list[str]:
     return [str(v) for v in element.get("Value", []) if v]
 
 
-def covers(level: str, identifier: dict[str, Any], facts: StoreFacts) -> bool:
+def covers(level: str, identifier: dict[str, Any], facts: InstanceFacts) -> bool:
     """Whether a move's retrieve identifier (DICOM JSON) asks for this instance."""
     checks = {
         "PATIENT": ("00100020", facts.patient_id),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -15,6 +14,7 @@ from pynetdicom.events import Event
 
 from qrfarm.dicom.completeness import Truncated, check_complete
 from qrfarm.dicom.identifiers import is_valid_uid
+from qrfarm.jobs.recording import InstanceFacts
 
 # Storage Service Class statuses (PS3.4 B.2.3).
 SUCCESS = 0x0000
@@ -30,22 +30,6 @@ class Refused(Exception):
         self.status = status
         self.reason = reason
         super().__init__(f"0x{status:04X}: {reason}")
-
-
-@dataclass(frozen=True)
-class StoreFacts:
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    patient_id: str
-    transfer_syntax: str
-    calling_ae: str
-    called_ae: str
-    peer_host: str | None
-    originator_ae: str | None
-    originator_message_id: int | None
-    size: int
 
 
 def _stop_at_pixel_data(tag: Any, vr: Any, length: Any) -> bool:
@@ -65,7 +49,7 @@ def _header(raw: bytes, syntax: UID) -> Dataset:
     )
 
 
-def read_facts(event: Event, raw: bytes) -> StoreFacts:
+def read_facts(event: Event, raw: bytes) -> InstanceFacts:
     """The facts of a C-STORE; Refused with the status to answer when it is not acceptable."""
     request = event.request
     assert isinstance(request, C_STORE)
@@ -99,7 +83,7 @@ def read_facts(event: Event, raw: bytes) -> StoreFacts:
     originator = request.MoveOriginatorApplicationEntityTitle
     originator_id = request.MoveOriginatorMessageID
     address = event.assoc.requestor.address
-    return StoreFacts(
+    return InstanceFacts(
         sop_class_uid=sop_class,
         sop_instance_uid=sop_uid,
         study_instance_uid=study,

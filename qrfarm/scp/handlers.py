@@ -14,12 +14,12 @@ from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from qrfarm.jobs.recording import record
 from qrfarm.storage import InstanceStorage, StorageError, StorageFull, UnsafeUid
 
 from .correlate import correlate
 from .facts import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Refused, read_facts
 from .known_nodes import KnownNodes
-from .recorder import record
 
 log = logging.getLogger(__name__)
 

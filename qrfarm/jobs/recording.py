@@ -7,17 +7,43 @@ counted, and flagged when its bytes differ from the first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from qrfarm.models import Job, OrphanInstance, ReceivedInstance
+from qrfarm.models import Job, JobState, MatchedBy, OrphanInstance, ReceivedInstance
 from qrfarm.storage import StoredFile
 
-from .correlate import Match
-from .facts import StoreFacts
+from .reconcile import reopen_for_late_arrival
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What an incoming instance says about itself and where it came from."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    transfer_syntax: str
+    calling_ae: str
+    called_ae: str
+    peer_host: str | None
+    originator_ae: str | None
+    originator_message_id: int | None
+    size: int
+
+
+@dataclass(frozen=True)
+class Match:
+    """A job an instance belongs to, and how that was found out."""
+
+    job_id: int
+    matched_by: MatchedBy
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -26,7 +52,7 @@ def _insert(session: Session, table: Any) -> Any:
     return module.insert(table)
 
 
-def _columns(facts: StoreFacts, stored: StoredFile, file_path: str) -> dict[str, Any]:
+def _columns(facts: InstanceFacts, stored: StoredFile, file_path: str) -> dict[str, Any]:
     return {
         "sop_instance_uid": facts.sop_instance_uid,
         "sop_class_uid": facts.sop_class_uid,
@@ -44,7 +70,7 @@ def _columns(facts: StoreFacts, stored: StoredFile, file_path: str) -> dict[str,
 
 
 def record(
-    session: Session, facts: StoreFacts, stored: StoredFile, file_path: str, matches: list[Match]
+    session: Session, facts: InstanceFacts, stored: StoredFile, file_path: str, matches: list[Match]
 ) -> None:
     columns = _columns(facts, stored, file_path)
     differs = stored.already_there and not stored.same_bytes
@@ -64,6 +90,11 @@ def record(
                 .where(Job.id == match.job_id)
                 .values(recorded_count=Job.recorded_count + 1)
             )
+            job = session.get(Job, match.job_id)
+            if job is not None and job.state in (JobState.COMPLETED, JobState.PARTIAL):
+                # A late arrival for a job already reconciled reopens it.
+                session.refresh(job)
+                reopen_for_late_arrival(session, job)
         else:
             session.execute(
                 update(ReceivedInstance)

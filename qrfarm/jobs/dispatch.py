@@ -1,0 +1,37 @@
+"""Handing work to the queue: a task sent by its name, never by importing task code."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+RUN_JOB = "qrfarm.run_job"
+SWEEP = "qrfarm.sweep"
+
+
+def node_queue(node_name: str) -> str:
+    """The queue of a node: workers serve the nodes whose queues they consume."""
+    return f"qrfarm.node.{node_name}"
+
+
+class Dispatcher(Protocol):
+    def send(self, task: str, args: list[Any], queue: str) -> None: ...
+
+
+class CeleryDispatcher:
+    """Sends tasks by name through a Celery app configured for the broker only."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def send(self, task: str, args: list[Any], queue: str) -> None:
+        self.app.send_task(task, args=args, queue=queue)
+
+
+class RecordingDispatcher:
+    """Keeps what would be sent; for callers that dispatch later (and tests)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[Any], str]] = []
+
+    def send(self, task: str, args: list[Any], queue: str) -> None:
+        self.sent.append((task, args, queue))

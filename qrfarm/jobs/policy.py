@@ -1,0 +1,28 @@
+"""How hard the farm tries: attempts, back-off, leases, reconciliation grace."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    max_attempts: int = 5
+    backoff_base_s: float = 2.0
+    # Back-off stays well below Redis's visibility timeout (1 h), see DESIGN.
+    backoff_cap_s: float = 300.0
+    lease_ttl_s: float = 60.0
+    # Some PACS answer success before their C-STOREs are done: wait this long
+    # for arrivals before a job is called partial.
+    reconcile_grace_s: float = 10.0
+    # A queued job whose message may be lost is sent again after this.
+    redispatch_after_s: float = 120.0
+    # Find the expected instances (IMAGE-level find) before a move.
+    expect_before_move: bool = True
+    progress_interval_s: float = 1.0
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential back-off with full jitter for the ``attempt``-th retry."""
+        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** max(0, attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)

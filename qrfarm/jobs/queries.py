@@ -1,0 +1,106 @@
+"""Reading jobs back: what a user, the CLI or an API is shown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from qrfarm.models import Attempt, DimseResponse, FindResult, Job, JobState, NodeRecord
+
+from .control import NoSuchJob
+
+
+def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dict[str, Any]:
+    """State, counts, progress, attempts with every response, failed and missing UIDs."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NoSuchJob(f"job {job_id} does not exist")
+    node = session.get_one(NodeRecord, job.node_id)
+    summary: dict[str, Any] = {
+        "id": job.id,
+        "kind": job.kind.value,
+        "state": job.state.value,
+        "node": node.name,
+        "root": job.root,
+        "level": job.level,
+        "identifier": job.identifier,
+        "destination": job.destination,
+        "external_reference": job.external_reference,
+        "expected": job.expected_count,
+        "reported": {
+            "completed": job.reported_completed,
+            "failed": job.reported_failed,
+            "warning": job.reported_warning,
+        },
+        "recorded": job.recorded_count,
+        "progress": {
+            "remaining": job.progress_remaining,
+            "completed": job.progress_completed,
+            "failed": job.progress_failed,
+            "warning": job.progress_warning,
+        },
+        "failed_uids": list(job.failed_uids or []),
+        "missing_uids": list(job.missing_uids or []),
+        "error": job.error,
+        "attempt_count": job.attempt_count,
+        "created_at": job.created_at.isoformat(),
+        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+    }
+    if responses:
+        summary["attempts"] = [
+            _attempt(session, attempt)
+            for attempt in session.scalars(
+                select(Attempt).where(Attempt.job_id == job.id).order_by(Attempt.number)
+            )
+        ]
+    return summary
+
+
+def _attempt(session: Session, attempt: Attempt) -> dict[str, Any]:
+    rows = session.scalars(
+        select(DimseResponse)
+        .where(DimseResponse.attempt_id == attempt.id)
+        .order_by(DimseResponse.sequence)
+    )
+    return {
+        "number": attempt.number,
+        "worker": attempt.worker,
+        "message_id": attempt.message_id,
+        "started_at": attempt.started_at.isoformat(),
+        "ended_at": attempt.ended_at.isoformat() if attempt.ended_at else None,
+        "outcome": attempt.outcome,
+        "error": attempt.error,
+        "responses": [
+            {
+                "status": f"0x{r.status:04X}",
+                "category": r.category,
+                "remaining": r.remaining,
+                "completed": r.completed,
+                "failed": r.failed,
+                "warning": r.warning,
+                "error_comment": r.error_comment,
+                "failed_sop_instance_uids": r.failed_sop_instance_uids,
+            }
+            for r in rows
+        ],
+    }
+
+
+def find_results(session: Session, job_id: int) -> list[dict[str, Any]]:
+    return [
+        row.dataset
+        for row in session.scalars(
+            select(FindResult).where(FindResult.job_id == job_id).order_by(FindResult.sequence)
+        )
+    ]
+
+
+def list_jobs(
+    session: Session, *, state: JobState | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Job.state == state)
+    return [job_summary(session, job.id, responses=False) for job in session.scalars(query)]

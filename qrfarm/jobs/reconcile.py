@@ -1,0 +1,84 @@
+"""Reconciliation: expected, reported and recorded held against each other.
+
+* expected: the instances an IMAGE-level find named before the move;
+* reported: the final response's completed + warning, failed, and the
+  Failed SOP Instance UID List;
+* recorded: the distinct instances the storage SCP (or the C-GET) stored.
+
+A job is ``completed`` when all that is expected is recorded, nothing failed
+and at least what was reported arrived; otherwise ``partial``, naming the
+failed and the missing UIDs, or saying plainly that the PACS reported
+success and nothing arrived.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from qrfarm.models import ExpectedInstance, Job, JobState, ReceivedInstance
+
+from .states import transition
+
+
+def recorded_uids(session: Session, job_id: int) -> set[str]:
+    return set(
+        session.scalars(
+            select(ReceivedInstance.sop_instance_uid).where(ReceivedInstance.job_id == job_id)
+        )
+    )
+
+
+def expected_uids(session: Session, job_id: int) -> set[str]:
+    return set(
+        session.scalars(
+            select(ExpectedInstance.sop_instance_uid).where(ExpectedInstance.job_id == job_id)
+        )
+    )
+
+
+def all_arrived(session: Session, job: Job) -> bool:
+    """Whether waiting longer can change nothing: everything expected (or reported) is here."""
+    recorded = recorded_uids(session, job.id)
+    if job.expected_count is not None:
+        return expected_uids(session, job.id) <= recorded
+    reported = (job.reported_completed or 0) + (job.reported_warning or 0)
+    return len(recorded) >= reported
+
+
+def finalize(session: Session, job: Job) -> None:
+    """End a ``reconciling`` job as completed, partial or cancelled."""
+    recorded = recorded_uids(session, job.id)
+    job.recorded_count = len(recorded)
+    if job.cancel_requested:
+        transition(job, JobState.CANCELLED, error=f"cancelled; {len(recorded)} instance(s) arrived")
+        return
+    expected = expected_uids(session, job.id) if job.expected_count is not None else set()
+    missing = expected - recorded
+    failed = {uid for uid in job.failed_uids if uid not in recorded}
+    reported = (job.reported_completed or 0) + (job.reported_warning or 0)
+    reported_failed = job.reported_failed or 0
+    job.missing_uids = sorted(missing | failed)
+    if not missing and not failed and reported_failed == 0 and len(recorded) >= reported:
+        transition(job, JobState.COMPLETED)
+        job.error = None
+        return
+    if reported and not recorded:
+        reason = f"the PACS reported {reported} instance(s) sent, and nothing arrived"
+    else:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of {len(expected)} expected instance(s) missing")
+        if reported_failed or failed:
+            parts.append(f"{max(reported_failed, len(failed))} failed at the PACS")
+        if len(recorded) < reported:
+            parts.append(f"{reported} reported sent, {len(recorded)} arrived")
+        reason = "; ".join(parts) or "incomplete"
+    transition(job, JobState.PARTIAL, error=reason)
+
+
+def reopen_for_late_arrival(session: Session, job: Job) -> None:
+    """An instance arrived for an ended job: reconcile it again at once."""
+    if job.state in (JobState.COMPLETED, JobState.PARTIAL):
+        transition(job, JobState.RECONCILING)
+        finalize(session, job)

@@ -1,0 +1,392 @@
+"""Running one attempt of a job: claim, operate, record every response, reconcile.
+
+The worker task calls :func:`run_job` with what only a worker has: its
+associations (a :class:`ConnectionSource`) and the storage a C-GET writes to.
+Errors that a later attempt may get past (unreachable, rejected-transient,
+timeouts, out of resources, aborted) become a retry scheduled in the database;
+permanent ones fail the job at once with the peer's own words.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydicom.dataset import Dataset
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from qrfarm.dicom import (
+    Connection,
+    InstanceSink,
+    Level,
+    Node,
+    OperationResult,
+    Root,
+    StatusCategory,
+    build_retrieve_identifier,
+)
+from qrfarm.dicom.planning import ImageRef, expected_instances
+from qrfarm.errors import QrfarmError, RetriableError
+from qrfarm.models import (
+    Attempt,
+    DimseResponse,
+    ExpectedInstance,
+    FindResult,
+    Job,
+    JobKind,
+    JobState,
+    NodeRecord,
+    utcnow,
+)
+
+from .leases import Claim, claim, fenced
+from .moves import allocate_message_id, release_message_id
+from .policy import JobPolicy
+from .reconcile import all_arrived, finalize
+from .states import transition
+from .watch import JobWatch
+
+log = logging.getLogger(__name__)
+
+
+class NodeBusy(RetriableError):
+    """No association permit for the node could be had now; the job waits its turn."""
+
+
+class GetRecorder(Protocol):
+    """Stores and records the instances a C-GET brings in (the worker's storage)."""
+
+    def sink_for(self, job_id: int, calling_ae: str) -> InstanceSink: ...
+
+
+class ConnectionSource(Protocol):
+    """Associations as a worker holds them (pooled, under the node's permit)."""
+
+    def query_retrieve(self, node: Node) -> AbstractContextManager[Connection]:
+        """A held association with the Q/R contexts (FIND, MOVE) of both roots."""
+        ...
+
+    def get(self, node: Node, sop_classes: list[str]) -> AbstractContextManager[Connection]:
+        """An association for one C-GET, with storage contexts for ``sop_classes``."""
+        ...
+
+
+@dataclass
+class RunnerDeps:
+    sessions: sessionmaker[Session]
+    connections: ConnectionSource
+    get_recorder: GetRecorder
+    calling_ae: str
+    policy: JobPolicy
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    kind: JobKind
+    root: Root
+    level: Level
+    identifier: Dataset
+    node: Node
+    destination: str | None
+    retry_uids: list[str]
+    expected_known: bool
+
+
+def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = None) -> None:
+    """Run the next attempt of ``job_id`` if it is ours to run; safe to call twice."""
+    with deps.sessions() as session, session.begin():
+        taken = claim(session, job_id, owner, deps.policy, task_id)
+        if taken is None:
+            log.info("job %d: not ours to run now", job_id)
+            return
+        snapshot = _snapshot(session, session.get_one(Job, job_id))
+    log.info(
+        "job %d attempt %d: %s on %s",
+        job_id,
+        taken.attempt_number,
+        snapshot.kind.value,
+        snapshot.node,
+    )
+    try:
+        with JobWatch(deps.sessions, taken, deps.policy) as watch:
+            if snapshot.kind is JobKind.FIND:
+                _run_find(deps, taken, snapshot, watch)
+            elif snapshot.kind is JobKind.MOVE:
+                _run_move(deps, taken, snapshot, watch)
+            else:
+                _run_get(deps, taken, snapshot, watch)
+    except NodeBusy as exc:
+        _requeue_busy(deps, taken, str(exc))
+    except QrfarmError as exc:
+        _attempt_failed(deps, taken, exc)
+    except LookupError as exc:  # a find before the retrieve failed
+        _attempt_failed(deps, taken, QrfarmError(str(exc)))
+
+
+def _snapshot(session: Session, job: Job) -> _Snapshot:
+    row = session.get_one(NodeRecord, job.node_id)
+    return _Snapshot(
+        kind=job.kind,
+        root=Root(job.root),
+        level=Level(job.level),
+        identifier=Dataset.from_json(job.identifier),
+        node=Node(row.ae_title, row.host, row.port, max_associations=row.max_associations),
+        destination=job.destination,
+        retry_uids=list(job.retry_uids or []),
+        expected_known=job.expected_count is not None,
+    )
+
+
+# -- the three operations --------------------------------------------------------
+
+
+def _run_find(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
+    with deps.connections.query_retrieve(snap.node) as conn:
+        watch.connection = conn
+        result = conn.find(snap.identifier, snap.root, on_response=watch.on_response)
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return
+        _record_responses(session, taken, [result])
+        session.execute(delete(FindResult).where(FindResult.job_id == job.id))
+        session.add_all(
+            FindResult(job_id=job.id, sequence=n, dataset=match.to_json_dict())
+            for n, match in enumerate(result.matches)
+        )
+        _end_attempt(session, taken, result.final.category.value)
+        final = result.final
+        if final.category is StatusCategory.SUCCESS:
+            transition(job, JobState.COMPLETED)
+        elif final.category is StatusCategory.CANCEL or job.cancel_requested:
+            transition(job, JobState.CANCELLED, error="cancelled")
+        else:
+            transition(job, JobState.FAILED, error=f"C-FIND answered {final.summary()}")
+
+
+def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
+    with deps.connections.query_retrieve(snap.node) as conn:
+        watch.connection = conn
+        if deps.policy.expect_before_move and not snap.expected_known:
+            _store_expected(deps, taken, expected_instances(conn, snap.identifier, snap.root))
+        identifiers = _retrieve_identifiers(deps, taken, snap)
+        with deps.sessions() as session, session.begin():
+            attempt = session.get_one(Attempt, taken.attempt_id)
+            message_id = allocate_message_id(session, attempt, deps.calling_ae)
+            attempt.called_ae = snap.node.ae_title
+        results = []
+        try:
+            for identifier in identifiers:
+                results.append(
+                    conn.move(
+                        identifier,
+                        snap.destination or "",
+                        snap.root,
+                        message_id=message_id,
+                        on_response=watch.on_response,
+                    )
+                )
+        finally:
+            with deps.sessions() as session, session.begin():
+                release_message_id(session, session.get_one(Attempt, taken.attempt_id))
+    _after_retrieve(deps, taken, results)
+
+
+def _run_get(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
+    with deps.connections.query_retrieve(snap.node) as conn:
+        refs = expected_instances(conn, snap.identifier, snap.root)
+    _store_expected(deps, taken, refs)
+    identifiers = _retrieve_identifiers(deps, taken, snap)
+    classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})
+    results = []
+    with deps.connections.get(snap.node, classes) as conn:
+        watch.connection = conn
+        sink = deps.get_recorder.sink_for(taken.job_id, snap.node.ae_title)
+        for identifier in identifiers:
+            results.append(
+                conn.get(identifier, snap.root, store=sink, on_response=watch.on_response)
+            )
+    _after_retrieve(deps, taken, results)
+
+
+# -- what C-GET and C-MOVE share ---------------------------------------------------
+
+
+def _store_expected(deps: RunnerDeps, taken: Claim, refs: list[ImageRef]) -> None:
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return
+        session.execute(delete(ExpectedInstance).where(ExpectedInstance.job_id == job.id))
+        session.add_all(
+            ExpectedInstance(
+                job_id=job.id,
+                sop_instance_uid=r.sop_instance_uid,
+                sop_class_uid=r.sop_class_uid,
+                study_instance_uid=r.study_instance_uid,
+                series_instance_uid=r.series_instance_uid,
+            )
+            for r in refs
+        )
+        job.expected_count = len(refs)
+
+
+def _retrieve_identifiers(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> list[Dataset]:
+    """The job's identifier, or for a retry of what is missing, one IMAGE-level
+    identifier per series with the missing SOP Instance UIDs."""
+    if not snap.retry_uids:
+        return [snap.identifier]
+    with deps.sessions() as session:
+        rows = session.scalars(
+            select(ExpectedInstance).where(
+                ExpectedInstance.job_id == taken.job_id,
+                ExpectedInstance.sop_instance_uid.in_(snap.retry_uids),
+            )
+        ).all()
+    by_series: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        key = (row.study_instance_uid or "", row.series_instance_uid or "")
+        by_series.setdefault(key, []).append(row.sop_instance_uid)
+    patient_id = snap.identifier.get("PatientID")
+    identifiers = []
+    for (study, series), uids in sorted(by_series.items()):
+        keys: dict[str, str | list[str]] = {
+            "StudyInstanceUID": study,
+            "SeriesInstanceUID": series,
+            "SOPInstanceUID": sorted(uids),
+        }
+        if snap.root is Root.PATIENT:
+            keys = {"PatientID": str(patient_id), **keys}
+        identifiers.append(build_retrieve_identifier(snap.root, Level.IMAGE, keys))
+    return identifiers or [snap.identifier]
+
+
+def _after_retrieve(deps: RunnerDeps, taken: Claim, results: list[OperationResult]) -> None:
+    """Record the responses and reported counts, then reconcile within the grace period."""
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return
+        _record_responses(session, taken, results)
+        finals = [r.final for r in results]
+        job.reported_completed = sum(f.completed or 0 for f in finals)
+        job.reported_failed = sum(f.failed or 0 for f in finals)
+        job.reported_warning = sum(f.warning or 0 for f in finals)
+        job.failed_uids = sorted({u for f in finals for u in f.failed_sop_instance_uids})
+        job.retry_uids = []
+        worst = _worst(results)
+        _end_attempt(session, taken, worst.final.category.value)
+        if worst.final.category is StatusCategory.FAILURE and not job.recorded_count:
+            # The operation itself was refused (unknown destination, bad
+            # identifier, out of resources...): nothing to reconcile.
+            error = f"{job.kind.value} answered {worst.final.summary()}"
+            if 0xA700 <= worst.final.status <= 0xA7FF:
+                _schedule_retry(job, error, deps.policy)
+            else:
+                transition(job, JobState.FAILED, error=error)
+            return
+        transition(job, JobState.RECONCILING)
+        job.reconcile_until = utcnow() + dt.timedelta(seconds=deps.policy.reconcile_grace_s)
+    reconcile_until_done(deps, taken)
+
+
+def reconcile_until_done(deps: RunnerDeps, taken: Claim) -> None:
+    """Wait (up to the grace period) for arrivals, then finalize the job."""
+    while True:
+        with deps.sessions() as session, session.begin():
+            job = fenced(session, taken)
+            if job is None or job.state is not JobState.RECONCILING:
+                return
+            deadline = job.reconcile_until or utcnow()
+            if all_arrived(session, job) or utcnow() >= deadline or job.cancel_requested:
+                finalize(session, job)
+                log.info("job %d: %s (%d recorded)", job.id, job.state.value, job.recorded_count)
+                return
+        time.sleep(0.2)
+
+
+def _worst(results: list[OperationResult]) -> OperationResult:
+    order = {
+        StatusCategory.SUCCESS: 0,
+        StatusCategory.WARNING: 1,
+        StatusCategory.CANCEL: 2,
+        StatusCategory.FAILURE: 3,
+        StatusCategory.PENDING: 4,
+    }
+    return max(results, key=lambda r: order[r.final.category])
+
+
+def _record_responses(session: Session, taken: Claim, results: list[OperationResult]) -> None:
+    sequence = 0
+    for result in results:
+        for response in result.responses:
+            session.add(
+                DimseResponse(
+                    attempt_id=taken.attempt_id,
+                    sequence=sequence,
+                    status=response.status,
+                    category=response.category.value,
+                    remaining=response.remaining,
+                    completed=response.completed,
+                    failed=response.failed,
+                    warning=response.warning,
+                    error_comment=response.error_comment,
+                    offending_elements=[f"{t:08X}" for t in response.offending_elements],
+                    failed_sop_instance_uids=list(response.failed_sop_instance_uids),
+                )
+            )
+            sequence += 1
+
+
+def _end_attempt(session: Session, taken: Claim, outcome: str, error: str | None = None) -> None:
+    attempt = session.get_one(Attempt, taken.attempt_id)
+    attempt.ended_at = utcnow()
+    attempt.outcome = outcome
+    attempt.error = error
+
+
+# -- when an attempt does not get through ----------------------------------------------
+
+
+def _schedule_retry(job: Job, error: str, policy: JobPolicy) -> None:
+    if job.attempt_count >= job.max_attempts:
+        transition(job, JobState.FAILED, error=f"{error} (after {job.attempt_count} attempt(s))")
+        return
+    delay = policy.backoff(job.attempt_count)
+    transition(job, JobState.QUEUED, error=error)
+    job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+    job.lease_owner = None
+    job.lease_expires_at = None
+    log.info("job %d: retry in %.1f s: %s", job.id, delay, error)
+
+
+def _attempt_failed(deps: RunnerDeps, taken: Claim, exc: QrfarmError) -> None:
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return
+        _end_attempt(session, taken, "error", str(exc))
+        if job.cancel_requested:
+            transition(job, JobState.CANCELLED, error=f"cancelled ({exc})")
+        elif exc.retriable:
+            _schedule_retry(job, str(exc), deps.policy)
+        else:
+            transition(job, JobState.FAILED, error=str(exc))
+
+
+def _requeue_busy(deps: RunnerDeps, taken: Claim, reason: str) -> None:
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return
+        _end_attempt(session, taken, "node busy", reason)
+        job.attempt_count -= 1  # waiting for a permit is not an attempt
+        transition(job, JobState.QUEUED)
+        job.next_attempt_at = utcnow() + dt.timedelta(seconds=1.0)
+        job.lease_owner = None
+        job.lease_expires_at = None

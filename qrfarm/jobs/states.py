@@ -1,0 +1,53 @@
+"""The job state machine: the one way a job's state changes.
+
+``queued → running → reconciling → completed | partial | failed | cancelled``;
+a retry sends a ``partial`` or ``failed`` job (or a ``running`` one whose
+attempt hit a transient error) back to ``queued``; a late arrival reopens a
+``completed`` or ``partial`` job into ``reconciling``.
+"""
+
+from __future__ import annotations
+
+from qrfarm.errors import PermanentError
+from qrfarm.models import Job, JobState, utcnow
+
+Q, RUN, REC = JobState.QUEUED, JobState.RUNNING, JobState.RECONCILING
+DONE, PART, FAIL, CANC = (
+    JobState.COMPLETED,
+    JobState.PARTIAL,
+    JobState.FAILED,
+    JobState.CANCELLED,
+)
+
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    Q: frozenset({RUN, FAIL, CANC}),
+    RUN: frozenset({REC, Q, FAIL, CANC, DONE}),
+    REC: frozenset({DONE, PART, FAIL, CANC}),
+    DONE: frozenset({REC}),
+    PART: frozenset({Q, REC}),
+    FAIL: frozenset({Q}),
+    CANC: frozenset(),
+}
+ENDED = frozenset({DONE, PART, FAIL, CANC})
+
+
+class IllegalTransition(PermanentError):
+    """A state change the life cycle does not allow."""
+
+
+def transition(job: Job, to: JobState, *, error: str | None = None) -> None:
+    """Move ``job`` to ``to`` (or raise IllegalTransition); stamps start and end times."""
+    if to not in ALLOWED[job.state]:
+        raise IllegalTransition(f"job {job.id}: {job.state.value} → {to.value} is not allowed")
+    now = utcnow()
+    job.state = to
+    if to is RUN and job.started_at is None:
+        job.started_at = now
+    if to in ENDED:
+        job.ended_at = now
+        job.lease_owner = None
+        job.lease_expires_at = None
+    elif to is Q:
+        job.ended_at = None
+    if error is not None:
+        job.error = error

@@ -1,0 +1,87 @@
+"""The scheduler's sweep: the database is the record of truth, the broker only carries work.
+
+It finds what the broker alone would lose or delay:
+* queued jobs that are due (a retry's ``next_attempt_at`` passed) or whose
+  message may be lost (dispatched long ago and still queued): sent again;
+* running jobs whose lease expired (their worker died): sent again, the
+  next claim takes over;
+* reconciling jobs whose lease expired: finalized here, no DICOM needed.
+A job sent twice is harmless: the claim lets only one attempt run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from qrfarm.models import Job, JobState, NodeRecord, utcnow
+
+from .dispatch import RUN_JOB, Dispatcher, node_queue
+from .policy import JobPolicy
+from .reconcile import finalize
+from .states import transition
+
+
+@dataclass
+class SweepReport:
+    dispatched: list[int] = field(default_factory=list)
+    finalized: list[int] = field(default_factory=list)
+
+
+def sweep(
+    sessions: sessionmaker[Session], dispatcher: Dispatcher, policy: JobPolicy
+) -> SweepReport:
+    report = SweepReport()
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=policy.redispatch_after_s)
+    to_send: list[tuple[int, str]] = []
+    with sessions() as session, session.begin():
+        for job in session.scalars(
+            select(Job)
+            .where(Job.state == JobState.RECONCILING, Job.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
+        ):
+            finalize(session, job)
+            report.finalized.append(job.id)
+        rows = session.execute(
+            select(Job, NodeRecord.name)
+            .join(NodeRecord, NodeRecord.id == Job.node_id)
+            .where(
+                or_(
+                    and_(
+                        Job.state == JobState.QUEUED,
+                        or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
+                        or_(
+                            Job.dispatched_at.is_(None),
+                            Job.dispatched_at < stale,
+                            and_(
+                                Job.next_attempt_at.is_not(None),
+                                Job.dispatched_at < Job.next_attempt_at,
+                            ),
+                        ),
+                    ),
+                    and_(
+                        Job.state == JobState.RUNNING,
+                        Job.lease_expires_at < now,
+                        or_(Job.dispatched_at.is_(None), Job.dispatched_at < Job.lease_expires_at),
+                    ),
+                )
+            )
+            .order_by(Job.priority.desc(), Job.id)
+            .with_for_update(of=Job, skip_locked=True)
+        ).all()
+        for job, node_name in rows:
+            job.dispatched_at = now
+            to_send.append((job.id, node_name))
+    for job_id, node_name in to_send:
+        dispatcher.send(RUN_JOB, [job_id], node_queue(node_name))
+        report.dispatched.append(job_id)
+    return report
+
+
+def cancel_queued(session: Session, job: Job) -> None:
+    if job.state is JobState.QUEUED:
+        transition(job, JobState.CANCELLED, error="cancelled before it ran")
