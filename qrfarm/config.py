@@ -82,6 +82,18 @@ class Settings(BaseSettings):
     # How long after a move ends its Message ID still names it, so that
     # C-STOREs arriving after the final response are still attributed.
     move_late_window_s: float = 3600.0
+    # The broker that carries work to the workers: Redis in a farm. Unset: an
+    # embedded transport in data_dir (no other service needed).
+    broker_url: str | None = None
+    # Where the embedded broker, the association permits and serve's files live.
+    data_dir: Path = Path("qrfarm-data")
+    # Per-node association permits across the farm: Redis when set (defaults
+    # to the broker when that is Redis), else lock files in data_dir.
+    permits_redis_url: str | None = None
+    max_attempts: int = Field(default=5, ge=1)
+    reconcile_grace_s: float = Field(default=10.0, ge=0)
+    scheduler_interval_s: float = Field(default=2.0, gt=0)
+    redispatch_after_s: float = Field(default=120.0, gt=0)
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
@@ -145,3 +157,31 @@ def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
 
 def load_settings(**overrides: Any) -> Settings:
     return Settings(**overrides)
+
+
+def broker_config(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The Celery broker URL and transport options both producers and workers use."""
+    if settings.broker_url:
+        options: dict[str, Any] = {}
+        if settings.broker_url.startswith(("redis://", "rediss://")):
+            # An unacknowledged task comes back after this; retries are rows
+            # in the database, so nothing waits this long in a worker.
+            options["visibility_timeout"] = 3600
+        return settings.broker_url, options
+    folder = (settings.data_dir / "broker").resolve()
+    (folder / "queue").mkdir(parents=True, exist_ok=True)
+    (folder / "processed").mkdir(parents=True, exist_ok=True)
+    return "filesystem://", {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+    }
+
+
+def permits_redis_url(settings: Settings) -> str | None:
+    if settings.permits_redis_url:
+        return settings.permits_redis_url
+    if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
+        return settings.broker_url
+    return None

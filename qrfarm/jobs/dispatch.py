@@ -27,6 +27,20 @@ class CeleryDispatcher:
         self.app.send_task(task, args=args, queue=queue)
 
 
+def celery_dispatcher(broker: str, transport_options: dict[str, Any]) -> CeleryDispatcher:
+    """A dispatcher for producers: a Celery app that only sends, by task name."""
+    from celery import Celery
+
+    app = Celery("qrfarm-producer", broker=broker, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=transport_options,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+    )
+    return CeleryDispatcher(app)
+
+
 class RecordingDispatcher:
     """Keeps what would be sent; for callers that dispatch later (and tests)."""
 

@@ -31,7 +31,7 @@ class InstanceFacts:
     patient_id: str
     transfer_syntax: str
     calling_ae: str
-    called_ae: str
+    called_ae: str | None
     peer_host: str | None
     originator_ae: str | None
     originator_message_id: int | None

@@ -1,0 +1,55 @@
+"""The Celery app, configured from settings; tasks registered by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from qrfarm.config import Settings, broker_config
+from qrfarm.jobs.dispatch import RUN_JOB, SWEEP
+from qrfarm.jobs.runner import run_job
+from qrfarm.jobs.sweeper import sweep
+
+from .process import current, policy_from
+
+
+def make_app(settings: Settings) -> Celery:
+    broker, options = broker_config(settings)
+    app = Celery("qrfarm", broker=broker, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # A task is acknowledged only when it ended; a pool child that dies
+        # puts it back; one message at a time per process.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="qrfarm.default",
+        worker_hijack_root_logger=False,
+    )
+    _register(app, settings)
+    return app
+
+
+def _register(app: Celery, settings: Settings) -> None:
+    @app.task(name=RUN_JOB, bind=True)
+    def run_job_task(self: Any, job_id: int) -> None:
+        worker = current(settings)
+        run_job(worker.deps, int(job_id), worker.owner, task_id=self.request.id)
+
+    @app.task(name=SWEEP)
+    def sweep_task() -> None:
+        worker = current(settings)
+        sweep(worker.deps.sessions, _Sender(app), policy_from(settings))
+
+
+class _Sender:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def send(self, task: str, args: list[Any], queue: str) -> None:
+        self.app.send_task(task, args=args, queue=queue)

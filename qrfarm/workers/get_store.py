@@ -1,0 +1,71 @@
+"""Where a C-GET's instances go: the farm's storage, one row per job and instance."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from qrfarm.dicom import InstanceSink, Status, StoreRequest
+from qrfarm.dicom.identifiers import is_valid_uid
+from qrfarm.dicom.sinks import check_whole
+from qrfarm.jobs.recording import InstanceFacts, Match, record
+from qrfarm.models import MatchedBy
+from qrfarm.storage import InstanceStorage, StorageError, StorageFull
+
+log = logging.getLogger(__name__)
+CANNOT_UNDERSTAND = 0xC000
+
+
+class GetStore:
+    def __init__(self, sessions: sessionmaker[Session], storage: InstanceStorage) -> None:
+        self.sessions = sessions
+        self.storage = storage
+
+    def sink_for(self, job_id: int, calling_ae: str) -> InstanceSink:
+        def sink(request: StoreRequest) -> int:
+            failure = check_whole(request)
+            if failure is not None:
+                return failure
+            header = request.dataset()
+            study = str(header.get("StudyInstanceUID", ""))
+            series = str(header.get("SeriesInstanceUID", ""))
+            if not (is_valid_uid(study) and is_valid_uid(series)):
+                return CANNOT_UNDERSTAND
+            try:
+                stored = self.storage.store(
+                    study, series, request.sop_instance_uid, request.part10_bytes()
+                )
+            except (StorageFull, StorageError) as exc:
+                log.error("C-GET instance %s not stored: %s", request.sop_instance_uid, exc)
+                return Status.OUT_OF_RESOURCES
+            facts = InstanceFacts(
+                sop_class_uid=request.sop_class_uid,
+                sop_instance_uid=request.sop_instance_uid,
+                study_instance_uid=study,
+                series_instance_uid=series,
+                patient_id=str(header.get("PatientID", "")),
+                transfer_syntax=request.transfer_syntax,
+                calling_ae=calling_ae,
+                called_ae=None,
+                peer_host=None,
+                originator_ae=None,
+                originator_message_id=None,
+                size=stored.size,
+            )
+            try:
+                with self.sessions() as session, session.begin():
+                    record(
+                        session,
+                        facts,
+                        stored,
+                        str(stored.path.relative_to(self.storage.root)),
+                        [Match(job_id, MatchedBy.GET)],
+                    )
+            except SQLAlchemyError as exc:
+                log.error("C-GET instance %s not recorded: %s", request.sop_instance_uid, exc)
+                return Status.OUT_OF_RESOURCES
+            return Status.SUCCESS
+
+        return sink

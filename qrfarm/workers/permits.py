@@ -1,0 +1,110 @@
+"""Per-node association permits that hold across the whole farm.
+
+A worker takes a permit before it associates and keeps it while the
+association is open. A permit frees itself when its holder dies: a Redis
+key with a TTL (renewed while held) in a farm; an flock()ed file on one
+machine (the kernel drops the lock with the process).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+import redis
+
+PERMIT_TTL_S = 60.0
+
+
+class Permit(Protocol):
+    node: str
+    slot: int
+
+    def renew(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Permits(Protocol):
+    def acquire(self, node: str, limit: int, wait_s: float) -> Permit | None: ...
+
+
+class RedisPermit:
+    # Compare-and-delete / compare-and-extend: never touch a permit that
+    # expired and was taken by another worker meanwhile.
+    _RELEASE = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('del', KEYS[1]) end return 0"
+    )
+    _RENEW = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+    )
+
+    def __init__(self, client: redis.Redis, key: str, token: str, node: str, slot: int) -> None:
+        self.client, self.key, self.token, self.node, self.slot = client, key, token, node, slot
+
+    def renew(self) -> bool:
+        return bool(
+            self.client.eval(self._RENEW, 1, self.key, self.token, int(PERMIT_TTL_S * 1000))
+        )
+
+    def release(self) -> None:
+        self.client.eval(self._RELEASE, 1, self.key, self.token)
+
+
+class RedisPermits:
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+
+    def acquire(self, node: str, limit: int, wait_s: float) -> RedisPermit | None:
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        while True:
+            for slot in range(limit):
+                key = f"qrfarm:permit:{node}:{slot}"
+                if self.client.set(key, token, nx=True, px=int(PERMIT_TTL_S * 1000)):
+                    return RedisPermit(self.client, key, token, node, slot)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+
+class FilePermit:
+    def __init__(self, fd: int, node: str, slot: int) -> None:
+        self.fd, self.node, self.slot = fd, node, slot
+
+    def renew(self) -> bool:
+        return True  # held until released or the process dies
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class FilePermits:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def acquire(self, node: str, limit: int, wait_s: float) -> FilePermit | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            for slot in range(limit):
+                path = self.directory / f"{node}.{slot}.lock"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                return FilePermit(fd, node, slot)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)

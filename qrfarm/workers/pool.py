@@ -1,0 +1,158 @@
+"""Each worker process's associations: held open per node, reused across tasks.
+
+A pooled association keeps its node's permit while open, is checked before
+use (C-ECHO after a pause), reopened after an abort, and closed when idle
+before the peer's own idle timeout (Orthanc: 30 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+from qrfarm.dicom import (
+    Connection,
+    Node,
+    Operation,
+    Root,
+    StatusCategory,
+    Timeouts,
+    qr_contexts,
+    storage_contexts,
+)
+from qrfarm.dicom.contexts import DEFAULT_STORAGE_SOP_CLASSES
+from qrfarm.errors import QrfarmError
+from qrfarm.jobs.runner import NodeBusy
+
+from .permits import Permit, Permits
+
+log = logging.getLogger(__name__)
+
+QR_CONTEXTS = qr_contexts(
+    [Operation.ECHO, Operation.FIND, Operation.MOVE], [Root.STUDY, Root.PATIENT]
+)
+CHECK_AFTER_IDLE_S = 5.0
+CLOSE_AFTER_IDLE_S = 20.0
+PERMIT_WAIT_S = 2.0
+
+
+@dataclass
+class _Pooled:
+    connection: Connection
+    permit: Permit
+    last_used: float
+
+
+class AssociationPool:
+    """Implements the runner's ConnectionSource for one worker process."""
+
+    def __init__(self, permits: Permits, calling_ae: str, timeouts: Timeouts) -> None:
+        self.permits = permits
+        self.calling_ae = calling_ae
+        self.timeouts = timeouts
+        self._idle: dict[Node, _Pooled] = {}
+        self._lock = threading.Lock()
+        self._reaper = threading.Thread(target=self._reap, name="pool-reaper", daemon=True)
+        self._reaper.start()
+
+    def _permit(self, node: Node) -> Permit:
+        permit = self.permits.acquire(str(node), node.max_associations, PERMIT_WAIT_S)
+        if permit is None:
+            raise NodeBusy(f"{node} has all its {node.max_associations} association(s) in use")
+        return permit
+
+    def _open(self, node: Node, contexts: list, permit: Permit) -> Connection:  # type: ignore[type-arg]
+        try:
+            return Connection.open(
+                node, contexts, calling_ae=self.calling_ae, timeouts=self.timeouts
+            )
+        except BaseException:
+            permit.release()
+            raise
+
+    def _take(self, node: Node) -> _Pooled:
+        with self._lock:
+            pooled = self._idle.pop(node, None)
+        if pooled is not None:
+            idle = time.monotonic() - pooled.last_used
+            usable = (
+                pooled.connection.is_open
+                and idle < CLOSE_AFTER_IDLE_S
+                and pooled.permit.renew()
+                and (idle < CHECK_AFTER_IDLE_S or self._answers(pooled.connection))
+            )
+            if usable:
+                return pooled
+            self._discard(pooled)
+        permit = self._permit(node)
+        return _Pooled(self._open(node, QR_CONTEXTS, permit), permit, time.monotonic())
+
+    @staticmethod
+    def _answers(connection: Connection) -> bool:
+        try:
+            return connection.echo().category is StatusCategory.SUCCESS
+        except QrfarmError:
+            return False
+
+    @contextmanager
+    def query_retrieve(self, node: Node) -> Iterator[Connection]:
+        pooled = self._take(node)
+        try:
+            yield pooled.connection
+        except BaseException:
+            self._discard(pooled)
+            raise
+        pooled.last_used = time.monotonic()
+        if pooled.connection.is_open:
+            with self._lock:
+                previous = self._idle.pop(node, None)
+                self._idle[node] = pooled
+            if previous is not None:
+                self._discard(previous)
+        else:
+            self._discard(pooled)
+
+    @contextmanager
+    def get(self, node: Node, sop_classes: list[str]) -> Iterator[Connection]:
+        classes = sop_classes or [str(u) for u in DEFAULT_STORAGE_SOP_CLASSES]
+        contexts = qr_contexts([Operation.GET], [Root.STUDY, Root.PATIENT]) + storage_contexts(
+            classes[:120]
+        )
+        permit = self._permit(node)
+        connection = self._open(node, contexts, permit)
+        try:
+            yield connection
+        finally:
+            with suppress(QrfarmError):
+                connection.close()
+            permit.release()
+
+    def _discard(self, pooled: _Pooled) -> None:
+        with suppress(Exception):
+            pooled.connection.close()
+        pooled.permit.release()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(2.0)
+            now = time.monotonic()
+            with self._lock:
+                stale = [
+                    n for n, p in self._idle.items() if now - p.last_used >= CLOSE_AFTER_IDLE_S
+                ]
+                expired = [self._idle.pop(n) for n in stale]
+                held = list(self._idle.values())
+            for pooled in expired:
+                self._discard(pooled)
+            for pooled in held:
+                pooled.permit.renew()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = list(self._idle.values()), {}
+        for pooled in idle:
+            self._discard(pooled)

@@ -1,0 +1,84 @@
+"""What each worker process holds: engine, sessions, associations, storage.
+
+Made in the process that uses it, on its first task: nothing from a parent
+survives a fork (engines, sockets, threads), and worker_process_init stays
+quick.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from qrfarm.config import Settings, permits_redis_url
+from qrfarm.dicom import Timeouts
+from qrfarm.jobs.policy import JobPolicy
+from qrfarm.jobs.runner import RunnerDeps
+from qrfarm.models import make_engine, session_factory
+from qrfarm.storage import InstanceStorage
+
+from .get_store import GetStore
+from .permits import FilePermits, Permits, RedisPermits
+from .pool import AssociationPool
+
+
+def policy_from(settings: Settings) -> JobPolicy:
+    return JobPolicy(
+        max_attempts=settings.max_attempts,
+        reconcile_grace_s=settings.reconcile_grace_s,
+        redispatch_after_s=settings.redispatch_after_s,
+    )
+
+
+def permits_from(settings: Settings) -> Permits:
+    url = permits_redis_url(settings)
+    if url:
+        return RedisPermits(url)
+    return FilePermits(settings.data_dir / "permits")
+
+
+@dataclass
+class WorkerProcess:
+    pid: int
+    engine: Engine
+    deps: RunnerDeps
+    pool: AssociationPool
+
+    @property
+    def owner(self) -> str:
+        return f"{socket.gethostname()}:{self.pid}"
+
+
+_current: WorkerProcess | None = None
+_lock = threading.Lock()
+
+
+def current(settings: Settings) -> WorkerProcess:
+    """This process's worker state, made on first use (and again after a fork)."""
+    global _current
+    with _lock:
+        if _current is None or _current.pid != os.getpid():
+            engine = make_engine(settings.database_url)
+            sessions = session_factory(engine)
+            timeouts = Timeouts(
+                connect=settings.connect_timeout,
+                acse=settings.acse_timeout,
+                dimse=settings.dimse_timeout,
+                network=settings.network_timeout,
+            )
+            pool = AssociationPool(permits_from(settings), settings.ae_title, timeouts)
+            deps = RunnerDeps(
+                sessions=sessions,
+                connections=pool,
+                get_recorder=GetStore(
+                    sessions, InstanceStorage(settings.storage_root, fsync=settings.scp_fsync)
+                ),
+                calling_ae=settings.ae_title,
+                policy=policy_from(settings),
+            )
+            _current = WorkerProcess(os.getpid(), engine, deps, pool)
+        return _current
