@@ -1,4 +1,4 @@
-"""Direct mode: echo, find, get and move against one node, in this process."""
+"""echo, find, get and move: queued as farm jobs, or run here with --direct."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ from ..dicom import (
 from ..dicom.node import validate_ae_title
 from ..dicom.planning import expected_sop_classes
 from ..errors import InvalidIdentifier
+from ..jobs.submit import JobRequest
+from ..models import JobKind
 from .common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -60,6 +62,12 @@ from .common import (
     split_keys,
     timeouts_from,
 )
+from .farm import queue_job
+
+DirectOpt = Annotated[
+    bool, typer.Option("--direct", help="Run it here and now, not as a queued job.")
+]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the queued job to its end.")]
 
 
 def _print_final(result: OperationResult) -> None:
@@ -156,11 +164,26 @@ def find(
     tls_key: KeyOpt = None,
     dimse_timeout: DimseOpt = None,
     deadline: DeadlineOpt = None,
+    direct: DirectOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """C-FIND: query NODE and print the matches."""
 
     def action(settings: Settings) -> int:
         matching, returned = split_keys(key)
+        if not direct:
+            return queue_job(
+                settings,
+                JobRequest(
+                    kind=JobKind.FIND,
+                    node=node,
+                    level=level,
+                    root=root,
+                    keys=matching,
+                    return_keys=returned,
+                ),
+                wait,
+            )
         identifier = build_query_identifier(
             root, level, matching, returned, default_return_keys=not no_default_keys
         )
@@ -226,11 +249,26 @@ def get(
     tls_key: KeyOpt = None,
     dimse_timeout: DimseOpt = None,
     deadline: DeadlineOpt = None,
+    direct: DirectOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """C-GET: retrieve instances from NODE into a directory, over the same association."""
 
     def action(settings: Settings) -> int:
         matching, returned = split_keys(key)
+        if not direct:
+            return queue_job(
+                settings,
+                JobRequest(
+                    kind=JobKind.GET,
+                    node=node,
+                    level=level,
+                    root=root,
+                    keys=matching,
+                    return_keys=returned,
+                ),
+                wait,
+            )
         if returned:
             raise InvalidIdentifier(returned[0], "a retrieve takes unique keys with values only")
         identifier = build_retrieve_identifier(root, level, matching)
@@ -262,7 +300,10 @@ def get(
 @app.command()
 def move(
     node: NodeArg,
-    dest: Annotated[str, typer.Option("--dest", "-d", help="Move destination AE title.")],
+    dest: Annotated[
+        str | None,
+        typer.Option("--dest", "-d", help="Move destination AE title (default: the farm's SCP)."),
+    ] = None,
     level: LevelOpt = Level.STUDY,
     root: RootOpt = Root.STUDY,
     key: KeysOpt = None,
@@ -276,15 +317,31 @@ def move(
     tls_key: KeyOpt = None,
     dimse_timeout: DimseOpt = None,
     deadline: DeadlineOpt = None,
+    direct: DirectOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """C-MOVE: ask NODE to send instances to the AE title DEST."""
 
     def action(settings: Settings) -> int:
         matching, returned = split_keys(key)
+        if not direct:
+            return queue_job(
+                settings,
+                JobRequest(
+                    kind=JobKind.MOVE,
+                    node=node,
+                    level=level,
+                    root=root,
+                    keys=matching,
+                    return_keys=returned,
+                    destination=dest,
+                ),
+                wait,
+            )
         if returned:
             raise InvalidIdentifier(returned[0], "a retrieve takes unique keys with values only")
         identifier = build_retrieve_identifier(root, level, matching)
-        destination = validate_ae_title(dest, "move destination")
+        destination = validate_ae_title(dest or settings.scp_ae_title, "move destination")
         target = resolve_node(node, settings, tls, tls_ca, tls_cert, tls_key)
         with (
             Connection.open(

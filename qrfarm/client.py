@@ -1,0 +1,131 @@
+"""The producer's Python API: submit jobs, wait for them, read their results.
+
+from qrfarm.client import Client
+from qrfarm.dicom import Level
+
+client = Client.from_settings()
+job = client.move("pacs1", Level.STUDY, {"StudyInstanceUID": "1.2.3"})
+summary = client.wait(job, timeout=600)
+print(summary["state"], summary["recorded"], summary["missing_uids"])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import Settings, broker_config
+from .dicom import Level, Root
+from .dicom.identifiers import KeyValue
+from .errors import DatabaseNotReady, QrfarmError
+from .jobs import control
+from .jobs.dispatch import Dispatcher, celery_dispatcher
+from .jobs.queries import find_results, job_summary
+from .jobs.submit import JobRequest, submit
+from .models import JobKind, make_engine, session_factory
+from .models.migrate import is_current
+
+ENDED = {"completed", "partial", "failed", "cancelled"}
+
+
+class WaitTimedOut(QrfarmError):
+    """The job had not ended when the wait ran out; it goes on."""
+
+
+class Client:
+    def __init__(self, settings: Settings, engine: Engine, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions: sessionmaker[Session] = session_factory(engine)
+        self.dispatcher = dispatcher
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Client:
+        settings = settings or Settings()
+        engine = make_engine(settings.database_url)
+        if not is_current(engine):
+            raise DatabaseNotReady("the database is not at the latest schema: qrfarm db upgrade")
+        broker, options = broker_config(settings)
+        return cls(settings, engine, celery_dispatcher(broker, options))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def submit(self, request: JobRequest) -> int:
+        return submit(
+            self.sessions,
+            request,
+            self.dispatcher,
+            default_destination=self.settings.scp_ae_title,
+            check_target=self.settings.check_target,
+            default_max_attempts=self.settings.max_attempts,
+        )
+
+    def find(
+        self,
+        node: str,
+        level: Level,
+        keys: Mapping[str, KeyValue],
+        return_keys: Iterable[str] = (),
+        *,
+        root: Root = Root.STUDY,
+        **kw: Any,
+    ) -> int:
+        return self.submit(JobRequest(JobKind.FIND, node, level, root, keys, return_keys, **kw))
+
+    def move(
+        self,
+        node: str,
+        level: Level,
+        keys: Mapping[str, KeyValue],
+        *,
+        root: Root = Root.STUDY,
+        destination: str | None = None,
+        **kw: Any,
+    ) -> int:
+        return self.submit(
+            JobRequest(JobKind.MOVE, node, level, root, keys, destination=destination, **kw)
+        )
+
+    def get(
+        self,
+        node: str,
+        level: Level,
+        keys: Mapping[str, KeyValue],
+        *,
+        root: Root = Root.STUDY,
+        **kw: Any,
+    ) -> int:
+        return self.submit(JobRequest(JobKind.GET, node, level, root, keys, **kw))
+
+    def status(self, job_id: int, *, responses: bool = False) -> dict[str, Any]:
+        with self.sessions() as session:
+            return job_summary(session, job_id, responses=responses)
+
+    def results(self, job_id: int) -> list[dict[str, Any]]:
+        """A find job's answers, as DICOM JSON."""
+        with self.sessions() as session:
+            return find_results(session, job_id)
+
+    def wait(
+        self, job_id: int, timeout: float | None = None, poll_s: float = 0.2
+    ) -> dict[str, Any]:
+        """Block until the job ends; its summary. Raises WaitTimedOut after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            summary = self.status(job_id)
+            if summary["state"] in ENDED:
+                return summary
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimedOut(f"job {job_id} is still {summary['state']} after {timeout} s")
+            time.sleep(poll_s)
+
+    def cancel(self, job_id: int) -> str:
+        return control.cancel(self.sessions, job_id).value
+
+    def retry(self, job_id: int) -> None:
+        control.retry(self.sessions, job_id, self.dispatcher, self.settings.max_attempts)
