@@ -171,7 +171,7 @@ def broker_config(settings: Settings) -> tuple[str, dict[str, Any]]:
     folder = (settings.data_dir / "broker").resolve()
     (folder / "queue").mkdir(parents=True, exist_ok=True)
     (folder / "processed").mkdir(parents=True, exist_ok=True)
-    return "filesystem://", {
+    return "filesystem://localhost//", {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),

@@ -39,7 +39,9 @@ def test_echo(pacs: PacsPeer) -> None:
 
 
 def test_find_json_is_dicom_json_of_every_match(pacs: PacsPeer, corpus: Corpus) -> None:
-    run = qrfarm("find", spec(pacs), "--level", "STUDY", "-k", "PatientID=P001", "--json")
+    run = qrfarm(
+        "find", spec(pacs), "--direct", "--level", "STUDY", "-k", "PatientID=P001", "--json"
+    )
     assert run.returncode == 0, run.stderr
     answers = json.loads(run.stdout)
     uids = {a["0020000D"]["Value"][0] for a in answers}
@@ -50,6 +52,7 @@ def test_find_table_shows_decoded_names(pacs: PacsPeer) -> None:
     run = qrfarm(
         "find",
         spec(pacs),
+        "--direct",
         "--root",
         "patient",
         "--level",
@@ -72,6 +75,7 @@ def test_get_writes_every_instance_of_the_series(
     run = qrfarm(
         "get",
         spec(pacs),
+        "--direct",
         "--level",
         "SERIES",
         "-k",
@@ -94,6 +98,7 @@ def test_move_reports_counts_and_the_files_arrive(
     run = qrfarm(
         "move",
         spec(pacs),
+        "--direct",
         "--dest",
         MOVE_DEST_AE,
         "-k",
@@ -108,7 +113,13 @@ def test_move_reports_counts_and_the_files_arrive(
 
 def test_move_to_an_unknown_destination_exits_2(pacs: PacsPeer, corpus: Corpus) -> None:
     run = qrfarm(
-        "move", spec(pacs), "--dest", "NOWHERE", "-k", f"StudyInstanceUID={corpus.large_study_uid}"
+        "move",
+        spec(pacs),
+        "--direct",
+        "--dest",
+        "NOWHERE",
+        "-k",
+        f"StudyInstanceUID={corpus.large_study_uid}",
     )
     assert run.returncode == 2
     assert "move: 0x" in run.stdout
@@ -118,25 +129,25 @@ def test_move_to_an_unknown_destination_exits_2(pacs: PacsPeer, corpus: Corpus) 
     ("args", "message"),
     [
         (
-            ["find", "X@127.0.0.1:104", "--level", "SERIES", "-k", "Modality=CT"],
+            ["find", "X@127.0.0.1:104", "--direct", "--level", "SERIES", "-k", "Modality=CT"],
             "StudyInstanceUID: a SERIES-level query in the study root needs exactly one value",
         ),
         (
-            ["get", "X@127.0.0.1:104", "--level", "STUDY", "-k", "PatientName=X"],
+            ["get", "X@127.0.0.1:104", "--direct", "--level", "STUDY", "-k", "PatientName=X"],
             "PatientName: not allowed in a study-root STUDY retrieve identifier",
         ),
         (
-            ["find", "X@127.0.0.1:104", "-k", "StudyDate=20201340"],
+            ["find", "X@127.0.0.1:104", "--direct", "-k", "StudyDate=20201340"],
             "StudyDate: '20201340' is not a valid DA value",
         ),
         (
-            ["find", "X@127.0.0.1:104", "-k", "NoSuchKeyword=1"],
+            ["find", "X@127.0.0.1:104", "--direct", "-k", "NoSuchKeyword=1"],
             "NoSuchKeyword: not a keyword of the DICOM data dictionary",
         ),
         (["echo", "not-a-node"], "not a configured node name, nor AET@host:port"),
         (["echo", "WAYTOOLONGAETITLE1@127.0.0.1:104"], "must be 1-16 printable ASCII"),
         (
-            ["move", "X@127.0.0.1:104", "--dest", "A\\B", "-k", "StudyInstanceUID=1.2"],
+            ["move", "X@127.0.0.1:104", "--direct", "--dest", "A\\B", "-k", "StudyInstanceUID=1.2"],
             "no backslash",
         ),
     ],

@@ -167,6 +167,14 @@ def follow(sessions: sessionmaker[Session], job_id: int, *, timeout: float | Non
 
 
 def print_job(summary: dict[str, Any]) -> None:
+    if summary["kind"] == "find":
+        out.print(
+            f"job {summary['id']} find on {summary['node']}: [bold]{summary['state']}[/],"
+            f" {summary['answers']} answer(s)"
+            + (f"  {summary['error']}" if summary["error"] else ""),
+            highlight=False,
+        )
+        return
     reported = summary["reported"]
     out.print(
         f"job {summary['id']} {summary['kind']} on {summary['node']}: [bold]{summary['state']}[/]"

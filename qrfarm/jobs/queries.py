@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from qrfarm.models import Attempt, DimseResponse, FindResult, Job, JobState, NodeRecord
+from qrfarm.models import Attempt, DimseResponse, FindResult, Job, JobKind, JobState, NodeRecord
 
 from .control import NoSuchJob
 
@@ -35,6 +35,11 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
             "warning": job.reported_warning,
         },
         "recorded": job.recorded_count,
+        "answers": session.scalar(
+            select(func.count()).select_from(FindResult).where(FindResult.job_id == job.id)
+        )
+        if job.kind is JobKind.FIND
+        else None,
         "progress": {
             "remaining": job.progress_remaining,
             "completed": job.progress_completed,

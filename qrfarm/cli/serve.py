@@ -1,0 +1,141 @@
+"""`qrfarm serve`: the storage SCP, workers and the scheduler as one command.
+
+Each part runs as its own child process, supervised: one that dies is
+started again; the worker is restarted when nodes are added, so that it
+consumes their queues; SIGTERM stops them all (workers finish or give back
+their task: it is acknowledged late).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import select
+
+from ..config import Settings
+from ..models import NodeRecord, make_engine, session_factory, upgrade
+from .common import EXIT_OK, app, out, run
+from .services import register_configured_nodes
+
+log = logging.getLogger(__name__)
+CHECK_S = 2.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    starts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        if self.log_path is None:
+            self.process = subprocess.Popen([sys.executable, "-m", "qrfarm.cli", *self.argv])
+        else:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("ab") as log_file:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "qrfarm.cli", "-v", *self.argv],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+        self.starts.append(time.monotonic())
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if not self.alive():
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def _node_names(settings: Settings) -> list[str]:
+    engine = make_engine(settings.database_url)
+    try:
+        with session_factory(engine)() as session:
+            return sorted(session.scalars(select(NodeRecord.name)))
+    finally:
+        engine.dispose()
+
+
+def supervise(
+    settings: Settings, workers: int, stop: threading.Event, log_dir: Path | None = None
+) -> None:
+    """Run the parts until ``stop`` is set; their output goes to ``log_dir`` when given."""
+
+    def log_of(name: str) -> Path | None:
+        return None if log_dir is None else log_dir / f"{name}.log"
+
+    scp = Child("storage SCP", ["scp"], log_of("scp"))
+    scheduler = Child("scheduler", ["scheduler"], log_of("scheduler"))
+    worker = Child("worker", ["worker", "--concurrency", str(workers)], log_of("worker"))
+    scp.start()
+    scheduler.start()
+    served: list[str] = []
+    try:
+        while not stop.is_set():
+            nodes = _node_names(settings)
+            if nodes != served and nodes:
+                worker.stop()
+                worker.start()
+                served = nodes
+            for child in (scp, scheduler) + ((worker,) if served else ()):
+                if not child.alive() and not stop.is_set():
+                    log.warning("%s exited; starting it again", child.name)
+                    # Not in a tight loop: a part that cannot start waits a little.
+                    if child.starts and time.monotonic() - child.starts[-1] < 5:
+                        time.sleep(5)
+                    child.start()
+            stop.wait(CHECK_S)
+    finally:
+        for child in (worker, scheduler, scp):
+            child.stop()
+
+
+@app.command()
+def serve(
+    workers: Annotated[int, typer.Option(help="Worker pool processes.")] = 2,
+) -> None:
+    """Run the farm on one machine: storage SCP, workers and scheduler together."""
+
+    def action(settings: Settings) -> int:
+        upgrade(settings.database_url)
+        engine = make_engine(settings.database_url)
+        register_configured_nodes(settings, session_factory(engine))
+        engine.dispose()
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        out.print(
+            f"qrfarm serving: SCP {settings.scp_ae_title} on {settings.scp_host}:"
+            f"{settings.scp_port}, database {settings.database_url.split('@')[-1]}, "
+            f"broker {settings.broker_url or 'embedded'} (pid {os.getpid()})",
+            highlight=False,
+        )
+        supervise(settings, workers, stop)
+        return EXIT_OK
+
+    run(action)
