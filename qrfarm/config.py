@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # to the broker when that is Redis), else lock files in data_dir.
     permits_redis_url: str | None = None
     max_attempts: int = Field(default=5, ge=1)
+    backoff_base_s: float = Field(default=2.0, gt=0)
+    backoff_cap_s: float = Field(default=300.0, gt=0)
+    # A running job's lease; a worker that dies loses it after this long.
+    lease_ttl_s: float = Field(default=60.0, ge=2)
     reconcile_grace_s: float = Field(default=10.0, ge=0)
     scheduler_interval_s: float = Field(default=2.0, gt=0)
     redispatch_after_s: float = Field(default=120.0, gt=0)

@@ -52,7 +52,9 @@ class JobWatch:
             self._latest = response
 
     def _run(self) -> None:
-        while not self._stop.wait(self.policy.progress_interval_s):
+        while not self._stop.wait(
+            min(self.policy.progress_interval_s, self.policy.lease_ttl_s / 3)
+        ):
             try:
                 self._tick()
             except SQLAlchemyError as exc:

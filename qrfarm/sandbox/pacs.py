@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +40,53 @@ def _level(identifier: Dataset) -> Level | None:
         return None
 
 
-def handle_find(event: Event, archive: Archive) -> Iterator[tuple[int, Dataset | None]]:
+@dataclass
+class SandboxStats:
+    """What the sandbox saw: associations at once (now and at most), C-CANCELs."""
+
+    open_associations: int = 0
+    peak_associations: int = 0
+    cancels: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def opened(self, _event: Event) -> None:
+        with self.lock:
+            self.open_associations += 1
+            self.peak_associations = max(self.peak_associations, self.open_associations)
+
+    def closed(self, _event: Event) -> None:
+        with self.lock:
+            self.open_associations -= 1
+
+    def cancelled(self) -> None:
+        with self.lock:
+            self.cancels += 1
+
+
+@dataclass
+class Behaviour:
+    """How the sandbox acts: a delay before each response, to make operations overlap."""
+
+    delay_s: float = 0.0
+    stats: SandboxStats = field(default_factory=SandboxStats)
+
+    def pause(self) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+
+
+def handle_find(
+    event: Event, archive: Archive, behaviour: Behaviour
+) -> Iterator[tuple[int, Dataset | None]]:
     identifier = event.identifier
     level = _level(identifier)
     if level is None:
         yield 0xA900, None  # Identifier does not match SOP class
         return
     for group in archive.select(identifier, level):
+        behaviour.pause()
         if event.is_cancelled:
+            behaviour.stats.cancelled()
             yield 0xFE00, None
             return
         yield 0xFF00, archive.answer(identifier, level, group)
@@ -59,21 +101,26 @@ def _instances(event: Event, archive: Archive) -> list[ArchivedInstance] | None:
     return [i for group in archive.select(identifier, level) for i in group]
 
 
-def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
+def handle_get(event: Event, archive: Archive, behaviour: Behaviour) -> Iterator[Any]:
     instances = _instances(event, archive)
     if instances is None:
         yield 0
         return
     yield len(instances)
     for instance in instances:
+        behaviour.pause()
         if event.is_cancelled:
+            behaviour.stats.cancelled()
             yield 0xFE00, None
             return
         yield 0xFF00, dcmread(instance.path)
 
 
 def handle_move(
-    event: Event, archive: Archive, destinations: dict[str, tuple[str, int]]
+    event: Event,
+    archive: Archive,
+    destinations: dict[str, tuple[str, int]],
+    behaviour: Behaviour,
 ) -> Iterator[Any]:
     destination = destinations.get(str(event.move_destination).strip())
     if destination is None:
@@ -85,7 +132,9 @@ def handle_move(
     yield (*destination, {"evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay)]})
     yield len(instances or [])
     for instance in instances or []:
+        behaviour.pause()
         if event.is_cancelled:
+            behaviour.stats.cancelled()
             yield 0xFE00, None
             return
         yield 0xFF00, dcmread(instance.path)
@@ -106,8 +155,10 @@ class SandboxPacs:
         *,
         ae_title: str = "SANDBOX",
         destinations: dict[str, tuple[str, int]] | None = None,
+        behaviour: Behaviour | None = None,
     ) -> None:
         self.archive = Archive(files)
+        self.behaviour = behaviour or Behaviour()
         self.ae_title = ae_title
         self.destinations = dict(destinations or {})
         self._server: ThreadedAssociationServer | None = None
@@ -131,9 +182,12 @@ class SandboxPacs:
                 context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=False, scp_role=True
             )
         handlers: list[Any] = [
-            (evt.EVT_C_FIND, handle_find, [self.archive]),
-            (evt.EVT_C_GET, handle_get, [self.archive]),
-            (evt.EVT_C_MOVE, handle_move, [self.archive, self.destinations]),
+            (evt.EVT_C_FIND, handle_find, [self.archive, self.behaviour]),
+            (evt.EVT_C_GET, handle_get, [self.archive, self.behaviour]),
+            (evt.EVT_C_MOVE, handle_move, [self.archive, self.destinations, self.behaviour]),
+            (evt.EVT_ESTABLISHED, self.behaviour.stats.opened),
+            (evt.EVT_RELEASED, self.behaviour.stats.closed),
+            (evt.EVT_ABORTED, self.behaviour.stats.closed),
         ]
         self._server = ae.start_server((host, port), block=False, evt_handlers=handlers)
         bound = int(self._server.socket.getsockname()[1])  # type: ignore[union-attr]

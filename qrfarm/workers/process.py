@@ -29,6 +29,9 @@ from .pool import AssociationPool
 def policy_from(settings: Settings) -> JobPolicy:
     return JobPolicy(
         max_attempts=settings.max_attempts,
+        backoff_base_s=settings.backoff_base_s,
+        backoff_cap_s=settings.backoff_cap_s,
+        lease_ttl_s=settings.lease_ttl_s,
         reconcile_grace_s=settings.reconcile_grace_s,
         redispatch_after_s=settings.redispatch_after_s,
     )
