@@ -775,6 +775,33 @@ def table(results: Sequence[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def qrfarm_revision() -> str:
+    """The commit of the qrfarm sources the receiver ran, "+dirty" if qrfarm/ had changes."""
+    try:
+        import qrfarm
+    except ImportError:
+        return "?"
+    source = Path(qrfarm.__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return head + ("+dirty" if dirty else "")
+
+
 def versions() -> dict[str, str]:
     def first_line(argv: list[str]) -> str:
         try:
@@ -785,6 +812,7 @@ def versions() -> dict[str, str]:
         return text[0] if text else "?"
 
     return {
+        "qrfarm": qrfarm_revision(),
         "python": platform.python_version(),
         "pydicom": pydicom.__version__,
         "pynetdicom": pynetdicom.__version__,
@@ -875,6 +903,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
+    at_start = versions()
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in at_start.items()))
     with scratch_dir(args.workdir, args.keep) as scratch:
         sets: dict[str, DataSet] = {}
         # name, count, image side, set number (the study UID's last component)
@@ -931,7 +961,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "argv": sys.argv,
-            "versions": versions(),
+            "versions": at_start,
+            "qrfarm_at_end": qrfarm_revision(),
             "repeat": args.repeat,
             "datasets": {
                 d.name: {"instances": len(d.files), "bytes": d.total_bytes} for d in sets.values()

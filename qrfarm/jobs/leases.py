@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from qrfarm.models import Attempt, Job, JobState, utcnow
@@ -57,7 +57,12 @@ def claim(
     job.attempt_count += 1
     job.next_attempt_at = None
     transition(job, JobState.RUNNING)
-    attempt = Attempt(job_id=job.id, number=job.attempt_count, worker=owner, task_id=task_id)
+    # Attempts are numbered by row, not by attempt_count: a wait for a
+    # permit gives its count back but keeps its row.
+    number = (
+        session.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job.id)) or 0
+    ) + 1
+    attempt = Attempt(job_id=job.id, number=number, worker=owner, task_id=task_id)
     session.add(attempt)
     session.flush()
     return Claim(job.id, job.lease_token, attempt.id, attempt.number, owner)

@@ -146,6 +146,7 @@ def _redis_ready(url: str) -> redis.Redis:
 def make_farm(
     kind: str, root: Path, scp_port: int, broker_url: str | None = None
 ) -> Iterator[Farm]:
+    root.mkdir(parents=True, exist_ok=True)
     env = {
         "QRFARM_STORAGE_ROOT": str(root / "storage"),
         "QRFARM_DATA_DIR": str(root / "data"),

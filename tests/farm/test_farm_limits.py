@@ -1,0 +1,149 @@
+"""The farm under pressure: association limits, a Redis restart, a cancel."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from qrfarm.dicom import Level
+from qrfarm.jobs.nodes import NodeSpec
+from qrfarm.models import MatchedBy
+from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
+from qrfarm.sandbox.synthetic import Corpus
+from tests.conftest import QRFARM_SCP_AE
+from tests.peers.orthanc import OrthancPeer
+from tests.peers.ports import free_port, wait_for_port
+
+from .conftest import make_farm
+
+
+@contextmanager
+def sandbox(corpus: Corpus, scp_port: int, delay_s: float) -> Iterator[SandboxPacs]:
+    pacs = SandboxPacs(
+        [i.path for i in corpus.instances],
+        destinations={QRFARM_SCP_AE: ("127.0.0.1", scp_port)},
+        behaviour=Behaviour(delay_s=delay_s),
+    )
+    pacs.port = pacs.start()  # type: ignore[attr-defined]
+    try:
+        yield pacs
+    finally:
+        pacs.stop()
+
+
+def test_a_node_limited_to_two_associations_never_sees_three(
+    tmp_path: Path, qrfarm_scp_port: int, corpus: Corpus
+) -> None:
+    with (
+        make_farm("redis-postgresql", tmp_path, qrfarm_scp_port) as farm,
+        sandbox(corpus, qrfarm_scp_port, delay_s=0.15) as pacs,
+    ):
+        farm.register(
+            NodeSpec(
+                "slow",
+                "SANDBOX",
+                "127.0.0.1",
+                pacs.port,  # type: ignore[attr-defined]
+                max_associations=2,
+            )
+        )
+        farm.start("scheduler", "scheduler")
+        for _ in range(3):
+            farm.start_worker("slow", concurrency=1)
+        jobs = [farm.client.find("slow", Level.STUDY, {}) for _ in range(10)]
+        for job_id in jobs:
+            summary = farm.wait(job_id, timeout=240)
+            assert summary["state"] == "completed", summary
+            assert summary["answers"] == len(corpus.studies())
+    # The peak is counted at the PACS: exactly the limit, never above.
+    assert pacs.behaviour.stats.peak_associations == 2
+
+
+def test_cancel_of_a_long_move_reaches_the_pacs_and_keeps_what_arrived(
+    tmp_path: Path, qrfarm_scp_port: int, corpus: Corpus
+) -> None:
+    with (
+        make_farm("embedded", tmp_path, qrfarm_scp_port) as farm,
+        sandbox(corpus, qrfarm_scp_port, delay_s=0.05) as pacs,
+    ):
+        farm.register(NodeSpec("slow", "SANDBOX", "127.0.0.1", pacs.port))  # type: ignore[attr-defined]
+        farm.start_scp()
+        farm.start("scheduler", "scheduler")
+        farm.start_worker("slow", concurrency=1)
+        study = corpus.large_study_uid
+        total = len(corpus.studies()[study])
+        job_id = farm.client.move("slow", Level.STUDY, {"StudyInstanceUID": study})
+        deadline = time.monotonic() + 60
+        while farm.client.status(job_id)["recorded"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        farm.client.cancel(job_id)
+        summary = farm.wait(job_id, timeout=120)
+        rows = farm.rows(job_id)
+    assert summary["state"] == "cancelled", summary
+    assert pacs.behaviour.stats.cancels == 1
+    assert 10 <= len(rows) < total
+    assert summary["recorded"] == len(rows)
+    # pynetdicom's Move SCP names itself as originator: matched by UIDs.
+    assert {r.matched_by for r in rows} == {MatchedBy.UIDS}
+
+
+def test_a_redis_restart_with_jobs_queued_loses_none(
+    tmp_path: Path, qrfarm_scp_port: int, orthanc: OrthancPeer, corpus: Corpus
+) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed")
+    port = free_port()
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert wait_for_port(port, timeout=10)
+        return process
+
+    server = start_redis()
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        with make_farm(
+            "redis-postgresql", tmp_path / "farm", qrfarm_scp_port, broker_url=url
+        ) as farm:
+            farm.register(NodeSpec("orthanc", orthanc.ae_title, "127.0.0.1", orthanc.port))
+            jobs = [
+                farm.client.find("orthanc", Level.STUDY, {"PatientID": f"P00{n}"})
+                for n in range(1, 6)
+            ]
+            assert redis.Redis.from_url(url).llen("qrfarm.node.orthanc") == len(jobs)
+            server.terminate()
+            server.wait(10)
+            server = start_redis()  # empty: it keeps nothing on disk
+            assert redis.Redis.from_url(url).llen("qrfarm.node.orthanc") == 0
+            farm.start("scheduler", "scheduler")
+            farm.start_worker("orthanc")
+            for job_id in jobs:
+                summary = farm.wait(job_id, timeout=120)
+                assert summary["state"] == "completed", summary
+    finally:
+        server.terminate()
+        server.wait(10)
