@@ -65,14 +65,17 @@ class SandboxStats:
 
 @dataclass
 class Behaviour:
-    """How the sandbox acts: a delay before each response, to make operations overlap."""
+    """How the sandbox acts: delays before each C-FIND answer and each sub-operation,
+    to make operations long enough to overlap or to be cancelled."""
 
-    delay_s: float = 0.0
+    find_delay_s: float = 0.0
+    retrieve_delay_s: float = 0.0
     stats: SandboxStats = field(default_factory=SandboxStats)
 
-    def pause(self) -> None:
-        if self.delay_s:
-            time.sleep(self.delay_s)
+    def pause(self, retrieve: bool = True) -> None:
+        delay = self.retrieve_delay_s if retrieve else self.find_delay_s
+        if delay:
+            time.sleep(delay)
 
 
 def handle_find(
@@ -84,7 +87,7 @@ def handle_find(
         yield 0xA900, None  # Identifier does not match SOP class
         return
     for group in archive.select(identifier, level):
-        behaviour.pause()
+        behaviour.pause(retrieve=False)
         if event.is_cancelled:
             behaviour.stats.cancelled()
             yield 0xFE00, None

@@ -25,11 +25,13 @@ from .conftest import make_farm
 
 
 @contextmanager
-def sandbox(corpus: Corpus, scp_port: int, delay_s: float) -> Iterator[SandboxPacs]:
+def sandbox(
+    corpus: Corpus, scp_port: int, find_delay_s: float = 0.0, retrieve_delay_s: float = 0.0
+) -> Iterator[SandboxPacs]:
     pacs = SandboxPacs(
         [i.path for i in corpus.instances],
         destinations={QRFARM_SCP_AE: ("127.0.0.1", scp_port)},
-        behaviour=Behaviour(delay_s=delay_s),
+        behaviour=Behaviour(find_delay_s, retrieve_delay_s),
     )
     pacs.port = pacs.start()  # type: ignore[attr-defined]
     try:
@@ -43,7 +45,7 @@ def test_a_node_limited_to_two_associations_never_sees_three(
 ) -> None:
     with (
         make_farm("redis-postgresql", tmp_path, qrfarm_scp_port) as farm,
-        sandbox(corpus, qrfarm_scp_port, delay_s=0.15) as pacs,
+        sandbox(corpus, qrfarm_scp_port, find_delay_s=0.15) as pacs,
     ):
         farm.register(
             NodeSpec(
@@ -71,7 +73,7 @@ def test_cancel_of_a_long_move_reaches_the_pacs_and_keeps_what_arrived(
 ) -> None:
     with (
         make_farm("embedded", tmp_path, qrfarm_scp_port) as farm,
-        sandbox(corpus, qrfarm_scp_port, delay_s=0.05) as pacs,
+        sandbox(corpus, qrfarm_scp_port, retrieve_delay_s=0.05) as pacs,
     ):
         farm.register(NodeSpec("slow", "SANDBOX", "127.0.0.1", pacs.port))  # type: ignore[attr-defined]
         farm.start_scp()
