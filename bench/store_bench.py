@@ -60,6 +60,7 @@ ORTHANC = "/usr/sbin/Orthanc"
 CALLING_AE = "BENCHSCU"
 BENCH_DIR = Path(__file__).resolve().parent
 BARE_SCP = BENCH_DIR / "bare_scp.py"
+QRFARM_TIMED = BENCH_DIR / "qrfarm_timed.py"
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 BENCH_DB = "qrfarm_bench"
@@ -494,7 +495,26 @@ store_ae_titles = ["{CALLING_AE}"]
     return path
 
 
-def start_qrfarm(workdir: Path, mode: str, profile_to: Path | None = None) -> QrfarmReceiver:
+@dataclass(frozen=True)
+class Diagnostics:
+    """Optional looks inside qrfarm scp; both slow it down a little."""
+
+    profile_dir: Path | None = None  # py-spy profiles
+    timings_dir: Path | None = None  # per-step handler timings (bench/qrfarm_timed.py)
+
+    def path(self, folder: Path | None, data: str, associations: int, mode: str) -> Path | None:
+        if folder is None:
+            return None
+        return folder / f"qrfarm-{data}-{associations}a-{mode}"
+
+
+def start_qrfarm(
+    workdir: Path,
+    mode: str,
+    *,
+    profile_to: Path | None = None,
+    timings_to: Path | None = None,
+) -> QrfarmReceiver:
     del mode  # qrfarm sets TCP_NODELAY on its sockets itself, whatever the environment
     _pg_admin(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)", f"CREATE DATABASE {BENCH_DB}")
     port = free_port()
@@ -507,7 +527,11 @@ def start_qrfarm(workdir: Path, mode: str, profile_to: Path | None = None) -> Qr
     )
     if upgrade.returncode != 0:
         raise BenchError(f"qrfarm db upgrade failed:\n{upgrade.stdout}{upgrade.stderr}")
-    child = Child("qrfarm scp", [*cli, "scp"], cwd=workdir, log=workdir / "qrfarm.log", env=env)
+    argv = [*cli, "scp"]
+    if timings_to is not None:
+        argv = [sys.executable, str(QRFARM_TIMED)]
+        env["QRFARM_BENCH_TIMINGS"] = str(timings_to)
+    child = Child("qrfarm scp", argv, cwd=workdir, log=workdir / "qrfarm.log", env=env)
     try:
         child.wait_listening(port)
     except BaseException:
@@ -541,6 +565,7 @@ class Run:
     sender_cpu_s: float
     problems: list[str] = field(default_factory=list)  # the run failed
     notes: list[str] = field(default_factory=list)  # worth a look, not a failure
+    timings: dict[str, Any] | None = None  # per-step handler timings (--qrfarm-timings)
 
     @property
     def ok(self) -> bool:
@@ -633,7 +658,14 @@ def send(
     return elapsed, problems
 
 
-def start_receiver(name: str, workdir: Path, mode: str, profile_to: Path | None = None) -> Running:
+def start_receiver(
+    name: str,
+    workdir: Path,
+    mode: str,
+    *,
+    profile_to: Path | None = None,
+    timings_to: Path | None = None,
+) -> Running:
     if name == "storescp":
         return start_storescp(workdir, mode)
     if name == "pynetdicom":
@@ -643,7 +675,7 @@ def start_receiver(name: str, workdir: Path, mode: str, profile_to: Path | None 
     if name == "orthanc":
         return start_orthanc(workdir, mode)
     if name == "qrfarm":
-        return start_qrfarm(workdir, mode, profile_to)
+        return start_qrfarm(workdir, mode, profile_to=profile_to, timings_to=timings_to)
     raise BenchError(f"unknown receiver {name}")
 
 
@@ -655,15 +687,21 @@ def measure_once(
     scratch: Path,
     *,
     keep: bool,
-    profile_dir: Path | None,
+    diagnostics: Diagnostics,
 ) -> Run:
     workdir = Path(
         tempfile.mkdtemp(prefix=f"{name}-{data.name}-{associations}-{mode}-", dir=scratch)
     )
-    profile_to = None
-    if profile_dir is not None and name == "qrfarm":
-        profile_to = profile_dir / f"qrfarm-{data.name}-{associations}a-{mode}.txt"
-    receiver = start_receiver(name, workdir, mode, profile_to)
+    profile_to = timings_to = None
+    if name == "qrfarm":
+        key = (data.name, associations, mode)
+        profile_to = diagnostics.path(diagnostics.profile_dir, *key)
+        timings_to = diagnostics.path(diagnostics.timings_dir, *key)
+    if profile_to is not None:
+        profile_to = profile_to.with_suffix(".txt")
+    if timings_to is not None:
+        timings_to = timings_to.with_suffix(".json")
+    receiver = start_receiver(name, workdir, mode, profile_to=profile_to, timings_to=timings_to)
     try:
         cpu_before = receiver.cpu_seconds()
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -684,9 +722,26 @@ def measure_once(
     run = Run(
         seconds, counts, receiver_cpu, sender_cpu, problems, receiver_log_notes(receiver.process)
     )
+    if timings_to is not None:
+        try:
+            run.timings = json.loads(timings_to.read_text())
+        except (OSError, ValueError) as exc:
+            run.notes.append(f"no handler timings from qrfarm scp: {exc}")
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return run
+
+
+def format_timings(timings: dict[str, Any]) -> str:
+    lines = []
+    for step, t in timings.get("steps", {}).items():
+        lines.append(
+            f"      {step:<34} n={t['n']:<5} mean {t['mean_ms']:7.3f} ms  "
+            f"median {t['median_ms']:7.3f}  p90 {t['p90_ms']:7.3f}  total {t['total_s']:6.2f} s"
+        )
+    if timings.get("missing"):
+        lines.append(f"      (not found, not timed: {', '.join(timings['missing'])})")
+    return "\n".join(lines)
 
 
 def receiver_log_notes(process: Child) -> list[str]:
@@ -832,7 +887,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ct", type=int, default=None, help="CT images 512x512 (default 400)")
     parser.add_argument("--tiny", type=int, default=None, help="tiny 64x64 images (default 1000)")
     parser.add_argument("--quick", action="store_true", help="40 CT and 100 tiny (smoke test)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per cell; medians (1-3)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per measurement, 1 to 5; the table shows medians",
+    )
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument(
         "--receivers",
@@ -844,6 +904,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--associations", default="1,4", help="subset of 1,4")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep received files and logs")
+    parser.add_argument(
+        "--qrfarm-timings",
+        type=Path,
+        help="run qrfarm scp through bench/qrfarm_timed.py and keep per-step timings of its "
+        "C-STORE handler (JSON per measurement) in this folder",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -900,8 +966,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             raise BenchError(f"unknown: {', '.join(sorted(unknown))}")
     check_tools(receivers)
-    if args.profile is not None:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    for folder in (args.profile, args.qrfarm_timings):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    diagnostics = Diagnostics(args.profile, args.qrfarm_timings)
     began = time.monotonic()
     at_start = versions()
     print("versions: " + ", ".join(f"{k} {v}" for k, v in at_start.items()))
@@ -932,7 +1000,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 mode,
                                 scratch,
                                 keep=args.keep,
-                                profile_dir=args.profile,
+                                diagnostics=diagnostics,
                             )
                             m.runs.append(run)
                             flag = "ok" if run.ok else "FAILED"
@@ -946,6 +1014,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 print(f"      !! {problem}", flush=True)
                             for note in run.notes:
                                 print(f"      .. {note}", flush=True)
+                            if run.timings is not None:
+                                print(format_timings(run.timings), flush=True)
                         results.append(m)
     elapsed = time.monotonic() - began
     print()

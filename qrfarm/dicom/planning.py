@@ -156,7 +156,8 @@ def _find(
 def _collect(
     conn: Connection, root: Root, level: Level, keys: dict[str, str], found: dict[str, ImageRef]
 ) -> None:
-    if level is Level.IMAGE:
+    if level in (Level.SERIES, Level.IMAGE):
+        # One IMAGE-level find per series (or per instance asked for).
         for match in _find(conn, root, Level.IMAGE, keys, ["SOPInstanceUID", "SOPClassUID"]):
             uid = str(match.get("SOPInstanceUID") or "")
             if uid:
@@ -167,12 +168,8 @@ def _collect(
                     keys["SeriesInstanceUID"],
                 )
         return
-    below = {Level.PATIENT: Level.STUDY, Level.STUDY: Level.SERIES, Level.SERIES: Level.IMAGE}[
-        level
-    ]
+    below = Level.STUDY if level is Level.PATIENT else Level.SERIES
     key = UNIQUE_KEY[below]
-    if below is Level.IMAGE and "SOPInstanceUID" in keys:
-        return
     for match in _find(conn, root, below, keys, [key]):
         child = match.get(key)
         if child:

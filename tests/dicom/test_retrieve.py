@@ -168,3 +168,20 @@ def test_identifier_the_pacs_rejects_is_a_failure_status(pacs: PacsPeer) -> None
     assert not result.matches
     with pytest.raises(DimseFailure):
         result.raise_for_status()
+
+
+def test_expected_instances_of_a_study_are_every_instance(pacs: PacsPeer, corpus: Corpus) -> None:
+    from qrfarm.dicom.planning import expected_instances
+
+    study_uid = corpus.large_study_uid
+    identifier = build_retrieve_identifier(Root.STUDY, Level.STUDY, {"StudyInstanceUID": study_uid})
+    with Connection.open(node_of(pacs), qr_contexts([Operation.FIND])) as conn:
+        refs = expected_instances(conn, identifier, Root.STUDY)
+        finds = conn._next_message_id - 1
+    instances = corpus.studies()[study_uid]
+    assert {r.sop_instance_uid for r in refs} == {i.sop_uid for i in instances}
+    assert {(r.study_instance_uid, r.series_instance_uid) for r in refs} == {
+        (i.study_uid, i.series_uid) for i in instances
+    }
+    # One SERIES-level find, then one IMAGE-level find per series.
+    assert finds == 1 + len({i.series_uid for i in instances})

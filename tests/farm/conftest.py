@@ -123,7 +123,8 @@ class Farm:
 
 def with_suppress_kill(process: subprocess.Popen[bytes]) -> None:
     try:
-        os.killpg(process.pid, signal.SIGTERM)
+        # The main process only: a Celery worker stops its own pool children.
+        process.send_signal(signal.SIGTERM)
         process.wait(20)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         with suppress(ProcessLookupError):
