@@ -122,7 +122,10 @@ def scp(
     """Run the storage SCP: store and record every instance a C-MOVE brings in."""
 
     def action(settings: Settings) -> int:
-        engine = make_engine(settings.database_url, pool_size=settings.scp_max_associations)
+        # No ping before each use: a dead pooled connection is retried once instead.
+        engine = make_engine(
+            settings.database_url, pool_size=settings.scp_max_associations, pool_pre_ping=False
+        )
         if not is_current(engine):
             raise DatabaseNotReady(
                 f"the database at {_safe_url(settings.database_url)} is not at the latest "

@@ -42,6 +42,7 @@ from .identifiers import validate_query_identifier, validate_retrieve_identifier
 from .model import Operation, Root, sop_class
 from .node import Node, validate_ae_title
 from .responses import OperationResult, Response, Status, StoredInstance
+from .sockets import tune
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,6 @@ class StoreRequest:
 
 # A sink stores one C-GET instance and returns the C-STORE status to answer.
 InstanceSink = Callable[[StoreRequest], int]
-
-
-def _enable_nodelay(sock: socket.socket | None) -> None:
-    # pynetdicom writes a command and its data set as separate PDUs; without
-    # TCP_NODELAY Nagle holds the second one until the peer's delayed ACK.
-    if sock is not None:
-        with suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Connection:
@@ -215,7 +208,7 @@ class Connection:
 
     def _on_connection_open(self, event: Event) -> None:
         self._connected = True
-        _enable_nodelay(event.assoc.dul.socket.socket if event.assoc.dul.socket else None)
+        tune(event.assoc.dul.socket)
 
     @property
     def is_open(self) -> bool:

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
-from contextlib import suppress
 from dataclasses import dataclass, field
 from threading import Event as ThreadEvent
 
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.jobs.recording import record
-from qrfarm.storage import InstanceStorage, StorageError, StorageFull, UnsafeUid
+from qrfarm.dicom.sockets import tune
+from qrfarm.jobs.recording import InstanceFacts, record
+from qrfarm.storage import InstanceStorage, StorageError, StorageFull, StoredFile, UnsafeUid
 
 from .correlate import correlate
 from .facts import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Refused, read_facts
-from .known_nodes import KnownNodes
+from .known_nodes import KnownNode, KnownNodes
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +67,7 @@ def _reject(event: Event, reason: tuple[int, int, int]) -> None:
 
 
 def handle_connection_open(event: Event) -> None:
-    # The sender writes command and data set as separate PDUs; no Nagle stall on our side.
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        with suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tune(event.assoc.dul.socket)
 
 
 def handle_store(event: Event, ctx: ScpContext) -> int:
@@ -101,12 +96,31 @@ def handle_store(event: Event, ctx: ScpContext) -> int:
     relative = str(stored.path.relative_to(ctx.storage.root))
     nodes = ctx.known_nodes.for_calling_ae(facts.calling_ae)
     try:
-        with ctx.sessions() as session, session.begin():
-            matches = correlate(session, facts, nodes, ctx.late_window_s)
-            record(session, facts, stored, relative, matches)
+        _record_with_one_reconnect(ctx, facts, stored, relative, nodes)
     except SQLAlchemyError as exc:
         # The file is whole on disk; without its row it counts for nothing,
         # and the PACS is told to try again.
         log.error("C-STORE of %s not recorded: %s", facts.sop_instance_uid, exc)
         return OUT_OF_RESOURCES
     return SUCCESS
+
+
+def _record_with_one_reconnect(
+    ctx: ScpContext,
+    facts: InstanceFacts,
+    stored: StoredFile,
+    relative: str,
+    nodes: list[KnownNode],
+) -> None:
+    """Correlate and record in one transaction; once more on a fresh connection if the
+    pooled one turned out dead (the engine does not ping before each use: one round
+    trip less per instance)."""
+    for attempt in (1, 2):
+        try:
+            with ctx.sessions() as session, session.begin():
+                matches = correlate(session, facts, nodes, ctx.late_window_s)
+                record(session, facts, stored, relative, matches)
+            return
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise

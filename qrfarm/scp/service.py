@@ -73,6 +73,9 @@ class StorageScp:
         # A thread per association lingers a moment after release; the limit
         # counts threads, so a short network timeout keeps it honest.
         ae.network_timeout = 60
+        # A connection that never asks for an association holds a slot until
+        # this runs out: short, so that probes cannot lock real PACS out long.
+        ae.acse_timeout = 10
         ae.add_supported_context(VERIFICATION_SOP_CLASS)
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
