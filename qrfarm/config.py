@@ -175,7 +175,9 @@ def broker_config(settings: Settings) -> tuple[str, dict[str, Any]]:
     folder = (settings.data_dir / "broker").resolve()
     (folder / "queue").mkdir(parents=True, exist_ok=True)
     (folder / "processed").mkdir(parents=True, exist_ok=True)
+    (folder / "control").mkdir(parents=True, exist_ok=True)
     return "filesystem://localhost//", {
+        "control_folder": str(folder / "control"),
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),

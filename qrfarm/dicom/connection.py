@@ -249,6 +249,7 @@ class Connection:
         status = assoc.send_c_echo(msg_id=message_id)
         if "Status" not in status:
             raise self._interrupted(time.monotonic(), None, deadline_hit=False)
+        self._let_reactor_resume()
         return Response.from_pynetdicom(Operation.ECHO, status, None)
 
     def find(
@@ -387,6 +388,7 @@ class Connection:
                 self._running = None
             if timer is not None:
                 timer.cancel()
+            self._let_reactor_resume()
         result.ended_at = time.time()
         if deadline_hit.is_set():
             raise DeadlineExceeded(
@@ -394,6 +396,24 @@ class Connection:
                 f"and was cancelled"
             ).with_partial(result)
         return result
+
+    def _let_reactor_resume(self) -> None:
+        """Wait until pynetdicom's reactor thread has really resumed after an operation.
+
+        pynetdicom pauses its reactor for each request and resumes it after the
+        final response; the next request waits for ``_is_paused``, which stays
+        True until the reactor thread runs again. Started in that gap, the next
+        request goes out while the reactor is about to read the message queue,
+        and it takes (and drops) one of the responses: "Received unexpected
+        C-FIND service message", an answer lost. So back-to-back operations on
+        one association first let the reactor come round (about a millisecond).
+        """
+        assoc = self._assoc
+        if assoc is None or not assoc.is_established:
+            return
+        deadline = time.monotonic() + 0.05
+        while assoc._is_paused and time.monotonic() < deadline:
+            time.sleep(0.0001)
 
     def _deadline_timer(
         self, deadline: float | None, hit: threading.Event

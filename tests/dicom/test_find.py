@@ -140,3 +140,18 @@ def test_several_finds_on_one_association(pacs: PacsPeer, corpus: Corpus) -> Non
         message_ids = conn._next_message_id
     assert sum(counts) == len(corpus.studies())
     assert message_ids == len(corpus.patients()) + 1
+
+
+def test_back_to_back_finds_on_one_association_lose_no_answer(
+    pacs: PacsPeer, corpus: Corpus
+) -> None:
+    # pynetdicom's reactor can take a response of the next request for itself
+    # when that request follows the last final response too closely.
+    from qrfarm.dicom import build_retrieve_identifier
+    from qrfarm.dicom.planning import expected_instances
+
+    study = corpus.large_study_uid
+    identifier = build_retrieve_identifier(Root.STUDY, Level.STUDY, {"StudyInstanceUID": study})
+    with Connection.open(node_of(pacs), qr_contexts([Operation.FIND])) as conn:
+        counts = [len(expected_instances(conn, identifier, Root.STUDY)) for _ in range(15)]
+    assert counts == [len(corpus.studies()[study])] * 15
