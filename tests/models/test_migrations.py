@@ -48,3 +48,39 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_upgrade_keeps_the_jobs_already_recorded(kind: str, tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    with database_url(kind, tmp_path) as url:
+        upgrade(url, "0001")
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO nodes (name, ae_title, host, port, max_associations, "
+                    "store_ae_titles, restrict_store_host, tls, created_at) "
+                    "VALUES ('n', 'PACS', '127.0.0.1', 104, 1, '[]', false, false, '2026-01-01')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (kind, root, level, identifier, node_id, priority, state, "
+                    "recorded_count, created_at, updated_at) VALUES ('move', 'study', 'STUDY', "
+                    "'{}', 1, 0, 'partial', 7, '2026-01-01', '2026-01-01')"
+                )
+            )
+        upgrade(url)
+        with engine.connect() as connection:
+            row = connection.execute(
+                text(
+                    "SELECT state, recorded_count, missing_uids, cancel_requested, max_attempts, "
+                    "attempt_count FROM jobs"
+                )
+            ).one()
+        engine.dispose()
+    assert row[0] == "partial" and row[1] == 7
+    assert row[2] in ("[]", [])
+    assert not row[3] and row[4] == 5 and row[5] == 0
