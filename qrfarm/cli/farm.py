@@ -42,9 +42,9 @@ EXIT_FOR_STATE = {
 }
 
 
-def database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+def database(settings: Settings, **engine_options: Any) -> tuple[Engine, sessionmaker[Session]]:
     """The database of record, checked to be at the latest schema."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, **engine_options)
     if not is_current(engine):
         raise DatabaseNotReady(
             "the database is not at the latest schema: run `qrfarm db upgrade` first"

@@ -16,15 +16,14 @@ from ..dicom import (
     Node,
 )
 from ..dicom.node import validate_ae_title
-from ..errors import DatabaseNotReady
 from ..jobs.nodes import NodeSpec, upsert_node
-from ..models import make_engine, session_factory, upgrade
-from ..models.migrate import is_current
+from ..models import upgrade
 from ..sandbox.pacs import SandboxPacs
 from ..sandbox.synthetic import generate_corpus
 from ..scp import StorageScp
 from ..storage import InstanceStorage
 from .common import EXIT_OK, app, out, run
+from .farm import database
 
 
 @app.command()
@@ -123,15 +122,9 @@ def scp(
 
     def action(settings: Settings) -> int:
         # No ping before each use: a dead pooled connection is retried once instead.
-        engine = make_engine(
-            settings.database_url, pool_size=settings.scp_max_associations, pool_pre_ping=False
+        engine, sessions = database(
+            settings, pool_size=settings.scp_max_associations, pool_pre_ping=False
         )
-        if not is_current(engine):
-            raise DatabaseNotReady(
-                f"the database at {_safe_url(settings.database_url)} is not at the latest "
-                "schema: run `qrfarm db upgrade` first"
-            )
-        sessions = session_factory(engine)
         register_configured_nodes(settings, sessions)
         service = StorageScp(
             sessions,

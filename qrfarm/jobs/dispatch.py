@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 RUN_JOB = "qrfarm.run_job"
-SWEEP = "qrfarm.sweep"
 
 
 def node_queue(node_name: str) -> str:
@@ -39,13 +38,3 @@ def celery_dispatcher(broker: str, transport_options: dict[str, Any]) -> CeleryD
         broker_connection_retry_on_startup=True,
     )
     return CeleryDispatcher(app)
-
-
-class RecordingDispatcher:
-    """Keeps what would be sent; for callers that dispatch later (and tests)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[Any], str]] = []
-
-    def send(self, task: str, args: list[Any], queue: str) -> None:
-        self.sent.append((task, args, queue))

@@ -360,8 +360,6 @@ def _schedule_retry(job: Job, error: str, policy: JobPolicy) -> None:
     delay = policy.backoff(job.attempt_count)
     transition(job, JobState.QUEUED, error=error)
     job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
-    job.lease_owner = None
-    job.lease_expires_at = None
     log.info("job %d: retry in %.1f s: %s", job.id, delay, error)
 
 
@@ -388,5 +386,3 @@ def _requeue_busy(deps: RunnerDeps, taken: Claim, reason: str) -> None:
         job.attempt_count -= 1  # waiting for a permit is not an attempt
         transition(job, JobState.QUEUED)
         job.next_attempt_at = utcnow() + dt.timedelta(seconds=1.0)
-        job.lease_owner = None
-        job.lease_expires_at = None

@@ -43,10 +43,12 @@ def transition(job: Job, to: JobState, *, error: str | None = None) -> None:
     job.state = to
     if to is RUN and job.started_at is None:
         job.started_at = now
-    if to in ENDED:
-        job.ended_at = now
+    if to in ENDED or to is Q:
+        # Ended or waiting for its next attempt: no worker holds it.
         job.lease_owner = None
         job.lease_expires_at = None
+    if to in ENDED:
+        job.ended_at = now
     elif to is Q:
         job.ended_at = None
     if error is not None:

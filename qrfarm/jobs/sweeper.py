@@ -22,7 +22,6 @@ from qrfarm.models import Job, JobState, NodeRecord, utcnow
 from .dispatch import RUN_JOB, Dispatcher, node_queue
 from .policy import JobPolicy
 from .reconcile import finalize
-from .states import transition
 
 
 @dataclass
@@ -80,8 +79,3 @@ def sweep(
         dispatcher.send(RUN_JOB, [job_id], node_queue(node_name))
         report.dispatched.append(job_id)
     return report
-
-
-def cancel_queued(session: Session, job: Job) -> None:
-    if job.state is JobState.QUEUED:
-        transition(job, JobState.CANCELLED, error="cancelled before it ran")

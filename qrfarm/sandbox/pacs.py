@@ -8,7 +8,6 @@ Move destinations are AE titles mapped to addresses on the command line.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from qrfarm.dicom import Level, Root, sop_class
 from qrfarm.dicom.model import VERIFICATION_SOP_CLASS, Operation
+from qrfarm.dicom.sockets import tune
 
 from .archive import Archive, ArchivedInstance
 
@@ -132,7 +132,7 @@ def handle_move(
     instances = _instances(event, archive)
     # The third item is passed to the store association: TCP_NODELAY on it,
     # or Nagle holds each data set PDU until the destination's delayed ACK.
-    yield (*destination, {"evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay)]})
+    yield (*destination, {"evt_handlers": [(evt.EVT_CONN_OPEN, _tune_socket)]})
     yield len(instances or [])
     for instance in instances or []:
         behaviour.pause()
@@ -143,10 +143,8 @@ def handle_move(
         yield 0xFF00, dcmread(instance.path)
 
 
-def _nodelay(event: Event) -> None:
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _tune_socket(event: Event) -> None:
+    tune(event.assoc.dul.socket)
 
 
 class SandboxPacs:

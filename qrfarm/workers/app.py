@@ -7,11 +7,10 @@ from typing import Any
 from celery import Celery
 
 from qrfarm.config import Settings, broker_config
-from qrfarm.jobs.dispatch import RUN_JOB, SWEEP
+from qrfarm.jobs.dispatch import RUN_JOB
 from qrfarm.jobs.runner import run_job
-from qrfarm.jobs.sweeper import sweep
 
-from .process import current, policy_from
+from .process import current
 
 
 def make_app(settings: Settings) -> Celery:
@@ -40,16 +39,3 @@ def _register(app: Celery, settings: Settings) -> None:
     def run_job_task(self: Any, job_id: int) -> None:
         worker = current(settings)
         run_job(worker.deps, int(job_id), worker.owner, task_id=self.request.id)
-
-    @app.task(name=SWEEP)
-    def sweep_task() -> None:
-        worker = current(settings)
-        sweep(worker.deps.sessions, _Sender(app), policy_from(settings))
-
-
-class _Sender:
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-
-    def send(self, task: str, args: list[Any], queue: str) -> None:
-        self.app.send_task(task, args=args, queue=queue)
