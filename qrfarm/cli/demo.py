@@ -94,15 +94,19 @@ def _demo(root: Path) -> int:
         stop.set()
         farm.join(60)
         sandbox.stop()
-    table = Table("job", "kind", "state", "expected", "reported completed", "recorded", "error")
+    table = Table(
+        "job", "kind", "state", "expected", "reported completed", "recorded", "answers", "error"
+    )
     for summary in jobs:
+        is_find = summary["kind"] == "find"
         table.add_row(
             str(summary["id"]),
             summary["kind"],
             summary["state"],
-            str(summary["expected"] if summary["expected"] is not None else "-"),
-            str(summary["reported"]["completed"] or "-"),
-            str(summary["recorded"]),
+            _text(summary["expected"]),
+            _text(summary["reported"]["completed"]),
+            _text(None if is_find else summary["recorded"]),
+            _text(summary["answers"]),
             summary["error"] or "",
         )
     out.print(table)
