@@ -25,7 +25,7 @@ from .errors import DatabaseNotReady, QrfarmError
 from .jobs import control
 from .jobs.dispatch import Dispatcher, celery_dispatcher
 from .jobs.queries import find_results, job_summary
-from .jobs.submit import JobRequest, submit
+from .jobs.submit import JobRequest, SubmitRules, submit
 from .models import JobKind, make_engine, session_factory
 from .models.migrate import is_current
 
@@ -57,12 +57,7 @@ class Client:
 
     def submit(self, request: JobRequest) -> int:
         return submit(
-            self.sessions,
-            request,
-            self.dispatcher,
-            default_destination=self.settings.scp_ae_title,
-            check_target=self.settings.check_target,
-            default_max_attempts=self.settings.max_attempts,
+            self.sessions, request, self.dispatcher, SubmitRules.from_settings(self.settings)
         )
 
     def find(

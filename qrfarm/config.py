@@ -23,7 +23,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -98,6 +98,23 @@ class Settings(BaseSettings):
     reconcile_grace_s: float = Field(default=10.0, ge=0)
     scheduler_interval_s: float = Field(default=2.0, gt=0)
     redispatch_after_s: float = Field(default=120.0, gt=0)
+    # Webhooks: the shared secret their HMAC-SHA256 signature uses (a job with
+    # a callback URL is refused while it is unset), and how long to keep trying.
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: int = Field(default=12, ge=1)
+    webhook_backoff_base_s: float = Field(default=2.0, gt=0)
+    webhook_backoff_cap_s: float = Field(default=600.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # The REST API (qrfarm api, part of qrfarm serve).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    # The HL7 v2 MLLP listener (qrfarm hl7): which stored prefetch rule an
+    # order or scheduling message starts, by message type ("ORM^O01"), and
+    # the rule for any other supported type.
+    hl7_host: str = "127.0.0.1"
+    hl7_port: int = Field(default=2575, ge=0, le=65535)
+    hl7_rules: dict[str, str] = {}
+    hl7_default_rule: str | None = None
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0

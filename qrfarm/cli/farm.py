@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..config import Settings, broker_config
 from ..dicom import Connection, Node, Operation, StatusCategory, qr_contexts
 from ..errors import DatabaseNotReady
-from ..jobs import control
+from ..jobs import control, prefetch
 from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
 from ..jobs.nodes import NodeSpec, upsert_node
 from ..jobs.queries import find_results, job_summary, list_jobs
-from ..jobs.submit import JobRequest, UnknownNode, submit
+from ..jobs.submit import JobRequest, SubmitRules, UnknownNode, submit
 from ..jobs.sweeper import sweep
+from ..jobs.webhooks import DeliveryPolicy, deliver_due
 from ..models import JobState, NodeRecord, make_engine, session_factory
 from ..models.migrate import is_current
 from .common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, run
@@ -341,39 +342,66 @@ def worker(
 
 @app.command()
 def scheduler(
-    once: Annotated[bool, typer.Option("--once", help="One sweep, then exit.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="One round, then exit.")] = False,
 ) -> None:
-    """Re-send due retries and lost jobs; finalize jobs whose worker died."""
+    """Re-send due retries and lost jobs, finalize jobs whose worker died,
+    advance prefetches, and deliver webhooks."""
     from ..workers.process import policy_from
 
     def action(settings: Settings) -> int:
         engine, sessions = database(settings)
         send = dispatcher(settings)
         policy = policy_from(settings)
+        rules = SubmitRules.from_settings(settings)
         stop = threading.Event()
+        deliveries = _start_webhook_delivery(settings, sessions, stop, once)
         while True:
             report = sweep(sessions, send, policy)
             if report.dispatched or report.finalized:
                 log.info("sweep: sent %s, finalized %s", report.dispatched, report.finalized)
+            changed = prefetch.advance_all(sessions, send, rules)
+            if changed:
+                log.info("prefetches advanced: %s", changed)
             if once or stop.wait(settings.scheduler_interval_s):
                 break
+        stop.set()
+        if deliveries is not None:
+            deliveries.join()
         engine.dispose()
         return EXIT_OK
 
     run(action)
 
 
+def _start_webhook_delivery(
+    settings: Settings, sessions: sessionmaker[Session], stop: threading.Event, once: bool
+) -> threading.Thread | None:
+    """Deliver webhooks on their own thread: a slow receiver never delays a sweep."""
+    policy = DeliveryPolicy.from_settings(settings)
+    if policy is None:
+        return None
+
+    def loop() -> None:
+        while True:
+            try:
+                report = deliver_due(sessions, policy)
+                if report.delivered or report.gave_up:
+                    log.info("webhooks: delivered %s, gave up %s", report.delivered, report.gave_up)
+            except Exception:
+                # A database hiccup: the outbox keeps everything; try next round.
+                log.exception("webhook delivery round failed")
+            if once or stop.wait(min(1.0, settings.scheduler_interval_s)):
+                return
+
+    thread = threading.Thread(target=loop, name="webhooks", daemon=True)
+    thread.start()
+    return thread
+
+
 def queue_job(settings: Settings, request: JobRequest, wait: bool) -> int:
     """Submit a job; with ``wait``, follow it to its end. Returns the exit status."""
     engine, sessions = database(settings)
-    job_id = submit(
-        sessions,
-        request,
-        dispatcher(settings),
-        default_destination=settings.scp_ae_title,
-        check_target=settings.check_target,
-        default_max_attempts=settings.max_attempts,
-    )
+    job_id = submit(sessions, request, dispatcher(settings), SubmitRules.from_settings(settings))
     out.print(f"job {job_id} queued", highlight=False)
     code = EXIT_OK
     if wait:

@@ -8,8 +8,12 @@ attempt hit a transient error) back to ``queued``; a late arrival reopens a
 
 from __future__ import annotations
 
+from sqlalchemy.orm import object_session
+
 from qrfarm.errors import PermanentError
 from qrfarm.models import Job, JobState, utcnow
+
+from .notify import notify_job_ended
 
 Q, RUN, REC = JobState.QUEUED, JobState.RUNNING, JobState.RECONCILING
 DONE, PART, FAIL, CANC = (
@@ -53,3 +57,9 @@ def transition(job: Job, to: JobState, *, error: str | None = None) -> None:
         job.ended_at = None
     if error is not None:
         job.error = error
+    if to in ENDED and job.callback_url:
+        # In the transaction that ends the job: the notification cannot be lost.
+        session = object_session(job)
+        if session is None:
+            raise RuntimeError(f"job {job.id} ended outside a session; its webhook would be lost")
+        notify_job_ended(session, job)

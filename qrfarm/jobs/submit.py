@@ -6,15 +6,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from qrfarm.config import Settings
 from qrfarm.dicom import Level, Root, build_query_identifier, build_retrieve_identifier
 from qrfarm.dicom.identifiers import KeyValue
 from qrfarm.dicom.node import validate_ae_title
-from qrfarm.errors import PermanentError
+from qrfarm.errors import InvalidIdentifier, PermanentError
 from qrfarm.models import Job, JobKind, JobState, NodeRecord, utcnow
 
 from .dispatch import RUN_JOB, Dispatcher, node_queue
+from .notify import validate_callback_url
 
 
 class UnknownNode(PermanentError, LookupError):
@@ -33,6 +36,27 @@ class JobRequest:
     priority: int = 0
     external_reference: str | None = None
     max_attempts: int | None = None
+    # POSTed the job's summary when it ends.
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class SubmitRules:
+    """What a submission is checked against and filled in with."""
+
+    default_destination: str
+    check_target: Callable[[str], None] | None = None
+    default_max_attempts: int = 5
+    webhooks_enabled: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SubmitRules:
+        return cls(
+            default_destination=settings.scp_ae_title,
+            check_target=settings.check_target,
+            default_max_attempts=settings.max_attempts,
+            webhooks_enabled=settings.webhook_secret is not None,
+        )
 
 
 def identifier_for(request: JobRequest) -> dict[str, object]:
@@ -41,8 +65,6 @@ def identifier_for(request: JobRequest) -> dict[str, object]:
         ds = build_query_identifier(request.root, request.level, request.keys, request.return_keys)
     else:
         if list(request.return_keys):
-            from qrfarm.errors import InvalidIdentifier
-
             raise InvalidIdentifier(
                 next(iter(request.return_keys)), "a retrieve takes unique keys with values only"
             )
@@ -50,54 +72,100 @@ def identifier_for(request: JobRequest) -> dict[str, object]:
     return ds.to_json_dict()
 
 
+def existing_job(session: Session, external_reference: str | None) -> int | None:
+    """The job already made for this external reference, if any."""
+    if not external_reference:
+        return None
+    return session.scalar(select(Job.id).where(Job.external_reference == external_reference))
+
+
+def new_job(
+    session: Session, request: JobRequest, rules: SubmitRules, *, prefetch_id: int | None = None
+) -> Job:
+    """Validate ``request`` and add its job, queued but not yet sent, to ``session``.
+
+    The caller commits, then sends: a worker that takes the message finds
+    the row. A job whose message is never sent (a crash in between) is sent
+    by the sweeper, which picks up queued jobs never dispatched.
+    """
+    identifier = identifier_for(request)
+    destination = None
+    if request.kind is JobKind.MOVE:
+        destination = validate_ae_title(
+            request.destination or rules.default_destination, "move destination"
+        )
+    if request.callback_url is not None:
+        validate_callback_url(
+            request.callback_url,
+            check_target=rules.check_target,
+            secret_configured=rules.webhooks_enabled,
+        )
+    node = session.scalar(select(NodeRecord).where(NodeRecord.name == request.node))
+    if node is None:
+        raise UnknownNode(f"node {request.node!r} is not registered (qrfarm node add)")
+    if rules.check_target is not None:
+        rules.check_target(node.host)
+    job = Job(
+        kind=request.kind,
+        root=request.root.value,
+        level=request.level.value,
+        identifier=identifier,
+        node_id=node.id,
+        destination=destination,
+        priority=request.priority,
+        state=JobState.QUEUED,
+        external_reference=request.external_reference,
+        max_attempts=request.max_attempts or rules.default_max_attempts,
+        callback_url=request.callback_url,
+        prefetch_id=prefetch_id,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def send_jobs(sessions: sessionmaker[Session], dispatcher: Dispatcher, job_ids: list[int]) -> None:
+    """Enqueue committed jobs, and stamp when they were sent."""
+    if not job_ids:
+        return
+    with sessions() as session, session.begin():
+        rows = session.execute(
+            select(Job, NodeRecord.name)
+            .join(NodeRecord, NodeRecord.id == Job.node_id)
+            .where(Job.id.in_(job_ids))
+        ).all()
+        for job, _ in rows:
+            job.dispatched_at = utcnow()
+    for job, node_name in rows:
+        dispatcher.send(RUN_JOB, [job.id], node_queue(node_name))
+
+
 def submit(
     sessions: sessionmaker[Session],
     request: JobRequest,
     dispatcher: Dispatcher,
-    *,
-    default_destination: str,
-    check_target: Callable[[str], None] | None = None,
-    default_max_attempts: int = 5,
+    rules: SubmitRules,
 ) -> int:
     """Validate and record a job, then enqueue it; returns the job's id.
 
     With an ``external_reference`` already used, the job made then is returned
     and nothing new is queued.
     """
-    identifier = identifier_for(request)
-    destination = None
-    if request.kind is JobKind.MOVE:
-        destination = validate_ae_title(
-            request.destination or default_destination, "move destination"
-        )
-    with sessions() as session, session.begin():
-        if request.external_reference:
-            existing = session.scalar(
-                select(Job.id).where(Job.external_reference == request.external_reference)
-            )
+    try:
+        with sessions() as session, session.begin():
+            existing = existing_job(session, request.external_reference)
             if existing is not None:
                 return existing
-        node = session.scalar(select(NodeRecord).where(NodeRecord.name == request.node))
-        if node is None:
-            raise UnknownNode(f"node {request.node!r} is not registered (qrfarm node add)")
-        if check_target is not None:
-            check_target(node.host)
-        job = Job(
-            kind=request.kind,
-            root=request.root.value,
-            level=request.level.value,
-            identifier=identifier,
-            node_id=node.id,
-            destination=destination,
-            priority=request.priority,
-            state=JobState.QUEUED,
-            external_reference=request.external_reference,
-            max_attempts=request.max_attempts or default_max_attempts,
-            dispatched_at=utcnow(),
-        )
-        session.add(job)
-        session.flush()
-        job_id, queue = job.id, node_queue(node.name)
+            job = new_job(session, request, rules)
+            job.dispatched_at = utcnow()
+            job_id, queue = job.id, node_queue(request.node)
+    except IntegrityError:
+        # The same reference submitted at the same moment: the other one won.
+        with sessions() as session:
+            existing = existing_job(session, request.external_reference)
+        if existing is None:
+            raise
+        return existing
     # Only after the commit: a worker that takes the message finds the row.
     dispatcher.send(RUN_JOB, [job_id], queue)
     return job_id

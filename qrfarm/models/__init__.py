@@ -5,6 +5,16 @@ Imports only :mod:`qrfarm.config` of qrfarm.
 
 from .base import Base, utcnow
 from .instances import MatchedBy, OrphanInstance, ReceivedInstance
+from .integration import (
+    PREFETCH_ENDED,
+    ApiToken,
+    DeliveryState,
+    Prefetch,
+    PrefetchRule,
+    PrefetchState,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from .jobs import (
     ACTIVE_STATES,
     Attempt,
@@ -22,8 +32,11 @@ from .session import make_engine, session_factory
 
 __all__ = [
     "ACTIVE_STATES",
+    "PREFETCH_ENDED",
+    "ApiToken",
     "Attempt",
     "Base",
+    "DeliveryState",
     "DimseResponse",
     "ExpectedInstance",
     "FindResult",
@@ -34,7 +47,12 @@ __all__ = [
     "MoveMessageId",
     "NodeRecord",
     "OrphanInstance",
+    "Prefetch",
+    "PrefetchRule",
+    "PrefetchState",
     "ReceivedInstance",
+    "WebhookAttempt",
+    "WebhookDelivery",
     "make_engine",
     "session_factory",
     "upgrade",

@@ -57,6 +57,8 @@ class ReceivedInstance(_InstanceColumns, Base):
 
     __table_args__ = (
         Index("uq_received_instances_job_sop", "job_id", "sop_instance_uid", unique=True),
+        # What is already held of a study (prefetch skips those).
+        Index("ix_received_instances_study", "study_instance_uid"),
     )
 
 

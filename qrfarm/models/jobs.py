@@ -66,6 +66,12 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
     external_reference: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Where to POST the job's summary when it ends (a webhook).
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    # The prefetch this job is a step of.
+    prefetch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("prefetches.id", ondelete="SET NULL"), index=True
+    )
     reported_completed: Mapped[int | None] = mapped_column(Integer)
     reported_failed: Mapped[int | None] = mapped_column(Integer)
     reported_warning: Mapped[int | None] = mapped_column(Integer)

@@ -1,0 +1,137 @@
+"""What workflow engines connect through: API tokens, webhooks, prefetches and their rules."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import JSON, Enum, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, utcnow
+
+
+def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
+    return Enum(
+        kind,
+        name=name,
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+class ApiToken(Base):
+    """A bearer token of the REST API. Only its SHA-256 is kept: a token is
+    32 random bytes, so a plain hash is enough (no password stretching)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    GAVE_UP = "gave_up"
+
+
+class WebhookDelivery(Base):
+    """A notification to send: written in the transaction that ends the job or
+    prefetch (an outbox), so that it can never be lost between the two."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    prefetch_id: Mapped[int | None] = mapped_column(ForeignKey("prefetches.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    # The exact bytes signed and sent, the same on every retry.
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[DeliveryState] = mapped_column(
+        _enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING
+    )
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (Index("ix_webhook_deliveries_state_next", "state", "next_attempt_at"),)
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery and what the receiver answered."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+
+
+class PrefetchRule(Base):
+    """Which prior studies to fetch for a patient, and from which nodes in order."""
+
+    __tablename__ = "prefetch_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # The rule's fields as qrfarm.jobs.prefetch.Rule holds them.
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PrefetchState(enum.StrEnum):
+    SEARCHING = "searching"
+    MOVING = "moving"
+    COMPLETED = "completed"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+PREFETCH_ENDED = frozenset(
+    {PrefetchState.COMPLETED, PrefetchState.PARTIAL, PrefetchState.FAILED, PrefetchState.CANCELLED}
+)
+
+
+class Prefetch(Base):
+    """A patient's priors fetched by one rule: find jobs first, then move jobs."""
+
+    __tablename__ = "prefetches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    rule_name: Mapped[str | None] = mapped_column(String(64))
+    # The rule as it was when the prefetch started: editing a rule later
+    # does not change a prefetch under way.
+    rule: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The study being ordered (its priors are wanted, not itself).
+    current_accession: Mapped[str | None] = mapped_column(String(64))
+    current_study_uid: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[PrefetchState] = mapped_column(
+        _enum(PrefetchState, "prefetch_state"), default=PrefetchState.SEARCHING
+    )
+    # The priors chosen: study UID, node, date, modalities, and whether it was
+    # already held or which job moves it.
+    selected: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    external_reference: Mapped[str | None] = mapped_column(String(255), unique=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (Index("ix_prefetches_state", "state"),)
