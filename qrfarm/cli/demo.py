@@ -62,6 +62,7 @@ def _demo(root: Path) -> int:
         QRFARM_STORAGE_ROOT=str(root / "storage"),
         QRFARM_DATA_DIR=str(root / "data"),
         QRFARM_SCP_PORT=str(scp_port),
+        QRFARM_API_PORT=str(_free_port()),
         QRFARM_ALLOWED_HOSTS="127.0.0.1",
         QRFARM_RECONCILE_GRACE_S="2",
         QRFARM_SCHEDULER_INTERVAL_S="1",

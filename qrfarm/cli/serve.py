@@ -1,4 +1,5 @@
-"""`qrfarm serve`: the storage SCP, workers and the scheduler as one command.
+"""`qrfarm serve`: the storage SCP, workers, the scheduler and the REST API as one command
+(and the HL7 listener when a rule is configured for it).
 
 Each part runs as its own child process, supervised: one that dies is
 started again; the worker is restarted when nodes are added, so that it
@@ -88,8 +89,11 @@ def supervise(
     scp = Child("storage SCP", ["scp"], log_of("scp"))
     scheduler = Child("scheduler", ["scheduler"], log_of("scheduler"))
     worker = Child("worker", ["worker", "--concurrency", str(workers)], log_of("worker"))
-    scp.start()
-    scheduler.start()
+    always = [scp, scheduler, Child("REST API", ["api"], log_of("api"))]
+    if settings.hl7_rules or settings.hl7_default_rule:
+        always.append(Child("HL7 listener", ["hl7"], log_of("hl7")))
+    for child in always:
+        child.start()
     served: list[str] = []
     try:
         while not stop.is_set():
@@ -98,7 +102,7 @@ def supervise(
                 worker.stop()
                 worker.start()
                 served = nodes
-            for child in (scp, scheduler) + ((worker,) if served else ()):
+            for child in always + ([worker] if served else []):
                 if not child.alive() and not stop.is_set():
                     log.warning("%s exited; starting it again", child.name)
                     # Not in a tight loop: a part that cannot start waits a little.
@@ -107,7 +111,7 @@ def supervise(
                     child.start()
             stop.wait(CHECK_S)
     finally:
-        for child in (worker, scheduler, scp):
+        for child in [worker, *reversed(always)]:
             child.stop()
 
 
@@ -115,7 +119,7 @@ def supervise(
 def serve(
     workers: Annotated[int, typer.Option(help="Worker pool processes.")] = 2,
 ) -> None:
-    """Run the farm on one machine: storage SCP, workers and scheduler together."""
+    """Run the farm on one machine: storage SCP, workers, scheduler and REST API together."""
 
     def action(settings: Settings) -> int:
         upgrade(settings.database_url)
@@ -132,7 +136,8 @@ def serve(
         out.print(
             f"qrfarm serving: SCP {settings.scp_ae_title} on {settings.scp_host}:"
             f"{settings.scp_port}, database {settings.database_url.split('@')[-1]}, "
-            f"broker {settings.broker_url or 'embedded'} (pid {os.getpid()})",
+            f"broker {settings.broker_url or 'embedded'}, API http://{settings.api_host}:"
+            f"{settings.api_port} (pid {os.getpid()})",
             highlight=False,
         )
         supervise(settings, workers, stop)

@@ -1,0 +1,52 @@
+"""Building the API application from settings."""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+from sqlalchemy import Engine
+
+from qrfarm import __version__
+from qrfarm.config import Settings, broker_config
+from qrfarm.jobs.dispatch import Dispatcher, celery_dispatcher
+from qrfarm.jobs.submit import SubmitRules
+from qrfarm.models import make_engine, session_factory
+
+from . import errors, health, metrics, routes_jobs, routes_nodes, routes_prefetch
+from .deps import ApiContext, require_token
+from .schemas import ErrorOut
+
+UNAUTHORIZED = {401: {"model": ErrorOut, "description": "Missing, unknown or revoked token."}}
+
+
+def create_app(
+    settings: Settings, *, engine: Engine | None = None, dispatcher: Dispatcher | None = None
+) -> FastAPI:
+    engine = engine or make_engine(settings.database_url)
+    if dispatcher is None:
+        broker, options = broker_config(settings)
+        dispatcher = celery_dispatcher(broker, options)
+    sessions = session_factory(engine)
+    app = FastAPI(
+        title="qrfarm",
+        version=__version__,
+        description="Submit DICOM find, get and move jobs; prefetch prior studies; "
+        "be told when they have arrived.",
+    )
+    app.state.qrfarm = ApiContext(
+        settings=settings,
+        sessions=sessions,
+        dispatcher=dispatcher,
+        rules=SubmitRules.from_settings(settings),
+        metrics=metrics.registry_for(sessions),
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    protected = {"dependencies": [Depends(require_token)], "responses": UNAUTHORIZED}
+    for router in (
+        routes_jobs.router,
+        routes_nodes.router,
+        routes_prefetch.router,
+        metrics.router,
+    ):
+        app.include_router(router, **protected)  # type: ignore[arg-type]
+    return app

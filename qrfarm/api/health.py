@@ -1,0 +1,85 @@
+"""GET /health: is the database, the broker and the storage SCP each usable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from kombu.connection import Connection as BrokerConnection
+from sqlalchemy import text
+
+from qrfarm.config import broker_config
+from qrfarm.dicom import Connection, Node, Operation, StatusCategory, Timeouts, qr_contexts
+from qrfarm.errors import AssociationRejected, QrfarmError
+from qrfarm.models.migrate import is_current
+
+from .deps import ApiContext, Context
+from .schemas import HealthOut
+
+router = APIRouter(tags=["health"])
+PROBE_TIMEOUT_S = 3.0
+
+
+def check_database(ctx: ApiContext) -> tuple[bool, str]:
+    try:
+        with ctx.sessions() as db:
+            db.execute(text("SELECT 1"))
+            engine = db.get_bind()
+        if not is_current(engine):  # type: ignore[arg-type]
+            return False, "reachable, but not at the latest schema (qrfarm db upgrade)"
+    except Exception as exc:  # noqa: BLE001 - any driver error means: not usable
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, "reachable, schema current"
+
+
+def check_broker(ctx: ApiContext) -> tuple[bool, str]:
+    url, options = broker_config(ctx.settings)
+    try:
+        with BrokerConnection(  # type: ignore[no-untyped-call]
+            url, transport_options=options, connect_timeout=PROBE_TIMEOUT_S
+        ) as connection:
+            connection.ensure_connection(max_retries=1, timeout=PROBE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - kombu raises each transport's own errors
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, f"{connection.transport_cls} reachable"
+
+
+def check_scp(ctx: ApiContext) -> tuple[bool, str]:
+    settings = ctx.settings
+    host = "127.0.0.1" if settings.scp_host in ("", "0.0.0.0", "::") else settings.scp_host  # noqa: S104
+    node = Node(settings.scp_ae_title, host, settings.scp_port)
+    timeouts = Timeouts(connect=PROBE_TIMEOUT_S, acse=PROBE_TIMEOUT_S, dimse=PROBE_TIMEOUT_S)
+    try:
+        with Connection.open(
+            node, qr_contexts([Operation.ECHO]), calling_ae=settings.ae_title, timeouts=timeouts
+        ) as conn:
+            answer = conn.echo()
+    except AssociationRejected as exc:
+        # It answered DICOM: it is up, it only does not admit this caller.
+        return True, f"answering on {node} (rejected the probe: {exc.reason})"
+    except QrfarmError as exc:
+        return False, f"{node}: {exc}"
+    if answer.category is not StatusCategory.SUCCESS:
+        return False, f"{node}: C-ECHO answered {answer.summary()}"
+    return True, f"C-ECHO to {node} succeeded"
+
+
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "Something is not usable."}},
+)
+def health(ctx: Context, response: Response) -> dict[str, Any]:
+    """No token needed: for load balancers and probes. 503 when any part is down."""
+    checks = {
+        name: dict(zip(("ok", "detail"), check(ctx), strict=True))
+        for name, check in (
+            ("database", check_database),
+            ("broker", check_broker),
+            ("scp", check_scp),
+        )
+    }
+    healthy = all(c["ok"] for c in checks.values())
+    if not healthy:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"status": "ok" if healthy else "degraded", "checks": checks}

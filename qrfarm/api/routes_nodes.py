@@ -1,0 +1,151 @@
+"""/nodes: the PACS the farm knows: list, add, change, remove, echo."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response, status
+from sqlalchemy import func, select
+
+from qrfarm.dicom import Connection, Node, Operation, StatusCategory, Timeouts, qr_contexts
+from qrfarm.errors import QrfarmError
+from qrfarm.jobs.nodes import NodeSpec, upsert_node
+from qrfarm.models import Job, NodeRecord
+
+from .deps import Context, Db
+from .errors import Conflict, NotFound
+from .schemas import EchoOut, ErrorOut, NodeCreate, NodeIn, NodeOut
+
+router = APIRouter(prefix="/nodes", tags=["nodes"])
+Name = Annotated[str, Path(min_length=1, max_length=64)]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
+
+
+def _out(row: NodeRecord) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "ae_title": row.ae_title,
+        "host": row.host,
+        "port": row.port,
+        "max_associations": row.max_associations,
+        "store_ae_titles": list(row.store_ae_titles or []),
+        "restrict_store_host": row.restrict_store_host,
+    }
+
+
+def _row(db: Db, name: str) -> NodeRecord:
+    row = db.scalar(select(NodeRecord).where(NodeRecord.name == name))
+    if row is None:
+        raise NotFound(f"node {name!r} is not registered")
+    return row
+
+
+def _save(ctx: Context, db: Db, name: str, body: NodeIn) -> NodeRecord:
+    ctx.settings.check_target(body.host)
+    row = upsert_node(
+        db,
+        NodeSpec(
+            name,
+            body.ae_title,
+            body.host,
+            body.port,
+            body.max_associations,
+            list(body.store_ae_titles),
+            body.restrict_store_host,
+        ),
+    )
+    db.commit()
+    return row
+
+
+@router.get("", response_model=list[NodeOut])
+def list_nodes(db: Db) -> list[dict[str, Any]]:
+    return [_out(r) for r in db.scalars(select(NodeRecord).order_by(NodeRecord.name))]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=NodeOut,
+    responses={409: {"model": ErrorOut}},
+)
+def add_node(body: NodeCreate, ctx: Context, db: Db, response: Response) -> dict[str, Any]:
+    """Register a node; a name already taken is a conflict (change it with PUT)."""
+    if db.scalar(select(NodeRecord.id).where(NodeRecord.name == body.name)) is not None:
+        raise Conflict(f"node {body.name!r} exists; PUT /nodes/{body.name} changes it")
+    row = _save(ctx, db, body.name, body)
+    response.headers["Location"] = f"/nodes/{row.name}"
+    return _out(row)
+
+
+@router.get("/{name}", response_model=NodeOut, responses=NOT_FOUND)
+def read_node(name: Name, db: Db) -> dict[str, Any]:
+    return _out(_row(db, name))
+
+
+@router.put("/{name}", response_model=NodeOut, responses=NOT_FOUND)
+def change_node(name: Name, body: NodeIn, ctx: Context, db: Db) -> dict[str, Any]:
+    """Change a node's address, limits or store AE titles."""
+    _row(db, name)
+    return _out(_save(ctx, db, name, body))
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"model": ErrorOut}},
+)
+def remove_node(name: Name, db: Db) -> Response:
+    """Remove a node no job refers to (jobs keep their node: the record stays whole)."""
+    row = _row(db, name)
+    jobs = db.scalar(select(func.count()).where(Job.node_id == row.id)) or 0
+    if jobs:
+        raise Conflict(f"node {name!r} has {jobs} job(s) recorded; it cannot be removed")
+    db.delete(row)
+    db.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{name}/echo",
+    response_model=EchoOut,
+    responses={**NOT_FOUND, 502: {"model": ErrorOut}},
+)
+def echo_node(name: Name, ctx: Context, db: Db, response: Response) -> dict[str, Any]:
+    """C-ECHO the node; 502 when no association can be made, with the reason."""
+    row = _row(db, name)
+    node = Node(row.ae_title, row.host, row.port)
+    ctx.settings.check_target(node.host)
+    started = time.monotonic()
+    timeouts = Timeouts(
+        acse=min(ctx.settings.acse_timeout, 10),
+        dimse=min(ctx.settings.dimse_timeout, 10),
+        network=min(ctx.settings.network_timeout, 10),
+        connect=min(ctx.settings.connect_timeout, 5),
+    )
+    try:
+        with Connection.open(
+            node,
+            qr_contexts([Operation.ECHO]),
+            calling_ae=ctx.settings.ae_title,
+            timeouts=timeouts,
+        ) as conn:
+            answer = conn.echo()
+    except QrfarmError as exc:
+        response.status_code = status.HTTP_502_BAD_GATEWAY
+        return {
+            "node": name,
+            "status": "",
+            "category": "unreachable",
+            "ok": False,
+            "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+            "detail": str(exc),
+        }
+    return {
+        "node": name,
+        "status": f"0x{answer.status:04X}",
+        "category": answer.category.value,
+        "ok": answer.category is StatusCategory.SUCCESS,
+        "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+    }

@@ -1,0 +1,109 @@
+"""/prefetch and /prefetch-rules: a patient's priors fetched by a rule."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response, status
+from sqlalchemy import select
+
+from qrfarm.jobs import prefetch
+from qrfarm.jobs.submit import UnknownNode
+from qrfarm.models import Prefetch
+
+from .deps import Context, Db
+from .errors import FieldError
+from .routes_jobs import IdempotencyKey, reference_of
+from .schemas import ErrorOut, PrefetchIn, PrefetchOut, RuleOut
+
+router = APIRouter(tags=["prefetch"])
+RuleName = Annotated[str, Path(min_length=1, max_length=64)]
+PrefetchId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
+
+
+@router.post(
+    "/prefetch",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PrefetchOut,
+    responses={200: {"model": PrefetchOut, "description": "The prefetch made before."}},
+)
+def start_prefetch(
+    body: PrefetchIn,
+    ctx: Context,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
+    """Search the rule's nodes for the patient's studies, then move the priors it wants."""
+    reference = reference_of(body.external_reference, idempotency_key)
+    if (body.rule is None) == (body.rule_name is None):
+        raise FieldError(["body", "rule"], "give either rule_name or rule")
+    # Sessions of their own, each closed before the next opens: on SQLite a
+    # transaction holds the database's one write lock.
+    with ctx.sessions() as db:
+        if body.rule is not None:
+            rule = body.rule
+        else:
+            assert body.rule_name is not None
+            try:
+                rule = prefetch.load_rule(db, body.rule_name)
+            except prefetch.NoSuchRule as exc:
+                raise FieldError(["body", "rule_name"], str(exc)) from exc
+        if reference:
+            earlier = db.scalar(select(Prefetch.id).where(Prefetch.external_reference == reference))
+            if earlier is not None:
+                response.status_code = status.HTTP_200_OK
+                return prefetch.prefetch_summary(db, earlier)
+    try:
+        prefetch_id = prefetch.start(
+            ctx.sessions,
+            prefetch.PrefetchRequest(
+                patient_id=body.patient_id,
+                rule=rule,
+                rule_name=body.rule_name,
+                current_accession=body.current_accession,
+                current_study_uid=body.current_study_uid,
+                callback_url=body.callback_url,
+                external_reference=reference,
+            ),
+            ctx.dispatcher,
+            ctx.rules,
+        )
+    except UnknownNode as exc:
+        raise FieldError(["body", "rule", "nodes"], str(exc)) from exc
+    response.headers["Location"] = f"/prefetch/{prefetch_id}"
+    with ctx.sessions() as db:
+        return prefetch.prefetch_summary(db, prefetch_id)
+
+
+@router.get("/prefetch/{prefetch_id}", response_model=PrefetchOut, responses=NOT_FOUND)
+def read_prefetch(prefetch_id: PrefetchId, db: Db) -> dict[str, Any]:
+    """The prefetch: its state (the sum of its jobs'), the priors chosen, its jobs."""
+    return prefetch.prefetch_summary(db, prefetch_id)
+
+
+@router.get("/prefetch-rules", response_model=list[RuleOut])
+def list_rules(db: Db) -> list[dict[str, Any]]:
+    return [{"name": n, "rule": r} for n, r in prefetch.list_rules(db).items()]
+
+
+@router.get("/prefetch-rules/{name}", response_model=RuleOut, responses=NOT_FOUND)
+def read_rule(name: RuleName, db: Db) -> dict[str, Any]:
+    return {"name": name, "rule": prefetch.load_rule(db, name)}
+
+
+@router.put("/prefetch-rules/{name}", response_model=RuleOut)
+def save_rule(name: RuleName, rule: prefetch.Rule, db: Db) -> dict[str, Any]:
+    """Store (or replace) a named rule; prefetches under way keep the rule they began with."""
+    prefetch.save_rule(db, name, rule)
+    db.commit()
+    return {"name": name, "rule": rule}
+
+
+@router.delete(
+    "/prefetch-rules/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND
+)
+def delete_rule(name: RuleName, db: Db) -> Response:
+    prefetch.delete_rule(db, name)
+    db.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

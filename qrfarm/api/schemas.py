@@ -1,0 +1,250 @@
+"""What the API takes and gives, as Pydantic models (and so the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from qrfarm.dicom import Level, Root
+from qrfarm.jobs.prefetch import Rule
+from qrfarm.models import JobKind
+
+KeyValue = str | list[str] | None
+T = TypeVar("T")
+
+
+class JobIn(BaseModel):
+    """A find, get or move. The identifier is given either as DICOM JSON
+    (``identifier``) or as named keys (``keys``: keyword or tag to value; a
+    null value asks for a return key), never both."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "move",
+                    "node": "pacs1",
+                    "level": "STUDY",
+                    "keys": {"StudyInstanceUID": "1.2.840.113619.2.55.3.1"},
+                },
+                {
+                    "kind": "find",
+                    "node": "pacs1",
+                    "level": "STUDY",
+                    "keys": {"PatientID": "P001", "StudyDate": None},
+                },
+            ]
+        },
+    )
+
+    kind: JobKind
+    node: str = Field(min_length=1, max_length=64)
+    level: Level
+    root: Root = Root.STUDY
+    keys: dict[str, KeyValue] | None = None
+    identifier: dict[str, Any] | None = Field(
+        default=None, description="DICOM JSON (PS3.18 F.2), keyed by tag."
+    )
+    return_keys: list[str] = Field(default=[], max_length=200)
+    destination: str | None = Field(
+        default=None, max_length=16, description="Move destination AE title; default: qrfarm's SCP."
+    )
+    priority: int = Field(default=0, ge=-100, le=100)
+    external_reference: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="A workflow engine's own id; a second job with it returns the first.",
+    )
+    callback_url: str | None = Field(
+        default=None, max_length=2048, description="POSTed the job's summary when it ends."
+    )
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+
+class Counts(BaseModel):
+    completed: int | None
+    failed: int | None
+    warning: int | None
+
+
+class Progress(BaseModel):
+    remaining: int | None
+    completed: int | None
+    failed: int | None
+    warning: int | None
+
+
+class DimseResponseOut(BaseModel):
+    status: str = Field(description="The DIMSE status, as 0xHHHH.")
+    category: str
+    remaining: int | None
+    completed: int | None
+    failed: int | None
+    warning: int | None
+    error_comment: str | None
+    failed_sop_instance_uids: list[str]
+
+
+class AttemptOut(BaseModel):
+    number: int
+    worker: str | None
+    message_id: int | None
+    started_at: str
+    ended_at: str | None
+    outcome: str | None
+    error: str | None
+    responses: list[DimseResponseOut]
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    state: str
+    node: str
+    root: str
+    level: str
+    identifier: dict[str, Any]
+    destination: str | None
+    external_reference: str | None
+    expected: int | None
+    reported: Counts
+    recorded: int
+    answers: int | None
+    progress: Progress
+    failed_uids: list[str]
+    missing_uids: list[str]
+    error: str | None
+    attempt_count: int
+    created_at: str
+    ended_at: str | None
+    attempts: list[AttemptOut] | None = None
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class InstanceOut(BaseModel):
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax: str
+    size: int
+    file_path: str
+    calling_ae: str
+    matched_by: str
+    received_at: str
+
+
+class CancelOut(BaseModel):
+    id: int
+    state: str
+
+
+class NodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(ge=1, le=65535)
+    max_associations: int = Field(default=4, ge=1, le=1000)
+    store_ae_titles: list[str] = Field(default=[], max_length=32)
+    restrict_store_host: bool = False
+
+
+class NodeCreate(NodeIn):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class NodeOut(NodeCreate):
+    pass
+
+
+class EchoOut(BaseModel):
+    node: str
+    status: str
+    category: str
+    ok: bool
+    elapsed_ms: float
+    detail: str | None = None
+
+
+class PrefetchIn(BaseModel):
+    """A patient's priors to fetch: by a stored rule's name, or a rule given here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str = Field(min_length=1, max_length=64)
+    rule_name: str | None = Field(default=None, min_length=1, max_length=64)
+    rule: Rule | None = None
+    current_accession: str | None = Field(default=None, max_length=16)
+    current_study_uid: str | None = Field(default=None, max_length=64)
+    callback_url: str | None = Field(default=None, max_length=2048)
+    external_reference: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class PrefetchJobOut(BaseModel):
+    id: int
+    kind: str
+    node: str | None
+    state: str
+    recorded: int
+
+
+class PrefetchStudies(BaseModel):
+    selected: int
+    already_held: int
+    moved: int
+
+
+class PrefetchOut(BaseModel):
+    id: int
+    patient_id: str
+    rule_name: str | None
+    rule: dict[str, Any]
+    state: str
+    ended: bool
+    current_accession: str | None
+    current_study_uid: str | None
+    external_reference: str | None
+    selected: list[dict[str, Any]]
+    studies: PrefetchStudies
+    recorded: int
+    jobs: list[PrefetchJobOut]
+    error: str | None
+    created_at: str
+    ended_at: str | None
+
+
+class RuleOut(BaseModel):
+    name: str
+    rule: Rule
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    detail: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    checks: dict[str, CheckOut]
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every error: the field (``loc``) and the rule it breaks (``msg``)."""
+
+    detail: list[ErrorDetail] | str

@@ -1,0 +1,232 @@
+"""The faces workflow engines use: the REST API, its tokens, prefetch, and the HL7 listener."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..config import Settings
+from ..jobs import prefetch as prefetches
+from ..jobs.submit import SubmitRules
+from .common import EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, out, run
+from .farm import database, dispatcher
+
+token_app = typer.Typer(help="Bearer tokens of the REST API.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+rule_app = typer.Typer(help="Stored prefetch rules.", no_args_is_help=True)
+app.add_typer(rule_app, name="prefetch-rule")
+
+
+@app.command()
+def api() -> None:
+    """Serve the REST API (QRFARM_API_HOST, QRFARM_API_PORT)."""
+    import uvicorn
+
+    from ..api.app import create_app
+
+    def action(settings: Settings) -> int:
+        engine, _ = database(settings)
+        application = create_app(settings, engine=engine)
+        out.print(f"qrfarm API on http://{settings.api_host}:{settings.api_port}", highlight=False)
+        uvicorn.run(application, host=settings.api_host, port=settings.api_port, log_level="info")
+        engine.dispose()
+        return EXIT_OK
+
+    run(action)
+
+
+@token_app.command("create")
+def token_create(name: Annotated[str, typer.Argument(help="Who the token is for.")]) -> None:
+    """Issue a token; it is printed once and only its hash is kept."""
+    from ..api import tokens
+
+    def action(settings: Settings) -> int:
+        engine, sessions = database(settings)
+        with sessions() as session, session.begin():
+            token = tokens.issue(session, name)
+        engine.dispose()
+        out.print(token, highlight=False)
+        return EXIT_OK
+
+    run(action)
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
+    """Revoke a token: every request with it is refused from now on."""
+    from ..api import tokens
+
+    def action(settings: Settings) -> int:
+        engine, sessions = database(settings)
+        with sessions() as session, session.begin():
+            tokens.revoke(session, name)
+        engine.dispose()
+        out.print(f"token {name} revoked", highlight=False)
+        return EXIT_OK
+
+    run(action)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """The tokens issued, and whether each is revoked."""
+    from ..api import tokens
+
+    def action(settings: Settings) -> int:
+        engine, sessions = database(settings)
+        table = Table("name", "created", "revoked")
+        with sessions() as session:
+            for row in tokens.listing(session):
+                revoked = row.revoked_at.isoformat(" ", "seconds") if row.revoked_at else ""
+                table.add_row(row.name, row.created_at.isoformat(" ", "seconds"), revoked)
+        engine.dispose()
+        out.print(table)
+        return EXIT_OK
+
+    run(action)
+
+
+NodesOpt = Annotated[
+    list[str] | None, typer.Option("--node", help="A node to search, in order (repeatable).")
+]
+ModalityOpt = Annotated[
+    list[str] | None, typer.Option("--modality", help="A wanted modality (repeatable).")
+]
+BodyPartOpt = Annotated[
+    list[str] | None, typer.Option("--body-part", help="A wanted body part (repeatable).")
+]
+MaxStudiesOpt = Annotated[int, typer.Option(help="How many priors, newest first.")]
+MaxAgeOpt = Annotated[int | None, typer.Option(help="How far back, in days.")]
+
+
+def _rule(
+    nodes: list[str] | None,
+    modalities: list[str] | None,
+    body_parts: list[str] | None,
+    max_studies: int,
+    max_age_days: int | None,
+) -> prefetches.Rule:
+    return prefetches.Rule(
+        nodes=list(nodes or []),
+        modalities=list(modalities or []),
+        body_parts=list(body_parts or []),
+        max_studies=max_studies,
+        max_age_days=max_age_days,
+    )
+
+
+@rule_app.command("set")
+def rule_set(
+    name: Annotated[str, typer.Argument(help="The rule's name.")],
+    node: NodesOpt = None,
+    modality: ModalityOpt = None,
+    body_part: BodyPartOpt = None,
+    max_studies: MaxStudiesOpt = 3,
+    max_age_days: MaxAgeOpt = None,
+) -> None:
+    """Store (or replace) a named prefetch rule."""
+
+    def action(settings: Settings) -> int:
+        rule = _rule(node, modality, body_part, max_studies, max_age_days)
+        engine, sessions = database(settings)
+        with sessions() as session, session.begin():
+            prefetches.save_rule(session, name, rule)
+        engine.dispose()
+        out.print(f"rule {name}: {rule.model_dump_json()}", highlight=False)
+        return EXIT_OK
+
+    run(action)
+
+
+@rule_app.command("list")
+def rule_list() -> None:
+    """The stored prefetch rules."""
+
+    def action(settings: Settings) -> int:
+        engine, sessions = database(settings)
+        with sessions() as session:
+            rules = prefetches.list_rules(session)
+        engine.dispose()
+        for name, rule in rules.items():
+            out.print(f"{name}: {rule.model_dump_json()}", highlight=False)
+        return EXIT_OK
+
+    run(action)
+
+
+@app.command()
+def prefetch(
+    patient_id: Annotated[str, typer.Argument(help="The patient's ID (PatientID).")],
+    rule: Annotated[str | None, typer.Option(help="A stored rule's name.")] = None,
+    node: NodesOpt = None,
+    modality: ModalityOpt = None,
+    body_part: BodyPartOpt = None,
+    max_studies: MaxStudiesOpt = 3,
+    max_age_days: MaxAgeOpt = None,
+    accession: Annotated[
+        str | None, typer.Option(help="The ordered study's accession (not a prior).")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until it ends.")] = False,
+) -> None:
+    """Fetch a patient's prior studies by a stored rule or by the options given."""
+    import time
+
+    def action(settings: Settings) -> int:
+        engine, sessions = database(settings)
+        with sessions() as session:
+            chosen = (
+                prefetches.load_rule(session, rule)
+                if rule
+                else _rule(node, modality, body_part, max_studies, max_age_days)
+            )
+        prefetch_id = prefetches.start(
+            sessions,
+            prefetches.PrefetchRequest(
+                patient_id=patient_id, rule=chosen, rule_name=rule, current_accession=accession
+            ),
+            dispatcher(settings),
+            SubmitRules.from_settings(settings),
+        )
+        out.print(f"prefetch {prefetch_id} started", highlight=False)
+        code = EXIT_OK
+        if wait:
+            while True:
+                with sessions() as session:
+                    summary = prefetches.prefetch_summary(session, prefetch_id)
+                if summary["ended"]:
+                    break
+                time.sleep(0.5)
+            out.print_json(json.dumps(summary))
+            code = {"completed": EXIT_OK, "partial": EXIT_WARNING}.get(
+                summary["state"], EXIT_FAILURE
+            )
+        engine.dispose()
+        return code
+
+    run(action)
+
+
+@app.command()
+def hl7() -> None:
+    """Listen for HL7 v2 orders (ORM^O01, OMI^O23) and appointments (SIU^S12) over MLLP;
+    each starts the prefetch rule configured for its type (QRFARM_HL7_RULES,
+    QRFARM_HL7_DEFAULT_RULE)."""
+    from ..hl7.listener import Hl7Service
+
+    def action(settings: Settings) -> int:
+        engine, sessions = database(settings)
+        service = Hl7Service(
+            settings, sessions, dispatcher(settings), SubmitRules.from_settings(settings)
+        )
+        out.print(
+            f"qrfarm HL7 listener on {settings.hl7_host}:{settings.hl7_port}", highlight=False
+        )
+        asyncio.run(service.run())
+        engine.dispose()
+        return EXIT_OK
+
+    run(action)

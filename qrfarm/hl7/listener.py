@@ -1,0 +1,132 @@
+"""``qrfarm hl7``: an MLLP listener that turns order and scheduling messages into prefetches.
+
+Each message is answered before the next is read on that connection (the
+original acknowledgement mode): ACK (AA) once the prefetch is recorded, a
+NAK with the reason otherwise: AR for a message that cannot be used as it
+is (garbled, unsupported type), AE for one that could be used after a fix
+on this side (no rule configured, database unreachable). The message
+control ID becomes the prefetch's external reference, so a message resent
+after a lost ACK starts nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from hl7.mllp import HL7StreamReader, HL7StreamWriter, InvalidBlockError, start_hl7_server
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from qrfarm.config import Settings
+from qrfarm.errors import PermanentError
+from qrfarm.jobs import prefetch
+from qrfarm.jobs.dispatch import Dispatcher
+from qrfarm.jobs.submit import SubmitRules
+
+from .messages import ACCEPT, ERROR, REJECT, Unusable, acknowledge, acknowledge_raw, read
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+def decode(block: bytes) -> str:
+    """UTF-8 when it is, else Latin-1 (the usual ISO IR 100 of European sites)."""
+    try:
+        return block.decode("utf-8")
+    except UnicodeDecodeError:
+        return block.decode("latin-1")
+
+
+@dataclass
+class Hl7Service:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    dispatcher: Dispatcher
+    rules: SubmitRules
+
+    def rule_for(self, message_type: str) -> str | None:
+        return self.settings.hl7_rules.get(message_type) or self.settings.hl7_default_rule
+
+    def process(self, text: str) -> str:
+        """The acknowledgement for one message; starts its prefetch when it can."""
+        try:
+            trigger = read(text)
+        except Unusable as exc:
+            log.warning("HL7 message refused (%s): %s", exc.code, exc.reason)
+            return acknowledge_raw(text, exc.code, exc.reason)
+        rule_name = self.rule_for(trigger.message_type)
+        if rule_name is None:
+            reason = f"no prefetch rule is configured for {trigger.message_type}"
+            return acknowledge(trigger, ERROR, reason)
+        try:
+            with self.sessions() as db:
+                rule = prefetch.load_rule(db, rule_name)
+            prefetch_id = prefetch.start(
+                self.sessions,
+                prefetch.PrefetchRequest(
+                    patient_id=trigger.patient_id,
+                    rule=rule,
+                    rule_name=rule_name,
+                    current_accession=trigger.accession_number,
+                    current_study_uid=trigger.study_instance_uid,
+                    external_reference=(
+                        f"hl7:{trigger.sending_application}:{trigger.control_id}"[:255]
+                    ),
+                ),
+                self.dispatcher,
+                self.rules,
+            )
+        except PermanentError as exc:
+            log.warning("HL7 %s %s: %s", trigger.message_type, trigger.control_id, exc)
+            return acknowledge(trigger, ERROR, str(exc))
+        except SQLAlchemyError as exc:
+            log.error("HL7 %s: database error %s", trigger.control_id, exc)
+            return acknowledge(trigger, ERROR, "the database is not available; send again later")
+        log.info(
+            "HL7 %s %s for patient %s: prefetch %d",
+            trigger.message_type,
+            trigger.control_id,
+            trigger.patient_id,
+            prefetch_id,
+        )
+        return acknowledge(trigger, ACCEPT, f"prefetch {prefetch_id}")
+
+    async def serve_connection(self, reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            while True:
+                try:
+                    block = await reader.readblock()
+                except asyncio.IncompleteReadError:
+                    return  # the sender closed the connection
+                except (InvalidBlockError, ValueError) as exc:
+                    reply = acknowledge_raw("", REJECT, f"not an MLLP block: {exc}")
+                else:
+                    reply = await asyncio.to_thread(self.process, decode(block))
+                writer.writeblock(reply.encode("utf-8"))
+                await writer.drain()
+        except ConnectionError as exc:
+            log.info("HL7 connection from %s ended: %s", peer, exc)
+        finally:
+            writer.close()
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        server = await start_hl7_server(
+            self.serve_connection,
+            self.settings.hl7_host,
+            self.settings.hl7_port,
+            limit=MAX_MESSAGE_BYTES,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("HL7 listener on %s:%d", self.settings.hl7_host, self.settings.hl7_port)
+        if ready is not None:
+            ready.set()
+        async with server:
+            await stop.wait()
+        log.info("HL7 listener stopped")

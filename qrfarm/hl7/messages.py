@@ -1,0 +1,119 @@
+"""Reading an order or scheduling message, and writing its acknowledgement.
+
+Supported: ORM^O01 and OMI^O23 (orders) and SIU^S12 (a new appointment).
+What a prefetch needs is read from where IHE Scheduled Workflow puts it:
+the patient from PID-3 (its first identifier, ID component), the accession
+number from IPC-1, OBR-18 or ORC-3, and the Study Instance UID from IPC-3 or
+ZDS-1, where present.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import hl7
+from hl7.exceptions import ParseException
+
+SUPPORTED = frozenset({"ORM^O01", "OMI^O23", "SIU^S12"})
+ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
+
+
+class Unusable(Exception):
+    """A message qrfarm cannot act on; ``code`` is the NAK's acknowledgement code."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Trigger:
+    message: hl7.Message
+    message_type: str
+    control_id: str
+    sending_application: str
+    patient_id: str
+    accession_number: str | None
+    study_instance_uid: str | None
+
+
+def _field(message: hl7.Message, segment: str, field: int, component: int = 1) -> str | None:
+    """The first repetition's component of a field, or None when absent or empty."""
+    try:
+        value = str(message[f"{segment}.F{field}.R1.C{component}"]).strip()
+    except (KeyError, IndexError):
+        return None
+    return value or None
+
+
+def read(text: str) -> Trigger:
+    """The trigger a message carries; Unusable (with AR or AE) otherwise."""
+    if not text.startswith("MSH"):
+        raise Unusable(REJECT, "not an HL7 v2 message: it does not begin with MSH")
+    try:
+        message = hl7.parse(text)
+        msh = message.segment("MSH")
+    except (ParseException, KeyError, IndexError, ValueError) as exc:
+        raise Unusable(REJECT, f"not a parseable HL7 v2 message: {exc}") from exc
+    code = str(message["MSH.F9.R1.C1"]) if len(msh) > 9 else ""
+    event = str(message["MSH.F9.R1.C2"]) if len(msh) > 9 else ""
+    message_type = f"{code}^{event}"
+    control_id = str(msh(10)).strip() if len(msh) > 10 else ""
+    if not control_id:
+        raise Unusable(REJECT, "MSH-10 (message control ID) is empty")
+    if message_type not in SUPPORTED:
+        raise Unusable(
+            REJECT,
+            f"message type {message_type} is not supported (only {', '.join(sorted(SUPPORTED))})",
+        )
+    patient_id = _field(message, "PID", 3)
+    if not patient_id:
+        raise Unusable(ERROR, "PID-3 (patient identifier list) is missing or empty")
+    accession = _field(message, "IPC", 1) or _field(message, "OBR", 18) or _field(message, "ORC", 3)
+    study_uid = _field(message, "IPC", 3) or _field(message, "ZDS", 1)
+    return Trigger(
+        message=message,
+        message_type=message_type,
+        control_id=control_id,
+        sending_application=str(msh(3)).strip() if len(msh) > 3 else "",
+        patient_id=patient_id,
+        accession_number=accession,
+        study_instance_uid=study_uid,
+    )
+
+
+def acknowledge(trigger: Trigger, code: str, text: str | None = None) -> str:
+    """An ACK for a message that parsed: MSA-1 the code, MSA-3 the text."""
+    ack = trigger.message.create_ack(ack_code=code, application="QRFARM")
+    if text:
+        ack.segment("MSA").assign_field(_escape(text), 3)
+    return str(ack)
+
+
+def acknowledge_raw(text: str, code: str, reason: str) -> str:
+    """An ACK for a message too broken to use its own MSH: built from what can be read."""
+    control_id = ""
+    if text.startswith("MSH") and len(text) > 4:
+        separator = text[3]
+        fields = text.split("\r", 1)[0].split(separator)
+        control_id = fields[9] if len(fields) > 9 else ""
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+    return (
+        f"MSH|^~\\&|QRFARM||||{now}||ACK|{_escape(control_id)[:20]}|P|2.5\r"
+        f"MSA|{code}|{_escape(control_id)[:20]}|{_escape(reason)[:80]}\r"
+    )
+
+
+def _escape(text: str) -> str:
+    """HL7 escape sequences for the delimiters, so a reason cannot break the ACK."""
+    return (
+        text.replace("\\", "\\E\\")
+        .replace("|", "\\F\\")
+        .replace("^", "\\S\\")
+        .replace("~", "\\R\\")
+        .replace("&", "\\T\\")
+        .replace("\r", " ")
+        .replace("\n", " ")
+    )
