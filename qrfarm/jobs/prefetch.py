@@ -1,16 +1,21 @@
 """Prefetching a patient's prior studies by a rule, as child jobs of one prefetch.
 
-A prefetch goes ``searching → moving → completed | partial | failed``:
+A prefetch goes ``searching → [detailing →] moving → completed | partial |
+failed``:
 
 1. searching: one STUDY-level find job per node of the rule, in the rule's
    order;
-2. when they have all ended, the priors are picked from their answers (a
-   study found on several nodes is taken from the first): the rule's
-   modalities and body parts, not older than its limit, newest first, at most
-   its number of studies, never the study being ordered. A study already fully
-   held (as many distinct instances recorded as the PACS says it has) is
-   skipped; each other one gets a STUDY-level move job;
-3. when the moves have ended, the prefetch's state sums theirs.
+2. detailing, only where needed: a PACS that leaves ModalitiesInStudy out of
+   its STUDY-level answers (DCMTK's dcmqrscp) gets a SERIES-level find per
+   candidate study, for the modalities a rule that names some must know;
+3. then the priors are picked (:mod:`qrfarm.jobs.priors`): a study found on
+   several nodes is taken from the first; the rule's modalities and body
+   parts, not older than its limit, newest first, at most its number of
+   studies, never the study being ordered. A study already fully held is
+   skipped (as many distinct instances recorded as the PACS says it has, or,
+   where it does not say, a whole-study retrieve of it ended completed);
+   each other one gets a STUDY-level move job;
+4. when the moves have ended, the prefetch's state sums theirs.
 
 The scheduler advances prefetches (:func:`advance_all`); each step is one
 transaction on a locked prefetch row, and the jobs it makes are sent after
@@ -19,7 +24,6 @@ the commit (the sweeper sends any a crash left unsent).
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +48,7 @@ from qrfarm.models import (
     utcnow,
 )
 
+from . import priors
 from .dispatch import Dispatcher
 from .notify import notify_prefetch_ended, validate_callback_url
 from .states import ENDED
@@ -224,75 +229,6 @@ def _existing(session: Session, reference: str | None) -> int | None:
 # --- advancing ---------------------------------------------------------------
 
 
-def _first(answer: dict[str, Any], tag: str) -> str | None:
-    values = answer.get(tag, {}).get("Value") or []
-    return str(values[0]) if values and values[0] is not None else None
-
-
-def _all(answer: dict[str, Any], tag: str) -> list[str]:
-    return [str(v) for v in answer.get(tag, {}).get("Value") or [] if v is not None]
-
-
-# DICOM JSON is keyed by tag.
-STUDY_UID, STUDY_DATE, STUDY_TIME = "0020000D", "00080020", "00080030"
-ACCESSION, DESCRIPTION, MODALITIES = "00080050", "00081030", "00080061"
-INSTANCES = "00201208"
-
-
-def _candidate(answer: dict[str, Any], node: str) -> dict[str, Any] | None:
-    uid = _first(answer, STUDY_UID)
-    if not uid:
-        return None
-    instances = _first(answer, INSTANCES)
-    return {
-        "study_instance_uid": uid,
-        "node": node,
-        "study_date": _first(answer, STUDY_DATE),
-        "study_time": _first(answer, STUDY_TIME),
-        "accession_number": _first(answer, ACCESSION),
-        "description": _first(answer, DESCRIPTION),
-        "modalities": _all(answer, MODALITIES),
-        "instances": int(instances) if instances and instances.isdigit() else None,
-    }
-
-
-def pick_priors(
-    prefetch: Prefetch, rule: Rule, answers: list[tuple[str, list[dict[str, Any]]]], today: dt.date
-) -> list[dict[str, Any]]:
-    """The studies the rule wants from the nodes' answers (in the rule's node order)."""
-    found: dict[str, dict[str, Any]] = {}
-    for node, node_answers in answers:
-        for answer in node_answers:
-            candidate = _candidate(answer, node)
-            if candidate and candidate["study_instance_uid"] not in found:
-                found[candidate["study_instance_uid"]] = candidate
-    oldest = (
-        (today - dt.timedelta(days=rule.max_age_days)).strftime("%Y%m%d")
-        if rule.max_age_days
-        else None
-    )
-
-    def wanted(study: dict[str, Any]) -> bool:
-        if study["study_instance_uid"] == prefetch.current_study_uid:
-            return False
-        if prefetch.current_accession and study["accession_number"] == prefetch.current_accession:
-            return False
-        if rule.modalities and not {m.upper() for m in study["modalities"]} & set(rule.modalities):
-            return False
-        if rule.body_parts:
-            text = (study["description"] or "").lower()
-            if not any(part.lower() in text for part in rule.body_parts):
-                return False
-        return oldest is None or (study["study_date"] or "") >= oldest
-
-    priors = sorted(
-        filter(wanted, found.values()),
-        key=lambda s: (s["study_date"] or "", s["study_time"] or ""),
-        reverse=True,
-    )
-    return priors[: rule.max_studies]
-
-
 def held_instances(session: Session, study_uid: str) -> int:
     return (
         session.scalar(
@@ -304,50 +240,115 @@ def held_instances(session: Session, study_uid: str) -> int:
     )
 
 
-def _children(session: Session, prefetch_id: int) -> list[Job]:
-    return list(session.scalars(select(Job).where(Job.prefetch_id == prefetch_id).order_by(Job.id)))
+def already_held(session: Session, study: dict[str, Any]) -> bool:
+    """Fully held: as many instances as the PACS says the study has, or, where
+    it does not say, a whole-study retrieve of it that ended reconciled."""
+    held = held_instances(session, study["study_instance_uid"])
+    study["held_before"] = held
+    if study["instances"]:
+        return held >= int(study["instances"])
+    if not held:
+        return False
+    retrieves = session.scalars(
+        select(Job.identifier).where(
+            Job.kind.in_([JobKind.MOVE, JobKind.GET]),
+            Job.level == Level.STUDY.value,
+            Job.state == JobState.COMPLETED,
+            Job.recorded_count > 0,
+        )
+    )
+    uid = study["study_instance_uid"]
+    return any(priors.every(ident, priors.STUDY_UID) == [uid] for ident in retrieves)
+
+
+def _children(session: Session, prefetch_id: int, kind: JobKind | None = None) -> list[Job]:
+    query = select(Job).where(Job.prefetch_id == prefetch_id).order_by(Job.id)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    return list(session.scalars(query))
+
+
+def _answers(session: Session, job_id: int) -> list[dict[str, Any]]:
+    return list(
+        session.scalars(
+            select(FindResult.dataset)
+            .where(FindResult.job_id == job_id)
+            .order_by(FindResult.sequence)
+        )
+    )
+
+
+def _study_finds(session: Session, prefetch: Prefetch) -> list[Job]:
+    return [
+        j for j in _children(session, prefetch.id, JobKind.FIND) if j.level == Level.STUDY.value
+    ]
+
+
+def _searched(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[int]:
+    """The STUDY-level finds have ended: the candidates, and SERIES-level finds
+    for those whose modalities the PACS did not say (when the rule asks)."""
+    rule = Rule.model_validate(prefetch.rule)
+    finds = _study_finds(session, prefetch)
+    node_names = dict(session.execute(select(NodeRecord.id, NodeRecord.name)).tuples().all())
+    failed = [j for j in finds if j.state is not JobState.COMPLETED]
+    problems = [f"find on {node_names.get(j.node_id)} {j.state.value}: {j.error}" for j in failed]
+    if len(failed) == len(finds):
+        _end(session, prefetch, PrefetchState.FAILED, "; ".join(problems))
+        return []
+    prefetch.error = "; ".join(problems) or None
+    oldest = priors.oldest_date(utcnow().date(), rule.max_age_days)
+    candidates = [
+        study
+        for study in priors.merge(
+            (node_names[j.node_id], _answers(session, j.id))
+            for j in finds
+            if j.state is JobState.COMPLETED
+        )
+        if priors.eligible(
+            study,
+            current_study_uid=prefetch.current_study_uid,
+            current_accession=prefetch.current_accession,
+            body_parts=rule.body_parts,
+            oldest=oldest,
+        )
+    ]
+    job_ids = []
+    if rule.modalities:
+        for study in candidates:
+            if not study["modalities"]:
+                job = new_job(
+                    session,
+                    JobRequest(
+                        JobKind.FIND,
+                        study["node"],
+                        Level.SERIES,
+                        keys={"StudyInstanceUID": study["study_instance_uid"]},
+                        return_keys=("Modality",),
+                    ),
+                    rules,
+                    prefetch_id=prefetch.id,
+                )
+                study["series_job_id"] = job.id
+                job_ids.append(job.id)
+    prefetch.selected = candidates
+    if job_ids:
+        prefetch.state = PrefetchState.DETAILING
+        return job_ids
+    return _choose(session, prefetch, rules)
 
 
 def _choose(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[int]:
-    """Searching is over: pick the priors and make their move jobs."""
+    """Every candidate's modalities are known: pick the priors, move those not held."""
     rule = Rule.model_validate(prefetch.rule)
-    finds = [j for j in _children(session, prefetch.id) if j.kind is JobKind.FIND]
-    node_names = dict(session.execute(select(NodeRecord.id, NodeRecord.name)).tuples().all())
-    failed = [j for j in finds if j.state is not JobState.COMPLETED]
-    if finds and len(failed) == len(finds):
-        _end(
-            session,
-            prefetch,
-            PrefetchState.FAILED,
-            "; ".join(
-                f"find on {node_names.get(j.node_id)}: {j.error or j.state.value}" for j in failed
-            ),
-        )
-        return []
-    if failed:
-        prefetch.error = "; ".join(
-            f"find on {node_names.get(j.node_id)} {j.state.value}: {j.error}" for j in failed
-        )
-    answers = [
-        (
-            node_names[j.node_id],
-            list(
-                session.scalars(
-                    select(FindResult.dataset)
-                    .where(FindResult.job_id == j.id)
-                    .order_by(FindResult.sequence)
-                )
-            ),
-        )
-        for j in finds
-        if j.state is JobState.COMPLETED
-    ]
-    priors = pick_priors(prefetch, rule, answers, utcnow().date())
+    candidates = [dict(study) for study in prefetch.selected]
+    for study in candidates:
+        series_job = study.pop("series_job_id", None)
+        if series_job is not None:
+            study["modalities"] = priors.modalities_from_series(_answers(session, series_job))
+    chosen = priors.newest(candidates, rule.modalities, rule.max_studies)
     job_ids = []
-    for study in priors:
-        held = held_instances(session, study["study_instance_uid"])
-        study["held_before"] = held
-        study["already_held"] = bool(study["instances"]) and held >= study["instances"]
+    for study in chosen:
+        study["already_held"] = already_held(session, study)
         if not study["already_held"]:
             job = new_job(
                 session,
@@ -362,7 +363,7 @@ def _choose(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[in
             )
             study["job_id"] = job.id
             job_ids.append(job.id)
-    prefetch.selected = priors
+    prefetch.selected = chosen
     if job_ids:
         prefetch.state = PrefetchState.MOVING
     else:
@@ -372,7 +373,7 @@ def _choose(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[in
 
 def _finish(session: Session, prefetch: Prefetch) -> None:
     """The moves have ended: the prefetch's state sums theirs."""
-    moves = [j for j in _children(session, prefetch.id) if j.kind is JobKind.MOVE]
+    moves = _children(session, prefetch.id, JobKind.MOVE)
     states = {j.state for j in moves}
     if moves and states == {JobState.CANCELLED}:
         state = PrefetchState.CANCELLED
@@ -399,16 +400,23 @@ def _end(session: Session, prefetch: Prefetch, state: PrefetchState, error: str 
 
 def advance(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[int]:
     """One step of a prefetch whose children allow it; the jobs to send after commit."""
-    children = _children(session, prefetch.id)
     if prefetch.state is PrefetchState.SEARCHING:
-        finds = [j for j in children if j.kind is JobKind.FIND]
-        if all(j.state in ENDED for j in finds):
-            return _choose(session, prefetch, rules)
-    elif prefetch.state is PrefetchState.MOVING:
-        moves = [j for j in children if j.kind is JobKind.MOVE]
-        if all(j.state in ENDED for j in moves):
-            _finish(session, prefetch)
+        waiting_for = _study_finds(session, prefetch)
+    elif prefetch.state is PrefetchState.DETAILING:
+        waiting_for = _children(session, prefetch.id, JobKind.FIND)
+    else:
+        waiting_for = _children(session, prefetch.id, JobKind.MOVE)
+    if not all(j.state in ENDED for j in waiting_for):
+        return []
+    if prefetch.state is PrefetchState.SEARCHING:
+        return _searched(session, prefetch, rules)
+    if prefetch.state is PrefetchState.DETAILING:
+        return _choose(session, prefetch, rules)
+    _finish(session, prefetch)
     return []
+
+
+UNDER_WAY = (PrefetchState.SEARCHING, PrefetchState.DETAILING, PrefetchState.MOVING)
 
 
 def advance_all(
@@ -420,7 +428,7 @@ def advance_all(
     with sessions() as session, session.begin():
         for prefetch in session.scalars(
             select(Prefetch)
-            .where(Prefetch.state.in_([PrefetchState.SEARCHING, PrefetchState.MOVING]))
+            .where(Prefetch.state.in_(UNDER_WAY))
             .order_by(Prefetch.id)
             .with_for_update(skip_locked=True)
         ):
@@ -491,7 +499,6 @@ __all__ = [
     "delete_rule",
     "list_rules",
     "load_rule",
-    "pick_priors",
     "prefetch_summary",
     "save_rule",
     "start",

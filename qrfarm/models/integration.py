@@ -96,6 +96,7 @@ class PrefetchRule(Base):
 
 class PrefetchState(enum.StrEnum):
     SEARCHING = "searching"
+    DETAILING = "detailing"  # SERIES-level finds for modalities a PACS did not give
     MOVING = "moving"
     COMPLETED = "completed"
     PARTIAL = "partial"
