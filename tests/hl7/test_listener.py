@@ -1,0 +1,365 @@
+"""``qrfarm hl7`` as its own process, spoken to over MLLP as a RIS would.
+
+Shown: an ORM^O01 is acknowledged (AA) once its prefetch is recorded, with
+a STUDY-level find job per node of the configured rule, in the rule's order;
+the same message sent again (same MSH-10, as after a lost ACK) is accepted
+and starts nothing more; a garbled block, an unsupported type and a type
+without a rule are answered with a NAK (AR, AR, AE) and start nothing, and
+the connection still answers the next message; SIGTERM stops the listener
+with exit status 0, also while a sender keeps its connection open.
+
+No worker runs, so the find jobs stay queued (the embedded filesystem broker
+in data_dir holds their tasks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import hl7
+import pytest
+from hl7.mllp import open_hl7_connection
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from qrfarm.jobs.nodes import NodeSpec, upsert_node
+from qrfarm.jobs.prefetch import Rule, save_rule
+from qrfarm.models import (
+    Job,
+    JobKind,
+    NodeRecord,
+    Prefetch,
+    PrefetchState,
+    make_engine,
+    session_factory,
+    upgrade,
+)
+from tests.peers.ports import LOCALHOST, free_port, wait_for_port
+
+from .test_messages import message, msh, obr
+
+RULE = "priors"
+NODES = ("pacs-a", "pacs-b")
+ANSWER_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Listener:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    sessions: sessionmaker[Session]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def listener_process(tmp: Path) -> Iterator[Listener]:
+    """``qrfarm -v hl7`` on a free port, its database migrated and holding the
+    nodes and the rule "priors" (for ORM^O01 only); killed afterwards if still up."""
+    url = f"sqlite:///{tmp / 'q.db'}"
+    upgrade(url)
+    engine: Engine = make_engine(url)
+    sessions = session_factory(engine)
+    with sessions() as session, session.begin():
+        for number, name in enumerate(NODES):
+            upsert_node(session, NodeSpec(name, f"PACS{number}", LOCALHOST, 11112 + number))
+        save_rule(session, RULE, Rule(nodes=list(NODES), modalities=["CT"], max_studies=3))
+    port = free_port()
+    env = {
+        **os.environ,
+        "QRFARM_DATABASE_URL": url,
+        "QRFARM_DATA_DIR": str(tmp / "data"),
+        "QRFARM_ALLOWED_HOSTS": LOCALHOST,
+        "QRFARM_HL7_HOST": LOCALHOST,
+        "QRFARM_HL7_PORT": str(port),
+        "QRFARM_HL7_RULES": json.dumps({"ORM^O01": RULE}),
+        "QRFARM_CONFIG": str(tmp / "none.toml"),  # absent: no stray qrfarm.toml is read
+    }
+    env.pop("QRFARM_HL7_DEFAULT_RULE", None)
+    env.pop("QRFARM_BROKER_URL", None)
+    log = tmp / "hl7.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "qrfarm.cli", "-v", "hl7"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
+    listener = Listener(process, port, log, sessions)
+    try:
+        if not wait_for_port(port, timeout=60, still_running=lambda: process.poll() is None):
+            pytest.fail(f"qrfarm hl7 did not listen on {port}:\n{listener.log_text()}")
+        yield listener
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
+    """One listener for the exchanges below (each uses its own patient and control IDs)."""
+    with listener_process(tmp_path_factory.mktemp("hl7")) as running:
+        yield running
+
+
+# --- speaking MLLP -----------------------------------------------------------
+
+
+class NoAnswer(AssertionError):
+    """The listener closed the connection instead of acknowledging."""
+
+
+async def _exchange(port: int, blocks: list[bytes]) -> list[str]:
+    """Each block in turn on one connection, waiting for its answer before the next."""
+    reader, writer = await open_hl7_connection(LOCALHOST, port)
+    answers = []
+    try:
+        for block in blocks:
+            writer.write(block)
+            await writer.drain()
+            try:
+                async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                    answers.append((await reader.readblock()).decode("utf-8"))
+            except asyncio.IncompleteReadError as exc:
+                raise NoAnswer(
+                    f"connection closed without an acknowledgement of {block!r}"
+                ) from exc
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return answers
+
+
+def mllp(text: str | bytes) -> bytes:
+    """A message in its MLLP block: <VT> message <FS><CR>."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return b"\x0b" + data + b"\x1c\r"
+
+
+def send(listener: Listener, *texts: str | bytes, framed: bool = False) -> list[hl7.Message]:
+    """The acknowledgements (parsed) of messages sent on one connection;
+    ``framed``: the texts are bytes already framed (or deliberately not)."""
+    blocks = [t if framed and isinstance(t, bytes) else mllp(t) for t in texts]
+    try:
+        answers = asyncio.run(_exchange(listener.port, blocks))
+    except NoAnswer as exc:
+        raise NoAnswer(f"{exc}\n--- listener log ---\n{listener.log_text()}") from exc
+    return [hl7.parse(answer) for answer in answers]
+
+
+def msa(ack: hl7.Message) -> tuple[str, str, str]:
+    """MSA-1 (code), MSA-2 (control ID answered) and MSA-3 (the text, unescaped)."""
+    segment = ack.segment("MSA")
+    text = ack.unescape(str(segment(3))) if len(segment) > 3 else ""
+    return str(segment(1)), str(segment(2)), text
+
+
+def orm(control_id: str, patient_id: str, accession: str) -> str:
+    return message(
+        msh("ORM^O01", control_id, version="2.3.1"),
+        f"PID|1||{patient_id}^^^HOSP^MR||DOE^JOHN||19600101|M",
+        "PV1|1|O",
+        "ORC|NW|PLACER1|FILLER1",
+        obr(accession),
+    )
+
+
+# --- what the database holds -------------------------------------------------
+
+
+def prefetches_of(listener: Listener, patient_id: str) -> list[Prefetch]:
+    with listener.sessions() as session:
+        return list(
+            session.scalars(
+                select(Prefetch).where(Prefetch.patient_id == patient_id).order_by(Prefetch.id)
+            )
+        )
+
+
+def count(listener: Listener, model: type[Prefetch] | type[Job]) -> int:
+    with listener.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def child_jobs(listener: Listener, prefetch_id: int) -> list[tuple[Job, str]]:
+    with listener.sessions() as session:
+        rows = session.execute(
+            select(Job, NodeRecord.name)
+            .join(NodeRecord, Job.node_id == NodeRecord.id)
+            .where(Job.prefetch_id == prefetch_id)
+            .order_by(Job.id)
+        )
+        return [(job, name) for job, name in rows.tuples()]
+
+
+@contextmanager
+def starts_nothing(listener: Listener) -> Iterator[None]:
+    before = count(listener, Prefetch), count(listener, Job)
+    yield
+    assert (count(listener, Prefetch), count(listener, Job)) == before
+
+
+# --- orders --------------------------------------------------------------------
+
+
+def test_an_orm_is_accepted_and_starts_one_prefetch_with_a_find_per_rule_node(
+    listener: Listener,
+) -> None:
+    (ack,) = send(listener, orm("ORD-1001", "PAT-1001", "ACC-1001"))
+    code, answered, text = msa(ack)
+    assert (code, answered) == ("AA", "ORD-1001"), text
+
+    (prefetch,) = prefetches_of(listener, "PAT-1001")
+    assert text == f"prefetch {prefetch.id}"
+    assert prefetch.current_accession == "ACC-1001"
+    assert prefetch.rule_name == RULE
+    assert prefetch.state is PrefetchState.SEARCHING
+    assert prefetch.external_reference == "hl7:RIS:ORD-1001"
+    jobs = child_jobs(listener, prefetch.id)
+    assert [name for _, name in jobs] == list(NODES)
+    for job, _ in jobs:
+        assert job.kind is JobKind.FIND
+        assert job.level == "STUDY"
+        assert job.identifier["00100020"]["Value"] == ["PAT-1001"]
+
+
+def test_the_same_message_sent_again_is_accepted_and_starts_nothing_more(
+    listener: Listener,
+) -> None:
+    text = orm("ORD-2001", "PAT-2001", "ACC-2001")
+    (first,) = send(listener, text)
+    assert msa(first)[:2] == ("AA", "ORD-2001")
+    (prefetch,) = prefetches_of(listener, "PAT-2001")
+    with starts_nothing(listener):
+        # Resent on a new connection, as after an ACK lost with the old one,
+        # then once more on the same connection.
+        again = send(listener, text, text)
+    assert [msa(ack) for ack in again] == [msa(first)] * 2
+    assert [p.id for p in prefetches_of(listener, "PAT-2001")] == [prefetch.id]
+    assert len(child_jobs(listener, prefetch.id)) == len(NODES)
+
+
+# --- refusals ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param(mllp(b"\x8f\x02random text, not HL7 at all\r"), id="garbage-in-MLLP-block"),
+        pytest.param(mllp("MSH|\r"), id="bare-MSH"),
+        pytest.param(b"no start block here\x1c\r", id="no-MLLP-start-block"),
+    ],
+)
+def test_a_garbled_message_gets_ar_and_starts_nothing(listener: Listener, block: bytes) -> None:
+    follow_up = orm("ORD-3001", "PAT-3001", "ACC-3001")
+    with starts_nothing(listener):
+        nak, _ = send(listener, block, SIU_WITHOUT_RULE, framed=True)
+    code, _, text = msa(nak)
+    assert code == "AR", text
+    assert "MSH" in text or "MLLP" in text
+    # The connection survives the NAK.
+    (ack,) = send(listener, follow_up)
+    assert msa(ack)[0] == "AA"
+
+
+def test_an_unsupported_message_type_gets_ar_and_starts_nothing(listener: Listener) -> None:
+    adt = message(
+        msh("ADT^A01^ADT_A01", "ADT-4001"),
+        "EVN|A01|20240102030405",
+        "PID|1||PAT-4001^^^HOSP^MR||DOE^JOHN",
+        "PV1|1|I",
+    )
+    with starts_nothing(listener):
+        (nak,) = send(listener, adt)
+    code, answered, text = msa(nak)
+    assert (code, answered) == ("AR", "ADT-4001"), text
+    assert "ADT^A01" in text
+
+
+SIU_WITHOUT_RULE = message(
+    msh("SIU^S12^SIU_S12", "SIU-5001"),
+    "SCH|APPT-5001|FILL-5001|||||ROUTINE|NORMAL|30|MIN",
+    "PID|1||PAT-5001^^^HOSP^MR||ROE^RICHARD",
+    "RGS|1|A",
+    "AIS|1|A|CTCHEST^CT chest",
+)
+
+
+def test_a_siu_without_a_configured_rule_gets_ae_naming_the_missing_rule(
+    listener: Listener,
+) -> None:
+    with starts_nothing(listener):
+        (nak,) = send(listener, SIU_WITHOUT_RULE)
+    code, answered, text = msa(nak)
+    assert (code, answered) == ("AE", "SIU-5001"), text
+    assert "rule" in text
+    assert "SIU^S12" in text
+    assert prefetches_of(listener, "PAT-5001") == []
+
+
+def test_a_message_type_without_trigger_event_gets_ar_not_a_dropped_connection(
+    listener: Listener,
+) -> None:
+    """A stray ACK (MSH-9 "ACK", no event) must be answered like any other
+    unsupported type, not end the connection without an answer."""
+    stray = message("MSH|^~\\&|RIS|HOSP|QRFARM|PACS|20240102030405||ACK|ACK-6001|P|2.5", "MSA|AA|X")
+    with starts_nothing(listener):
+        (nak,) = send(listener, stray)
+    code, answered, text = msa(nak)
+    assert (code, answered) == ("AR", "ACK-6001"), text
+
+
+# --- stopping ------------------------------------------------------------------
+
+
+def stopped(listener: Listener) -> int:
+    listener.process.send_signal(signal.SIGTERM)
+    try:
+        return listener.process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            f"qrfarm hl7 still running {STOP_TIMEOUT_S:.0f} s after SIGTERM:\n{listener.log_text()}"
+        )
+
+
+def test_sigterm_stops_the_listener_with_exit_status_0(tmp_path: Path) -> None:
+    with listener_process(tmp_path) as running:
+        (ack,) = send(running, orm("ORD-7001", "PAT-7001", "ACC-7001"))
+        assert msa(ack)[0] == "AA"
+        assert stopped(running) == 0, running.log_text()
+        assert "HL7 listener stopped" in running.log_text()
+        assert not wait_for_port(running.port, timeout=0.5)
+
+
+def test_sigterm_stops_the_listener_while_a_sender_keeps_its_connection_open(
+    tmp_path: Path,
+) -> None:
+    """MLLP senders keep their connection between messages: an idle one must
+    not hold the listener up."""
+    import socket
+
+    with listener_process(tmp_path) as running:
+        idle = socket.create_connection((LOCALHOST, running.port), timeout=5)
+        try:
+            deadline = time.monotonic() + 10
+            while "HL7 listener on" not in running.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert stopped(running) == 0, running.log_text()
+        finally:
+            idle.close()
