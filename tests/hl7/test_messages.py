@@ -132,9 +132,7 @@ def _without_pid_3(text: str) -> str:
         pytest.param(ORM_O01.replace("|ORM0001|", "||"), REJECT, "MSH-10", id="empty-MSH-10"),
         pytest.param(ORM_O01.replace("|ORM0001|", "|  |"), REJECT, "MSH-10", id="blank-MSH-10"),
         pytest.param(_without_pid_3(ORM_O01), ERROR, "PID-3", id="PID-3-empty"),
-        pytest.param(
-            ORM_O01.replace("PAT123^", "^"), ERROR, "PID-3", id="PID-3-first-id-empty"
-        ),
+        pytest.param(ORM_O01.replace("PAT123^", "^"), ERROR, "PID-3", id="PID-3-first-id-empty"),
         pytest.param(
             message(msh("ORM^O01", "ORM0003"), "ORC|NW|P1", obr("ACC1")),
             ERROR,
