@@ -23,6 +23,7 @@ from .dicom import Level, Root
 from .dicom.identifiers import KeyValue
 from .errors import DatabaseNotReady, QrfarmError
 from .jobs import control
+from .jobs import prefetch as prefetches
 from .jobs.dispatch import Dispatcher, celery_dispatcher
 from .jobs.queries import find_results, job_summary
 from .jobs.submit import JobRequest, SubmitRules, submit
@@ -121,6 +122,36 @@ class Client:
 
     def cancel(self, job_id: int) -> str:
         return control.cancel(self.sessions, job_id).value
+
+    def prefetch(
+        self,
+        patient_id: str,
+        rule: str | prefetches.Rule,
+        *,
+        current_accession: str | None = None,
+        callback_url: str | None = None,
+        external_reference: str | None = None,
+    ) -> int:
+        """Fetch a patient's priors by a stored rule's name or a Rule; the prefetch's id."""
+        with self.sessions() as session:
+            chosen = prefetches.load_rule(session, rule) if isinstance(rule, str) else rule
+        return prefetches.start(
+            self.sessions,
+            prefetches.PrefetchRequest(
+                patient_id=patient_id,
+                rule=chosen,
+                rule_name=rule if isinstance(rule, str) else None,
+                current_accession=current_accession,
+                callback_url=callback_url,
+                external_reference=external_reference,
+            ),
+            self.dispatcher,
+            SubmitRules.from_settings(self.settings),
+        )
+
+    def prefetch_status(self, prefetch_id: int) -> dict[str, Any]:
+        with self.sessions() as session:
+            return prefetches.prefetch_summary(session, prefetch_id)
 
     def retry(self, job_id: int) -> None:
         control.retry(self.sessions, job_id, self.dispatcher, self.settings.max_attempts)

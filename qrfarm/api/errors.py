@@ -72,6 +72,12 @@ def install(app: FastAPI) -> None:
     def _conflict(_r: Request, exc: PermanentError) -> JSONResponse:
         return JSONResponse(status_code=status.HTTP_409_CONFLICT, content={"detail": str(exc)})
 
+    @app.exception_handler(PermanentError)
+    def _permanent(_r: Request, exc: PermanentError) -> JSONResponse:
+        # Any other refusal of the request as it is (the more specific
+        # handlers above win: Starlette looks handlers up along the MRO).
+        return unprocessable(["body"], str(exc), "invalid_request")
+
     @app.exception_handler(DatabaseNotReady)
     @app.exception_handler(OperationalError)
     def _unavailable(_r: Request, exc: Exception) -> JSONResponse:

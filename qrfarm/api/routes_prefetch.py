@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response, status
 from sqlalchemy import select
 
+from qrfarm.errors import InvalidIdentifier
 from qrfarm.jobs import prefetch
 from qrfarm.jobs.submit import UnknownNode
 from qrfarm.models import Prefetch
@@ -71,6 +72,9 @@ def start_prefetch(
         )
     except UnknownNode as exc:
         raise FieldError(["body", "rule", "nodes"], str(exc)) from exc
+    except InvalidIdentifier as exc:
+        field = "patient_id" if exc.attribute == "PatientID" else exc.attribute
+        raise FieldError(["body", field], exc.rule) from exc
     response.headers["Location"] = f"/prefetch/{prefetch_id}"
     with ctx.sessions() as db:
         return prefetch.prefetch_summary(db, prefetch_id)

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Level
-from qrfarm.errors import PermanentError
+from qrfarm.errors import InvalidIdentifier, PermanentError
 from qrfarm.models import (
     PREFETCH_ENDED,
     FindResult,
@@ -178,7 +178,9 @@ def start(
     """
     # The patient ID is matched exactly: a wildcard would fetch other patients.
     if any(c in request.patient_id for c in "*?\\"):
-        raise PermanentError(f"patient_id {request.patient_id!r}: wildcards are not allowed")
+        raise InvalidIdentifier(
+            "PatientID", "wildcards are not allowed: a prefetch is for one patient"
+        )
     if request.callback_url is not None:
         validate_callback_url(
             request.callback_url,

@@ -206,3 +206,22 @@ def test_bad_input_gets_422_naming_the_field_and_unknown_ids_404(api_farm: ApiFa
     assert http.get("/prefetch-rules/none").status_code == 404
     # Nothing of that was recorded.
     assert http.get("/jobs").json()["total"] == 0
+
+
+def test_prefetch_rules_are_stored_listed_replaced_and_removed(api_farm: ApiFarm) -> None:
+    http = api_farm.http()
+    rule = {"nodes": ["pacs1", "pacs2"], "modalities": ["ct", "MR"], "max_studies": 2}
+    stored = http.put("/prefetch-rules/neuro", json=rule)
+    assert stored.status_code == 200
+    assert stored.json()["rule"]["modalities"] == ["CT", "MR"]  # modality codes upper-cased
+    http.put("/prefetch-rules/chest", json={"nodes": ["pacs1"], "body_parts": ["chest"]})
+    assert [r["name"] for r in http.get("/prefetch-rules").json()] == ["chest", "neuro"]
+    http.put("/prefetch-rules/neuro", json={**rule, "max_age_days": 365})
+    assert http.get("/prefetch-rules/neuro").json()["rule"]["max_age_days"] == 365
+    assert http.delete("/prefetch-rules/neuro").status_code == 204
+    assert http.get("/prefetch-rules/neuro").status_code == 404
+    missing = http.post("/prefetch", json={"patient_id": "P1", "rule_name": "neuro"})
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["loc"] == ["body", "rule_name"]
+    wildcard = http.post("/prefetch", json={"patient_id": "P*", "rule_name": "chest"})
+    assert wildcard.status_code == 422 and "wildcard" in wildcard.text
