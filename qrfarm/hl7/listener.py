@@ -2,9 +2,10 @@
 
 Each message is answered before the next is read on that connection (the
 original acknowledgement mode): ACK (AA) once the prefetch is recorded, a
-NAK with the reason otherwise: AR for a message that cannot be used as it
-is (garbled, unsupported type), AE for one that could be used after a fix
-on this side (no rule configured, database unreachable). The message
+NAK with the reason otherwise: AR (application reject) for a message that
+cannot be processed at all (garbled, unsupported type), AE (application
+error) for an error in its content or in acting on it here (no patient ID,
+no rule configured, database unreachable). The message
 control ID becomes the prefetch's external reference, so a message resent
 after a lost ACK starts nothing twice.
 """
@@ -114,11 +115,21 @@ class Hl7Service:
             writer.close()
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
+        connections: set[asyncio.Task[None]] = set()
+
+        async def serve(reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            connections.add(task)
+            try:
+                await self.serve_connection(reader, writer)
+            except asyncio.CancelledError:
+                pass  # stopping: a message cut off gets no ACK and is sent again
+            finally:
+                connections.discard(task)
+
         server = await start_hl7_server(
-            self.serve_connection,
-            self.settings.hl7_host,
-            self.settings.hl7_port,
-            limit=MAX_MESSAGE_BYTES,
+            serve, self.settings.hl7_host, self.settings.hl7_port, limit=MAX_MESSAGE_BYTES
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -129,4 +140,10 @@ class Hl7Service:
             ready.set()
         async with server:
             await stop.wait()
+            # Senders keep their connections open; since Python 3.12 leaving
+            # the server's context waits for them all, so end them here.
+            server.close()
+            for task in list(connections):
+                task.cancel()
+            await asyncio.gather(*connections, return_exceptions=True)
         log.info("HL7 listener stopped")

@@ -50,6 +50,8 @@ def _field(message: hl7.Message, segment: str, field: int, component: int = 1) -
 
 def read(text: str) -> Trigger:
     """The trigger a message carries; Unusable (with AR or AE) otherwise."""
+    # Segments end in CR; some senders use CR LF or LF.
+    text = text.replace("\r\n", "\r").replace("\n", "\r")
     if not text.startswith("MSH"):
         raise Unusable(REJECT, "not an HL7 v2 message: it does not begin with MSH")
     try:
@@ -57,8 +59,9 @@ def read(text: str) -> Trigger:
         msh = message.segment("MSH")
     except (ParseException, KeyError, IndexError, ValueError) as exc:
         raise Unusable(REJECT, f"not a parseable HL7 v2 message: {exc}") from exc
-    code = str(message["MSH.F9.R1.C1"]) if len(msh) > 9 else ""
-    event = str(message["MSH.F9.R1.C2"]) if len(msh) > 9 else ""
+    # A bare "ACK" (no trigger event) must be refused, not crash the read.
+    code = _field(message, "MSH", 9, 1) or ""
+    event = _field(message, "MSH", 9, 2) or ""
     message_type = f"{code}^{event}"
     control_id = str(msh(10)).strip() if len(msh) > 10 else ""
     if not control_id:
@@ -85,10 +88,12 @@ def read(text: str) -> Trigger:
 
 
 def acknowledge(trigger: Trigger, code: str, text: str | None = None) -> str:
-    """An ACK for a message that parsed: MSA-1 the code, MSA-3 the text."""
+    """An ACK for a message that parsed: MSA-1 the code, MSA-3 the text, escaped
+    with the message's own delimiters (MSH-1 and MSH-2 are copied into the ACK)."""
     ack = trigger.message.create_ack(ack_code=code, application="QRFARM")
     if text:
-        ack.segment("MSA").assign_field(_escape(text), 3)
+        msh = trigger.message.segment("MSH")
+        ack.segment("MSA").assign_field(_escape(text, str(msh(1)) + str(msh(2))), 3)
     return str(ack)
 
 
@@ -99,21 +104,21 @@ def acknowledge_raw(text: str, code: str, reason: str) -> str:
         separator = text[3]
         fields = text.split("\r", 1)[0].split(separator)
         control_id = fields[9] if len(fields) > 9 else ""
-    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+    now = dt.datetime.now(dt.UTC)
+    # Our own control ID for the ACK; MSA-2 names the message answered, whole.
+    ack_id = "QRF" + now.strftime("%Y%m%d%H%M%S%f")
     return (
-        f"MSH|^~\\&|QRFARM||||{now}||ACK|{_escape(control_id)[:20]}|P|2.5\r"
-        f"MSA|{code}|{_escape(control_id)[:20]}|{_escape(reason)[:80]}\r"
+        f"MSH|^~\\&|QRFARM||||{now:%Y%m%d%H%M%S}||ACK|{ack_id}|P|2.5\r"
+        f"MSA|{code}|{_escape(control_id[:199])}|{_escape(reason[:200])}\r"
     )
 
 
-def _escape(text: str) -> str:
-    """HL7 escape sequences for the delimiters, so a reason cannot break the ACK."""
-    return (
-        text.replace("\\", "\\E\\")
-        .replace("|", "\\F\\")
-        .replace("^", "\\S\\")
-        .replace("~", "\\R\\")
-        .replace("&", "\\T\\")
-        .replace("\r", " ")
-        .replace("\n", " ")
-    )
+def _escape(text: str, delimiters: str = "|^~\\&") -> str:
+    """HL7 escape sequences for the delimiters in use (MSH-1 then MSH-2), so a
+    reason cannot break the ACK."""
+    padded = delimiters + "|^~\\&"[len(delimiters) :]
+    field, component, repetition, escape, subcomponent = tuple(padded[:5])
+    text = text.replace(escape, f"{escape}E{escape}")
+    for char, name in ((field, "F"), (component, "S"), (repetition, "R"), (subcomponent, "T")):
+        text = text.replace(char, f"{escape}{name}{escape}")
+    return text.replace("\r", " ").replace("\n", " ")
