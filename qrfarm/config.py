@@ -171,7 +171,7 @@ def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         pass
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: a label empty or over 63 characters
         return []
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
 from qrfarm.errors import (
     DatabaseNotReady,
@@ -71,6 +71,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     def _conflict(_r: Request, exc: PermanentError) -> JSONResponse:
         return JSONResponse(status_code=status.HTTP_409_CONFLICT, content={"detail": str(exc)})
+
+    @app.exception_handler(DataError)
+    def _data(_r: Request, exc: DataError) -> JSONResponse:
+        # A value the database cannot hold (a NUL character in a text).
+        return unprocessable(["request"], str(exc.orig).splitlines()[0], "invalid_value")
 
     @app.exception_handler(PermanentError)
     def _permanent(_r: Request, exc: PermanentError) -> JSONResponse:

@@ -16,7 +16,7 @@ from qrfarm.models import FindResult, Job, JobKind, JobState, NodeRecord, Receiv
 from .deps import Context, Db
 from .dicom_json import keys_from_dicom_json
 from .errors import Conflict, FieldError
-from .schemas import CancelOut, ErrorOut, InstanceOut, JobIn, JobOut, Page
+from .schemas import UNREADABLE_BODY, CancelOut, ErrorOut, InstanceOut, JobIn, JobOut, Page
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -46,7 +46,10 @@ def reference_of(body_reference: str | None, idempotency_key: str | None) -> str
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobOut,
-    responses={200: {"model": JobOut, "description": "The job made before with this key."}},
+    responses={
+        **UNREADABLE_BODY,
+        200: {"model": JobOut, "description": "The job made before with this key."},
+    },
 )
 def create_job(
     body: JobIn, ctx: Context, response: Response, idempotency_key: IdempotencyKey = None
@@ -113,18 +116,21 @@ def list_jobs(
     if reference is not None:
         query = query.where(Job.external_reference == reference)
     if created_after is not None:
-        query = query.where(Job.created_at >= _naive_utc(created_after))
+        query = query.where(Job.created_at >= _naive_utc(created_after, "created_after"))
     if created_before is not None:
-        query = query.where(Job.created_at < _naive_utc(created_before))
+        query = query.where(Job.created_at < _naive_utc(created_before, "created_before"))
     total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
     ids = db.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
     items = [job_summary(db, job_id, responses=False) for job_id in ids]
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-def _naive_utc(value: dt.datetime) -> dt.datetime:
+def _naive_utc(value: dt.datetime, name: str) -> dt.datetime:
     if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        try:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError as exc:
+            raise FieldError(["query", name], "outside the years 1 to 9999 in UTC") from exc
     return value
 
 

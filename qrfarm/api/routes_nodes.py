@@ -15,7 +15,7 @@ from qrfarm.models import Job, NodeRecord
 
 from .deps import Context, Db
 from .errors import Conflict, NotFound
-from .schemas import EchoOut, ErrorOut, NodeCreate, NodeIn, NodeOut
+from .schemas import UNREADABLE_BODY, EchoOut, ErrorOut, NodeCreate, NodeIn, NodeOut
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 Name = Annotated[str, Path(min_length=1, max_length=64)]
@@ -68,7 +68,7 @@ def list_nodes(db: Db) -> list[dict[str, Any]]:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=NodeOut,
-    responses={409: {"model": ErrorOut}},
+    responses={**UNREADABLE_BODY, 409: {"model": ErrorOut}},
 )
 def add_node(body: NodeCreate, ctx: Context, db: Db, response: Response) -> dict[str, Any]:
     """Register a node; a name already taken is a conflict (change it with PUT)."""
@@ -84,7 +84,7 @@ def read_node(name: Name, db: Db) -> dict[str, Any]:
     return _out(_row(db, name))
 
 
-@router.put("/{name}", response_model=NodeOut, responses=NOT_FOUND)
+@router.put("/{name}", response_model=NodeOut, responses={**UNREADABLE_BODY, **NOT_FOUND})
 def change_node(name: Name, body: NodeIn, ctx: Context, db: Db) -> dict[str, Any]:
     """Change a node's address, limits or store AE titles."""
     _row(db, name)
@@ -110,7 +110,10 @@ def remove_node(name: Name, db: Db) -> Response:
 @router.post(
     "/{name}/echo",
     response_model=EchoOut,
-    responses={**NOT_FOUND, 502: {"model": ErrorOut}},
+    responses={
+        **NOT_FOUND,
+        502: {"model": EchoOut, "description": "No association could be made; why."},
+    },
 )
 def echo_node(name: Name, ctx: Context, db: Db, response: Response) -> dict[str, Any]:
     """C-ECHO the node; 502 when no association can be made, with the reason."""

@@ -15,7 +15,7 @@ from qrfarm.models import Prefetch
 from .deps import Context, Db
 from .errors import FieldError
 from .routes_jobs import IdempotencyKey, reference_of
-from .schemas import ErrorOut, PrefetchIn, PrefetchOut, RuleOut
+from .schemas import UNREADABLE_BODY, ErrorOut, PrefetchIn, PrefetchOut, RuleOut
 
 router = APIRouter(tags=["prefetch"])
 RuleName = Annotated[str, Path(min_length=1, max_length=64)]
@@ -27,7 +27,10 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
     "/prefetch",
     status_code=status.HTTP_201_CREATED,
     response_model=PrefetchOut,
-    responses={200: {"model": PrefetchOut, "description": "The prefetch made before."}},
+    responses={
+        **UNREADABLE_BODY,
+        200: {"model": PrefetchOut, "description": "The prefetch made before."},
+    },
 )
 def start_prefetch(
     body: PrefetchIn,
@@ -96,7 +99,7 @@ def read_rule(name: RuleName, db: Db) -> dict[str, Any]:
     return {"name": name, "rule": prefetch.load_rule(db, name)}
 
 
-@router.put("/prefetch-rules/{name}", response_model=RuleOut)
+@router.put("/prefetch-rules/{name}", response_model=RuleOut, responses=UNREADABLE_BODY)
 def save_rule(name: RuleName, rule: prefetch.Rule, db: Db) -> dict[str, Any]:
     """Store (or replace) a named rule; prefetches under way keep the rule they began with."""
     prefetch.save_rule(db, name, rule)

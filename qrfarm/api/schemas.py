@@ -248,3 +248,9 @@ class ErrorOut(BaseModel):
     """Every error: the field (``loc``) and the rule it breaks (``msg``)."""
 
     detail: list[ErrorDetail] | str
+
+
+# FastAPI answers 400 itself to a body that is not JSON text (not UTF-8).
+UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body is not JSON text (not UTF-8)."}
+}

@@ -265,7 +265,12 @@ def _set(ds: Dataset, keyword: str, values: list[str]) -> None:
     # refuse those with a better message, so the warning would only repeat it.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        _set_value(ds, keyword, vr, values)
+        try:
+            _set_value(ds, keyword, vr, values)
+            # Encoding is where pydicom finds some values unfit (an IS of "abc").
+            ds[keyword].to_json_dict(None, 2**31)
+        except (TypeError, ValueError) as exc:
+            raise InvalidIdentifier(keyword, f"not a value of VR {vr}: {exc}") from exc
 
 
 def _set_value(ds: Dataset, keyword: str, vr: str, values: list[str]) -> None:

@@ -40,7 +40,10 @@ def validate_callback_url(
         raise InvalidCallback(url, "webhooks need a shared secret: set QRFARM_WEBHOOK_SECRET")
     if len(url) > 2048:
         raise InvalidCallback(url[:64] + "…", "longer than 2048 characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise InvalidCallback(url, f"not a valid URL ({exc})") from exc
     if parts.scheme not in ("http", "https"):
         raise InvalidCallback(url, "the scheme must be http or https")
     try:

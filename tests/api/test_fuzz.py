@@ -23,6 +23,7 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from pydantic import SecretStr
 from schemathesis.checks import CheckFunction, not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -69,9 +70,11 @@ class _NoDispatch:
 def _document() -> dict[str, Any]:
     """The OpenAPI document, from an app that is never called.
 
-    The cases are generated when the module is collected, before any
-    database exists; the document depends on the code, not on the database,
-    and the fixture checks that the real app publishes the same one.
+    Schemathesis reads the document when the module is collected, before any
+    database exists (its lazy ``schemathesis.pytest.from_fixture`` would wait
+    for the fixture, but schemathesis 4.32 sets ``request.node._nodeid``,
+    which pytest 9 no longer has). The document depends on the code, not on
+    the database, and the fixture checks that the real app publishes the same.
     """
     app = create_app(
         Settings(database_url="sqlite://"),
@@ -135,7 +138,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
                 # sends the fuzz's jobs to a real broker.
                 broker_url=None,
                 allowed_hosts=["127.0.0.1"],
-                webhook_secret="fuzz-secret",
+                webhook_secret=SecretStr("fuzz-secret"),
                 scp_port=free_port(),
             )
             # dispatcher=None: the real Celery producer, over the embedded
@@ -153,9 +156,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     deadline=None,
     derandomize=True,
     database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    # Generating a JobIn or a PrefetchIn takes what it takes on a slow CI
+    # machine; that is no finding about the API.
+    suppress_health_check=[HealthCheck.too_slow],
 )
-def test_api_answers_as_documented(case: schemathesis.Case, api: Api) -> None:
-    # The token on every case (a negative case that drops the header still
-    # goes without it, and must get the documented 401).
+def test_api_answers_as_documented(case: schemathesis.Case[Any], api: Api) -> None:
+    # The token on every case, so that the fuzz reaches the routes. Only the
+    # negative cases schemathesis makes to test a missing Authorization header
+    # (about one request in twelve) go without it, and must get the 401.
     case.call_and_validate(app=api.app, headers=api.headers, checks=CHECKS)

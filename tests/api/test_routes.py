@@ -199,6 +199,35 @@ def test_bad_input_gets_422_naming_the_field_and_unknown_ids_404(api_farm: ApiFa
     assert "allow-list" in msg
     loc, msg = error_of(http.put("/prefetch-rules/r1", json={"nodes": [], "max_studies": 0}))
     assert "nodes" in loc or "max_studies" in loc
+    # Values that reach the database or pydicom badly formed: refused, never a 500.
+    for request in (
+        http.build_request("GET", "/jobs", params={"node": "a\x00b"}),
+        http.build_request("GET", "/jobs", params={"created_after": "0001-01-01T00:00:00+14:00"}),
+        http.build_request(
+            "POST",
+            "/jobs",
+            json={
+                "kind": "find",
+                "node": "pacs",
+                "level": "STUDY",
+                "keys": {"PatientID": "P1", "NumberOfStudyRelatedInstances": "abc"},
+            },
+        ),
+        http.build_request(
+            "POST",
+            "/jobs",
+            json={
+                "kind": "find",
+                "node": "pacs",
+                "level": "STUDY",
+                "keys": {"PatientID": "P1"},
+                "callback_url": "http://[::1/x",
+            },
+        ),
+        http.build_request("POST", "/nodes", json={**node, "name": "long", "host": "0" * 256}),
+    ):
+        response = http.send(request)
+        assert response.status_code == 422, (request.url, response.text)
     assert http.get("/jobs/424242").status_code == 404
     assert http.get("/jobs/424242/instances").status_code == 404
     assert http.delete("/jobs/424242").status_code == 404
