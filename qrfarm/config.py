@@ -21,7 +21,7 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # A running job's lease; a worker that dies loses it after this long.
     lease_ttl_s: float = Field(default=60.0, ge=2)
     reconcile_grace_s: float = Field(default=10.0, ge=0)
+    # A move or get with instances missing asks again for exactly those while
+    # attempts remain, before it is called partial.
+    retry_partial: bool = True
     scheduler_interval_s: float = Field(default=2.0, gt=0)
     redispatch_after_s: float = Field(default=120.0, gt=0)
     # Webhooks: the shared secret their HMAC-SHA256 signature uses (a job with
@@ -115,6 +118,13 @@ class Settings(BaseSettings):
     hl7_port: int = Field(default=2575, ge=0, le=65535)
     hl7_rules: dict[str, str] = {}
     hl7_default_rule: str | None = None
+    # Observability: JSON log lines, this process's Prometheus metrics on a
+    # port (unset: not served; the API serves the farm's at /metrics), and
+    # an OTLP/HTTP endpoint for traces (OTEL_EXPORTER_OTLP_ENDPOINT works too).
+    log_format: Literal["text", "json"] = "text"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    otlp_endpoint: str | None = None
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0

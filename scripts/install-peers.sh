@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the system peers the tests talk to (DCMTK tools, Orthanc) from
-# Debian's packages, when they are missing. Needs root (or sudo).
+# Install the system peers the tests talk to (DCMTK tools, Orthanc, HAProxy
+# in front of two storage SCPs, docker-compose to check the compose file)
+# from Debian's packages, when they are missing. Needs root (or sudo).
 set -euo pipefail
 
 need=()
@@ -8,6 +9,8 @@ for tool in dcmqrscp storescp storescu findscu movescu getscu echoscu; do
     [ -x "/usr/bin/$tool" ] || need+=(dcmtk)
 done
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

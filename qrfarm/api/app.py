@@ -37,7 +37,12 @@ def create_app(
         sessions=sessions,
         dispatcher=dispatcher,
         rules=SubmitRules.from_settings(settings),
-        metrics=metrics.registry_for(sessions),
+        metrics=metrics.registry_for(
+            sessions,
+            settings.broker_url
+            if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://"))
+            else None,
+        ),
     )
     errors.install(app)
     app.include_router(health.router)

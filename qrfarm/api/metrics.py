@@ -6,8 +6,10 @@ numbers and nothing is lost when one restarts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
+import redis
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,9 +17,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from qrfarm.jobs.dispatch import node_queue
 from qrfarm.models import (
     Attempt,
     Job,
+    NodeRecord,
     OrphanInstance,
     Prefetch,
     ReceivedInstance,
@@ -27,14 +31,17 @@ from qrfarm.models import (
 from .deps import Context
 
 router = APIRouter(tags=["metrics"])
+log = logging.getLogger(__name__)
 
 
 class FarmCollector(Collector):
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], redis_url: str | None) -> None:
         self.sessions = sessions
+        self.redis_url = redis_url
 
     def collect(self) -> Iterator[Metric]:
         with self.sessions() as db:
+            nodes = list(db.scalars(select(NodeRecord.name).order_by(NodeRecord.name)))
             jobs = GaugeMetricFamily(
                 "qrfarm_jobs", "Jobs by kind and state.", labels=["kind", "state"]
             )
@@ -81,11 +88,31 @@ class FarmCollector(Collector):
             ):
                 prefetches.add_metric([prefetch_state.value], count)
             yield prefetches
+        if self.redis_url:
+            try:
+                yield self._queue_depth(nodes)
+            except redis.RedisError as exc:
+                # The rest of the scrape is still true; the broker's health says why.
+                log.warning("queue depth not read: %s", exc)
+
+    def _queue_depth(self, nodes: list[str]) -> Metric:
+        """Messages waiting in each node's queue (a Redis list per queue)."""
+        depth = GaugeMetricFamily(
+            "qrfarm_queue_depth", "Messages waiting in each node's queue.", labels=["queue"]
+        )
+        client = redis.Redis.from_url(self.redis_url or "", socket_timeout=2)
+        try:
+            for name in nodes:
+                queue = node_queue(name)
+                depth.add_metric([queue], client.llen(queue))
+        finally:
+            client.close()
+        return depth
 
 
-def registry_for(sessions: sessionmaker[Session]) -> CollectorRegistry:
+def registry_for(sessions: sessionmaker[Session], redis_url: str | None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FarmCollector(sessions))
+    registry.register(FarmCollector(sessions, redis_url))
     return registry
 
 

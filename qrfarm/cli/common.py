@@ -22,6 +22,7 @@ from ..dicom import (
     parse_key,
 )
 from ..errors import InvalidIdentifier, InvalidNode, PermanentError, QrfarmError, TargetNotAllowed
+from ..observability import logs, tracing
 
 app = typer.Typer(
     help="qrfarm: DICOM query/retrieve (C-ECHO, C-FIND, C-GET, C-MOVE) against PACS nodes.",
@@ -107,19 +108,30 @@ def _configure(
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")
     ] = 0,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="QRFARM_LOG_FORMAT",
+            help="text, or json: one JSON object per line, with job_id, node and task_id.",
+        ),
+    ] = "text",
 ) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level, json=log_format == "json")
     # pynetdicom logs each failure we report ourselves; show its words only on -v.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL if verbose == 0 else level)
     # pydicom logs each malformed value the identifier rules then refuse by name.
     logging.getLogger("pydicom").setLevel(logging.ERROR if verbose == 0 else level)
 
 
-def run(action: Callable[[Settings], int]) -> None:
-    """Run a command, turning qrfarm's errors into a message and an exit status."""
+def run(action: Callable[[Settings], int], service: str = "cli") -> None:
+    """Run a command, turning qrfarm's errors into a message and an exit status;
+    ``service`` names its spans (``qrfarm-<service>``) when traces are exported."""
     try:
-        code = action(Settings())
+        settings = Settings()
+        tracing.configure(service, settings.otlp_endpoint)
+        code = action(settings)
     except (InvalidIdentifier, InvalidNode, TargetNotAllowed, ValueError) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     except PermanentError as exc:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from ..jobs.sweeper import sweep
 from ..jobs.webhooks import DeliveryPolicy, deliver_due
 from ..models import JobState, NodeRecord, make_engine, session_factory
 from ..models.migrate import is_current
+from ..observability import metrics
 from .common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, run
 
 log = logging.getLogger(__name__)
@@ -316,6 +318,8 @@ def worker(
         if not chosen:
             raise UnknownNode("no node is registered: qrfarm node add NAME AET@host:port")
         queues = ",".join(node_queue(name) for name in chosen)
+        if settings.metrics_port is not None:
+            _serve_worker_metrics(settings)
         celery = make_app(settings)
         celery.worker_main(
             [
@@ -337,7 +341,24 @@ def worker(
         )
         return EXIT_OK
 
-    run(action)
+    run(action, service="worker")
+
+
+def _serve_worker_metrics(settings: Settings) -> None:
+    """The pool processes' metrics, summed, from this (the main) process.
+
+    prometheus_client picks multiprocess mode when it is imported, so the
+    process starts again with PROMETHEUS_MULTIPROC_DIR set, unless it is.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        folder = (settings.data_dir / "metrics" / f"worker-{os.getpid()}").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+        os.execv(sys.executable, [sys.executable, "-m", "qrfarm.cli", *sys.argv[1:]])  # noqa: S606
+    assert settings.metrics_port is not None
+    metrics.serve(settings.metrics_port, settings.metrics_host)
 
 
 @app.command()
@@ -355,6 +376,8 @@ def scheduler(
         rules = SubmitRules.from_settings(settings)
         stop = threading.Event()
         deliveries = _start_webhook_delivery(settings, sessions, stop, once)
+        if settings.metrics_port is not None and not once:
+            metrics.serve(settings.metrics_port, settings.metrics_host)
         while True:
             report = sweep(sessions, send, policy)
             if report.dispatched or report.finalized:
@@ -370,7 +393,7 @@ def scheduler(
         engine.dispose()
         return EXIT_OK
 
-    run(action)
+    run(action, service="scheduler")
 
 
 def _start_webhook_delivery(

@@ -36,7 +36,7 @@ def api() -> None:
         engine.dispose()
         return EXIT_OK
 
-    run(action)
+    run(action, service="api")
 
 
 @token_app.command("create")
@@ -229,4 +229,4 @@ def hl7() -> None:
         engine.dispose()
         return EXIT_OK
 
-    run(action)
+    run(action, service="hl7")

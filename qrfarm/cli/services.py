@@ -18,6 +18,7 @@ from ..dicom import (
 from ..dicom.node import validate_ae_title
 from ..jobs.nodes import NodeSpec, upsert_node
 from ..models import upgrade
+from ..observability import metrics
 from ..sandbox.pacs import SandboxPacs
 from ..sandbox.synthetic import generate_corpus
 from ..scp import StorageScp
@@ -135,8 +136,10 @@ def scp(
             max_associations=settings.scp_max_associations,
             late_window_s=settings.move_late_window_s,
         )
+        if settings.metrics_port is not None:
+            metrics.serve(settings.metrics_port, settings.metrics_host)
         service.serve()
         engine.dispose()
         return EXIT_OK
 
-    run(action)
+    run(action, service="scp")

@@ -21,6 +21,10 @@ class JobPolicy:
     # Find the expected instances (IMAGE-level find) before a move.
     expect_before_move: bool = True
     progress_interval_s: float = 1.0
+    # A move or get that ends with instances missing asks again for exactly
+    # those, while attempts remain (an SCP that died mid-move, a PACS that
+    # dropped an association): the job ends partial only when that fails too.
+    retry_partial: bool = True
 
     def backoff(self, attempt: int) -> float:
         """Exponential back-off with full jitter for the ``attempt``-th retry."""

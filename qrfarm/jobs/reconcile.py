@@ -13,12 +13,19 @@ success and nothing arrived.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from qrfarm.models import ExpectedInstance, Job, JobState, ReceivedInstance
+from qrfarm.models import ExpectedInstance, Job, JobKind, JobState, ReceivedInstance, utcnow
+from qrfarm.observability.metrics import RECONCILIATIONS, RETRIES
 
+from .policy import JobPolicy
 from .states import transition
+
+log = logging.getLogger(__name__)
 
 
 def recorded_uids(session: Session, job_id: int) -> set[str]:
@@ -46,12 +53,15 @@ def all_arrived(session: Session, job: Job) -> bool:
     return len(recorded) >= reported
 
 
-def finalize(session: Session, job: Job) -> None:
-    """End a ``reconciling`` job as completed, partial or cancelled."""
+def finalize(session: Session, job: Job, policy: JobPolicy | None = None) -> None:
+    """End a ``reconciling`` job as completed, partial or cancelled; with a
+    ``policy`` that retries partial jobs, one with instances missing (and
+    attempts left) is queued again for exactly those instead."""
     recorded = recorded_uids(session, job.id)
     job.recorded_count = len(recorded)
     if job.cancel_requested:
         transition(job, JobState.CANCELLED, error=f"cancelled; {len(recorded)} instance(s) arrived")
+        RECONCILIATIONS.labels("cancelled").inc()
         return
     expected = expected_uids(session, job.id) if job.expected_count is not None else set()
     missing = expected - recorded
@@ -62,6 +72,7 @@ def finalize(session: Session, job: Job) -> None:
     if not missing and not failed and reported_failed == 0 and len(recorded) >= reported:
         transition(job, JobState.COMPLETED)
         job.error = None
+        RECONCILIATIONS.labels("completed").inc()
         return
     if reported and not recorded:
         reason = f"the PACS reported {reported} instance(s) sent, and nothing arrived"
@@ -74,7 +85,27 @@ def finalize(session: Session, job: Job) -> None:
         if len(recorded) < reported:
             parts.append(f"{reported} reported sent, {len(recorded)} arrived")
         reason = "; ".join(parts) or "incomplete"
+    if policy is not None and _retry_missing(job, policy, reason):
+        RECONCILIATIONS.labels("retrying").inc()
+        return
     transition(job, JobState.PARTIAL, error=reason)
+    RECONCILIATIONS.labels("partial").inc()
+
+
+def _retry_missing(job: Job, policy: JobPolicy, reason: str) -> bool:
+    """Queue the job again for its missing instances, when that can help."""
+    if not (policy.retry_partial and job.missing_uids and job.kind is not JobKind.FIND):
+        return False
+    # Only what an IMAGE-level find named can be asked for by UID.
+    if job.expected_count is None or job.attempt_count >= job.max_attempts:
+        return False
+    delay = policy.backoff(job.attempt_count)
+    RETRIES.labels("missing").inc()
+    transition(job, JobState.QUEUED, error=f"{reason}; asking again for those")
+    job.retry_uids = list(job.missing_uids)
+    job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+    log.info("job %d: %s; retry of %d in %.1f s", job.id, reason, len(job.missing_uids), delay)
+    return True
 
 
 def reopen_for_late_arrival(session: Session, job: Job) -> None:

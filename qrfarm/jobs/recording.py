@@ -71,12 +71,13 @@ def _columns(facts: InstanceFacts, stored: StoredFile, file_path: str) -> dict[s
 
 def record(
     session: Session, facts: InstanceFacts, stored: StoredFile, file_path: str, matches: list[Match]
-) -> None:
+) -> list[int]:
+    """Record the instance for each matched job (an orphan when none); the jobs' ids."""
     columns = _columns(facts, stored, file_path)
     differs = stored.already_there and not stored.same_bytes
     if not matches:
         _record_orphan(session, columns, differs)
-        return
+        return []
     for match in matches:
         inserted = session.execute(
             _insert(session, ReceivedInstance)
@@ -107,6 +108,7 @@ def record(
                     repeat_differs=ReceivedInstance.repeat_differs | differs,
                 )
             )
+    return [match.job_id for match in matches]
 
 
 def _record_orphan(session: Session, columns: dict[str, Any], differs: bool) -> None:

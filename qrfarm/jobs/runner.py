@@ -12,10 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from opentelemetry import trace
 from pydicom.dataset import Dataset
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,7 +33,8 @@ from qrfarm.dicom import (
     build_retrieve_identifier,
 )
 from qrfarm.dicom.planning import ImageRef, expected_instances
-from qrfarm.errors import QrfarmError, RetriableError
+from qrfarm.dicom.responses import Response
+from qrfarm.errors import AssociationAborted, QrfarmError, RetriableError
 from qrfarm.models import (
     Attempt,
     DimseResponse,
@@ -43,6 +46,9 @@ from qrfarm.models import (
     NodeRecord,
     utcnow,
 )
+from qrfarm.observability.logs import job_context
+from qrfarm.observability.metrics import ASSOCIATIONS, ATTEMPTS, RETRIES
+from qrfarm.observability.tracing import context_of, tracer
 
 from .leases import Claim, claim, fenced
 from .moves import allocate_message_id, release_message_id
@@ -95,6 +101,7 @@ class _Snapshot:
     destination: str | None
     retry_uids: list[str]
     expected_known: bool
+    trace_parent: str | None
 
 
 def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = None) -> None:
@@ -105,13 +112,30 @@ def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = Non
             log.info("job %d: not ours to run now", job_id)
             return
         snapshot = _snapshot(session, session.get_one(Job, job_id))
-    log.info(
-        "job %d attempt %d: %s on %s",
-        job_id,
-        taken.attempt_number,
-        snapshot.kind.value,
-        snapshot.node,
-    )
+    with (
+        job_context(job_id, str(snapshot.node), task_id),
+        tracer.start_as_current_span(
+            "qrfarm.job.run",
+            context=context_of(snapshot.trace_parent),
+            attributes={
+                "qrfarm.job.id": job_id,
+                "qrfarm.job.kind": snapshot.kind.value,
+                "qrfarm.job.attempt": taken.attempt_number,
+                "qrfarm.node": str(snapshot.node),
+            },
+        ),
+    ):
+        log.info(
+            "job %d attempt %d: %s on %s",
+            job_id,
+            taken.attempt_number,
+            snapshot.kind.value,
+            snapshot.node,
+        )
+        _run_attempt(deps, taken, snapshot)
+
+
+def _run_attempt(deps: RunnerDeps, taken: Claim, snapshot: _Snapshot) -> None:
     try:
         with JobWatch(deps.sessions, taken, deps.policy) as watch:
             if snapshot.kind is JobKind.FIND:
@@ -123,6 +147,8 @@ def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = Non
     except NodeBusy as exc:
         _requeue_busy(deps, taken, str(exc))
     except QrfarmError as exc:
+        if isinstance(exc, AssociationAborted):
+            ASSOCIATIONS.labels(str(snapshot.node), "aborted").inc()
         _attempt_failed(deps, taken, exc)
     except LookupError as exc:  # a find before the retrieve failed
         _attempt_failed(deps, taken, QrfarmError(str(exc)))
@@ -139,6 +165,7 @@ def _snapshot(session: Session, job: Job) -> _Snapshot:
         destination=job.destination,
         retry_uids=list(job.retry_uids or []),
         expected_known=job.expected_count is not None,
+        trace_parent=job.trace_parent,
     )
 
 
@@ -148,7 +175,8 @@ def _snapshot(session: Session, job: Job) -> _Snapshot:
 def _run_find(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
     with deps.connections.query_retrieve(snap.node) as conn:
         watch.connection = conn
-        result = conn.find(snap.identifier, snap.root, on_response=watch.on_response)
+        with tracer.start_as_current_span("dicom.c-find"):
+            result = conn.find(snap.identifier, snap.root, on_response=_traced(watch.on_response))
     with deps.sessions() as session, session.begin():
         job = fenced(session, taken)
         if job is None:
@@ -182,15 +210,22 @@ def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) 
         results = []
         try:
             for identifier in identifiers:
-                results.append(
-                    conn.move(
-                        identifier,
-                        snap.destination or "",
-                        snap.root,
-                        message_id=message_id,
-                        on_response=watch.on_response,
+                with tracer.start_as_current_span(
+                    "dicom.c-move",
+                    attributes={
+                        "dicom.move_destination": snap.destination or "",
+                        "dicom.message_id": message_id,
+                    },
+                ):
+                    results.append(
+                        conn.move(
+                            identifier,
+                            snap.destination or "",
+                            snap.root,
+                            message_id=message_id,
+                            on_response=_traced(watch.on_response),
+                        )
                     )
-                )
         finally:
             with deps.sessions() as session, session.begin():
                 release_message_id(session, session.get_one(Attempt, taken.attempt_id))
@@ -208,10 +243,36 @@ def _run_get(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -
         watch.connection = conn
         sink = deps.get_recorder.sink_for(taken.job_id, snap.node.ae_title)
         for identifier in identifiers:
-            results.append(
-                conn.get(identifier, snap.root, store=sink, on_response=watch.on_response)
-            )
+            with tracer.start_as_current_span("dicom.c-get"):
+                results.append(
+                    conn.get(
+                        identifier, snap.root, store=sink, on_response=_traced(watch.on_response)
+                    )
+                )
     _after_retrieve(deps, taken, results)
+
+
+def _traced(on_response: Callable[[Response], None]) -> Callable[[Response], None]:
+    """Each response also becomes an event of the operation's span."""
+
+    def handle(response: Response) -> None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "dimse.response",
+                {
+                    "dicom.status": f"0x{response.status:04X}",
+                    "dicom.category": response.category.value,
+                    **{
+                        f"dicom.{name}": value
+                        for name in ("remaining", "completed", "failed", "warning")
+                        if (value := getattr(response, name)) is not None
+                    },
+                },
+            )
+        on_response(response)
+
+    return handle
 
 
 # -- what C-GET and C-MOVE share ---------------------------------------------------
@@ -297,6 +358,11 @@ def _after_retrieve(deps: RunnerDeps, taken: Claim, results: list[OperationResul
 
 def reconcile_until_done(deps: RunnerDeps, taken: Claim) -> None:
     """Wait (up to the grace period) for arrivals, then finalize the job."""
+    with tracer.start_as_current_span("qrfarm.job.reconcile") as span:
+        _reconcile_until_done(deps, taken, span)
+
+
+def _reconcile_until_done(deps: RunnerDeps, taken: Claim, span: trace.Span) -> None:
     while True:
         with deps.sessions() as session, session.begin():
             job = fenced(session, taken)
@@ -304,8 +370,10 @@ def reconcile_until_done(deps: RunnerDeps, taken: Claim) -> None:
                 return
             deadline = job.reconcile_until or utcnow()
             if all_arrived(session, job) or utcnow() >= deadline or job.cancel_requested:
-                finalize(session, job)
+                finalize(session, job, deps.policy)
                 log.info("job %d: %s (%d recorded)", job.id, job.state.value, job.recorded_count)
+                span.set_attribute("qrfarm.job.state", job.state.value)
+                span.set_attribute("qrfarm.job.recorded", job.recorded_count)
                 return
         time.sleep(0.2)
 
@@ -348,6 +416,7 @@ def _end_attempt(session: Session, taken: Claim, outcome: str, error: str | None
     attempt.ended_at = utcnow()
     attempt.outcome = outcome
     attempt.error = error
+    ATTEMPTS.labels(outcome).inc()
 
 
 # -- when an attempt does not get through ----------------------------------------------
@@ -358,6 +427,7 @@ def _schedule_retry(job: Job, error: str, policy: JobPolicy) -> None:
         transition(job, JobState.FAILED, error=f"{error} (after {job.attempt_count} attempt(s))")
         return
     delay = policy.backoff(job.attempt_count)
+    RETRIES.labels("transient").inc()
     transition(job, JobState.QUEUED, error=error)
     job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
     log.info("job %d: retry in %.1f s: %s", job.id, delay, error)

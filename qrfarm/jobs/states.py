@@ -2,7 +2,8 @@
 
 ``queued → running → reconciling → completed | partial | failed | cancelled``;
 a retry sends a ``partial`` or ``failed`` job (or a ``running`` one whose
-attempt hit a transient error) back to ``queued``; a late arrival reopens a
+attempt hit a transient error, or a ``reconciling`` one with instances
+missing and attempts left) back to ``queued``; a late arrival reopens a
 ``completed`` or ``partial`` job into ``reconciling``.
 """
 
@@ -26,7 +27,7 @@ DONE, PART, FAIL, CANC = (
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     Q: frozenset({RUN, FAIL, CANC}),
     RUN: frozenset({REC, Q, FAIL, CANC, DONE}),
-    REC: frozenset({DONE, PART, FAIL, CANC}),
+    REC: frozenset({DONE, PART, FAIL, CANC, Q}),
     DONE: frozenset({REC}),
     PART: frozenset({Q, REC}),
     FAIL: frozenset({Q}),

@@ -15,6 +15,7 @@ from qrfarm.dicom.identifiers import KeyValue
 from qrfarm.dicom.node import validate_ae_title
 from qrfarm.errors import InvalidIdentifier, PermanentError
 from qrfarm.models import Job, JobKind, JobState, NodeRecord, utcnow
+from qrfarm.observability.tracing import current_traceparent, tracer
 
 from .dispatch import RUN_JOB, Dispatcher, node_queue
 from .notify import validate_callback_url
@@ -118,6 +119,7 @@ def new_job(
         max_attempts=request.max_attempts or rules.default_max_attempts,
         callback_url=request.callback_url,
         prefetch_id=prefetch_id,
+        trace_parent=current_traceparent(),
     )
     session.add(job)
     session.flush()
@@ -152,13 +154,21 @@ def submit(
     and nothing new is queued.
     """
     try:
-        with sessions() as session, session.begin():
+        with (
+            tracer.start_as_current_span(
+                "qrfarm.job.submit",
+                attributes={"qrfarm.job.kind": request.kind.value, "qrfarm.node": request.node},
+            ) as span,
+            sessions() as session,
+            session.begin(),
+        ):
             existing = existing_job(session, request.external_reference)
             if existing is not None:
                 return existing
             job = new_job(session, request, rules)
             job.dispatched_at = utcnow()
             job_id, queue = job.id, node_queue(request.node)
+            span.set_attribute("qrfarm.job.id", job_id)
     except IntegrityError:
         # The same reference submitted at the same moment: the other one won.
         with sessions() as session:

@@ -43,7 +43,7 @@ def sweep(
             .where(Job.state == JobState.RECONCILING, Job.lease_expires_at < now)
             .with_for_update(skip_locked=True)
         ):
-            finalize(session, job)
+            finalize(session, job, policy)
             report.finalized.append(job.id)
         rows = session.execute(
             select(Job, NodeRecord.name)

@@ -66,6 +66,9 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
     external_reference: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The W3C traceparent of the job's submit span: the worker's and the
+    # storage SCP's spans for the job are its children (one trace per job).
+    trace_parent: Mapped[str | None] = mapped_column(String(64))
     # Where to POST the job's summary when it ends (a webhook).
     callback_url: Mapped[str | None] = mapped_column(String(2048))
     # The prefetch this job is a step of.

@@ -9,11 +9,20 @@ from threading import Event as ThreadEvent
 
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom.sockets import tune
 from qrfarm.jobs.recording import InstanceFacts, record
+from qrfarm.models import Job
+from qrfarm.observability import tracing
+from qrfarm.observability.metrics import (
+    RECEIVED_BYTES,
+    SCP_ASSOCIATIONS,
+    STORE_SECONDS,
+    STORES,
+)
 from qrfarm.storage import InstanceStorage, StorageError, StorageFull, StoredFile, UnsafeUid
 
 from .correlate import correlate
@@ -44,13 +53,17 @@ def handle_requested(event: Event, ctx: ScpContext) -> None:
     calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()  # type: ignore[union-attr]
     host = event.assoc.requestor.address
     if ctx.draining.is_set():
+        SCP_ASSOCIATIONS.labels("rejected").inc()
         _reject(event, REJECT_SHUTTING_DOWN)
         return
     if not ctx.known_nodes.admits(calling_ae, host):
         log.warning(
             "association from %s at %s rejected: calling AE title not known", calling_ae, host
         )
+        SCP_ASSOCIATIONS.labels("rejected").inc()
         _reject(event, REJECT_UNKNOWN_CALLING_AE)
+        return
+    SCP_ASSOCIATIONS.labels("accepted").inc()
 
 
 def _reject(event: Event, reason: tuple[int, int, int]) -> None:
@@ -72,6 +85,15 @@ def handle_connection_open(event: Event) -> None:
 
 def handle_store(event: Event, ctx: ScpContext) -> int:
     """Store, correlate, record; answer success only once file and row are durable."""
+    started = time.monotonic()
+    started_ns = time.time_ns()
+    status, outcome = _store(event, ctx, started_ns)
+    STORES.labels(outcome).inc()
+    STORE_SECONDS.observe(time.monotonic() - started)
+    return status
+
+
+def _store(event: Event, ctx: ScpContext, started_ns: int) -> tuple[int, str]:
     request = event.request
     assert isinstance(request, C_STORE) and request.DataSet is not None
     raw = request.DataSet.getvalue()
@@ -79,7 +101,7 @@ def handle_store(event: Event, ctx: ScpContext) -> int:
         facts = read_facts(event, raw)
     except Refused as refused:
         log.warning("C-STORE of %s refused: %s", request.AffectedSOPInstanceUID, refused)
-        return refused.status
+        return refused.status, "refused"
     try:
         stored = ctx.storage.store(
             facts.study_instance_uid,
@@ -89,20 +111,43 @@ def handle_store(event: Event, ctx: ScpContext) -> int:
         )
     except UnsafeUid as exc:
         log.warning("C-STORE refused: %s", exc)
-        return CANNOT_UNDERSTAND
+        return CANNOT_UNDERSTAND, "refused"
     except (StorageFull, StorageError) as exc:
         log.error("C-STORE of %s not stored: %s", facts.sop_instance_uid, exc)
-        return OUT_OF_RESOURCES
+        return OUT_OF_RESOURCES, "out_of_resources"
     relative = str(stored.path.relative_to(ctx.storage.root))
     nodes = ctx.known_nodes.for_calling_ae(facts.calling_ae)
     try:
-        _record_with_one_reconnect(ctx, facts, stored, relative, nodes)
+        job_ids = _record_with_one_reconnect(ctx, facts, stored, relative, nodes)
     except SQLAlchemyError as exc:
         # The file is whole on disk; without its row it counts for nothing,
         # and the PACS is told to try again.
         log.error("C-STORE of %s not recorded: %s", facts.sop_instance_uid, exc)
-        return OUT_OF_RESOURCES
-    return SUCCESS
+        return OUT_OF_RESOURCES, "out_of_resources"
+    RECEIVED_BYTES.inc(len(raw))
+    if job_ids and tracing.enabled():
+        _trace_store(ctx, facts, job_ids, started_ns)
+    return SUCCESS, ("stored" if job_ids else "orphan")
+
+
+def _trace_store(
+    ctx: ScpContext, facts: InstanceFacts, job_ids: list[int], started_ns: int
+) -> None:
+    """A span in each matched job's trace (only when spans go anywhere: it costs a query)."""
+    with ctx.sessions() as session:
+        parents = session.execute(select(Job.id, Job.trace_parent).where(Job.id.in_(job_ids))).all()
+    for job_id, parent in parents:
+        span = tracing.tracer.start_span(
+            "qrfarm.scp.c-store",
+            context=tracing.context_of(parent),
+            start_time=started_ns,
+            attributes={
+                "qrfarm.job.id": job_id,
+                "dicom.sop_instance_uid": facts.sop_instance_uid,
+                "dicom.calling_ae": facts.calling_ae,
+            },
+        )
+        span.end()
 
 
 def _record_with_one_reconnect(
@@ -111,7 +156,7 @@ def _record_with_one_reconnect(
     stored: StoredFile,
     relative: str,
     nodes: list[KnownNode],
-) -> None:
+) -> list[int]:
     """Correlate and record in one transaction; once more on a fresh connection if the
     pooled one turned out dead (the engine does not ping before each use: one round
     trip less per instance)."""
@@ -119,8 +164,9 @@ def _record_with_one_reconnect(
         try:
             with ctx.sessions() as session, session.begin():
                 matches = correlate(session, facts, nodes, ctx.late_window_s)
-                record(session, facts, stored, relative, matches)
-            return
+                job_ids = record(session, facts, stored, relative, matches)
+            return job_ids  # committed
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:
                 raise
+    raise AssertionError("the second try returns or raises")

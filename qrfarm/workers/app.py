@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_shutdown
 
 from qrfarm.config import Settings, broker_config
 from qrfarm.jobs.dispatch import RUN_JOB
 from qrfarm.jobs.runner import run_job
+from qrfarm.observability.metrics import process_exited
 
 from .process import current
 
@@ -32,6 +34,12 @@ def make_app(settings: Settings) -> Celery:
     )
     _register(app, settings)
     return app
+
+
+@worker_process_shutdown.connect
+def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
+    if pid is not None:
+        process_exited(pid)
 
 
 def _register(app: Celery, settings: Settings) -> None:

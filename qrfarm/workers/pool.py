@@ -25,8 +25,10 @@ from qrfarm.dicom import (
     storage_contexts,
 )
 from qrfarm.dicom.contexts import DEFAULT_STORAGE_SOP_CLASSES
-from qrfarm.errors import QrfarmError
+from qrfarm.errors import AssociationRejected, PeerUnreachable, QrfarmError
 from qrfarm.jobs.runner import NodeBusy
+from qrfarm.observability.metrics import ASSOCIATIONS
+from qrfarm.observability.tracing import tracer
 
 from .permits import Permit, Permits
 
@@ -66,13 +68,20 @@ class AssociationPool:
         return permit
 
     def _open(self, node: Node, contexts: list, permit: Permit) -> Connection:  # type: ignore[type-arg]
-        try:
-            return Connection.open(
-                node, contexts, calling_ae=self.calling_ae, timeouts=self.timeouts
-            )
-        except BaseException:
-            permit.release()
-            raise
+        with tracer.start_as_current_span("dicom.associate", attributes={"dicom.peer": str(node)}):
+            try:
+                connection = Connection.open(
+                    node, contexts, calling_ae=self.calling_ae, timeouts=self.timeouts
+                )
+            except BaseException as exc:
+                permit.release()
+                if isinstance(exc, AssociationRejected):
+                    ASSOCIATIONS.labels(str(node), "rejected").inc()
+                elif isinstance(exc, PeerUnreachable):
+                    ASSOCIATIONS.labels(str(node), "unreachable").inc()
+                raise
+        ASSOCIATIONS.labels(str(node), "opened").inc()
+        return connection
 
     def _take(self, node: Node) -> _Pooled:
         with self._lock:

@@ -34,6 +34,7 @@ def policy_from(settings: Settings) -> JobPolicy:
         lease_ttl_s=settings.lease_ttl_s,
         reconcile_grace_s=settings.reconcile_grace_s,
         redispatch_after_s=settings.redispatch_after_s,
+        retry_partial=settings.retry_partial,
     )
 
 

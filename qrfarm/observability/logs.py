@@ -1,0 +1,68 @@
+"""Logging for every entry point: plain text or JSON lines, with the job, node
+and task a line is about.
+
+The ids travel in context variables, set where work on a job starts
+(:func:`job_context`), and a filter puts them on every record logged inside.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pythonjsonlogger.json import JsonFormatter
+
+_job_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("job_id", default=None)
+_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("node", default=None)
+_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class ContextFilter(logging.Filter):
+    """Adds job_id, node and task_id (None outside a job) to each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, var in (("job_id", _job_id), ("node", _node), ("task_id", _task_id)):
+            if not hasattr(record, name):
+                setattr(record, name, var.get())
+        return True
+
+
+@contextmanager
+def job_context(
+    job_id: int | None = None, node: str | None = None, task_id: str | None = None
+) -> Iterator[None]:
+    """Tag every line logged inside with these ids (the ones given)."""
+    job_token = _job_id.set(job_id) if job_id is not None else None
+    node_token = _node.set(node) if node is not None else None
+    task_token = _task_id.set(task_id) if task_id is not None else None
+    try:
+        yield
+    finally:
+        if task_token is not None:
+            _task_id.reset(task_token)
+        if node_token is not None:
+            _node.reset(node_token)
+        if job_token is not None:
+            _job_id.reset(job_token)
+
+
+def configure(level: int, *, json: bool) -> None:
+    """Set up the root logger once, at an entry point."""
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    if json:
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(job_id)s %(node)s %(task_id)s",
+                rename_fields={"levelname": "level", "asctime": "time", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
