@@ -18,6 +18,7 @@ that nothing in the protocol layer can be pointed elsewhere by accident.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 from pathlib import Path
@@ -68,7 +69,8 @@ class Settings(BaseSettings):
     ae_title: str = "QRFARM"
     # Hosts, IP addresses or networks qrfarm may connect to; "*" admits any.
     allowed_hosts: Annotated[list[str], NoDecode] = ["*"]
-    nodes: dict[str, NodeSettings] = {}
+    # From the TOML file, or QRFARM_NODES as JSON ({"name": {"ae_title": ...}}).
+    nodes: Annotated[dict[str, NodeSettings], NoDecode] = {}
     # The database of record: SQLite by default (one machine), PostgreSQL in a farm.
     database_url: str = "sqlite:///qrfarm.db"
     # Where received instances are stored: <root>/<study>/<series>/<sop>.dcm.
@@ -77,6 +79,9 @@ class Settings(BaseSettings):
     scp_host: str = "127.0.0.1"
     scp_port: int = Field(default=11113, ge=0, le=65535)
     scp_max_associations: int = Field(default=32, ge=1)
+    # The calling AE title of qrfarm's own health probes: the SCP answers its
+    # C-ECHO and refuses it any C-STORE.
+    probe_ae_title: str = "QRFARMPROBE"
     # Answer a C-STORE only once the file is fsync'ed (off only for tests of speed).
     scp_fsync: bool = True
     # How long after a move ends its Message ID still names it, so that
@@ -136,6 +141,14 @@ class Settings(BaseSettings):
         # The environment gives "127.0.0.1,10.0.0.0/8"; a TOML file gives a list.
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _nodes_json(cls, value: object) -> object:
+        # An empty variable (as docker-compose passes an unset one) means none.
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
         return value
 
     @classmethod

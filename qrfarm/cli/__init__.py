@@ -8,7 +8,15 @@ Exit status: 0 success, 1 the peer answered warning, 2 failure or cancel,
 3 no association (unreachable, rejected, aborted, timed out), 4 bad input.
 """
 
-from . import demo, direct, farm, integration, serve, services  # noqa: F401 - registers the commands
+from . import (  # noqa: F401 - registers the commands
+    demo,
+    direct,
+    farm,
+    integration,
+    probe,
+    serve,
+    services,
+)
 from .common import app
 
 

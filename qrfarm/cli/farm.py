@@ -30,6 +30,7 @@ from ..models import JobState, NodeRecord, make_engine, session_factory
 from ..models.migrate import is_current
 from ..observability import metrics
 from .common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, run
+from .probe import heartbeat_path
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +379,10 @@ def scheduler(
         deliveries = _start_webhook_delivery(settings, sessions, stop, once)
         if settings.metrics_port is not None and not once:
             metrics.serve(settings.metrics_port, settings.metrics_host)
+        heartbeat = heartbeat_path(settings)
+        heartbeat.parent.mkdir(parents=True, exist_ok=True)
         while True:
+            heartbeat.touch()  # what `qrfarm probe scheduler` reads
             report = sweep(sessions, send, policy)
             if report.dispatched or report.finalized:
                 log.info("sweep: sent %s, finalized %s", report.dispatched, report.finalized)

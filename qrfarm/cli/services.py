@@ -73,6 +73,34 @@ def sandbox(
     run(action)
 
 
+@app.command()
+def synthetic(
+    out_dir: Annotated[Path, typer.Argument(help="Where to write the synthetic studies.")],
+    orthanc_url: Annotated[
+        str | None,
+        typer.Option("--orthanc-url", help="Also upload them to this Orthanc (its REST API)."),
+    ] = None,
+    large_study: Annotated[int, typer.Option(help="Instances of the large CT study.")] = 300,
+) -> None:
+    """Write the synthetic studies (five patients, several modalities) as DICOM files,
+    and optionally load them into an Orthanc as a PACS to try qrfarm on."""
+    import httpx
+
+    def action(settings: Settings) -> int:
+        corpus = generate_corpus(out_dir, large_study_instances=large_study)
+        out.print(f"{len(corpus.instances)} instances in {out_dir}", highlight=False)
+        if orthanc_url:
+            host = httpx.URL(orthanc_url).host
+            settings.check_target(host)
+            with httpx.Client(base_url=orthanc_url, timeout=60, trust_env=False) as client:
+                for instance in corpus.instances:
+                    client.post("/instances", content=instance.path.read_bytes()).raise_for_status()
+            out.print(f"uploaded to {orthanc_url}", highlight=False)
+        return EXIT_OK
+
+    run(action)
+
+
 db_app = typer.Typer(help="The database of record.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
@@ -135,6 +163,7 @@ def scp(
             port=settings.scp_port if port is None else port,
             max_associations=settings.scp_max_associations,
             late_window_s=settings.move_late_window_s,
+            probe_ae_title=settings.probe_ae_title,
         )
         if settings.metrics_port is not None:
             metrics.serve(settings.metrics_port, settings.metrics_host)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_SHUTTING_DOWN = (0x02, 0x03, 0x02)  # transient: local limit exceeded
 REJECT_FLUSH_S = 2.0
+REFUSED_NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: general status "Refused: Not authorized"
 
 
 @dataclass
@@ -46,6 +47,8 @@ class ScpContext:
     known_nodes: KnownNodes
     late_window_s: float
     draining: ThreadEvent = field(default_factory=ThreadEvent)
+    # The farm's own health probe: admitted for C-ECHO, refused any C-STORE.
+    probe_ae_title: str | None = None
 
 
 def handle_requested(event: Event, ctx: ScpContext) -> None:
@@ -55,6 +58,9 @@ def handle_requested(event: Event, ctx: ScpContext) -> None:
     if ctx.draining.is_set():
         SCP_ASSOCIATIONS.labels("rejected").inc()
         _reject(event, REJECT_SHUTTING_DOWN)
+        return
+    if calling_ae == ctx.probe_ae_title:
+        SCP_ASSOCIATIONS.labels("probe").inc()
         return
     if not ctx.known_nodes.admits(calling_ae, host):
         log.warning(
@@ -96,6 +102,8 @@ def handle_store(event: Event, ctx: ScpContext) -> int:
 def _store(event: Event, ctx: ScpContext, started_ns: int) -> tuple[int, str]:
     request = event.request
     assert isinstance(request, C_STORE) and request.DataSet is not None
+    if ctx.probe_ae_title and event.assoc.requestor.ae_title.strip() == ctx.probe_ae_title:
+        return REFUSED_NOT_AUTHORIZED, "refused"
     raw = request.DataSet.getvalue()
     try:
         facts = read_facts(event, raw)

@@ -52,13 +52,16 @@ class StorageScp:
         max_associations: int = 32,
         late_window_s: float = 3600.0,
         max_pdu: int = 0,
+        probe_ae_title: str | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
         self.port = port
         self.max_associations = max_associations
         self.max_pdu = max_pdu
-        self.context = ScpContext(storage, sessions, KnownNodes(sessions), late_window_s)
+        self.context = ScpContext(
+            storage, sessions, KnownNodes(sessions), late_window_s, probe_ae_title=probe_ae_title
+        )
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
 
