@@ -304,7 +304,8 @@ def worker(
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Pool processes.")] = 2,
 ) -> None:
-    """Run a Celery worker for the given nodes' queues."""
+    """Run a Celery worker for the given nodes' queues (without --node: every node's,
+    following the nodes registered later too)."""
     from ..workers.app import make_app
 
     def action(settings: Settings) -> int:
@@ -312,16 +313,14 @@ def worker(
         with sessions() as session:
             names = list(session.scalars(select(NodeRecord.name)))
         engine.dispose()
-        chosen = node or names
-        unknown = sorted(set(chosen) - set(names))
+        unknown = sorted(set(node or []) - set(names))
         if unknown:
             raise UnknownNode(f"node(s) not registered: {', '.join(unknown)}")
-        if not chosen:
-            raise UnknownNode("no node is registered: qrfarm node add NAME AET@host:port")
-        queues = ",".join(node_queue(name) for name in chosen)
+        # Without --node, the nodes known now, and the others as they come.
+        queues = ",".join([node_queue(name) for name in node or names] or ["qrfarm.default"])
         if settings.metrics_port is not None:
             _serve_worker_metrics(settings)
-        celery = make_app(settings)
+        celery = make_app(settings, follow_nodes=not node)
         celery.worker_main(
             [
                 "worker",

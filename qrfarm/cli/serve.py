@@ -2,9 +2,8 @@
 (and the HL7 listener when a rule is configured for it).
 
 Each part runs as its own child process, supervised: one that dies is
-started again; the worker is restarted when nodes are added, so that it
-consumes their queues; SIGTERM stops them all (workers finish or give back
-their task: it is acknowledged late).
+started again; SIGTERM stops them all (workers finish or give back their
+task: it is acknowledged late).
 """
 
 from __future__ import annotations
@@ -21,10 +20,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import select
 
 from ..config import Settings
-from ..models import NodeRecord, make_engine, session_factory, upgrade
+from ..models import make_engine, session_factory, upgrade
 from .common import EXIT_OK, app, out, run
 from .services import register_configured_nodes
 
@@ -69,15 +67,6 @@ class Child:
             self.process.wait(5)
 
 
-def _node_names(settings: Settings) -> list[str]:
-    engine = make_engine(settings.database_url)
-    try:
-        with session_factory(engine)() as session:
-            return sorted(session.scalars(select(NodeRecord.name)))
-    finally:
-        engine.dispose()
-
-
 def supervise(
     settings: Settings, workers: int, stop: threading.Event, log_dir: Path | None = None
 ) -> None:
@@ -86,23 +75,20 @@ def supervise(
     def log_of(name: str) -> Path | None:
         return None if log_dir is None else log_dir / f"{name}.log"
 
-    scp = Child("storage SCP", ["scp"], log_of("scp"))
-    scheduler = Child("scheduler", ["scheduler"], log_of("scheduler"))
-    worker = Child("worker", ["worker", "--concurrency", str(workers)], log_of("worker"))
-    always = [scp, scheduler, Child("REST API", ["api"], log_of("api"))]
+    children = [
+        Child("storage SCP", ["scp"], log_of("scp")),
+        Child("scheduler", ["scheduler"], log_of("scheduler")),
+        Child("REST API", ["api"], log_of("api")),
+        # Without --node it serves every node, and follows those added later.
+        Child("worker", ["worker", "--concurrency", str(workers)], log_of("worker")),
+    ]
     if settings.hl7_rules or settings.hl7_default_rule:
-        always.append(Child("HL7 listener", ["hl7"], log_of("hl7")))
-    for child in always:
+        children.append(Child("HL7 listener", ["hl7"], log_of("hl7")))
+    for child in children:
         child.start()
-    served: list[str] = []
     try:
         while not stop.is_set():
-            nodes = _node_names(settings)
-            if nodes != served and nodes:
-                worker.stop()
-                worker.start()
-                served = nodes
-            for child in always + ([worker] if served else []):
+            for child in children:
                 if not child.alive() and not stop.is_set():
                     log.warning("%s exited; starting it again", child.name)
                     # Not in a tight loop: a part that cannot start waits a little.
@@ -111,7 +97,7 @@ def supervise(
                     child.start()
             stop.wait(CHECK_S)
     finally:
-        for child in [worker, *reversed(always)]:
+        for child in reversed(children):
             child.stop()
 
 

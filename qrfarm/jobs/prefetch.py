@@ -263,6 +263,10 @@ def already_held(session: Session, study: dict[str, Any]) -> bool:
     return any(priors.every(ident, priors.STUDY_UID) == [uid] for ident in retrieves)
 
 
+def _node_names(session: Session) -> dict[int, str]:
+    return {row.id: row.name for row in session.execute(select(NodeRecord.id, NodeRecord.name))}
+
+
 def _children(session: Session, prefetch_id: int, kind: JobKind | None = None) -> list[Job]:
     query = select(Job).where(Job.prefetch_id == prefetch_id).order_by(Job.id)
     if kind is not None:
@@ -291,7 +295,7 @@ def _searched(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[
     for those whose modalities the PACS did not say (when the rule asks)."""
     rule = Rule.model_validate(prefetch.rule)
     finds = _study_finds(session, prefetch)
-    node_names = dict(session.execute(select(NodeRecord.id, NodeRecord.name)).tuples().all())
+    node_names = _node_names(session)
     failed = [j for j in finds if j.state is not JobState.COMPLETED]
     problems = [f"find on {node_names.get(j.node_id)} {j.state.value}: {j.error}" for j in failed]
     if len(failed) == len(finds):
@@ -454,7 +458,7 @@ def prefetch_summary(session: Session, prefetch_id: int) -> dict[str, Any]:
     prefetch = session.get(Prefetch, prefetch_id)
     if prefetch is None:
         raise NoSuchPrefetch(f"prefetch {prefetch_id} does not exist")
-    node_names = dict(session.execute(select(NodeRecord.id, NodeRecord.name)).tuples().all())
+    node_names = _node_names(session)
     children = _children(session, prefetch.id)
     moves = [j for j in children if j.kind is JobKind.MOVE]
     return {

@@ -15,7 +15,9 @@ from qrfarm.observability.metrics import process_exited
 from .process import current
 
 
-def make_app(settings: Settings) -> Celery:
+def make_app(settings: Settings, *, follow_nodes: bool = False) -> Celery:
+    """The Celery app; ``follow_nodes``: a worker that starts consuming each node's
+    queue as the node is registered."""
     broker, options = broker_config(settings)
     app = Celery("qrfarm", broker=broker, set_as_current=False)
     app.conf.update(
@@ -33,6 +35,11 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     _register(app, settings)
+    if follow_nodes:
+        from .node_queues import FollowNodes
+
+        app.qrfarm_settings = settings
+        app.steps["consumer"].add(FollowNodes)
     return app
 
 
