@@ -76,6 +76,7 @@ def create_job(
         external_reference=reference,
         max_attempts=body.max_attempts,
         callback_url=body.callback_url,
+        either_retrieve=body.either_retrieve,
     )
     # Sessions of their own, each closed before the next opens: on SQLite a
     # transaction holds the database's one write lock.

@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
 from sqlalchemy import func, select
+from sqlalchemy.orm import object_session
 
 from qrfarm.dicom import Connection, Node, Operation, StatusCategory, Timeouts, qr_contexts
 from qrfarm.errors import QrfarmError
+from qrfarm.jobs import profiles
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.models import Job, NodeRecord
 
@@ -23,7 +25,10 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
 
 
 def _out(row: NodeRecord) -> dict[str, Any]:
+    session = object_session(row)
+    assert session is not None
     return {
+        "profile": profiles.profile(session, row.id),
         "name": row.name,
         "ae_title": row.ae_title,
         "host": row.host,

@@ -62,6 +62,11 @@ class JobIn(BaseModel):
         default=None, max_length=2048, description="POSTed the job's summary when it ends."
     )
     max_attempts: int | None = Field(default=None, ge=1, le=100)
+    either_retrieve: bool = Field(
+        default=False,
+        description="A move or get that may run as either: C-GET where the node is known "
+        "to support it, else C-MOVE.",
+    )
 
 
 class Counts(BaseModel):
@@ -163,8 +168,21 @@ class NodeCreate(NodeIn):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+class ProfileOut(BaseModel):
+    """How the node behaves, as the farm has seen it (null: not seen yet)."""
+
+    sends_move_originator: bool | None
+    answers_before_storing: bool | None
+    sends_pending: bool | None
+    omits_counts: bool | None
+    supports_get: bool | None
+    rejects_above_associations: int | None
+    max_associations_held: int
+    observations: dict[str, dict[str, int]]
+
+
 class NodeOut(NodeCreate):
-    pass
+    profile: ProfileOut
 
 
 class EchoOut(BaseModel):

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..config import Settings, broker_config
 from ..dicom import Connection, Node, Operation, StatusCategory, qr_contexts
 from ..errors import DatabaseNotReady
-from ..jobs import control, prefetch
+from ..jobs import control, prefetch, profiles
 from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
 from ..jobs.nodes import NodeSpec, upsert_node
 from ..jobs.queries import find_results, job_summary, list_jobs
@@ -91,6 +91,42 @@ def node_add(
             )
         engine.dispose()
         out.print(f"node {name}: {node}", highlight=False)
+        return EXIT_OK
+
+    run(action)
+
+
+@node_app.command("show")
+def node_show(name: Annotated[str, typer.Argument(help="The node's name.")]) -> None:
+    """A node and its behaviour profile, as the farm has seen it."""
+
+    def action(settings: Settings) -> int:
+        engine, sessions = database(settings)
+        with sessions() as session:
+            row = session.scalar(select(NodeRecord).where(NodeRecord.name == name))
+            if row is None:
+                raise UnknownNode(f"node {name!r} is not registered")
+            profile = profiles.profile(session, row.id)
+            address = f"{row.ae_title}@{row.host}:{row.port}"
+            limit = row.max_associations
+        engine.dispose()
+        out.print(f"{name}: {address}, at most {limit} association(s)", highlight=False)
+        table = Table("behaviour", "seen", "observations")
+        words = {True: "yes", False: "no", None: "not seen yet"}
+        for trait in profiles.TRAITS:
+            counts = profile["observations"].get(trait, {})
+            table.add_row(
+                trait.replace("_", " "),
+                words[profile[trait]],
+                f"{counts.get('yes', 0)} yes, {counts.get('no', 0)} no" if counts else "",
+            )
+        rejects = profile["rejects_above_associations"]
+        table.add_row(
+            "rejects above associations",
+            "not seen yet" if rejects is None else str(rejects),
+            f"held {profile['max_associations_held']} at once",
+        )
+        out.print(table)
         return EXIT_OK
 
     run(action)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from qrfarm.models import Job, JobState, MatchedBy, OrphanInstance, ReceivedInstance
+from qrfarm.models.session import insert_for
 from qrfarm.storage import StoredFile
 
 from .reconcile import reopen_for_late_arrival
@@ -46,12 +46,6 @@ class Match:
     matched_by: MatchedBy
 
 
-def _insert(session: Session, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table)
-
-
 def _columns(facts: InstanceFacts, stored: StoredFile, file_path: str) -> dict[str, Any]:
     return {
         "sop_instance_uid": facts.sop_instance_uid,
@@ -80,7 +74,7 @@ def record(
         return []
     for match in matches:
         inserted = session.execute(
-            _insert(session, ReceivedInstance)
+            insert_for(session, ReceivedInstance)
             .values(job_id=match.job_id, matched_by=match.matched_by, **columns)
             .on_conflict_do_nothing(index_elements=["job_id", "sop_instance_uid"])
             .returning(ReceivedInstance.id)
@@ -113,7 +107,7 @@ def record(
 
 def _record_orphan(session: Session, columns: dict[str, Any], differs: bool) -> None:
     inserted = session.execute(
-        _insert(session, OrphanInstance)
+        insert_for(session, OrphanInstance)
         .values(**columns)
         .on_conflict_do_nothing(index_elements=["sop_instance_uid", "calling_ae"])
         .returning(OrphanInstance.id)

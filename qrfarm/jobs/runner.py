@@ -34,7 +34,12 @@ from qrfarm.dicom import (
 )
 from qrfarm.dicom.planning import ImageRef, expected_instances
 from qrfarm.dicom.responses import Response
-from qrfarm.errors import AssociationAborted, QrfarmError, RetriableError
+from qrfarm.errors import (
+    AssociationAborted,
+    PresentationContextError,
+    QrfarmError,
+    RetriableError,
+)
 from qrfarm.models import (
     Attempt,
     DimseResponse,
@@ -50,6 +55,7 @@ from qrfarm.observability.logs import job_context
 from qrfarm.observability.metrics import ASSOCIATIONS, ATTEMPTS, RETRIES
 from qrfarm.observability.tracing import context_of, tracer
 
+from . import learning
 from .leases import Claim, claim, fenced
 from .moves import allocate_message_id, release_message_id
 from .policy import JobPolicy
@@ -102,6 +108,7 @@ class _Snapshot:
     retry_uids: list[str]
     expected_known: bool
     trace_parent: str | None
+    node_id: int
 
 
 def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = None) -> None:
@@ -111,7 +118,9 @@ def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = Non
         if taken is None:
             log.info("job %d: not ours to run now", job_id)
             return
-        snapshot = _snapshot(session, session.get_one(Job, job_id))
+        job = session.get_one(Job, job_id)
+        learning.choose_retrieve(session, job)
+        snapshot = _snapshot(session, job)
     with (
         job_context(job_id, str(snapshot.node), task_id),
         tracer.start_as_current_span(
@@ -149,6 +158,9 @@ def _run_attempt(deps: RunnerDeps, taken: Claim, snapshot: _Snapshot) -> None:
     except QrfarmError as exc:
         if isinstance(exc, AssociationAborted):
             ASSOCIATIONS.labels(str(snapshot.node), "aborted").inc()
+        if isinstance(exc, PresentationContextError) and snapshot.kind is JobKind.GET:
+            with deps.sessions() as session, session.begin():
+                learning.get_refused(session, snapshot.node_id)
         _attempt_failed(deps, taken, exc)
     except LookupError as exc:  # a find before the retrieve failed
         _attempt_failed(deps, taken, QrfarmError(str(exc)))
@@ -156,16 +168,18 @@ def _run_attempt(deps: RunnerDeps, taken: Claim, snapshot: _Snapshot) -> None:
 
 def _snapshot(session: Session, job: Job) -> _Snapshot:
     row = session.get_one(NodeRecord, job.node_id)
+    limit = learning.association_limit(session, job.node_id, row.max_associations)
     return _Snapshot(
         kind=job.kind,
         root=Root(job.root),
         level=Level(job.level),
         identifier=Dataset.from_json(job.identifier),
-        node=Node(row.ae_title, row.host, row.port, max_associations=row.max_associations),
+        node=Node(row.ae_title, row.host, row.port, max_associations=limit),
         destination=job.destination,
         retry_uids=list(job.retry_uids or []),
         expected_known=job.expected_count is not None,
         trace_parent=job.trace_parent,
+        node_id=job.node_id,
     )
 
 
@@ -351,18 +365,23 @@ def _after_retrieve(deps: RunnerDeps, taken: Claim, results: list[OperationResul
             else:
                 transition(job, JobState.FAILED, error=error)
             return
+        learning.after_final_response(session, job, results)
+        recorded_at_final = job.recorded_count
         transition(job, JobState.RECONCILING)
-        job.reconcile_until = utcnow() + dt.timedelta(seconds=deps.policy.reconcile_grace_s)
-    reconcile_until_done(deps, taken)
+        grace = learning.grace_s(session, job, deps.policy)
+        job.reconcile_until = utcnow() + dt.timedelta(seconds=grace)
+    reconcile_until_done(deps, taken, recorded_at_final)
 
 
-def reconcile_until_done(deps: RunnerDeps, taken: Claim) -> None:
+def reconcile_until_done(deps: RunnerDeps, taken: Claim, recorded_at_final: int) -> None:
     """Wait (up to the grace period) for arrivals, then finalize the job."""
     with tracer.start_as_current_span("qrfarm.job.reconcile") as span:
-        _reconcile_until_done(deps, taken, span)
+        _reconcile_until_done(deps, taken, span, recorded_at_final)
 
 
-def _reconcile_until_done(deps: RunnerDeps, taken: Claim, span: trace.Span) -> None:
+def _reconcile_until_done(
+    deps: RunnerDeps, taken: Claim, span: trace.Span, recorded_at_final: int
+) -> None:
     while True:
         with deps.sessions() as session, session.begin():
             job = fenced(session, taken)
@@ -370,6 +389,7 @@ def _reconcile_until_done(deps: RunnerDeps, taken: Claim, span: trace.Span) -> N
                 return
             deadline = job.reconcile_until or utcnow()
             if all_arrived(session, job) or utcnow() >= deadline or job.cancel_requested:
+                learning.after_reconcile(session, job, recorded_at_final)
                 finalize(session, job, deps.policy)
                 log.info("job %d: %s (%d recorded)", job.id, job.state.value, job.recorded_count)
                 span.set_attribute("qrfarm.job.state", job.state.value)

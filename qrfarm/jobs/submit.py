@@ -39,6 +39,8 @@ class JobRequest:
     max_attempts: int | None = None
     # POSTed the job's summary when it ends.
     callback_url: str | None = None
+    # A retrieve that may run as C-GET or C-MOVE, by the node's profile.
+    either_retrieve: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def new_job(
     """
     identifier = identifier_for(request)
     destination = None
-    if request.kind is JobKind.MOVE:
+    # A get that may run as a move needs a destination too.
+    if request.kind is JobKind.MOVE or (request.either_retrieve and request.kind is JobKind.GET):
         destination = validate_ae_title(
             request.destination or rules.default_destination, "move destination"
         )
@@ -118,6 +121,7 @@ def new_job(
         external_reference=request.external_reference,
         max_attempts=request.max_attempts or rules.default_max_attempts,
         callback_url=request.callback_url,
+        either_retrieve=request.either_retrieve and request.kind is not JobKind.FIND,
         prefetch_id=prefetch_id,
         trace_parent=current_traceparent(),
     )

@@ -27,7 +27,7 @@ from .jobs import (
     MoveMessageId,
 )
 from .migrate import upgrade
-from .nodes import NodeRecord
+from .nodes import NodeProfile, NodeRecord
 from .session import make_engine, session_factory
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "JobState",
     "MatchedBy",
     "MoveMessageId",
+    "NodeProfile",
     "NodeRecord",
     "OrphanInstance",
     "Prefetch",

@@ -69,6 +69,9 @@ class Job(Base):
     # The W3C traceparent of the job's submit span: the worker's and the
     # storage SCP's spans for the job are its children (one trace per job).
     trace_parent: Mapped[str | None] = mapped_column(String(64))
+    # A retrieve that may run as a C-GET or a C-MOVE, whichever the node's
+    # profile says works (C-GET when it is known to support it).
+    either_retrieve: Mapped[bool] = mapped_column(Boolean, default=False)
     # Where to POST the job's summary when it ends (a webhook).
     callback_url: Mapped[str | None] = mapped_column(String(2048))
     # The prefetch this job is a step of.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, Integer, String
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, utcnow
@@ -27,3 +27,20 @@ class NodeRecord(Base):
     restrict_store_host: Mapped[bool] = mapped_column(Boolean, default=False)
     tls: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class NodeProfile(Base):
+    """How a node behaves, as the farm has seen it (qrfarm.jobs.profiles)."""
+
+    __tablename__ = "node_profiles"
+
+    node_id: Mapped[int] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    # trait -> {"yes": n, "no": m}: how often each was seen, and not seen.
+    observations: Mapped[dict[str, dict[str, int]]] = mapped_column(JSON, default=dict)
+    # The most associations held with it at once, and the smallest number at
+    # which it refused one (transiently): its limit lies between.
+    max_associations_held: Mapped[int] = mapped_column(Integer, default=0)
+    rejected_at_associations: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

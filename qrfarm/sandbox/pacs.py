@@ -22,7 +22,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
-from qrfarm.dicom import Level, Root, sop_class
+from qrfarm.dicom import Level, Root, rejection, sop_class
 from qrfarm.dicom.model import VERIFICATION_SOP_CLASS, Operation
 from qrfarm.dicom.sockets import tune
 
@@ -47,16 +47,32 @@ class SandboxStats:
     open_associations: int = 0
     peak_associations: int = 0
     cancels: int = 0
+    refused: int = 0
+    admitted: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admit(self, event: Event, limit: int | None) -> None:
+        """Refuse an association above ``limit`` admitted and not yet ended."""
+        with self.lock:
+            refuse = limit is not None and self.admitted >= limit
+            if refuse:
+                self.refused += 1
+            else:
+                self.admitted += 1
+                event.assoc.sandbox_admitted = True  # type: ignore[attr-defined]
+        if refuse:
+            rejection.reject(event, rejection.LOCAL_LIMIT_EXCEEDED)
 
     def opened(self, _event: Event) -> None:
         with self.lock:
             self.open_associations += 1
             self.peak_associations = max(self.peak_associations, self.open_associations)
 
-    def closed(self, _event: Event) -> None:
+    def closed(self, event: Event) -> None:
         with self.lock:
             self.open_associations -= 1
+            if getattr(event.assoc, "sandbox_admitted", False):
+                self.admitted -= 1
 
     def cancelled(self) -> None:
         with self.lock:
@@ -66,10 +82,20 @@ class SandboxStats:
 @dataclass
 class Behaviour:
     """How the sandbox acts: delays before each C-FIND answer and each sub-operation,
-    to make operations long enough to overlap or to be cancelled."""
+    to make operations long enough to overlap or to be cancelled.
+
+    ``store_after_answer_s``: a C-MOVE is answered at once (success, no
+    sub-operations counted) and its instances are C-STOREd that long after,
+    on an association of the sandbox's own without Move Originator fields:
+    the PACS that answers before storing and names no originator.
+    """
 
     find_delay_s: float = 0.0
     retrieve_delay_s: float = 0.0
+    store_after_answer_s: float | None = None
+    # Refuse (transiently: "local limit exceeded") associations above this many
+    # admitted at once (not pynetdicom's own limit, which counts threads).
+    max_associations: int | None = None
     stats: SandboxStats = field(default_factory=SandboxStats)
 
     def pause(self, retrieve: bool = True) -> None:
@@ -130,6 +156,17 @@ def handle_move(
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
     instances = _instances(event, archive)
+    if behaviour.store_after_answer_s is not None and instances:
+        delay = behaviour.store_after_answer_s
+        calling_ae = str(event.assoc.ae.ae_title)
+        threading.Thread(
+            target=_store_later,
+            args=(instances, destination, str(event.move_destination).strip(), calling_ae, delay),
+            daemon=True,
+        ).start()
+        yield (*destination,)
+        yield 0  # answered now: nothing counted, the C-STOREs come later
+        return
     # The third item is passed to the store association: TCP_NODELAY on it,
     # or Nagle holds each data set PDU until the destination's delayed ACK.
     yield (*destination, {"evt_handlers": [(evt.EVT_CONN_OPEN, _tune_socket)]})
@@ -145,6 +182,30 @@ def handle_move(
 
 def _tune_socket(event: Event) -> None:
     tune(event.assoc.dul.socket)
+
+
+def _store_later(
+    instances: list[ArchivedInstance],
+    destination: tuple[str, int],
+    called_ae: str,
+    calling_ae: str,
+    delay: float,
+) -> None:
+    """C-STORE after the move was answered, with no Move Originator fields."""
+    time.sleep(delay)
+    datasets = [dcmread(i.path) for i in instances]
+    ae = AE(ae_title=calling_ae)
+    for sop_class_uid in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class_uid, ALL_TRANSFER_SYNTAXES[:3])
+    assoc = ae.associate(*destination, ae_title=called_ae)
+    if not assoc.is_established:
+        log.warning("sandbox: the late C-STOREs found no association to %s", destination)
+        return
+    try:
+        for ds in datasets:
+            assoc.send_c_store(ds)
+    finally:
+        assoc.release()
 
 
 class SandboxPacs:
@@ -186,6 +247,7 @@ class SandboxPacs:
             (evt.EVT_C_FIND, handle_find, [self.archive, self.behaviour]),
             (evt.EVT_C_GET, handle_get, [self.archive, self.behaviour]),
             (evt.EVT_C_MOVE, handle_move, [self.archive, self.destinations, self.behaviour]),
+            (evt.EVT_REQUESTED, self.behaviour.stats.admit, [self.behaviour.max_associations]),
             (evt.EVT_ESTABLISHED, self.behaviour.stats.opened),
             (evt.EVT_RELEASED, self.behaviour.stats.closed),
             (evt.EVT_ABORTED, self.behaviour.stats.closed),

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from qrfarm.dicom import rejection
 from qrfarm.dicom.sockets import tune
 from qrfarm.jobs.recording import InstanceFacts, record
 from qrfarm.models import Job
@@ -31,10 +32,8 @@ from .known_nodes import KnownNode, KnownNodes
 
 log = logging.getLogger(__name__)
 
-# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
-REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
-REJECT_SHUTTING_DOWN = (0x02, 0x03, 0x02)  # transient: local limit exceeded
-REJECT_FLUSH_S = 2.0
+REJECT_UNKNOWN_CALLING_AE = rejection.UNKNOWN_CALLING_AE
+REJECT_SHUTTING_DOWN = rejection.LOCAL_LIMIT_EXCEEDED  # transient: try again elsewhere
 REFUSED_NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: general status "Refused: Not authorized"
 
 
@@ -57,7 +56,7 @@ def handle_requested(event: Event, ctx: ScpContext) -> None:
     host = event.assoc.requestor.address
     if ctx.draining.is_set():
         SCP_ASSOCIATIONS.labels("rejected").inc()
-        _reject(event, REJECT_SHUTTING_DOWN)
+        rejection.reject(event, REJECT_SHUTTING_DOWN)
         return
     if calling_ae == ctx.probe_ae_title:
         SCP_ASSOCIATIONS.labels("probe").inc()
@@ -67,22 +66,9 @@ def handle_requested(event: Event, ctx: ScpContext) -> None:
             "association from %s at %s rejected: calling AE title not known", calling_ae, host
         )
         SCP_ASSOCIATIONS.labels("rejected").inc()
-        _reject(event, REJECT_UNKNOWN_CALLING_AE)
+        rejection.reject(event, REJECT_UNKNOWN_CALLING_AE)
         return
     SCP_ASSOCIATIONS.labels("accepted").inc()
-
-
-def _reject(event: Event, reason: tuple[int, int, int]) -> None:
-    event.assoc.acse.send_reject(*reason)
-    # The A-ASSOCIATE-RJ is sent by the DUL thread; the association thread
-    # closes the socket as soon as this handler returns, and the peer would
-    # see an abort instead of the reason. So wait until it is on the wire
-    # (Sta13: waiting for the peer to close; Sta1: closed).
-    deadline = time.monotonic() + REJECT_FLUSH_S
-    while time.monotonic() < deadline:
-        if event.assoc.dul.state_machine.current_state in ("Sta13", "Sta1"):
-            return
-        time.sleep(0.001)
 
 
 def handle_connection_open(event: Event) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import Protocol
 
 from qrfarm.dicom import (
     Connection,
@@ -42,6 +43,16 @@ CLOSE_AFTER_IDLE_S = 20.0
 PERMIT_WAIT_S = 2.0
 
 
+class AssociationObserver(Protocol):
+    """Told how many associations were held at once when one opened, or was refused."""
+
+    def __call__(self, node: Node, held: int | None, rejected_at: int | None) -> None: ...
+
+
+def _key(node: Node) -> tuple[str, str, int]:
+    return (node.ae_title, node.host, node.port)
+
+
 @dataclass
 class _Pooled:
     connection: Connection
@@ -52,11 +63,20 @@ class _Pooled:
 class AssociationPool:
     """Implements the runner's ConnectionSource for one worker process."""
 
-    def __init__(self, permits: Permits, calling_ae: str, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        permits: Permits,
+        calling_ae: str,
+        timeouts: Timeouts,
+        on_association: AssociationObserver | None = None,
+    ) -> None:
         self.permits = permits
+        self.on_association = on_association
         self.calling_ae = calling_ae
         self.timeouts = timeouts
-        self._idle: dict[Node, _Pooled] = {}
+        # Keyed by the peer's address, not the whole Node: its limit may change
+        # (learned from its profile) while an association to it is pooled.
+        self._idle: dict[tuple[str, str, int], _Pooled] = {}
         self._lock = threading.Lock()
         self._reaper = threading.Thread(target=self._reap, name="pool-reaper", daemon=True)
         self._reaper.start()
@@ -77,15 +97,20 @@ class AssociationPool:
                 permit.release()
                 if isinstance(exc, AssociationRejected):
                     ASSOCIATIONS.labels(str(node), "rejected").inc()
+                    if exc.retriable and self.on_association is not None:
+                        # Refused with this many of ours open at once (slots fill from 0).
+                        self.on_association(node, None, permit.slot + 1)
                 elif isinstance(exc, PeerUnreachable):
                     ASSOCIATIONS.labels(str(node), "unreachable").inc()
                 raise
         ASSOCIATIONS.labels(str(node), "opened").inc()
+        if self.on_association is not None:
+            self.on_association(node, permit.slot + 1, None)
         return connection
 
     def _take(self, node: Node) -> _Pooled:
         with self._lock:
-            pooled = self._idle.pop(node, None)
+            pooled = self._idle.pop(_key(node), None)
         if pooled is not None:
             idle = time.monotonic() - pooled.last_used
             usable = (
@@ -118,8 +143,8 @@ class AssociationPool:
         pooled.last_used = time.monotonic()
         if pooled.connection.is_open:
             with self._lock:
-                previous = self._idle.pop(node, None)
-                self._idle[node] = pooled
+                previous = self._idle.pop(_key(node), None)
+                self._idle[_key(node)] = pooled
             if previous is not None:
                 self._discard(previous)
         else:

@@ -7,15 +7,19 @@ quick.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.config import Settings, permits_redis_url
-from qrfarm.dicom import Timeouts
+from qrfarm.dicom import Node, Timeouts
+from qrfarm.jobs import profiles
 from qrfarm.jobs.policy import JobPolicy
 from qrfarm.jobs.runner import RunnerDeps
 from qrfarm.models import make_engine, session_factory
@@ -24,6 +28,8 @@ from qrfarm.storage import InstanceStorage
 from .get_store import GetStore
 from .permits import FilePermits, Permits, RedisPermits
 from .pool import AssociationPool
+
+log = logging.getLogger(__name__)
 
 
 def policy_from(settings: Settings) -> JobPolicy:
@@ -43,6 +49,25 @@ def permits_from(settings: Settings) -> Permits:
     if url:
         return RedisPermits(url)
     return FilePermits(settings.data_dir / "permits")
+
+
+@dataclass(frozen=True)
+class ProfileRecorder:
+    """Writes what an association attempt showed of its node into the node's profile."""
+
+    sessions: sessionmaker[Session]
+
+    def __call__(self, node: Node, held: int | None, rejected_at: int | None) -> None:
+        try:
+            with self.sessions() as session, session.begin():
+                node_id = profiles.node_id_of(session, node.ae_title, node.host, node.port)
+                if node_id is not None:
+                    profiles.observe_associations(
+                        session, node_id, held=held, rejected_at=rejected_at
+                    )
+        except SQLAlchemyError as exc:
+            # Learning is a side matter: never fail the association for it.
+            log.warning("profile of %s not written: %s", node, exc)
 
 
 @dataclass
@@ -74,7 +99,12 @@ def current(settings: Settings) -> WorkerProcess:
                 dimse=settings.dimse_timeout,
                 network=settings.network_timeout,
             )
-            pool = AssociationPool(permits_from(settings), settings.ae_title, timeouts)
+            pool = AssociationPool(
+                permits_from(settings),
+                settings.ae_title,
+                timeouts,
+                on_association=ProfileRecorder(sessions),
+            )
             deps = RunnerDeps(
                 sessions=sessions,
                 connections=pool,

@@ -1,0 +1,93 @@
+"""What each PACS is like, learned from what it does, and used by the farm.
+
+Traits are counted as seen and not seen, once per job: whether the node
+sends the Move Originator on its C-STOREs, answers a C-MOVE before its
+C-STOREs are done, sends pending responses, leaves the counts out of a final
+response, supports C-GET; and at how many simultaneous associations it
+refused one. The farm reads it back: a longer reconciliation grace for a node
+that answers before storing, and C-GET or C-MOVE for a job that allows either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from qrfarm.models import NodeProfile, NodeRecord, utcnow
+from qrfarm.models.session import insert_for
+
+SENDS_MOVE_ORIGINATOR = "sends_move_originator"
+ANSWERS_BEFORE_STORING = "answers_before_storing"
+SENDS_PENDING = "sends_pending"
+OMITS_COUNTS = "omits_counts"
+SUPPORTS_GET = "supports_get"
+TRAITS = (SENDS_MOVE_ORIGINATOR, ANSWERS_BEFORE_STORING, SENDS_PENDING, OMITS_COUNTS, SUPPORTS_GET)
+
+
+def _row(session: Session, node_id: int) -> NodeProfile:
+    """The node's profile row, locked; made first if need be (by whoever is first)."""
+    session.execute(
+        insert_for(session, NodeProfile)
+        .values(node_id=node_id, observations={}, max_associations_held=0, updated_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["node_id"])
+    )
+    return session.get_one(NodeProfile, node_id, with_for_update=True, populate_existing=True)
+
+
+def observe(session: Session, node_id: int, trait: str, seen: bool) -> None:
+    """Count one observation of ``trait`` (seen or not) for the node."""
+    assert trait in TRAITS, trait
+    row = _row(session, node_id)
+    counts = dict(row.observations.get(trait, {"yes": 0, "no": 0}))
+    counts["yes" if seen else "no"] += 1
+    # A new dict: the JSON column notices a changed value, not a mutated one.
+    row.observations = {**row.observations, trait: counts}
+
+
+def observe_associations(
+    session: Session, node_id: int, *, held: int | None = None, rejected_at: int | None = None
+) -> None:
+    row = _row(session, node_id)
+    if held is not None and held > row.max_associations_held:
+        row.max_associations_held = held
+    if rejected_at is not None and (
+        row.rejected_at_associations is None or rejected_at < row.rejected_at_associations
+    ):
+        row.rejected_at_associations = rejected_at
+
+
+def node_id_of(session: Session, ae_title: str, host: str, port: int) -> int | None:
+    return session.scalar(
+        select(NodeRecord.id).where(
+            NodeRecord.ae_title == ae_title, NodeRecord.host == host, NodeRecord.port == port
+        )
+    )
+
+
+def verdict(counts: dict[str, int] | None) -> bool | None:
+    """What the node does, by most of what was seen; None before anything was."""
+    if not counts or counts.get("yes", 0) + counts.get("no", 0) == 0:
+        return None
+    return counts.get("yes", 0) >= counts.get("no", 0)
+
+
+def trait(session: Session, node_id: int, name: str) -> bool | None:
+    row = session.get(NodeProfile, node_id)
+    return None if row is None else verdict(row.observations.get(name))
+
+
+def profile(session: Session, node_id: int) -> dict[str, Any]:
+    """The profile as shown by `qrfarm node show` and the API."""
+    row = session.get(NodeProfile, node_id)
+    observations = {} if row is None else row.observations
+    rejected_at = None if row is None else row.rejected_at_associations
+    held = 0 if row is None else row.max_associations_held
+    return {
+        **{name: verdict(observations.get(name)) for name in TRAITS},
+        # Never below what was held at once: a refusal under that was a passing one.
+        "rejects_above_associations": None if rejected_at is None else max(rejected_at - 1, held),
+        "max_associations_held": 0 if row is None else row.max_associations_held,
+        "observations": observations,
+    }
