@@ -1,0 +1,331 @@
+"""The farm at scale: K simulated PACS, 1, 2 and 4 workers, 1 and 2 storage SCPs.
+
+Each PACS is qrfarm's sandbox PACS (pynetdicom, in this process) with its own
+studies (distinct UIDs) and a limit of simultaneous associations that it
+enforces itself (refusing above it) and counts (its peak). The farm runs as
+processes on PostgreSQL (database ``qrfarm_scalebench``, created and dropped
+here) and Redis DB 12 (flushed): ``qrfarm scp`` (one, or two sharing the
+port with SO_REUSEPORT), ``qrfarm worker --concurrency 2`` (N of them) and
+``qrfarm scheduler``. For each shape the same jobs are submitted at once,
+a mix of STUDY-level finds, STUDY-level moves and SERIES-level gets, and the
+clock runs from the first submit to the last job's end. It reports jobs/s,
+instances/s (recorded), the peak associations each PACS saw (never above its
+limit), and whether every job ended reconciled (``completed``).
+
+    .venv/bin/python bench/farm_scale.py [--pacs 4] [--jobs-per-pacs 60]
+        [--workers 1,2,4] [--scps 1,2] [--limit 2] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from farm_bench import farm_client, pg_admin
+from store_bench import LOCALHOST, BenchError, Child, free_port, versions
+
+from qrfarm.dicom import Level
+from qrfarm.jobs.nodes import NodeSpec, upsert_node
+from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
+
+DB = "qrfarm_scalebench"
+DB_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}"
+BROKER = "redis://127.0.0.1:6379/12"
+SCP_AE = "QRFARMSCP"
+UID_ROOT = "1.2.826.0.1.3680043.10.1079"
+ENDED = {"completed", "partial", "failed", "cancelled"}
+
+
+@dataclass(frozen=True)
+class Study:
+    pacs: int
+    number: int
+    instances: int
+
+    @property
+    def uid(self) -> str:
+        return f"{UID_ROOT}.{self.pacs}.{self.number}"
+
+    @property
+    def series(self) -> str:
+        return f"{self.uid}.1"
+
+    @property
+    def patient(self) -> str:
+        return f"SCALE{self.pacs:02d}{self.number % 5}"
+
+
+def write_studies(folder: Path, pacs: int, studies: int, per_study: int) -> list[Path]:
+    """Small CT studies of the PACS's own, 64x64 16-bit (about 8 kB each)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+
+    files = []
+    for number in range(1, studies + 1):
+        study = Study(pacs, number, per_study)
+        for n in range(1, per_study + 1):
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+            ds.file_meta.MediaStorageSOPInstanceUID = f"{study.series}.{n}"
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+            ds.SOPClassUID = CTImageStorage
+            ds.SOPInstanceUID = f"{study.series}.{n}"
+            ds.StudyInstanceUID = study.uid
+            ds.SeriesInstanceUID = study.series
+            ds.PatientID = study.patient
+            ds.PatientName = f"Scale^{pacs}"
+            ds.StudyDate = "20250101"
+            ds.StudyTime = "120000"
+            ds.AccessionNumber = f"A{pacs}{number}"
+            ds.StudyID = str(number)
+            ds.Modality = "CT"
+            ds.SeriesNumber = 1
+            ds.InstanceNumber = n
+            ds.Rows = ds.Columns = 64
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.BitsAllocated = ds.BitsStored = 16
+            ds.HighBit = 15
+            ds.PixelRepresentation = 0
+            ds.PixelData = bytes((n + i) % 256 for i in range(64 * 64 * 2))
+            path = folder / f"{number:03d}-{n:03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+    return files
+
+
+def farm_env(root: Path, scp_port: int) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("QRFARM_")},
+        "QRFARM_DATABASE_URL": DB_URL,
+        "QRFARM_BROKER_URL": BROKER,
+        "QRFARM_STORAGE_ROOT": str(root / "storage"),
+        "QRFARM_DATA_DIR": str(root / "data"),
+        "QRFARM_SCP_PORT": str(scp_port),
+        "QRFARM_SCP_AE_TITLE": SCP_AE,
+        "QRFARM_ALLOWED_HOSTS": LOCALHOST,
+        "QRFARM_CONFIG": str(root / "none.toml"),
+        "QRFARM_RECONCILE_GRACE_S": "5",
+        "QRFARM_SCHEDULER_INTERVAL_S": "0.5",
+    }
+
+
+def run_shape(
+    scratch: Path,
+    workers: int,
+    scps: int,
+    pacs_files: list[list[Path]],
+    jobs_per_pacs: int,
+    limit: int,
+    per_study: int,
+) -> dict[str, Any]:
+    import redis
+
+    from qrfarm.models import upgrade
+
+    root = scratch / f"w{workers}-s{scps}"
+    root.mkdir(parents=True)
+    scp_port = free_port()
+    env = farm_env(root, scp_port)
+    pg_admin(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)', f'CREATE DATABASE "{DB}"')
+    redis.Redis.from_url(BROKER).flushdb()
+    upgrade(DB_URL)
+    sandboxes = []
+    for files in pacs_files:
+        pacs = SandboxPacs(
+            files,
+            ae_title=f"SIM{len(sandboxes) + 1}",
+            destinations={SCP_AE: (LOCALHOST, scp_port)},
+            behaviour=Behaviour(max_associations=limit),
+        )
+        sandboxes.append((pacs, pacs.start(LOCALHOST, 0)))
+    children: list[Child] = []
+    try:
+
+        def start(name: str, *argv: str) -> Child:
+            child = Child(
+                name,
+                [sys.executable, "-m", "qrfarm.cli", *argv],
+                cwd=root,
+                log=root / f"{name}.log",
+                env=env,
+            )
+            children.append(child)
+            return child
+
+        for n in range(scps):
+            start(f"scp{n}", "scp").wait_listening(scp_port)
+        start("scheduler", "scheduler")
+        with farm_client_for(env) as client:
+            with client.sessions() as session, session.begin():
+                for n, (pacs, port) in enumerate(sandboxes, start=1):
+                    upsert_node(
+                        session,
+                        NodeSpec(f"sim{n}", pacs.ae_title, LOCALHOST, port, max_associations=limit),
+                    )
+            for n in range(workers):
+                start(f"worker{n}", "worker", "--concurrency", "2")
+            time.sleep(3)  # workers up and consuming (not timed)
+            plan = plan_jobs(len(sandboxes), jobs_per_pacs, per_study, len(pacs_files[0]))
+            started = time.monotonic()
+            jobs = [submit(client, job) for job in plan]
+            states = wait_all(client, jobs, timeout=900)
+            elapsed = time.monotonic() - started
+            recorded = sum(s["recorded"] for s in states.values() if s["recorded"])
+        counts: dict[str, int] = {}
+        for summary in states.values():
+            counts[summary["state"]] = counts.get(summary["state"], 0) + 1
+        return {
+            "workers": workers,
+            "scps": scps,
+            "jobs": len(jobs),
+            "kinds": {k: sum(1 for j in plan if j[0] == k) for k in ("find", "move", "get")},
+            "seconds": round(elapsed, 2),
+            "jobs_per_s": round(len(jobs) / elapsed, 2),
+            "instances": recorded,
+            "instances_per_s": round(recorded / elapsed, 1),
+            "states": counts,
+            "all_completed": counts == {"completed": len(jobs)},
+            "peak_associations": [p.behaviour.stats.peak_associations for p, _ in sandboxes],
+            "refused_associations": [p.behaviour.stats.refused for p, _ in sandboxes],
+            "limit": limit,
+        }
+    finally:
+        for child in reversed(children):
+            child.stop()
+        for pacs, _ in sandboxes:
+            pacs.stop()
+
+
+def farm_client_for(env: dict[str, str]) -> Any:
+    class _Farm:
+        pass
+
+    farm = _Farm()
+    farm.env = env  # type: ignore[attr-defined]
+    return farm_client(farm)  # type: ignore[arg-type]
+
+
+def plan_jobs(
+    pacs_count: int, per_pacs: int, per_study: int, files_per_pacs: int
+) -> list[tuple[str, int, Study]]:
+    """Half finds, a third moves, the rest gets, spread over the PACS and their studies."""
+    studies = files_per_pacs // per_study
+    plan = []
+    for n in range(per_pacs):
+        kind = "find" if n % 6 < 3 else ("move" if n % 6 < 5 else "get")
+        for pacs in range(1, pacs_count + 1):
+            plan.append((kind, pacs, Study(pacs, n % studies + 1, per_study)))
+    return plan
+
+
+def submit(client: Any, job: tuple[str, int, Study]) -> int:
+    kind, pacs, study = job
+    node = f"sim{pacs}"
+    if kind == "find":
+        return int(client.find(node, Level.STUDY, {"PatientID": study.patient}))
+    if kind == "move":
+        return int(client.move(node, Level.STUDY, {"StudyInstanceUID": study.uid}))
+    return int(
+        client.get(
+            node, Level.SERIES, {"StudyInstanceUID": study.uid, "SeriesInstanceUID": study.series}
+        )
+    )
+
+
+def wait_all(client: Any, jobs: list[int], timeout: float) -> dict[int, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    states: dict[int, dict[str, Any]] = {}
+    pending = list(jobs)
+    while pending:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{len(pending)} job(s) did not end in {timeout} s")
+        still = []
+        for job_id in pending:
+            summary = client.status(job_id)
+            if summary["state"] in ENDED:
+                states[job_id] = summary
+            else:
+                still.append(job_id)
+        pending = still
+        if pending:
+            time.sleep(0.25)
+    return states
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| workers | SCPs | jobs | seconds | jobs/s | instances | instances/s "
+        "| peak assoc. per PACS (limit) | all completed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['workers']} | {r['scps']} | {r['jobs']} | {r['seconds']} | {r['jobs_per_s']} "
+            f"| {r['instances']} | {r['instances_per_s']} "
+            f"| {', '.join(map(str, r['peak_associations']))} ({r['limit']}) "
+            f"| {'yes' if r['all_completed'] else r['states']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pacs", type=int, default=4)
+    parser.add_argument("--studies", type=int, default=12, help="Studies per PACS.")
+    parser.add_argument("--per-study", type=int, default=10, help="Instances per study.")
+    parser.add_argument("--jobs-per-pacs", type=int, default=60)
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--scps", default="1,2")
+    parser.add_argument("--limit", type=int, default=2, help="Associations each PACS allows.")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="qrfarm-scale-") as tmp:
+        scratch = Path(tmp)
+        pacs_files = []
+        for n in range(1, args.pacs + 1):
+            folder = scratch / f"pacs{n}"
+            folder.mkdir()
+            pacs_files.append(write_studies(folder, n, args.studies, args.per_study))
+        try:
+            for scps in [int(s) for s in args.scps.split(",")]:
+                for workers in [int(w) for w in args.workers.split(",")]:
+                    result = run_shape(
+                        scratch,
+                        workers,
+                        scps,
+                        pacs_files,
+                        args.jobs_per_pacs,
+                        args.limit,
+                        args.per_study,
+                    )
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
+        finally:
+            pg_admin(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+    print()
+    print(table(results))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"versions": versions(), "cpus": os.cpu_count(), "results": results}, indent=2
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
