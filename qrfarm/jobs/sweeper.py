@@ -4,7 +4,8 @@ It finds what the broker alone would lose or delay:
 * queued jobs that are due (a retry's ``next_attempt_at`` passed) or whose
   message may be lost (dispatched long ago and still queued): sent again;
 * running jobs whose lease expired (their worker died): sent again, the
-  next claim takes over;
+  next claim takes over (and again after a while, should that message be
+  lost as well);
 * reconciling jobs whose lease expired: finalized here, no DICOM needed.
 A job sent twice is harmless: the claim lets only one attempt run.
 """
@@ -65,7 +66,12 @@ def sweep(
                     and_(
                         Job.state == JobState.RUNNING,
                         Job.lease_expires_at < now,
-                        or_(Job.dispatched_at.is_(None), Job.dispatched_at < Job.lease_expires_at),
+                        or_(
+                            Job.dispatched_at.is_(None),
+                            Job.dispatched_at < Job.lease_expires_at,
+                            # That message may be lost too: send again, now and then.
+                            Job.dispatched_at < stale,
+                        ),
                     ),
                 )
             )
