@@ -12,6 +12,7 @@ from rich.table import Table
 from ..config import Settings
 from ..jobs import prefetch as prefetches
 from ..jobs.submit import SubmitRules
+from ..observability import metrics
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, out, run
 from .farm import database, dispatcher
 
@@ -222,6 +223,8 @@ def hl7() -> None:
         service = Hl7Service(
             settings, sessions, dispatcher(settings), SubmitRules.from_settings(settings)
         )
+        if settings.metrics_port is not None:
+            metrics.serve(settings.metrics_port, settings.metrics_host)
         out.print(
             f"qrfarm HL7 listener on {settings.hl7_host}:{settings.hl7_port}", highlight=False
         )

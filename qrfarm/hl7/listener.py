@@ -26,11 +26,20 @@ from qrfarm.errors import PermanentError
 from qrfarm.jobs import prefetch
 from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.submit import SubmitRules
+from qrfarm.observability.metrics import HL7_MESSAGES
 
 from .messages import ACCEPT, ERROR, REJECT, Unusable, acknowledge, acknowledge_raw, read
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1 << 20
+
+
+def _ack_code(reply: str) -> str:
+    """MSA-1 of an acknowledgement we wrote."""
+    for segment in reply.split("\r"):
+        if segment.startswith("MSA") and len(segment) > 4:
+            return segment[4:].split(segment[3], 1)[0]
+    return "unknown"
 
 
 def decode(block: bytes) -> str:
@@ -107,6 +116,7 @@ class Hl7Service:
                     reply = acknowledge_raw("", REJECT, f"not an MLLP block: {exc}")
                 else:
                     reply = await asyncio.to_thread(self.process, decode(block))
+                HL7_MESSAGES.labels(_ack_code(reply)).inc()
                 writer.writeblock(reply.encode("utf-8"))
                 await writer.drain()
         except ConnectionError as exc:

@@ -50,6 +50,9 @@ RETRIES = Counter(
     "Jobs queued again, by why: a transient error, or instances missing.",
     ["reason"],
 )
+HL7_MESSAGES = Counter(
+    "qrfarm_hl7_messages", "HL7 messages answered, by acknowledgement code.", ["code"]
+)
 RECONCILIATIONS = Counter("qrfarm_reconciliations", "Jobs reconciled, by outcome.", ["outcome"])
 
 
