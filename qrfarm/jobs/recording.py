@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from qrfarm.models import Job, JobState, MatchedBy, OrphanInstance, ReceivedInstance
+from qrfarm.models import Job, JobState, MatchedBy, OrphanInstance, ReceivedInstance, utcnow
 from qrfarm.models.session import insert_for
 from qrfarm.storage import StoredFile
 
@@ -63,34 +63,39 @@ def _columns(facts: InstanceFacts, stored: StoredFile, file_path: str) -> dict[s
     }
 
 
+@dataclass(frozen=True)
+class Recorded:
+    job_ids: list[int]  # the jobs the instance was recorded for (none: an orphan)
+    late: list[int]  # of those, jobs already reconciled: for reopen_late
+
+
 def record(
     session: Session, facts: InstanceFacts, stored: StoredFile, file_path: str, matches: list[Match]
-) -> list[int]:
-    """Record the instance for each matched job (an orphan when none); the jobs' ids."""
+) -> Recorded:
+    """Record the instance for each matched job (an orphan when none).
+
+    Each row is added in the statement (PostgreSQL) or the transaction
+    (SQLite) that counts it for its job. On PostgreSQL a late arrival for a
+    job already reconciled is left to :func:`reopen_late`, in a transaction
+    of its own, so that the storage SCP can record in autocommit: one round
+    trip per instance.
+    """
     columns = _columns(facts, stored, file_path)
     differs = stored.already_there and not stored.same_bytes
     if not matches:
         _record_orphan(session, columns, differs)
-        return []
+        return Recorded([], [])
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    late = []
     for match in matches:
-        inserted = session.execute(
-            insert_for(session, ReceivedInstance)
-            .values(job_id=match.job_id, matched_by=match.matched_by, **columns)
-            .on_conflict_do_nothing(index_elements=["job_id", "sop_instance_uid"])
-            .returning(ReceivedInstance.id)
-        ).scalar()
-        if inserted is not None:
-            session.execute(
-                update(Job)
-                .where(Job.id == match.job_id)
-                .values(recorded_count=Job.recorded_count + 1)
-            )
-            job = session.get(Job, match.job_id)
-            if job is not None and job.state in (JobState.COMPLETED, JobState.PARTIAL):
-                # A late arrival for a job already reconciled reopens it.
-                session.refresh(job)
-                reopen_for_late_arrival(session, job)
+        if postgresql:
+            state = _insert_and_count(session, match, columns)
+            inserted = state is not None
+            if state in (JobState.COMPLETED, JobState.PARTIAL):
+                late.append(match.job_id)
         else:
+            inserted = _insert_then_count(session, match, columns)
+        if not inserted:
             session.execute(
                 update(ReceivedInstance)
                 .where(
@@ -102,7 +107,59 @@ def record(
                     repeat_differs=ReceivedInstance.repeat_differs | differs,
                 )
             )
-    return [match.job_id for match in matches]
+    return Recorded([match.job_id for match in matches], late)
+
+
+def _insert_and_count(session: Session, match: Match, columns: dict[str, Any]) -> JobState | None:
+    """One statement: the row, and the job's count if the row is new (atomic on its own);
+    the job's state, or None when the row was there already."""
+    inserted = (
+        insert_for(session, ReceivedInstance)
+        .values(job_id=match.job_id, matched_by=match.matched_by, **columns)
+        .on_conflict_do_nothing(index_elements=["job_id", "sop_instance_uid"])
+        .returning(ReceivedInstance.job_id)
+        .cte("inserted")
+    )
+    counted = (
+        update(Job)
+        .where(Job.id == match.job_id, exists(select(inserted.c.job_id)))
+        # Explicit: column defaults are not applied to DML inside a CTE.
+        .values(recorded_count=Job.recorded_count + 1, updated_at=utcnow())
+        .returning(Job.state)
+        .cte("counted")
+    )
+    state = session.execute(select(counted.c.state)).scalar()
+    return None if state is None else JobState(state)
+
+
+def _insert_then_count(session: Session, match: Match, columns: dict[str, Any]) -> bool:
+    inserted = session.execute(
+        insert_for(session, ReceivedInstance)
+        .values(job_id=match.job_id, matched_by=match.matched_by, **columns)
+        .on_conflict_do_nothing(index_elements=["job_id", "sop_instance_uid"])
+        .returning(ReceivedInstance.id)
+    ).scalar()
+    if inserted is None:
+        return False
+    session.execute(
+        update(Job).where(Job.id == match.job_id).values(recorded_count=Job.recorded_count + 1)
+    )
+    job = session.get(Job, match.job_id)
+    if job is not None and job.state in (JobState.COMPLETED, JobState.PARTIAL):
+        # A late arrival for a job already reconciled reopens it.
+        session.refresh(job)
+        reopen_for_late_arrival(session, job)
+    return True
+
+
+def reopen_late(session: Session, job_ids: list[int]) -> None:
+    """Jobs that got an instance after they were reconciled: reconcile them again."""
+    for job in session.scalars(
+        select(Job)
+        .where(Job.id.in_(job_ids), Job.state.in_([JobState.COMPLETED, JobState.PARTIAL]))
+        .with_for_update()
+    ):
+        reopen_for_late_arrival(session, job)
 
 
 def _record_orphan(session: Session, columns: dict[str, Any], differs: bool) -> None:

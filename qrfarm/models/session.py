@@ -52,6 +52,21 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def statement_sessions(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions whose statements each commit on their own, on PostgreSQL.
+
+    For a path whose every write is one atomic statement: no BEGIN and no
+    COMMIT round trips. On SQLite, the same sessions (its transactions cost
+    no round trip, and BEGIN IMMEDIATE orders the writers).
+    """
+    engine = sessions.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        return sessions
+    return sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
+
+
 def insert_for(session: Session, table: Any) -> Any:
     """INSERT with ON CONFLICT for the session's database (PostgreSQL or SQLite)."""
     if session.get_bind().dialect.name == "postgresql":

@@ -10,6 +10,9 @@ orphan, stored and recorded all the same.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -24,33 +27,85 @@ from .known_nodes import KnownNode
 _RECEIVING = (JobState.RUNNING, JobState.RECONCILING)
 
 
+@dataclass(frozen=True)
+class _MoveOf:
+    job_id: int
+    node_id: int | None
+    released_at: dt.datetime | None
+    seen_at: float
+
+
+class OriginatorCache:
+    """Recent answers to "which move has this Message ID": the instances of a
+    move all name the same one, so the database is asked about once a move.
+
+    Safe for a few seconds: an ID is handed out again only after the late
+    window (an hour by default) has passed since its move ended.
+    """
+
+    def __init__(self, ttl_s: float = 2.0) -> None:
+        self.ttl_s = ttl_s
+        self._moves: dict[tuple[str, int], _MoveOf] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, session: Session, ae_title: str, message_id: int) -> _MoveOf | None:
+        key = (ae_title, message_id)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._moves.get(key)
+        if cached is not None and now - cached.seen_at < self.ttl_s:
+            return cached
+        row = session.execute(
+            select(MoveMessageId.job_id, MoveMessageId.released_at, Job.node_id)
+            .join(Job, Job.id == MoveMessageId.job_id)
+            .where(MoveMessageId.calling_ae == ae_title, MoveMessageId.message_id == message_id)
+        ).first()
+        if row is None:
+            return None  # not cached: the move may be about to begin
+        move = _MoveOf(row.job_id, row.node_id, row.released_at, now)
+        with self._lock:
+            if len(self._moves) > 10_000:
+                self._moves.clear()
+            self._moves[key] = move
+        return move
+
+
 def correlate(
-    session: Session, facts: InstanceFacts, nodes: list[KnownNode], late_window_s: float
+    session: Session,
+    facts: InstanceFacts,
+    nodes: list[KnownNode],
+    late_window_s: float,
+    originators: OriginatorCache | None = None,
 ) -> list[Match]:
     node_ids = {n.id for n in nodes}
-    by_originator = _by_originator(session, facts, node_ids, late_window_s)
+    by_originator = _by_originator(
+        session, facts, node_ids, late_window_s, originators or OriginatorCache(ttl_s=0)
+    )
     if by_originator is not None:
         return [by_originator]
     return _by_uids(session, facts, node_ids)
 
 
 def _by_originator(
-    session: Session, facts: InstanceFacts, node_ids: set[int], late_window_s: float
+    session: Session,
+    facts: InstanceFacts,
+    node_ids: set[int],
+    late_window_s: float,
+    originators: OriginatorCache,
 ) -> Match | None:
     if not facts.originator_ae or not facts.originator_message_id:
         return None
-    row = session.get(MoveMessageId, (facts.originator_ae, facts.originator_message_id))
-    if row is None:
+    move = originators.lookup(session, facts.originator_ae, facts.originator_message_id)
+    if move is None:
         return None
     cutoff = utcnow() - dt.timedelta(seconds=late_window_s)
-    if row.released_at is not None and row.released_at < cutoff:
+    if move.released_at is not None and move.released_at < cutoff:
         return None
-    node_id = session.scalar(select(Job.node_id).where(Job.id == row.job_id))
     # An originator naming a move of another PACS is a wrong originator (some
     # SCPs put their own AE title there): fall back to the UIDs.
-    if node_id not in node_ids:
+    if move.node_id not in node_ids:
         return None
-    return Match(row.job_id, MatchedBy.ORIGINATOR)
+    return Match(move.job_id, MatchedBy.ORIGINATOR)
 
 
 def _by_uids(session: Session, facts: InstanceFacts, node_ids: set[int]) -> list[Match]:

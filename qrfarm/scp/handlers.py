@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import rejection
 from qrfarm.dicom.sockets import tune
-from qrfarm.jobs.recording import InstanceFacts, record
+from qrfarm.jobs.recording import InstanceFacts, record, reopen_late
 from qrfarm.models import Job
+from qrfarm.models.session import statement_sessions
 from qrfarm.observability import tracing
 from qrfarm.observability.metrics import (
     RECEIVED_BYTES,
@@ -26,7 +27,7 @@ from qrfarm.observability.metrics import (
 )
 from qrfarm.storage import InstanceStorage, StorageError, StorageFull, StoredFile, UnsafeUid
 
-from .correlate import correlate
+from .correlate import OriginatorCache, correlate
 from .facts import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Refused, read_facts
 from .known_nodes import KnownNode, KnownNodes
 
@@ -48,6 +49,12 @@ class ScpContext:
     draining: ThreadEvent = field(default_factory=ThreadEvent)
     # The farm's own health probe: admitted for C-ECHO, refused any C-STORE.
     probe_ae_title: str | None = None
+    originators: OriginatorCache = field(default_factory=OriginatorCache)
+
+    def __post_init__(self) -> None:
+        # Where instances are recorded: statement by statement on PostgreSQL.
+        self.record_sessions = statement_sessions(self.sessions)
+        self.originators.ttl_s = min(self.originators.ttl_s, self.late_window_s / 2)
 
 
 def handle_requested(event: Event, ctx: ScpContext) -> None:
@@ -151,16 +158,22 @@ def _record_with_one_reconnect(
     relative: str,
     nodes: list[KnownNode],
 ) -> list[int]:
-    """Correlate and record in one transaction; once more on a fresh connection if the
-    pooled one turned out dead (the engine does not ping before each use: one round
-    trip less per instance)."""
+    """Correlate and record; once more on a fresh connection if the pooled one turned
+    out dead (the engine does not ping before each use: one round trip less per
+    instance). On PostgreSQL each write is one statement that commits itself
+    (the row and its job's count together), so an instance of a known move
+    costs one round trip."""
     for attempt in (1, 2):
         try:
-            with ctx.sessions() as session, session.begin():
-                matches = correlate(session, facts, nodes, ctx.late_window_s)
-                job_ids = record(session, facts, stored, relative, matches)
-            return job_ids  # committed
+            with ctx.record_sessions() as session, session.begin():
+                matches = correlate(session, facts, nodes, ctx.late_window_s, ctx.originators)
+                recorded = record(session, facts, stored, relative, matches)
+            break
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:
                 raise
-    raise AssertionError("the second try returns or raises")
+    if recorded.late:
+        # Rare: an instance after its job was reconciled. In a transaction.
+        with ctx.sessions() as session, session.begin():
+            reopen_late(session, recorded.late)
+    return recorded.job_ids

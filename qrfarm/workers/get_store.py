@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.dicom import InstanceSink, Status, StoreRequest
 from qrfarm.dicom.identifiers import is_valid_uid
 from qrfarm.dicom.sinks import check_whole
-from qrfarm.jobs.recording import InstanceFacts, Match, record
+from qrfarm.jobs.recording import InstanceFacts, Match, record, reopen_late
 from qrfarm.models import MatchedBy
 from qrfarm.storage import InstanceStorage, StorageError, StorageFull
 
@@ -56,13 +56,14 @@ class GetStore:
             )
             try:
                 with self.sessions() as session, session.begin():
-                    record(
+                    recorded = record(
                         session,
                         facts,
                         stored,
                         str(stored.path.relative_to(self.storage.root)),
                         [Match(job_id, MatchedBy.GET)],
                     )
+                    reopen_late(session, recorded.late)
             except SQLAlchemyError as exc:
                 log.error("C-GET instance %s not recorded: %s", request.sop_instance_uid, exc)
                 return Status.OUT_OF_RESOURCES
