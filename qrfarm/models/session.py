@@ -62,9 +62,15 @@ def statement_sessions(sessions: sessionmaker[Session]) -> sessionmaker[Session]
     engine = sessions.kw["bind"]
     if engine.dialect.name != "postgresql":
         return sessions
-    return sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    # An engine of its own, its connections in autocommit for good: switching
+    # a pooled connection's isolation level at each checkout costs time.
+    autocommit = create_engine(
+        engine.url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=engine.pool.size(),
+        pool_pre_ping=False,
     )
+    return sessionmaker(autocommit, expire_on_commit=False)
 
 
 def insert_for(session: Session, table: Any) -> Any:
