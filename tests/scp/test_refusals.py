@@ -170,6 +170,9 @@ def test_stopped_postgresql_is_out_of_resources_and_nothing_is_lost(
             )
     finally:
         scp.stop()
+    # The database restarted: this test's own pooled connections died with it
+    # (the SCP records through connections of its own).
+    engine.dispose()
     with sessions() as session:
         uids = set(session.scalars(select(OrphanInstance.sop_instance_uid)))
     engine.dispose()
