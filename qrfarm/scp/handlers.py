@@ -56,6 +56,11 @@ class ScpContext:
         self.record_sessions = statement_sessions(self.sessions)
         self.originators.ttl_s = min(self.originators.ttl_s, self.late_window_s / 2)
 
+    def close(self) -> None:
+        """Close the connections made for recording (when they are the SCP's own)."""
+        if self.record_sessions is not self.sessions:
+            self.record_sessions.kw["bind"].dispose()
+
 
 def handle_requested(event: Event, ctx: ScpContext) -> None:
     """Admit or reject an association before negotiation (calling AE, host, draining)."""

@@ -126,6 +126,7 @@ class StorageScp:
                 log.warning("aborting an association still open after %.0f s", drain_timeout)
             assoc.abort(block=False)
         self._server = None
+        self.context.close()
 
     def serve(self) -> None:
         """Run until SIGTERM or SIGINT, then drain and stop."""
