@@ -34,14 +34,14 @@ def choose_retrieve(session: Session, job: Job) -> None:
 def association_limit(session: Session, node_id: int, configured: int) -> int:
     """The node's limit, lowered to what it was seen to refuse above.
 
-    Never below what was held at once: a refusal under that was a passing
-    one (pynetdicom, for one, counts threads that linger after a release).
+    A refusal is counted against the farm's associations open or opening at
+    that moment: racing openers make it high, never low, so the limit found
+    is one the node accepts (and it comes down to the node's as it is seen).
     """
     row = session.get(NodeProfile, node_id)
     if row is None or row.rejected_at_associations is None:
         return configured
-    seen = max(row.rejected_at_associations - 1, row.max_associations_held, 1)
-    return min(configured, seen)
+    return min(configured, max(row.rejected_at_associations - 1, 1))
 
 
 def after_final_response(session: Session, job: Job, results: list[OperationResult]) -> None:

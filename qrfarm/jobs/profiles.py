@@ -83,11 +83,9 @@ def profile(session: Session, node_id: int) -> dict[str, Any]:
     row = session.get(NodeProfile, node_id)
     observations = {} if row is None else row.observations
     rejected_at = None if row is None else row.rejected_at_associations
-    held = 0 if row is None else row.max_associations_held
     return {
         **{name: verdict(observations.get(name)) for name in TRAITS},
-        # Never below what was held at once: a refusal under that was a passing one.
-        "rejects_above_associations": None if rejected_at is None else max(rejected_at - 1, held),
+        "rejects_above_associations": None if rejected_at is None else rejected_at - 1,
         "max_associations_held": 0 if row is None else row.max_associations_held,
         "observations": observations,
     }

@@ -32,6 +32,10 @@ class Permit(Protocol):
 class Permits(Protocol):
     def acquire(self, node: str, limit: int, wait_s: float) -> Permit | None: ...
 
+    def held(self, node: str, limit: int) -> int:
+        """How many of the node's permits are taken now, across the farm."""
+        ...
+
 
 class RedisPermit:
     # Compare-and-delete / compare-and-extend: never touch a permit that
@@ -73,6 +77,10 @@ class RedisPermits:
                 return None
             time.sleep(0.05)
 
+    def held(self, node: str, limit: int) -> int:
+        keys = [f"qrfarm:permit:{node}:{slot}" for slot in range(limit)]
+        return sum(1 for value in self.client.mget(keys) if value is not None)
+
 
 class FilePermit:
     def __init__(self, fd: int, node: str, slot: int) -> None:
@@ -108,3 +116,19 @@ class FilePermits:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
+
+    def held(self, node: str, limit: int) -> int:
+        taken = 0
+        for slot in range(limit):
+            path = self.directory / f"{node}.{slot}.lock"
+            if not path.exists():
+                continue
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                taken += 1
+            finally:
+                os.close(fd)
+        return taken

@@ -98,14 +98,16 @@ class AssociationPool:
                 if isinstance(exc, AssociationRejected):
                     ASSOCIATIONS.labels(str(node), "rejected").inc()
                     if exc.retriable and self.on_association is not None:
-                        # Refused with this many of ours open at once (slots fill from 0).
-                        self.on_association(node, None, permit.slot + 1)
+                        # Refused with this many of the farm's open or opening
+                        # (this one included; its permit was just given back).
+                        taken = self.permits.held(str(node), node.max_associations) + 1
+                        self.on_association(node, None, taken)
                 elif isinstance(exc, PeerUnreachable):
                     ASSOCIATIONS.labels(str(node), "unreachable").inc()
                 raise
         ASSOCIATIONS.labels(str(node), "opened").inc()
         if self.on_association is not None:
-            self.on_association(node, permit.slot + 1, None)
+            self.on_association(node, self.permits.held(str(node), node.max_associations), None)
         return connection
 
     def _take(self, node: Node) -> _Pooled:
