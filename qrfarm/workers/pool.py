@@ -158,6 +158,12 @@ class AssociationPool:
         contexts = qr_contexts([Operation.GET], [Root.STUDY, Root.PATIENT]) + storage_contexts(
             classes[:120]
         )
+        # Our own idle association to the node would hold one of its permits
+        # while this one waits for another: give it back first.
+        with self._lock:
+            idle = self._idle.pop(_key(node), None)
+        if idle is not None:
+            self._discard(idle)
         permit = self._permit(node)
         connection = self._open(node, contexts, permit)
         try:
