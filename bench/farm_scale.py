@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -292,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=2, help="Associations each PACS allows.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    # SIGTERM ends the run through the finally clauses: no farm left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     with tempfile.TemporaryDirectory(prefix="qrfarm-scale-") as tmp:
         scratch = Path(tmp)

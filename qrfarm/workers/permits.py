@@ -18,6 +18,8 @@ from typing import Protocol
 import redis
 
 PERMIT_TTL_S = 60.0
+# How long a wait for a node's permit asks idle holders to let go.
+WANTED_S = 3.0
 
 
 class Permit(Protocol):
@@ -34,6 +36,11 @@ class Permits(Protocol):
 
     def held(self, node: str, limit: int) -> int:
         """How many of the node's permits are taken now, across the farm."""
+        ...
+
+    def wanted(self, node: str) -> bool:
+        """Whether some worker waited for one of the node's permits just now:
+        an idle pooled association to it should then give its permit back."""
         ...
 
 
@@ -73,9 +80,14 @@ class RedisPermits:
                 key = f"qrfarm:permit:{node}:{slot}"
                 if self.client.set(key, token, nx=True, px=int(PERMIT_TTL_S * 1000)):
                     return RedisPermit(self.client, key, token, node, slot)
+            # Ask idle holders to give theirs back while we wait.
+            self.client.set(f"qrfarm:wanted:{node}", "1", px=int(WANTED_S * 1000))
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
+
+    def wanted(self, node: str) -> bool:
+        return bool(self.client.exists(f"qrfarm:wanted:{node}"))
 
     def held(self, node: str, limit: int) -> int:
         keys = [f"qrfarm:permit:{node}:{slot}" for slot in range(limit)]
@@ -101,6 +113,13 @@ class FilePermits:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
+    def wanted(self, node: str) -> bool:
+        try:
+            age = time.time() - (self.directory / f"{node}.wanted").stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return age < WANTED_S
+
     def acquire(self, node: str, limit: int, wait_s: float) -> FilePermit | None:
         deadline = time.monotonic() + wait_s
         while True:
@@ -113,6 +132,7 @@ class FilePermits:
                     os.close(fd)
                     continue
                 return FilePermit(fd, node, slot)
+            (self.directory / f"{node}.wanted").touch()
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)

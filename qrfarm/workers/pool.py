@@ -41,6 +41,8 @@ QR_CONTEXTS = qr_contexts(
 CHECK_AFTER_IDLE_S = 5.0
 CLOSE_AFTER_IDLE_S = 20.0
 PERMIT_WAIT_S = 2.0
+REAP_INTERVAL_S = 0.25
+RENEW_EVERY_TICKS = 8  # about every 2 s
 
 
 class AssociationObserver(Protocol):
@@ -179,19 +181,30 @@ class AssociationPool:
         pooled.permit.release()
 
     def _reap(self) -> None:
+        """Close idle associations after a while, or at once when another worker
+        waits for the node's permit (a node with fewer permits than workers
+        would otherwise stay held by associations doing nothing)."""
+        ticks = 0
         while True:
-            time.sleep(2.0)
+            time.sleep(REAP_INTERVAL_S)
+            ticks += 1
             now = time.monotonic()
             with self._lock:
+                idle = list(self._idle.items())
+            wanted = {key for key, pooled in idle if self.permits.wanted(pooled.permit.node)}
+            with self._lock:
                 stale = [
-                    n for n, p in self._idle.items() if now - p.last_used >= CLOSE_AFTER_IDLE_S
+                    n
+                    for n, p in self._idle.items()
+                    if n in wanted or now - p.last_used >= CLOSE_AFTER_IDLE_S
                 ]
                 expired = [self._idle.pop(n) for n in stale]
                 held = list(self._idle.values())
             for pooled in expired:
                 self._discard(pooled)
-            for pooled in held:
-                pooled.permit.renew()
+            if ticks % RENEW_EVERY_TICKS == 0:
+                for pooled in held:
+                    pooled.permit.renew()
 
     def close(self) -> None:
         with self._lock:
