@@ -1,6 +1,6 @@
 """The farm at scale: K simulated PACS, 1, 2 and 4 workers, 1 and 2 storage SCPs.
 
-Each PACS is qrfarm's sandbox PACS (pynetdicom, in this process) with its own
+Each PACS is qrfarm's sandbox PACS (pynetdicom, `qrfarm sandbox`, a process each) with its own
 studies (distinct UIDs) and a limit of simultaneous associations that it
 enforces itself (refusing above it) and counts (its peak). The farm runs as
 processes on PostgreSQL (database ``qrfarm_scalebench``, created and dropped
@@ -37,7 +37,6 @@ from store_bench import LOCALHOST, BenchError, Child, free_port, versions
 
 from qrfarm.dicom import Level
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
-from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 
 DB = "qrfarm_scalebench"
 DB_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}"
@@ -143,17 +142,36 @@ def run_shape(
     pg_admin(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)', f'CREATE DATABASE "{DB}"')
     redis.Redis.from_url(BROKER).flushdb()
     upgrade(DB_URL)
-    sandboxes = []
-    for files in pacs_files:
-        pacs = SandboxPacs(
-            files,
-            ae_title=f"SIM{len(sandboxes) + 1}",
-            destinations={SCP_AE: (LOCALHOST, scp_port)},
-            behaviour=Behaviour(max_associations=limit),
-        )
-        sandboxes.append((pacs, pacs.start(LOCALHOST, 0)))
     children: list[Child] = []
+    sandboxes: list[tuple[Child, str, int]] = []
     try:
+        # Each PACS a process of its own: in one, they would share one GIL.
+        for n, files in enumerate(pacs_files, start=1):
+            port = free_port()
+            pacs = Child(
+                f"sim{n}",
+                [
+                    sys.executable,
+                    "-m",
+                    "qrfarm.cli",
+                    "sandbox",
+                    "--data",
+                    str(files[0].parent),
+                    "--port",
+                    str(port),
+                    "--aet",
+                    f"SIM{n}",
+                    "--dest",
+                    f"{SCP_AE}={LOCALHOST}:{scp_port}",
+                    "--max-associations",
+                    str(limit),
+                ],
+                cwd=root,
+                log=root / f"sim{n}.log",
+                env=env,
+            )
+            pacs.wait_listening(port)
+            sandboxes.append((pacs, f"SIM{n}", port))
 
         def start(name: str, *argv: str) -> Child:
             child = Child(
@@ -171,10 +189,10 @@ def run_shape(
         start("scheduler", "scheduler")
         with farm_client_for(env) as client:
             with client.sessions() as session, session.begin():
-                for n, (pacs, port) in enumerate(sandboxes, start=1):
+                for n, (_, ae_title, port) in enumerate(sandboxes, start=1):
                     upsert_node(
                         session,
-                        NodeSpec(f"sim{n}", pacs.ae_title, LOCALHOST, port, max_associations=limit),
+                        NodeSpec(f"sim{n}", ae_title, LOCALHOST, port, max_associations=limit),
                     )
             for n in range(workers):
                 start(f"worker{n}", "worker", "--concurrency", "2")
@@ -188,6 +206,10 @@ def run_shape(
         counts: dict[str, int] = {}
         for summary in states.values():
             counts[summary["state"]] = counts.get(summary["state"], 0) + 1
+        seen = []
+        for pacs, _, _ in sandboxes:
+            pacs.stop()  # SIGTERM: it prints what it saw as its last line
+            seen.append(json.loads(pacs.log_path.read_text().strip().splitlines()[-1]))
         return {
             "workers": workers,
             "scps": scps,
@@ -199,14 +221,14 @@ def run_shape(
             "instances_per_s": round(recorded / elapsed, 1),
             "states": counts,
             "all_completed": counts == {"completed": len(jobs)},
-            "peak_associations": [p.behaviour.stats.peak_associations for p, _ in sandboxes],
-            "refused_associations": [p.behaviour.stats.refused for p, _ in sandboxes],
+            "peak_associations": [s["peak_associations"] for s in seen],
+            "refused_associations": [s["refused_associations"] for s in seen],
             "limit": limit,
         }
     finally:
         for child in reversed(children):
             child.stop()
-        for pacs, _ in sandboxes:
+        for pacs, _, _ in sandboxes:
             pacs.stop()
 
 
@@ -247,23 +269,25 @@ def submit(client: Any, job: tuple[str, int, Study]) -> int:
 
 
 def wait_all(client: Any, jobs: list[int], timeout: float) -> dict[int, dict[str, Any]]:
+    """One query a round for the states (polling each job would load the farm itself)."""
+    from sqlalchemy import select
+
+    from qrfarm.models import Job
+
     deadline = time.monotonic() + timeout
-    states: dict[int, dict[str, Any]] = {}
-    pending = list(jobs)
-    while pending:
+    while True:
+        with client.sessions() as session:
+            rows = session.execute(
+                select(Job.id, Job.state, Job.recorded_count).where(Job.id.in_(jobs))
+            ).all()
+        if all(state.value in ENDED for _, state, _ in rows):
+            return {
+                job_id: {"state": state.value, "recorded": recorded}
+                for job_id, state, recorded in rows
+            }
         if time.monotonic() > deadline:
-            raise BenchError(f"{len(pending)} job(s) did not end in {timeout} s")
-        still = []
-        for job_id in pending:
-            summary = client.status(job_id)
-            if summary["state"] in ENDED:
-                states[job_id] = summary
-            else:
-                still.append(job_id)
-        pending = still
-        if pending:
-            time.sleep(0.25)
-    return states
+            raise BenchError(f"jobs did not end in {timeout} s")
+        time.sleep(0.2)
 
 
 def table(results: list[dict[str, Any]]) -> str:

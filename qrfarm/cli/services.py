@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -19,7 +21,7 @@ from ..dicom.node import validate_ae_title
 from ..jobs.nodes import NodeSpec, upsert_node
 from ..models import upgrade
 from ..observability import metrics
-from ..sandbox.pacs import SandboxPacs
+from ..sandbox.pacs import Behaviour, SandboxPacs
 from ..sandbox.synthetic import generate_corpus
 from ..scp import StorageScp
 from ..storage import InstanceStorage
@@ -39,8 +41,16 @@ def sandbox(
         list[str] | None,
         typer.Option("--dest", help="A C-MOVE destination, AET=host:port (repeatable)."),
     ] = None,
+    max_associations: Annotated[
+        int | None,
+        typer.Option(help="Refuse associations above this many at once (transiently)."),
+    ] = None,
 ) -> None:
-    """Serve a small PACS in pure Python, filled with synthetic studies, to try qrfarm on."""
+    """Serve a small PACS in pure Python, filled with synthetic studies, to try qrfarm on.
+
+    On SIGTERM or Ctrl-C it prints what it saw, as one JSON line: the most
+    associations at once, those it refused, the C-CANCELs.
+    """
 
     def action(settings: Settings) -> int:
         destinations: dict[str, tuple[str, int]] = {}
@@ -55,19 +65,37 @@ def sandbox(
                 files = [i.path for i in corpus.instances]
             else:
                 files = sorted(data.rglob("*.dcm"))
-            pacs = SandboxPacs(files, ae_title=ae_title, destinations=destinations)
+            pacs = SandboxPacs(
+                files,
+                ae_title=ae_title,
+                destinations=destinations,
+                behaviour=Behaviour(max_associations=max_associations),
+            )
             bound = pacs.start("127.0.0.1", port)
             out.print(
                 f"sandbox PACS {ae_title}@127.0.0.1:{bound}: {len(files)} instances; "
                 "Ctrl-C stops it",
                 highlight=False,
             )
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
             try:
-                threading.Event().wait()
+                stop.wait()
             except KeyboardInterrupt:
                 pass
             finally:
                 pacs.stop()
+                stats = pacs.behaviour.stats
+                print(
+                    json.dumps(
+                        {
+                            "peak_associations": stats.peak_associations,
+                            "refused_associations": stats.refused,
+                            "cancels": stats.cancels,
+                        }
+                    ),
+                    flush=True,
+                )
         return EXIT_OK
 
     run(action)
