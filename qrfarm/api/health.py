@@ -9,8 +9,8 @@ from kombu.connection import Connection as BrokerConnection
 from sqlalchemy import text
 
 from qrfarm.config import broker_config
-from qrfarm.dicom import Connection, Node, Operation, StatusCategory, Timeouts, qr_contexts
-from qrfarm.errors import AssociationRejected, QrfarmError
+from qrfarm.errors import QrfarmError
+from qrfarm.health import echo_storage_scp
 from qrfarm.models.migrate import is_current
 
 from .deps import ApiContext, Context
@@ -45,23 +45,10 @@ def check_broker(ctx: ApiContext) -> tuple[bool, str]:
 
 
 def check_scp(ctx: ApiContext) -> tuple[bool, str]:
-    settings = ctx.settings
-    host = "127.0.0.1" if settings.scp_host in ("", "0.0.0.0", "::") else settings.scp_host  # noqa: S104
-    node = Node(settings.scp_ae_title, host, settings.scp_port)
-    timeouts = Timeouts(connect=PROBE_TIMEOUT_S, acse=PROBE_TIMEOUT_S, dimse=PROBE_TIMEOUT_S)
     try:
-        with Connection.open(
-            node, qr_contexts([Operation.ECHO]), calling_ae=settings.ae_title, timeouts=timeouts
-        ) as conn:
-            answer = conn.echo()
-    except AssociationRejected as exc:
-        # It answered DICOM: it is up, it only does not admit this caller.
-        return True, f"answering on {node} (rejected the probe: {exc.reason})"
-    except QrfarmError as exc:
-        return False, f"{node}: {exc}"
-    if answer.category is not StatusCategory.SUCCESS:
-        return False, f"{node}: C-ECHO answered {answer.summary()}"
-    return True, f"C-ECHO to {node} succeeded"
+        return True, echo_storage_scp(ctx.settings, PROBE_TIMEOUT_S)
+    except (QrfarmError, RuntimeError) as exc:
+        return False, str(exc)
 
 
 @router.get(

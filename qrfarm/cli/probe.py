@@ -16,11 +16,14 @@ import httpx
 import typer
 
 from ..config import Settings
-from ..dicom import Connection, Node, Operation, StatusCategory, Timeouts, qr_contexts
 from ..errors import QrfarmError
-from .common import EXIT_FAILURE, EXIT_OK, app, err, out, run
+from ..health import echo_storage_scp, local_address
+from .common import EXIT_OK, app, err, out, run
 
 PROBE_TIMEOUT_S = 5.0
+# Docker's health checks read 1 as unhealthy (2 is reserved there), so the
+# probe answers 1, not the command line's usual 2 for a failure.
+UNHEALTHY = 1
 
 
 class Role(StrEnum):
@@ -31,25 +34,13 @@ class Role(StrEnum):
     SCHEDULER = "scheduler"
 
 
-def _local(host: str) -> str:
-    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104
-
-
 def heartbeat_path(settings: Settings) -> Path:
     """Touched by the scheduler at each round."""
     return settings.data_dir / "scheduler.heartbeat"
 
 
 def probe_scp(settings: Settings) -> str:
-    node = Node(settings.scp_ae_title, _local(settings.scp_host), settings.scp_port)
-    timeouts = Timeouts(connect=PROBE_TIMEOUT_S, acse=PROBE_TIMEOUT_S, dimse=PROBE_TIMEOUT_S)
-    with Connection.open(
-        node, qr_contexts([Operation.ECHO]), calling_ae=settings.probe_ae_title, timeouts=timeouts
-    ) as conn:
-        answer = conn.echo()
-    if answer.category is not StatusCategory.SUCCESS:
-        raise RuntimeError(f"C-ECHO answered {answer.summary()}")
-    return f"C-ECHO to {node} succeeded"
+    return echo_storage_scp(settings, PROBE_TIMEOUT_S)
 
 
 def probe_worker(settings: Settings) -> str:
@@ -64,7 +55,7 @@ def probe_worker(settings: Settings) -> str:
 
 
 def probe_api(settings: Settings, live: bool) -> str:
-    url = f"http://{_local(settings.api_host)}:{settings.api_port}/health"
+    url = f"http://{local_address(settings.api_host)}:{settings.api_port}/health"
     response = httpx.get(url, timeout=PROBE_TIMEOUT_S, trust_env=False)
     if not live and response.status_code != 200:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
@@ -72,7 +63,7 @@ def probe_api(settings: Settings, live: bool) -> str:
 
 
 def probe_hl7(settings: Settings) -> str:
-    address = (_local(settings.hl7_host), settings.hl7_port)
+    address = (local_address(settings.hl7_host), settings.hl7_port)
     with socket.create_connection(address, timeout=PROBE_TIMEOUT_S):
         return f"MLLP port {address[0]}:{address[1]} accepts connections"
 
@@ -103,7 +94,7 @@ def probe(
     def action(settings: Settings) -> int:
         if role is None:
             err.print("probe: give a role or set QRFARM_ROLE")
-            return EXIT_FAILURE
+            return UNHEALTHY
         checks = {
             Role.SCP: lambda: probe_scp(settings),
             Role.WORKER: lambda: probe_worker(settings),
@@ -115,7 +106,7 @@ def probe(
             out.print(f"{role.value}: {checks[role]()}", highlight=False)
         except (QrfarmError, OSError, RuntimeError, httpx.HTTPError) as exc:
             err.print(f"{role.value}: not ready: {exc}", highlight=False)
-            return EXIT_FAILURE
+            return UNHEALTHY
         return EXIT_OK
 
     run(action, service="probe")
