@@ -67,32 +67,33 @@ def _dump(payload: dict[str, Any]) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def job_outcome(job: Job, node_name: str | None) -> dict[str, Any]:
+    """What a job is and how it ended: the core of its summary and of its webhook."""
+    return {
+        "id": job.id,
+        "kind": job.kind.value,
+        "state": job.state.value,
+        "node": node_name,
+        "level": job.level,
+        "destination": job.destination,
+        "external_reference": job.external_reference,
+        "expected": job.expected_count,
+        "reported": {
+            "completed": job.reported_completed,
+            "failed": job.reported_failed,
+            "warning": job.reported_warning,
+        },
+        "recorded": job.recorded_count,
+        "failed_uids": list(job.failed_uids or []),
+        "missing_uids": list(job.missing_uids or []),
+        "error": job.error,
+        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+    }
+
+
 def job_payload(session: Session, job: Job) -> dict[str, Any]:
     node = session.scalar(select(NodeRecord.name).where(NodeRecord.id == job.node_id))
-    return {
-        "event": JOB_ENDED,
-        "job": {
-            "id": job.id,
-            "kind": job.kind.value,
-            "state": job.state.value,
-            "node": node,
-            "level": job.level,
-            "destination": job.destination,
-            "external_reference": job.external_reference,
-            "prefetch_id": job.prefetch_id,
-            "expected": job.expected_count,
-            "reported": {
-                "completed": job.reported_completed,
-                "failed": job.reported_failed,
-                "warning": job.reported_warning,
-            },
-            "recorded": job.recorded_count,
-            "failed_uids": list(job.failed_uids or []),
-            "missing_uids": list(job.missing_uids or []),
-            "error": job.error,
-            "ended_at": job.ended_at.isoformat() if job.ended_at else None,
-        },
-    }
+    return {"event": JOB_ENDED, "job": {**job_outcome(job, node), "prefetch_id": job.prefetch_id}}
 
 
 def notify_job_ended(session: Session, job: Job) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from qrfarm.models import Attempt, DimseResponse, FindResult, Job, JobKind, JobState, NodeRecord
 
 from .control import NoSuchJob
+from .notify import job_outcome
 
 
 def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dict[str, Any]:
@@ -19,22 +20,9 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
         raise NoSuchJob(f"job {job_id} does not exist")
     node = session.get_one(NodeRecord, job.node_id)
     summary: dict[str, Any] = {
-        "id": job.id,
-        "kind": job.kind.value,
-        "state": job.state.value,
-        "node": node.name,
+        **job_outcome(job, node.name),
         "root": job.root,
-        "level": job.level,
         "identifier": job.identifier,
-        "destination": job.destination,
-        "external_reference": job.external_reference,
-        "expected": job.expected_count,
-        "reported": {
-            "completed": job.reported_completed,
-            "failed": job.reported_failed,
-            "warning": job.reported_warning,
-        },
-        "recorded": job.recorded_count,
         "answers": session.scalar(
             select(func.count()).select_from(FindResult).where(FindResult.job_id == job.id)
         )
@@ -46,12 +34,8 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
             "failed": job.progress_failed,
             "warning": job.progress_warning,
         },
-        "failed_uids": list(job.failed_uids or []),
-        "missing_uids": list(job.missing_uids or []),
-        "error": job.error,
         "attempt_count": job.attempt_count,
         "created_at": job.created_at.isoformat(),
-        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
     }
     if responses:
         summary["attempts"] = [

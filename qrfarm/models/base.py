@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 
-from sqlalchemy import MetaData
+from sqlalchemy import Enum, MetaData
 from sqlalchemy.orm import DeclarativeBase
 
 # Stable constraint names, so that migrations can find them on every database.
@@ -24,3 +25,14 @@ class Base(DeclarativeBase):
 def utcnow() -> dt.datetime:
     """Now, in UTC, naive: both SQLite and PostgreSQL store it the same way."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def string_enum(kind: type[enum.StrEnum], name: str) -> Enum:
+    """An enum column stored as plain strings, the same on SQLite and PostgreSQL."""
+    return Enum(
+        kind,
+        name=name,
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+    )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import BigInteger, Boolean, Enum, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, utcnow
+from .base import Base, string_enum, utcnow
 
 
 class MatchedBy(enum.StrEnum):
@@ -42,15 +42,7 @@ class ReceivedInstance(_InstanceColumns, Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    matched_by: Mapped[MatchedBy] = mapped_column(
-        Enum(
-            MatchedBy,
-            name="matched_by",
-            native_enum=False,
-            length=16,
-            values_callable=lambda e: [m.value for m in e],
-        )
-    )
+    matched_by: Mapped[MatchedBy] = mapped_column(string_enum(MatchedBy, "matched_by"))
     # The same instance sent again for this job: counted, never a second row.
     repeat_count: Mapped[int] = mapped_column(Integer, default=0)
     repeat_differs: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -6,20 +6,10 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, Enum, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, utcnow
-
-
-def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
-    return Enum(
-        kind,
-        name=name,
-        native_enum=False,
-        length=16,
-        values_callable=lambda e: [m.value for m in e],
-    )
+from .base import Base, string_enum, utcnow
 
 
 class ApiToken(Base):
@@ -55,7 +45,7 @@ class WebhookDelivery(Base):
     # The exact bytes signed and sent, the same on every retry.
     body: Mapped[str] = mapped_column(Text)
     state: Mapped[DeliveryState] = mapped_column(
-        _enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING
+        string_enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING
     )
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -124,7 +114,7 @@ class Prefetch(Base):
     current_accession: Mapped[str | None] = mapped_column(String(64))
     current_study_uid: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[PrefetchState] = mapped_column(
-        _enum(PrefetchState, "prefetch_state"), default=PrefetchState.SEARCHING
+        string_enum(PrefetchState, "prefetch_state"), default=PrefetchState.SEARCHING
     )
     # The priors chosen: study UID, node, date, modalities, and whether it was
     # already held or which job moves it.

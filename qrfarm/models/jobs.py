@@ -10,7 +10,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -20,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .base import Base, utcnow
+from .base import Base, string_enum, utcnow
 
 
 class JobKind(enum.StrEnum):
@@ -42,29 +41,20 @@ class JobState(enum.StrEnum):
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.RECONCILING)
 
 
-def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
-    # Stored as plain strings with a CHECK, the same on SQLite and PostgreSQL.
-    return Enum(
-        kind,
-        name=name,
-        native_enum=False,
-        length=16,
-        values_callable=lambda e: [m.value for m in e],
-    )
-
-
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"))
+    kind: Mapped[JobKind] = mapped_column(string_enum(JobKind, "job_kind"))
     root: Mapped[str] = mapped_column(String(16))
     level: Mapped[str] = mapped_column(String(16))
     identifier: Mapped[dict[str, Any]] = mapped_column(JSON)  # DICOM JSON
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
     destination: Mapped[str | None] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
+    state: Mapped[JobState] = mapped_column(
+        string_enum(JobState, "job_state"), default=JobState.QUEUED
+    )
     external_reference: Mapped[str | None] = mapped_column(String(255), unique=True)
     # The W3C traceparent of the job's submit span: the worker's and the
     # storage SCP's spans for the job are its children (one trace per job).
