@@ -1,23 +1,51 @@
 """Recording an instance: one row per job and SOP Instance UID, or an orphan row.
 
-Runs inside the caller's transaction: the C-STORE is answered success only
+Runs on a Core connection inside the caller's transaction (or, on PostgreSQL,
+statement by statement in autocommit): the C-STORE is answered success only
 after it commits. A repeat for the same job never makes a second row; it is
 counted, and flagged when its bytes differ from the first.
+
+This is the storage SCP's hot path, run once per instance received, so the
+statements are built once with bind parameters and run on a Core connection:
+the ORM's unit of work and per-call statement building cost more than the
+database round trip itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import Connection, Executable, Table, bindparam, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from qrfarm.models import Job, JobState, MatchedBy, OrphanInstance, ReceivedInstance, utcnow
-from qrfarm.models.session import insert_for
 from qrfarm.storage import StoredFile
 
 from .reconcile import reopen_for_late_arrival
+
+_RECEIVED: Table = ReceivedInstance.__table__  # type: ignore[assignment]
+_ORPHANS: Table = OrphanInstance.__table__  # type: ignore[assignment]
+_JOBS: Table = Job.__table__  # type: ignore[assignment]
+# Ended jobs that an instance arriving late reopens.
+_REOPENED_BY_LATE = (JobState.COMPLETED, JobState.PARTIAL)
+
+_INSTANCE_COLUMNS = (
+    "sop_instance_uid",
+    "sop_class_uid",
+    "study_instance_uid",
+    "series_instance_uid",
+    "transfer_syntax",
+    "size",
+    "file_path",
+    "calling_ae",
+    "called_ae",
+    "peer_host",
+    "move_originator_ae",
+    "move_originator_message_id",
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +74,13 @@ class Match:
     matched_by: MatchedBy
 
 
-def _columns(facts: InstanceFacts, stored: StoredFile, file_path: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Recorded:
+    job_ids: list[int]  # the jobs the instance was recorded for (none: an orphan)
+    late: list[int]  # of those, jobs already reconciled: for reopen_late
+
+
+def _parameters(facts: InstanceFacts, stored: StoredFile, file_path: str) -> dict[str, Any]:
     return {
         "sop_instance_uid": facts.sop_instance_uid,
         "sop_class_uid": facts.sop_class_uid,
@@ -60,124 +94,150 @@ def _columns(facts: InstanceFacts, stored: StoredFile, file_path: str) -> dict[s
         "peer_host": facts.peer_host,
         "move_originator_ae": facts.originator_ae,
         "move_originator_message_id": facts.originator_message_id,
+        "now": utcnow(),
+        # An UPDATE may not bind a name of a column it sets: the repeats' own names.
+        "repeat_sop_instance_uid": facts.sop_instance_uid,
+        "repeat_calling_ae": facts.calling_ae,
     }
 
 
+def _instance_values() -> dict[str, Any]:
+    # Explicit defaults: column defaults are not applied to DML inside a CTE.
+    values: dict[str, Any] = {name: bindparam(name) for name in _INSTANCE_COLUMNS}
+    return values | {"received_at": bindparam("now"), "repeat_count": 0, "repeat_differs": False}
+
+
+def _insert(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
 @dataclass(frozen=True)
-class Recorded:
-    job_ids: list[int]  # the jobs the instance was recorded for (none: an orphan)
-    late: list[int]  # of those, jobs already reconciled: for reopen_late
+class _Statements:
+    insert_received: Executable  # → the new row's job id, or nothing on a repeat
+    insert_and_count: Executable | None  # PostgreSQL: row and count in one statement
+    count: Executable  # → the job's state
+    repeat_received: Executable
+    insert_orphan: Executable  # → the new row's id, or nothing on a repeat
+    repeat_orphan: Executable
+
+
+@cache
+def _statements(dialect: str) -> _Statements:
+    insert = _insert(dialect)
+    insert_received = (
+        insert(_RECEIVED)
+        .values(
+            job_id=bindparam("job_id"), matched_by=bindparam("matched_by"), **_instance_values()
+        )
+        .on_conflict_do_nothing(index_elements=["job_id", "sop_instance_uid"])
+        .returning(_RECEIVED.c.job_id)
+    )
+    count = (
+        update(_JOBS)
+        .where(_JOBS.c.id == bindparam("job_id"))
+        .values(recorded_count=_JOBS.c.recorded_count + 1, updated_at=bindparam("now"))
+    )
+    insert_and_count = None
+    if dialect == "postgresql":
+        inserted = insert_received.cte("inserted")
+        counted = (
+            count.where(exists(select(inserted.c.job_id))).returning(_JOBS.c.state).cte("counted")
+        )
+        insert_and_count = select(counted.c.state)
+    repeat_received = (
+        update(_RECEIVED)
+        .where(
+            _RECEIVED.c.job_id == bindparam("repeat_job_id"),
+            _RECEIVED.c.sop_instance_uid == bindparam("repeat_sop_instance_uid"),
+        )
+        .values(
+            repeat_count=_RECEIVED.c.repeat_count + 1,
+            repeat_differs=_RECEIVED.c.repeat_differs | bindparam("differs"),
+        )
+    )
+    insert_orphan = (
+        insert(_ORPHANS)
+        .values(**_instance_values())
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid", "calling_ae"])
+        .returning(_ORPHANS.c.id)
+    )
+    repeat_orphan = (
+        update(_ORPHANS)
+        .where(
+            _ORPHANS.c.sop_instance_uid == bindparam("repeat_sop_instance_uid"),
+            _ORPHANS.c.calling_ae == bindparam("repeat_calling_ae"),
+        )
+        .values(
+            repeat_count=_ORPHANS.c.repeat_count + 1,
+            repeat_differs=_ORPHANS.c.repeat_differs | bindparam("differs"),
+        )
+    )
+    return _Statements(
+        insert_received,
+        insert_and_count,
+        count.returning(_JOBS.c.state),
+        repeat_received,
+        insert_orphan,
+        repeat_orphan,
+    )
 
 
 def record(
-    session: Session, facts: InstanceFacts, stored: StoredFile, file_path: str, matches: list[Match]
+    connection: Connection,
+    facts: InstanceFacts,
+    stored: StoredFile,
+    file_path: str,
+    matches: list[Match],
 ) -> Recorded:
     """Record the instance for each matched job (an orphan when none).
 
-    Each row is added in the statement (PostgreSQL) or the transaction
-    (SQLite) that counts it for its job. On PostgreSQL a late arrival for a
-    job already reconciled is left to :func:`reopen_late`, in a transaction
-    of its own, so that the storage SCP can record in autocommit: one round
-    trip per instance.
+    On PostgreSQL each row is added in the very statement that counts it for
+    its job, so that the storage SCP can record in autocommit: one round trip
+    per instance. A late arrival for a job already reconciled is left to
+    :func:`reopen_late`, in a transaction of its own.
     """
-    columns = _columns(facts, stored, file_path)
-    differs = stored.already_there and not stored.same_bytes
+    statements = _statements(connection.dialect.name)
+    parameters = _parameters(facts, stored, file_path)
+    parameters["differs"] = stored.already_there and not stored.same_bytes
     if not matches:
-        _record_orphan(session, columns, differs)
+        inserted = connection.execute(statements.insert_orphan, parameters).scalar()
+        if inserted is None:
+            connection.execute(statements.repeat_orphan, parameters)
         return Recorded([], [])
-    postgresql = session.get_bind().dialect.name == "postgresql"
     late = []
     for match in matches:
-        if postgresql:
-            state = _insert_and_count(session, match, columns)
-            inserted = state is not None
-            if state in (JobState.COMPLETED, JobState.PARTIAL):
-                late.append(match.job_id)
-        else:
-            inserted = _insert_then_count(session, match, columns)
-        if not inserted:
-            session.execute(
-                update(ReceivedInstance)
-                .where(
-                    ReceivedInstance.job_id == match.job_id,
-                    ReceivedInstance.sop_instance_uid == facts.sop_instance_uid,
-                )
-                .values(
-                    repeat_count=ReceivedInstance.repeat_count + 1,
-                    repeat_differs=ReceivedInstance.repeat_differs | differs,
-                )
-            )
+        parameters |= {
+            "job_id": match.job_id,
+            "repeat_job_id": match.job_id,
+            "matched_by": match.matched_by,
+        }
+        state = _insert_and_count(connection, statements, parameters)
+        if state is None:
+            connection.execute(statements.repeat_received, parameters)
+        elif state in _REOPENED_BY_LATE:
+            late.append(match.job_id)
     return Recorded([match.job_id for match in matches], late)
 
 
-def _insert_and_count(session: Session, match: Match, columns: dict[str, Any]) -> JobState | None:
-    """One statement: the row, and the job's count if the row is new (atomic on its own);
-    the job's state, or None when the row was there already."""
-    inserted = (
-        insert_for(session, ReceivedInstance)
-        .values(job_id=match.job_id, matched_by=match.matched_by, **columns)
-        .on_conflict_do_nothing(index_elements=["job_id", "sop_instance_uid"])
-        .returning(ReceivedInstance.job_id)
-        .cte("inserted")
-    )
-    counted = (
-        update(Job)
-        .where(Job.id == match.job_id, exists(select(inserted.c.job_id)))
-        # Explicit: column defaults are not applied to DML inside a CTE.
-        .values(recorded_count=Job.recorded_count + 1, updated_at=utcnow())
-        .returning(Job.state)
-        .cte("counted")
-    )
-    state = session.execute(select(counted.c.state)).scalar()
+def _insert_and_count(
+    connection: Connection, statements: _Statements, parameters: dict[str, Any]
+) -> JobState | None:
+    """The row, and the job's count if the row is new; the job's state, or
+    None when the row was there already."""
+    if statements.insert_and_count is not None:
+        state = connection.execute(statements.insert_and_count, parameters).scalar()
+    elif connection.execute(statements.insert_received, parameters).scalar() is None:
+        return None
+    else:
+        state = connection.execute(statements.count, parameters).scalar()
     return None if state is None else JobState(state)
-
-
-def _insert_then_count(session: Session, match: Match, columns: dict[str, Any]) -> bool:
-    inserted = session.execute(
-        insert_for(session, ReceivedInstance)
-        .values(job_id=match.job_id, matched_by=match.matched_by, **columns)
-        .on_conflict_do_nothing(index_elements=["job_id", "sop_instance_uid"])
-        .returning(ReceivedInstance.id)
-    ).scalar()
-    if inserted is None:
-        return False
-    session.execute(
-        update(Job).where(Job.id == match.job_id).values(recorded_count=Job.recorded_count + 1)
-    )
-    job = session.get(Job, match.job_id)
-    if job is not None and job.state in (JobState.COMPLETED, JobState.PARTIAL):
-        # A late arrival for a job already reconciled reopens it.
-        session.refresh(job)
-        reopen_for_late_arrival(session, job)
-    return True
 
 
 def reopen_late(session: Session, job_ids: list[int]) -> None:
     """Jobs that got an instance after they were reconciled: reconcile them again."""
+    if not job_ids:
+        return
     for job in session.scalars(
-        select(Job)
-        .where(Job.id.in_(job_ids), Job.state.in_([JobState.COMPLETED, JobState.PARTIAL]))
-        .with_for_update()
+        select(Job).where(Job.id.in_(job_ids), Job.state.in_(_REOPENED_BY_LATE)).with_for_update()
     ):
         reopen_for_late_arrival(session, job)
-
-
-def _record_orphan(session: Session, columns: dict[str, Any], differs: bool) -> None:
-    inserted = session.execute(
-        insert_for(session, OrphanInstance)
-        .values(**columns)
-        .on_conflict_do_nothing(index_elements=["sop_instance_uid", "calling_ae"])
-        .returning(OrphanInstance.id)
-    ).scalar()
-    if inserted is None:
-        session.execute(
-            update(OrphanInstance)
-            .where(
-                OrphanInstance.sop_instance_uid == columns["sop_instance_uid"],
-                OrphanInstance.calling_ae == columns["calling_ae"],
-            )
-            .values(
-                repeat_count=OrphanInstance.repeat_count + 1,
-                repeat_differs=OrphanInstance.repeat_differs | differs,
-            )
-        )

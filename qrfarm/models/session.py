@@ -52,25 +52,23 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def statement_sessions(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
-    """Sessions whose statements each commit on their own, on PostgreSQL.
+def statement_engine(engine: Engine) -> Engine:
+    """An engine whose statements each commit on their own, on PostgreSQL.
 
     For a path whose every write is one atomic statement: no BEGIN and no
-    COMMIT round trips. On SQLite, the same sessions (its transactions cost
+    COMMIT round trips. On SQLite, the same engine (its transactions cost
     no round trip, and BEGIN IMMEDIATE orders the writers).
     """
-    engine = sessions.kw["bind"]
     if engine.dialect.name != "postgresql":
-        return sessions
+        return engine
     # An engine of its own, its connections in autocommit for good: switching
     # a pooled connection's isolation level at each checkout costs time.
-    autocommit = create_engine(
+    return create_engine(
         engine.url,
         isolation_level="AUTOCOMMIT",
-        pool_size=engine.pool.size(),
+        pool_size=engine.pool.size(),  # type: ignore[attr-defined]
         pool_pre_ping=False,
     )
-    return sessionmaker(autocommit, expire_on_commit=False)
 
 
 def insert_for(session: Session, table: Any) -> Any:

@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, exists, select
 
 from qrfarm.jobs.recording import InstanceFacts, Match
 from qrfarm.models import ExpectedInstance, Job, JobKind, JobState, MatchedBy, MoveMessageId, utcnow
@@ -25,6 +24,33 @@ from .known_nodes import KnownNode
 
 # A move's instances may still arrive while it is being reconciled.
 _RECEIVING = (JobState.RUNNING, JobState.RECONCILING)
+
+# Built once: these run for every instance received.
+_MOVE_OF = (
+    select(MoveMessageId.job_id, MoveMessageId.released_at, Job.node_id)
+    .join(Job, Job.id == MoveMessageId.job_id)
+    .where(
+        MoveMessageId.calling_ae == bindparam("calling_ae"),
+        MoveMessageId.message_id == bindparam("message_id"),
+    )
+)
+# The receiving moves of the sending PACS, each with whether an IMAGE-level
+# find told it to expect this very instance: one round trip.
+_RUNNING_MOVES = select(
+    Job.id,
+    Job.level,
+    Job.identifier,
+    exists()
+    .where(
+        ExpectedInstance.job_id == Job.id,
+        ExpectedInstance.sop_instance_uid == bindparam("sop_instance_uid"),
+    )
+    .label("expected"),
+).where(
+    Job.kind == JobKind.MOVE,
+    Job.node_id.in_(bindparam("node_ids", expanding=True)),
+    Job.state.in_(_RECEIVING),
+)
 
 
 @dataclass(frozen=True)
@@ -48,17 +74,15 @@ class OriginatorCache:
         self._moves: dict[tuple[str, int], _MoveOf] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, session: Session, ae_title: str, message_id: int) -> _MoveOf | None:
+    def lookup(self, connection: Connection, ae_title: str, message_id: int) -> _MoveOf | None:
         key = (ae_title, message_id)
         now = time.monotonic()
         with self._lock:
             cached = self._moves.get(key)
         if cached is not None and now - cached.seen_at < self.ttl_s:
             return cached
-        row = session.execute(
-            select(MoveMessageId.job_id, MoveMessageId.released_at, Job.node_id)
-            .join(Job, Job.id == MoveMessageId.job_id)
-            .where(MoveMessageId.calling_ae == ae_title, MoveMessageId.message_id == message_id)
+        row = connection.execute(
+            _MOVE_OF, {"calling_ae": ae_title, "message_id": message_id}
         ).first()
         if row is None:
             return None  # not cached: the move may be about to begin
@@ -71,7 +95,7 @@ class OriginatorCache:
 
 
 def correlate(
-    session: Session,
+    connection: Connection,
     facts: InstanceFacts,
     nodes: list[KnownNode],
     late_window_s: float,
@@ -79,15 +103,15 @@ def correlate(
 ) -> list[Match]:
     node_ids = {n.id for n in nodes}
     by_originator = _by_originator(
-        session, facts, node_ids, late_window_s, originators or OriginatorCache(ttl_s=0)
+        connection, facts, node_ids, late_window_s, originators or OriginatorCache(ttl_s=0)
     )
     if by_originator is not None:
         return [by_originator]
-    return _by_uids(session, facts, node_ids)
+    return _by_uids(connection, facts, node_ids)
 
 
 def _by_originator(
-    session: Session,
+    connection: Connection,
     facts: InstanceFacts,
     node_ids: set[int],
     late_window_s: float,
@@ -95,7 +119,7 @@ def _by_originator(
 ) -> Match | None:
     if not facts.originator_ae or not facts.originator_message_id:
         return None
-    move = originators.lookup(session, facts.originator_ae, facts.originator_message_id)
+    move = originators.lookup(connection, facts.originator_ae, facts.originator_message_id)
     if move is None:
         return None
     cutoff = utcnow() - dt.timedelta(seconds=late_window_s)
@@ -108,28 +132,16 @@ def _by_originator(
     return Match(move.job_id, MatchedBy.ORIGINATOR)
 
 
-def _by_uids(session: Session, facts: InstanceFacts, node_ids: set[int]) -> list[Match]:
+def _by_uids(connection: Connection, facts: InstanceFacts, node_ids: set[int]) -> list[Match]:
     if not node_ids:
         return []
-    jobs = session.execute(
-        select(Job.id, Job.level, Job.identifier).where(
-            Job.kind == JobKind.MOVE, Job.node_id.in_(node_ids), Job.state.in_(_RECEIVING)
-        )
+    jobs = connection.execute(
+        _RUNNING_MOVES, {"node_ids": sorted(node_ids), "sop_instance_uid": facts.sop_instance_uid}
     ).all()
-    if not jobs:
-        return []
-    expecting = set(
-        session.scalars(
-            select(ExpectedInstance.job_id).where(
-                ExpectedInstance.sop_instance_uid == facts.sop_instance_uid,
-                ExpectedInstance.job_id.in_([j.id for j in jobs]),
-            )
-        )
-    )
     return [
         Match(job_id, MatchedBy.UIDS)
-        for job_id, level, identifier in jobs
-        if job_id in expecting or covers(level, identifier, facts)
+        for job_id, level, identifier, expected in jobs
+        if expected or covers(level, identifier, facts)
     ]
 
 

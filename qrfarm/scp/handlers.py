@@ -9,7 +9,7 @@ from threading import Event as ThreadEvent
 
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,7 +17,7 @@ from qrfarm.dicom import rejection
 from qrfarm.dicom.sockets import tune
 from qrfarm.jobs.recording import InstanceFacts, record, reopen_late
 from qrfarm.models import Job
-from qrfarm.models.session import statement_sessions
+from qrfarm.models.session import statement_engine
 from qrfarm.observability import tracing
 from qrfarm.observability.metrics import (
     RECEIVED_BYTES,
@@ -53,13 +53,14 @@ class ScpContext:
 
     def __post_init__(self) -> None:
         # Where instances are recorded: statement by statement on PostgreSQL.
-        self.record_sessions = statement_sessions(self.sessions)
+        self.engine: Engine = self.sessions.kw["bind"]
+        self.record_engine = statement_engine(self.engine)
         self.originators.ttl_s = min(self.originators.ttl_s, self.late_window_s / 2)
 
     def close(self) -> None:
         """Close the connections made for recording (when they are the SCP's own)."""
-        if self.record_sessions is not self.sessions:
-            self.record_sessions.kw["bind"].dispose()
+        if self.record_engine is not self.engine:
+            self.record_engine.dispose()
 
 
 def handle_requested(event: Event, ctx: ScpContext) -> None:
@@ -170,9 +171,9 @@ def _record_with_one_reconnect(
     costs one round trip."""
     for attempt in (1, 2):
         try:
-            with ctx.record_sessions() as session, session.begin():
-                matches = correlate(session, facts, nodes, ctx.late_window_s, ctx.originators)
-                recorded = record(session, facts, stored, relative, matches)
+            with ctx.record_engine.connect() as connection, connection.begin():
+                matches = correlate(connection, facts, nodes, ctx.late_window_s, ctx.originators)
+                recorded = record(connection, facts, stored, relative, matches)
             break
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +22,7 @@ CANNOT_UNDERSTAND = 0xC000
 class GetStore:
     def __init__(self, sessions: sessionmaker[Session], storage: InstanceStorage) -> None:
         self.sessions = sessions
+        self.engine: Engine = sessions.kw["bind"]
         self.storage = storage
 
     def sink_for(self, job_id: int, calling_ae: str) -> InstanceSink:
@@ -55,15 +57,17 @@ class GetStore:
                 size=stored.size,
             )
             try:
-                with self.sessions() as session, session.begin():
+                with self.engine.begin() as connection:
                     recorded = record(
-                        session,
+                        connection,
                         facts,
                         stored,
                         str(stored.path.relative_to(self.storage.root)),
                         [Match(job_id, MatchedBy.GET)],
                     )
-                    reopen_late(session, recorded.late)
+                if recorded.late:
+                    with self.sessions() as session, session.begin():
+                        reopen_late(session, recorded.late)
             except SQLAlchemyError as exc:
                 log.error("C-GET instance %s not recorded: %s", request.sop_instance_uid, exc)
                 return Status.OUT_OF_RESOURCES
