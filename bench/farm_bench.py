@@ -74,8 +74,11 @@ PATIENT_ID = "BENCH-CT"
 # --- services ---------------------------------------------------------------------
 
 
-def start_orthanc(workdir: Path, destinations: dict[str, int]) -> OrthancReceiver:
-    """Orthanc with TCP_NODELAY=1, knowing the move destinations and the callers."""
+def start_orthanc(
+    workdir: Path, destinations: dict[str, int], mode: str = "nodelay"
+) -> OrthancReceiver:
+    """Orthanc (TCP_NODELAY=1 unless ``mode`` is "packaged"), knowing the move
+    destinations and the callers."""
     port, http_port = free_port(), free_port()
     modalities: dict[str, list[Any]] = {ae: [ae, LOCALHOST, p] for ae, p in destinations.items()}
     for caller in (FARM_AE, CALLING_AE):
@@ -103,7 +106,7 @@ def start_orthanc(workdir: Path, destinations: dict[str, int]) -> OrthancReceive
         [ORTHANC, str(config_path)],
         cwd=workdir,
         log=workdir / "orthanc.log",
-        env=mode_env("nodelay"),
+        env=mode_env(mode),
     )
     orthanc = OrthancReceiver("ORTHANC", port, child, http_port, workdir / "storage")
     try:
@@ -321,6 +324,25 @@ def raw_finds(orthanc_port: int, count: int) -> list[float]:
     return times
 
 
+def packaged_peer_finds(scratch: Path, files: list[Path], count: int) -> dict[str, Any]:
+    """Raw C-FINDs on a held association against an Orthanc left as packaged
+    (Nagle's algorithm on): what qrfarm's own sockets (TCP_NODELAY, quick
+    ACKs) save it from."""
+    folder = scratch / "packaged-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        shutil.copy(file, folder / file.name)
+    orthanc = start_orthanc(scratch / "orthanc-packaged", {}, mode="packaged")
+    try:
+        load_orthanc(orthanc, folder, len(files))
+        times = raw_finds(orthanc.port, count)[5:]
+    finally:
+        orthanc.stop()
+    median_ms = statistics.median(times) * 1000
+    print(f"  raw C-FIND median, Orthanc as packaged {median_ms:.2f} ms", flush=True)
+    return {"runs_s": times, "median_ms": median_ms}
+
+
 _NEXT_PORTS: list[int] = []
 
 
@@ -445,6 +467,9 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             "median_ms": statistics.median(raw) * 1000,
         }
         print(f"  raw C-FIND median {statistics.median(raw) * 1000:.2f} ms", flush=True)
+        results["find"]["raw C-FIND on a held association, Orthanc as packaged"] = (
+            packaged_peer_finds(scratch, data.files[:3], args.single + 5)
+        )
     finally:
         if farm is not None:
             farm.stop()
@@ -473,6 +498,11 @@ def ratios(results: dict[str, Any], finds: int) -> dict[str, dict[str, float]]:
             "goal_max": 0.2,
         },
         "qrfarm single find / raw C-FIND held assoc": {"value": single / raw, "goal_max": 3.0},
+        "held assoc. find: peer as packaged / TCP_NODELAY": {
+            "value": find["raw C-FIND on a held association, Orthanc as packaged"]["median_ms"]
+            / raw,
+            "goal_max": 2.0,
+        },
         f"qrfarm {finds} finds / findscu x {finds}": {
             "value": farm_batch / dcmtk_batch,
             "goal_max": float("nan"),

@@ -475,7 +475,7 @@ class QrfarmReceiver:
             self.profiler.stop()
 
 
-def qrfarm_config(workdir: Path, port: int) -> Path:
+def qrfarm_config(workdir: Path, port: int, processes: int = 1) -> Path:
     text = f"""\
 database_url = "{BENCH_DB_URL}"
 storage_root = "{workdir / "storage"}"
@@ -483,6 +483,7 @@ scp_host = "{LOCALHOST}"
 scp_port = {port}
 scp_ae_title = "QRFARMSCP"
 scp_fsync = true
+scp_processes = {processes}
 
 [nodes.bench]
 ae_title = "{CALLING_AE}"
@@ -496,9 +497,10 @@ store_ae_titles = ["{CALLING_AE}"]
 
 
 @dataclass(frozen=True)
-class Diagnostics:
-    """Optional looks inside qrfarm scp; both slow it down a little."""
+class QrfarmOptions:
+    """How qrfarm scp runs: its processes, and optional looks inside (both slow it down)."""
 
+    processes: int = 1  # qrfarm scp --processes (scp_processes)
     profile_dir: Path | None = None  # py-spy profiles
     timings_dir: Path | None = None  # per-step handler timings (bench/qrfarm_timed.py)
 
@@ -514,11 +516,14 @@ def start_qrfarm(
     *,
     profile_to: Path | None = None,
     timings_to: Path | None = None,
+    processes: int = 1,
 ) -> QrfarmReceiver:
     del mode  # qrfarm sets TCP_NODELAY on its sockets itself, whatever the environment
     _pg_admin(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)", f"CREATE DATABASE {BENCH_DB}")
     port = free_port()
-    config = qrfarm_config(workdir, port)
+    # One process under the profiler or the step timers: they follow one pid.
+    diagnosed = profile_to is not None or timings_to is not None
+    config = qrfarm_config(workdir, port, 1 if diagnosed else processes)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRFARM_")}
     env["QRFARM_CONFIG"] = str(config)
     cli = [sys.executable, "-m", "qrfarm.cli"]
@@ -665,6 +670,7 @@ def start_receiver(
     *,
     profile_to: Path | None = None,
     timings_to: Path | None = None,
+    qrfarm_processes: int = 1,
 ) -> Running:
     if name == "storescp":
         return start_storescp(workdir, mode)
@@ -675,7 +681,9 @@ def start_receiver(
     if name == "orthanc":
         return start_orthanc(workdir, mode)
     if name == "qrfarm":
-        return start_qrfarm(workdir, mode, profile_to=profile_to, timings_to=timings_to)
+        return start_qrfarm(
+            workdir, mode, profile_to=profile_to, timings_to=timings_to, processes=qrfarm_processes
+        )
     raise BenchError(f"unknown receiver {name}")
 
 
@@ -687,7 +695,7 @@ def measure_once(
     scratch: Path,
     *,
     keep: bool,
-    diagnostics: Diagnostics,
+    qrfarm_options: QrfarmOptions,
 ) -> Run:
     workdir = Path(
         tempfile.mkdtemp(prefix=f"{name}-{data.name}-{associations}-{mode}-", dir=scratch)
@@ -695,13 +703,20 @@ def measure_once(
     profile_to = timings_to = None
     if name == "qrfarm":
         key = (data.name, associations, mode)
-        profile_to = diagnostics.path(diagnostics.profile_dir, *key)
-        timings_to = diagnostics.path(diagnostics.timings_dir, *key)
+        profile_to = qrfarm_options.path(qrfarm_options.profile_dir, *key)
+        timings_to = qrfarm_options.path(qrfarm_options.timings_dir, *key)
     if profile_to is not None:
         profile_to = profile_to.with_suffix(".txt")
     if timings_to is not None:
         timings_to = timings_to.with_suffix(".json")
-    receiver = start_receiver(name, workdir, mode, profile_to=profile_to, timings_to=timings_to)
+    receiver = start_receiver(
+        name,
+        workdir,
+        mode,
+        profile_to=profile_to,
+        timings_to=timings_to,
+        qrfarm_processes=qrfarm_options.processes,
+    )
     try:
         cpu_before = receiver.cpu_seconds()
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -905,6 +920,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep received files and logs")
     parser.add_argument(
+        "--qrfarm-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="qrfarm scp --processes (default: one per core)",
+    )
+    parser.add_argument(
         "--qrfarm-timings",
         type=Path,
         help="run qrfarm scp through bench/qrfarm_timed.py and keep per-step timings of its "
@@ -969,7 +990,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for folder in (args.profile, args.qrfarm_timings):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    diagnostics = Diagnostics(args.profile, args.qrfarm_timings)
+    qrfarm_options = QrfarmOptions(args.qrfarm_processes, args.profile, args.qrfarm_timings)
     began = time.monotonic()
     at_start = versions()
     print("versions: " + ", ".join(f"{k} {v}" for k, v in at_start.items()))
@@ -1000,7 +1021,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 mode,
                                 scratch,
                                 keep=args.keep,
-                                diagnostics=diagnostics,
+                                qrfarm_options=qrfarm_options,
                             )
                             m.runs.append(run)
                             flag = "ok" if run.ok else "FAILED"

@@ -12,7 +12,7 @@ print(summary["state"], summary["recorded"], summary["missing_uids"])
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Engine
@@ -24,8 +24,9 @@ from .dicom.identifiers import KeyValue
 from .errors import DatabaseNotReady, QrfarmError
 from .jobs import control
 from .jobs import prefetch as prefetches
+from .jobs.announce import can_listen, wait_for_end
 from .jobs.dispatch import Dispatcher, celery_dispatcher
-from .jobs.queries import find_results, job_summary
+from .jobs.queries import find_results, job_state, job_summary
 from .jobs.submit import JobRequest, SubmitRules, submit
 from .models import JobKind, make_engine, session_factory
 from .models.migrate import is_current
@@ -110,15 +111,26 @@ class Client:
     def wait(
         self, job_id: int, timeout: float | None = None, poll_s: float = 0.2
     ) -> dict[str, Any]:
-        """Block until the job ends; its summary. Raises WaitTimedOut after ``timeout``."""
+        """Block until the job ends; its summary. Raises WaitTimedOut after ``timeout``.
+
+        On PostgreSQL the end is heard the moment it commits (LISTEN/NOTIFY,
+        checked again every second all the same); on SQLite the state is
+        polled every ``poll_s``.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            summary = self.status(job_id)
-            if summary["state"] in ENDED:
-                return summary
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimedOut(f"job {job_id} is still {summary['state']} after {timeout} s")
-            time.sleep(poll_s)
+        if can_listen(self.engine):
+            ended = wait_for_end(self.engine, job_id, deadline)
+        else:
+            ended = _poll(lambda: self._has_ended(job_id), deadline, poll_s)
+        summary = self.status(job_id)
+        if not ended and summary["state"] not in ENDED:
+            raise WaitTimedOut(f"job {job_id} is still {summary['state']} after {timeout} s")
+        return summary
+
+    def _has_ended(self, job_id: int) -> bool:
+        # The state alone while waiting: the whole summary costs several queries.
+        with self.sessions() as session:
+            return job_state(session, job_id).value in ENDED
 
     def cancel(self, job_id: int) -> str:
         return control.cancel(self.sessions, job_id).value
@@ -155,3 +167,11 @@ class Client:
 
     def retry(self, job_id: int) -> None:
         control.retry(self.sessions, job_id, self.dispatcher, self.settings.max_attempts)
+
+
+def _poll(has_ended: Callable[[], bool], deadline: float | None, poll_s: float) -> bool:
+    while not has_ended():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True

@@ -387,11 +387,7 @@ def _serve_worker_metrics(settings: Settings) -> None:
     process starts again with PROMETHEUS_MULTIPROC_DIR set, unless it is.
     """
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        folder = (settings.data_dir / "metrics" / f"worker-{os.getpid()}").resolve()
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("*.db"):
-            stale.unlink()
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+        metrics.use_multiprocess_folder(settings.data_dir / "metrics", "worker")
         os.execv(sys.executable, [sys.executable, "-m", "qrfarm.cli", *sys.argv[1:]])  # noqa: S606
     assert settings.metrics_port is not None
     metrics.serve(settings.metrics_port, settings.metrics_host)

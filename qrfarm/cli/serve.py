@@ -11,11 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,46 +21,10 @@ from ..config import Settings
 from ..models import make_engine, session_factory, upgrade
 from .common import EXIT_OK, app, out, run
 from .services import register_configured_nodes
+from .supervisor import Child
+from .supervisor import supervise as supervise_children
 
 log = logging.getLogger(__name__)
-CHECK_S = 2.0
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    log_path: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
-    starts: list[float] = field(default_factory=list)
-
-    def start(self) -> None:
-        if self.log_path is None:
-            self.process = subprocess.Popen([sys.executable, "-m", "qrfarm.cli", *self.argv])
-        else:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("ab") as log_file:
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", "qrfarm.cli", "-v", *self.argv],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
-        self.starts.append(time.monotonic())
-        log.info("started %s (pid %d)", self.name, self.process.pid)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if not self.alive():
-            return
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
 
 
 def supervise(
@@ -84,21 +44,7 @@ def supervise(
     ]
     if settings.hl7_rules or settings.hl7_default_rule:
         children.append(Child("HL7 listener", ["hl7"], log_of("hl7")))
-    for child in children:
-        child.start()
-    try:
-        while not stop.is_set():
-            for child in children:
-                if not child.alive() and not stop.is_set():
-                    log.warning("%s exited; starting it again", child.name)
-                    # Not in a tight loop: a part that cannot start waits a little.
-                    if child.starts and time.monotonic() - child.starts[-1] < 5:
-                        time.sleep(5)
-                    child.start()
-            stop.wait(CHECK_S)
-    finally:
-        for child in reversed(children):
-            child.stop()
+    supervise_children(children, stop)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from ..dicom import (
     Node,
 )
 from ..dicom.node import validate_ae_title
+from ..errors import QrfarmError
 from ..jobs.nodes import NodeSpec, upsert_node
 from ..models import upgrade
 from ..observability import metrics
@@ -27,6 +28,7 @@ from ..scp import StorageScp
 from ..storage import InstanceStorage
 from .common import EXIT_OK, app, out, run
 from .farm import database
+from .supervisor import Child, supervise
 
 
 @app.command()
@@ -174,29 +176,71 @@ def scp(
     port: Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on.")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Address to listen on.")] = None,
     ae_title: Annotated[str | None, typer.Option("--aet", help="Our AE title.")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            "-n",
+            min=1,
+            max=64,
+            help="SCP processes sharing the port (default: scp_processes, 1).",
+        ),
+    ] = None,
+    child: Annotated[bool, typer.Option("--child", hidden=True)] = False,
 ) -> None:
     """Run the storage SCP: store and record every instance a C-MOVE brings in."""
 
     def action(settings: Settings) -> int:
+        count = processes or settings.scp_processes
+        bind_port = settings.scp_port if port is None else port
+        if count > 1 and not child:
+            if bind_port == 0:
+                raise QrfarmError("--processes needs a fixed --port: the processes share it")
+            argv = ["scp", "--child", "--port", str(bind_port)]
+            argv += ["--host", host or settings.scp_host]
+            argv += ["--aet", ae_title or settings.scp_ae_title]
+            return _run_scp_processes(settings, argv, count)
         # No ping before each use: a dead pooled connection is retried once instead.
         engine, sessions = database(
             settings, pool_size=settings.scp_max_associations, pool_pre_ping=False
         )
-        register_configured_nodes(settings, sessions)
+        if not child:  # the parent of several did it once for all
+            register_configured_nodes(settings, sessions)
         service = StorageScp(
             sessions,
             InstanceStorage(settings.storage_root, fsync=settings.scp_fsync),
             ae_title=validate_ae_title(ae_title or settings.scp_ae_title),
             host=host or settings.scp_host,
-            port=settings.scp_port if port is None else port,
+            port=bind_port,
             max_associations=settings.scp_max_associations,
             late_window_s=settings.move_late_window_s,
             probe_ae_title=settings.probe_ae_title,
         )
-        if settings.metrics_port is not None:
+        if settings.metrics_port is not None and not child:
             metrics.serve(settings.metrics_port, settings.metrics_host)
         service.serve()
         engine.dispose()
         return EXIT_OK
 
     run(action, service="scp")
+
+
+def _run_scp_processes(settings: Settings, child_argv: list[str], count: int) -> int:
+    """Several SCP processes on one port, kept running until SIGTERM or SIGINT.
+
+    The kernel spreads incoming associations over them (SO_REUSEPORT); each
+    drains its own on SIGTERM. Their metrics are summed here.
+    """
+    if settings.metrics_port is not None:
+        metrics.use_multiprocess_folder(settings.data_dir / "metrics", "scp")
+    engine, sessions = database(settings)
+    register_configured_nodes(settings, sessions)
+    engine.dispose()
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    children = [Child(f"storage SCP {n + 1}/{count}", child_argv) for n in range(count)]
+    supervise(children, stop, together=True)
+    return EXIT_OK

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from qrfarm.dicom import OperationResult
-from qrfarm.models import Job, JobKind, MatchedBy, NodeProfile, ReceivedInstance
+from qrfarm.models import Job, JobKind, MatchedBy, NodeProfile, NodeRecord, ReceivedInstance
 
 from . import profiles
 from .policy import JobPolicy
@@ -31,17 +31,21 @@ def choose_retrieve(session: Session, job: Job) -> None:
             raise ValueError(f"job {job.id} has no move destination to run as a C-MOVE")
 
 
-def association_limit(session: Session, node_id: int, configured: int) -> int:
-    """The node's limit, lowered to what it was seen to refuse above.
+def node_and_limit(session: Session, node_id: int) -> tuple[NodeRecord, int]:
+    """The node, and its limit lowered to what it was seen to refuse above (one query).
 
     A refusal is counted against the farm's associations open or opening at
     that moment: racing openers make it high, never low, so the limit found
     is one the node accepts (and it comes down to the node's as it is seen).
     """
-    row = session.get(NodeProfile, node_id)
-    if row is None or row.rejected_at_associations is None:
-        return configured
-    return min(configured, max(row.rejected_at_associations - 1, 1))
+    node, rejected_at = session.execute(
+        select(NodeRecord, NodeProfile.rejected_at_associations)
+        .outerjoin(NodeProfile, NodeProfile.node_id == NodeRecord.id)
+        .where(NodeRecord.id == node_id)
+    ).one()
+    if rejected_at is None:
+        return node, node.max_associations
+    return node, min(node.max_associations, max(rejected_at - 1, 1))
 
 
 def after_final_response(session: Session, job: Job, results: list[OperationResult]) -> None:

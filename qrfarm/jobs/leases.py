@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from qrfarm.models import Attempt, Job, JobState, utcnow
+from qrfarm.models import Attempt, Job, JobState, table, utcnow
 
 from .policy import JobPolicy
 from .states import transition
@@ -30,8 +30,11 @@ class Claim:
 
 def claim(
     session: Session, job_id: int, owner: str, policy: JobPolicy, task_id: str | None = None
-) -> Claim | None:
-    """Take the job for one attempt, or None when it is not ours to run now."""
+) -> tuple[Claim, Job] | None:
+    """Take the job for one attempt, or None when it is not ours to run now.
+
+    The job comes back too: the session holds its objects weakly, and a
+    second look-up would cost a query."""
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None:
         return None
@@ -58,14 +61,20 @@ def claim(
     job.next_attempt_at = None
     transition(job, JobState.RUNNING)
     # Attempts are numbered by row, not by attempt_count: a wait for a
-    # permit gives its count back but keeps its row.
-    number = (
-        session.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job.id)) or 0
-    ) + 1
-    attempt = Attempt(job_id=job.id, number=number, worker=owner, task_id=task_id)
-    session.add(attempt)
-    session.flush()
-    return Claim(job.id, job.lease_token, attempt.id, attempt.number, owner)
+    # permit gives its count back but keeps its row. Numbered in the INSERT
+    # itself (the job's row is locked, so no other attempt races it).
+    attempts = table(Attempt).c
+    next_number = (
+        select(func.coalesce(func.max(attempts.number), 0) + 1)
+        .where(attempts.job_id == job.id)
+        .scalar_subquery()
+    )
+    attempt_id, number = session.execute(
+        insert(table(Attempt))
+        .values(job_id=job.id, number=next_number, worker=owner, task_id=task_id, started_at=now)
+        .returning(attempts.id, attempts.number)
+    ).one()
+    return Claim(job.id, job.lease_token, attempt_id, number, owner), job
 
 
 def _end_lost_attempt(session: Session, job: Job) -> None:

@@ -13,14 +13,26 @@ from .control import NoSuchJob
 from .notify import job_outcome
 
 
+def job_state(session: Session, job_id: int) -> JobState:
+    """Only the job's state: what a waiter polls (one small query)."""
+    state = session.scalar(select(Job.state).where(Job.id == job_id))
+    if state is None:
+        raise NoSuchJob(f"job {job_id} does not exist")
+    return state
+
+
 def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dict[str, Any]:
     """State, counts, progress, attempts with every response, failed and missing UIDs."""
-    job = session.get(Job, job_id)
-    if job is None:
+    row = session.execute(
+        select(Job, NodeRecord.name)
+        .join(NodeRecord, NodeRecord.id == Job.node_id)
+        .where(Job.id == job_id)
+    ).first()
+    if row is None:
         raise NoSuchJob(f"job {job_id} does not exist")
-    node = session.get_one(NodeRecord, job.node_id)
+    job, node_name = row
     summary: dict[str, Any] = {
-        **job_outcome(job, node.name),
+        **job_outcome(job, node_name),
         "root": job.root,
         "identifier": job.identifier,
         "answers": session.scalar(

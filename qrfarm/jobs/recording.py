@@ -17,18 +17,26 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Executable, Table, bindparam, exists, select, update
+from sqlalchemy import Connection, Executable, bindparam, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from qrfarm.models import Job, JobState, MatchedBy, OrphanInstance, ReceivedInstance, utcnow
+from qrfarm.models import (
+    Job,
+    JobState,
+    MatchedBy,
+    OrphanInstance,
+    ReceivedInstance,
+    table,
+    utcnow,
+)
 from qrfarm.storage import StoredFile
 
 from .reconcile import reopen_for_late_arrival
 
-_RECEIVED: Table = ReceivedInstance.__table__  # type: ignore[assignment]
-_ORPHANS: Table = OrphanInstance.__table__  # type: ignore[assignment]
-_JOBS: Table = Job.__table__  # type: ignore[assignment]
+_RECEIVED = table(ReceivedInstance)
+_ORPHANS = table(OrphanInstance)
+_JOBS = table(Job)
 # Ended jobs that an instance arriving late reopens.
 _REOPENED_BY_LATE = (JobState.COMPLETED, JobState.PARTIAL)
 

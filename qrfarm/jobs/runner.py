@@ -19,7 +19,7 @@ from typing import Protocol
 
 from opentelemetry import trace
 from pydicom.dataset import Dataset
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import (
@@ -48,7 +48,7 @@ from qrfarm.models import (
     Job,
     JobKind,
     JobState,
-    NodeRecord,
+    table,
     utcnow,
 )
 from qrfarm.observability.logs import job_context
@@ -114,11 +114,11 @@ class _Snapshot:
 def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = None) -> None:
     """Run the next attempt of ``job_id`` if it is ours to run; safe to call twice."""
     with deps.sessions() as session, session.begin():
-        taken = claim(session, job_id, owner, deps.policy, task_id)
-        if taken is None:
+        claimed = claim(session, job_id, owner, deps.policy, task_id)
+        if claimed is None:
             log.info("job %d: not ours to run now", job_id)
             return
-        job = session.get_one(Job, job_id)
+        taken, job = claimed
         learning.choose_retrieve(session, job)
         snapshot = _snapshot(session, job)
     with (
@@ -167,8 +167,7 @@ def _run_attempt(deps: RunnerDeps, taken: Claim, snapshot: _Snapshot) -> None:
 
 
 def _snapshot(session: Session, job: Job) -> _Snapshot:
-    row = session.get_one(NodeRecord, job.node_id)
-    limit = learning.association_limit(session, job.node_id, row.max_associations)
+    row, limit = learning.node_and_limit(session, job.node_id)
     return _Snapshot(
         kind=job.kind,
         root=Root(job.root),
@@ -196,11 +195,16 @@ def _run_find(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) 
         if job is None:
             return
         _record_responses(session, taken, [result])
-        session.execute(delete(FindResult).where(FindResult.job_id == job.id))
-        session.add_all(
-            FindResult(job_id=job.id, sequence=n, dataset=match.to_json_dict())
-            for n, match in enumerate(result.matches)
-        )
+        if taken.attempt_number > 1:  # answers of an earlier attempt, if one got that far
+            session.execute(delete(FindResult).where(FindResult.job_id == job.id))
+        if result.matches:
+            session.execute(
+                insert(table(FindResult)),
+                [
+                    {"job_id": job.id, "sequence": n, "dataset": match.to_json_dict()}
+                    for n, match in enumerate(result.matches)
+                ],
+            )
         _end_attempt(session, taken, result.final.category.value)
         final = result.final
         if final.category is StatusCategory.SUCCESS:
@@ -410,32 +414,35 @@ def _worst(results: list[OperationResult]) -> OperationResult:
 
 
 def _record_responses(session: Session, taken: Claim, results: list[OperationResult]) -> None:
-    sequence = 0
-    for result in results:
-        for response in result.responses:
-            session.add(
-                DimseResponse(
-                    attempt_id=taken.attempt_id,
-                    sequence=sequence,
-                    status=response.status,
-                    category=response.category.value,
-                    remaining=response.remaining,
-                    completed=response.completed,
-                    failed=response.failed,
-                    warning=response.warning,
-                    error_comment=response.error_comment,
-                    offending_elements=[f"{t:08X}" for t in response.offending_elements],
-                    failed_sop_instance_uids=list(response.failed_sop_instance_uids),
-                )
-            )
-            sequence += 1
+    """Every response of the attempt, in order: one multi-row INSERT, no ORM objects."""
+    received_at = utcnow()
+    rows = [
+        {
+            "attempt_id": taken.attempt_id,
+            "sequence": sequence,
+            "status": response.status,
+            "category": response.category.value,
+            "remaining": response.remaining,
+            "completed": response.completed,
+            "failed": response.failed,
+            "warning": response.warning,
+            "error_comment": response.error_comment,
+            "offending_elements": [f"{t:08X}" for t in response.offending_elements],
+            "failed_sop_instance_uids": list(response.failed_sop_instance_uids),
+            "received_at": received_at,
+        }
+        for sequence, response in enumerate(r for result in results for r in result.responses)
+    ]
+    if rows:
+        session.execute(insert(table(DimseResponse)), rows)
 
 
 def _end_attempt(session: Session, taken: Claim, outcome: str, error: str | None = None) -> None:
-    attempt = session.get_one(Attempt, taken.attempt_id)
-    attempt.ended_at = utcnow()
-    attempt.outcome = outcome
-    attempt.error = error
+    session.execute(
+        update(table(Attempt))
+        .where(table(Attempt).c.id == taken.attempt_id)
+        .values(ended_at=utcnow(), outcome=outcome, error=error)
+    )
     ATTEMPTS.labels(outcome).inc()
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import object_session
 from qrfarm.errors import PermanentError
 from qrfarm.models import Job, JobState, utcnow
 
+from .announce import announce_ended
 from .notify import notify_job_ended
 
 Q, RUN, REC = JobState.QUEUED, JobState.RUNNING, JobState.RECONCILING
@@ -58,6 +59,10 @@ def transition(job: Job, to: JobState, *, error: str | None = None) -> None:
         job.ended_at = None
     if error is not None:
         job.error = error
+    if to in ENDED:
+        session = object_session(job)
+        if session is not None:
+            announce_ended(session, job.id)
     if to in ENDED and job.callback_url:
         # In the transaction that ends the job: the notification cannot be lost.
         session = object_session(job)

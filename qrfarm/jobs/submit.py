@@ -83,7 +83,12 @@ def existing_job(session: Session, external_reference: str | None) -> int | None
 
 
 def new_job(
-    session: Session, request: JobRequest, rules: SubmitRules, *, prefetch_id: int | None = None
+    session: Session,
+    request: JobRequest,
+    rules: SubmitRules,
+    *,
+    prefetch_id: int | None = None,
+    dispatched: bool = False,
 ) -> Job:
     """Validate ``request`` and add its job, queued but not yet sent, to ``session``.
 
@@ -124,6 +129,8 @@ def new_job(
         either_retrieve=request.either_retrieve and request.kind is not JobKind.FIND,
         prefetch_id=prefetch_id,
         trace_parent=current_traceparent(),
+        # Sent as soon as it is committed (else the sweeper sends it).
+        dispatched_at=utcnow() if dispatched else None,
     )
     session.add(job)
     session.flush()
@@ -169,8 +176,7 @@ def submit(
             existing = existing_job(session, request.external_reference)
             if existing is not None:
                 return existing
-            job = new_job(session, request, rules)
-            job.dispatched_at = utcnow()
+            job = new_job(session, request, rules, dispatched=True)
             job_id, queue = job.id, node_queue(request.node)
             span.set_attribute("qrfarm.job.id", job_id)
     except IntegrityError:

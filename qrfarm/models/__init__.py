@@ -3,7 +3,7 @@
 Imports only :mod:`qrfarm.config` of qrfarm.
 """
 
-from .base import Base, utcnow
+from .base import Base, table, utcnow
 from .instances import MatchedBy, OrphanInstance, ReceivedInstance
 from .integration import (
     PREFETCH_ENDED,
@@ -56,6 +56,7 @@ __all__ = [
     "WebhookDelivery",
     "make_engine",
     "session_factory",
+    "table",
     "upgrade",
     "utcnow",
 ]

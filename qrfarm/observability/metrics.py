@@ -10,6 +10,7 @@ their sum.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     REGISTRY,
@@ -63,6 +64,17 @@ def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped fro
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     start_http_server(port, addr=host, registry=registry)
+
+
+def use_multiprocess_folder(base: Path, name: str) -> None:
+    """Make this process's children write their values to files under ``base``
+    (each child must import prometheus_client after this), for :func:`serve`
+    here to sum them."""
+    folder = (base / f"{name}-{os.getpid()}").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
 def process_exited(pid: int) -> None:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +28,7 @@ from .conftest import Db
 
 @contextmanager
 def scp_process(
-    db: Db, storage_root: Path, port: int, log: Path
+    db: Db, storage_root: Path, port: int, log: Path, *args: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
@@ -40,7 +40,10 @@ def scp_process(
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "qrfarm.cli", "-v", "scp"], env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "qrfarm.cli", "-v", "scp", *args],
+            env=env,
+            stdout=out,
+            stderr=out,
         )
     try:
         yield process
@@ -122,3 +125,60 @@ def test_two_scp_processes_share_one_port_database_and_storage(
     served = [log.read_text().count("Accepting Association") for log in logs]
     assert sum(served) == 16
     assert all(n > 0 for n in served), f"associations per process: {served}"
+
+
+def children_of(pid: int) -> set[int]:
+    return {int(n) for n in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_scp_processes_option_runs_supervised_processes_on_one_port(
+    db: Db, tmp_path: Path, corpus: Corpus
+) -> None:
+    port = free_port()
+    log = tmp_path / "scp.log"
+    files = [i.path for i in corpus.instances]
+    with scp_process(db, tmp_path / "storage", port, log, "--processes", "2") as scp:
+        wait_for(lambda: len(children_of(scp.pid)) == 2, 60, "two SCP processes")
+        first = children_of(scp.pid)
+        wait_for_port(port, timeout=30)
+        time.sleep(1.0)  # both bound
+        with ThreadPoolExecutor(8) as pool:
+            senders = list(pool.map(lambda n: sender(port, files[n::8]), range(8)))
+            for process in senders:
+                output, _ = process.communicate(timeout=300)
+                assert process.returncode == 0, output.decode()
+        assert recorded(db) == len(files)
+
+        # One dies: it is started again, and the port keeps answering meanwhile.
+        killed = min(first)
+        os.kill(killed, signal.SIGKILL)
+        wait_for(
+            lambda: len(children_of(scp.pid)) == 2 and killed not in children_of(scp.pid),
+            30,
+            "the killed SCP process to be replaced",
+        )
+        again = sender(port, files[:5])
+        output, _ = again.communicate(timeout=120)
+        assert again.returncode == 0, output.decode()
+
+        survivors = children_of(scp.pid)
+        scp.send_signal(signal.SIGTERM)
+        assert scp.wait(60) == 0, log.read_text()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in survivors)
+    assert recorded(db) == len(files)
+    assert len(list((tmp_path / "storage").rglob("*.dcm"))) == len(files)
+
+
+def test_scp_processes_need_a_fixed_port(db: Db, tmp_path: Path) -> None:
+    log = tmp_path / "scp.log"
+    with scp_process(db, tmp_path / "storage", 0, log, "--processes", "2") as scp:
+        assert scp.wait(60) != 0
+    assert "--processes needs a fixed --port" in log.read_text()

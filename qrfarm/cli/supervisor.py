@@ -1,0 +1,89 @@
+"""Child processes of one command, kept running: `qrfarm serve` and `qrfarm scp --processes`.
+
+Each child is ``python -m qrfarm.cli ...``; one that dies is started again
+(not in a tight loop); when told to stop, each gets SIGTERM and time to
+finish what it has in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+CHECK_S = 2.0
+RESTART_PAUSE_S = 5.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    starts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        if self.log_path is None:
+            self.process = subprocess.Popen([sys.executable, "-m", "qrfarm.cli", *self.argv])
+        else:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("ab") as log_file:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "qrfarm.cli", "-v", *self.argv],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+        self.starts.append(time.monotonic())
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal_stop(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if not self.alive():
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def supervise(children: list[Child], stop: threading.Event, *, together: bool = False) -> None:
+    """Start ``children`` and keep them running until ``stop`` is set; then stop them.
+
+    ``together``: SIGTERM to all at once, then wait for each (siblings that
+    drain in parallel); else one after another, last started first.
+    """
+    for child in children:
+        child.start()
+    try:
+        while not stop.is_set():
+            for child in children:
+                if not child.alive() and not stop.is_set():
+                    log.warning("%s exited; starting it again", child.name)
+                    if child.starts and time.monotonic() - child.starts[-1] < RESTART_PAUSE_S:
+                        stop.wait(RESTART_PAUSE_S)
+                    if not stop.is_set():
+                        child.start()
+            stop.wait(CHECK_S)
+    finally:
+        if together:
+            for child in children:
+                child.signal_stop()
+        for child in reversed(children):
+            child.stop()
