@@ -464,8 +464,9 @@ class QrfarmReceiver:
         return {"rows": rows["orphan_instances"] + rows["received_instances"], "files": files}
 
     def cpu_seconds(self) -> float:
-        """The SCP process and the PostgreSQL backends serving it."""
-        return process_cpu(self.process.popen.pid) + sum(process_cpu(p) for p in _pg_backends())
+        """The SCP processes (with --processes, a parent and its children) and the
+        PostgreSQL backends serving them."""
+        return session_cpu(self.process.popen.pid) + sum(process_cpu(p) for p in _pg_backends())
 
     def stop(self) -> None:
         self.process.stop()
@@ -895,6 +896,22 @@ def versions() -> dict[str, str]:
 # --- main ---------------------------------------------------------------------------
 
 
+def report_run(receiver: str, d: DataSet, n: int, mode: str, run: Run) -> None:
+    flag = "ok" if run.ok else "FAILED"
+    print(
+        f"  {receiver:<19} {d.name:<4} {n} assoc {mode:<8} "
+        f"{run.seconds:7.2f} s  {len(d.files) / run.seconds:8.1f} inst/s"
+        f"  rx CPU {run.receiver_cpu_s:5.2f} s  {flag} {run.counts}",
+        flush=True,
+    )
+    for problem in run.problems:
+        print(f"      !! {problem}", flush=True)
+    for note in run.notes:
+        print(f"      .. {note}", flush=True)
+    if run.timings is not None:
+        print(format_timings(run.timings), flush=True)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="C-STORE ingest: qrfarm scp against storescp, bare pynetdicom, Orthanc."
@@ -994,6 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     at_start = versions()
     print("versions: " + ", ".join(f"{k} {v}" for k, v in at_start.items()))
+    print(f"qrfarm scp --processes {qrfarm_options.processes}")
     with scratch_dir(args.workdir, args.keep) as scratch:
         sets: dict[str, DataSet] = {}
         # name, count, image side, set number (the study UID's last component)
@@ -1008,12 +1026,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{d.mean_bytes:,.0f} bytes each (generated in {time.monotonic() - t0:.1f} s)"
             )
         results: list[Measurement] = []
-        for receiver in receivers:
-            for d in sets.values():
-                for mode in modes:
-                    for n in assocs:
-                        m = Measurement(receiver, d.name, n, mode, len(d.files), d.total_bytes)
-                        for _ in range(args.repeat):
+        # Receivers measured back to back for each case (and round by round when
+        # repeated): a ratio compares runs minutes apart at most, not a whole
+        # bench apart, on a machine whose speed drifts.
+        for d in sets.values():
+            for mode in modes:
+                for n in assocs:
+                    case = {
+                        r: Measurement(r, d.name, n, mode, len(d.files), d.total_bytes)
+                        for r in receivers
+                    }
+                    for _ in range(args.repeat):
+                        for receiver, m in case.items():
                             run = measure_once(
                                 receiver,
                                 d,
@@ -1024,20 +1048,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 qrfarm_options=qrfarm_options,
                             )
                             m.runs.append(run)
-                            flag = "ok" if run.ok else "FAILED"
-                            print(
-                                f"  {receiver:<19} {d.name:<4} {n} assoc {mode:<8} "
-                                f"{run.seconds:7.2f} s  {len(d.files) / run.seconds:8.1f} inst/s"
-                                f"  rx CPU {run.receiver_cpu_s:5.2f} s  {flag} {run.counts}",
-                                flush=True,
-                            )
-                            for problem in run.problems:
-                                print(f"      !! {problem}", flush=True)
-                            for note in run.notes:
-                                print(f"      .. {note}", flush=True)
-                            if run.timings is not None:
-                                print(format_timings(run.timings), flush=True)
-                        results.append(m)
+                            report_run(receiver, d, n, mode, run)
+                    results.extend(case.values())
     elapsed = time.monotonic() - began
     print()
     print(table(results))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import tempfile
 import threading
@@ -18,13 +19,12 @@ from ..dicom import (
     Node,
 )
 from ..dicom.node import validate_ae_title
-from ..errors import QrfarmError
 from ..jobs.nodes import NodeSpec, upsert_node
 from ..models import upgrade
 from ..observability import metrics
 from ..sandbox.pacs import Behaviour, SandboxPacs
 from ..sandbox.synthetic import generate_corpus
-from ..scp import StorageScp
+from ..scp import StorageScp, listening_socket
 from ..storage import InstanceStorage
 from .common import EXIT_OK, app, out, run
 from .farm import database
@@ -186,20 +186,18 @@ def scp(
             help="SCP processes sharing the port (default: scp_processes, 1).",
         ),
     ] = None,
-    child: Annotated[bool, typer.Option("--child", hidden=True)] = False,
+    listen_fd: Annotated[int | None, typer.Option("--listen-fd", hidden=True)] = None,
 ) -> None:
     """Run the storage SCP: store and record every instance a C-MOVE brings in."""
 
     def action(settings: Settings) -> int:
         count = processes or settings.scp_processes
         bind_port = settings.scp_port if port is None else port
+        child = listen_fd is not None  # one of several, under a parent
         if count > 1 and not child:
-            if bind_port == 0:
-                raise QrfarmError("--processes needs a fixed --port: the processes share it")
-            argv = ["scp", "--child", "--port", str(bind_port)]
-            argv += ["--host", host or settings.scp_host]
-            argv += ["--aet", ae_title or settings.scp_ae_title]
-            return _run_scp_processes(settings, argv, count)
+            return _run_scp_processes(
+                settings, host or settings.scp_host, bind_port, ae_title, count
+            )
         # No ping before each use: a dead pooled connection is retried once instead.
         engine, sessions = database(
             settings, pool_size=settings.scp_max_associations, pool_pre_ping=False
@@ -215,6 +213,7 @@ def scp(
             max_associations=settings.scp_max_associations,
             late_window_s=settings.move_late_window_s,
             probe_ae_title=settings.probe_ae_title,
+            listen_fd=listen_fd,
         )
         if settings.metrics_port is not None and not child:
             metrics.serve(settings.metrics_port, settings.metrics_host)
@@ -225,22 +224,36 @@ def scp(
     run(action, service="scp")
 
 
-def _run_scp_processes(settings: Settings, child_argv: list[str], count: int) -> int:
-    """Several SCP processes on one port, kept running until SIGTERM or SIGINT.
+def _run_scp_processes(
+    settings: Settings, host: str, port: int, ae_title: str | None, count: int
+) -> int:
+    """Several SCP processes on one listening socket, kept running until SIGTERM or SIGINT.
 
-    The kernel spreads incoming associations over them (SO_REUSEPORT); each
-    drains its own on SIGTERM. Their metrics are summed here.
+    This process binds the port and hands the socket to each child: an
+    association goes to whichever is free to accept it. On SIGTERM the
+    socket is closed here first, then every child drains its own.
+    Their metrics are summed here.
     """
     if settings.metrics_port is not None:
         metrics.use_multiprocess_folder(settings.data_dir / "metrics", "scp")
     engine, sessions = database(settings)
     register_configured_nodes(settings, sessions)
     engine.dispose()
+    listener = listening_socket(host, port)
+    fd = listener.fileno()
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port, settings.metrics_host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    children = [Child(f"storage SCP {n + 1}/{count}", child_argv) for n in range(count)]
-    supervise(children, stop, together=True)
+    # The children log as this process does (-v: info, -vv: debug).
+    level = logging.getLogger().getEffectiveLevel()
+    verbosity = ["-vv"] if level <= logging.DEBUG else ["-v"] if level <= logging.INFO else []
+    argv = [*verbosity, "scp", "--listen-fd", str(fd), "--host", host, "--port", str(port)]
+    argv += ["--aet", ae_title or settings.scp_ae_title]
+    children = [Child(f"storage SCP {n + 1}/{count}", argv, pass_fds=(fd,)) for n in range(count)]
+    out.print(
+        f"storage SCP: {count} processes on {host}:{listener.getsockname()[1]}", highlight=False
+    )
+    supervise(children, stop, together=True, on_stop=listener.close)
     return EXIT_OK

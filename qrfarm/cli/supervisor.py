@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +27,15 @@ class Child:
     name: str
     argv: list[str]
     log_path: Path | None = None
+    pass_fds: tuple[int, ...] = ()  # descriptors the child inherits (a listening socket)
     process: subprocess.Popen[bytes] | None = None
     starts: list[float] = field(default_factory=list)
 
     def start(self) -> None:
         if self.log_path is None:
-            self.process = subprocess.Popen([sys.executable, "-m", "qrfarm.cli", *self.argv])
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "qrfarm.cli", *self.argv], pass_fds=self.pass_fds
+            )
         else:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("ab") as log_file:
@@ -39,6 +43,7 @@ class Child:
                     [sys.executable, "-m", "qrfarm.cli", "-v", *self.argv],
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
+                    pass_fds=self.pass_fds,
                 )
         self.starts.append(time.monotonic())
         log.info("started %s (pid %d)", self.name, self.process.pid)
@@ -63,11 +68,18 @@ class Child:
             self.process.wait(5)
 
 
-def supervise(children: list[Child], stop: threading.Event, *, together: bool = False) -> None:
+def supervise(
+    children: list[Child],
+    stop: threading.Event,
+    *,
+    together: bool = False,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
     """Start ``children`` and keep them running until ``stop`` is set; then stop them.
 
     ``together``: SIGTERM to all at once, then wait for each (siblings that
     drain in parallel); else one after another, last started first.
+    ``on_stop`` runs first, before any child is told.
     """
     for child in children:
         child.start()
@@ -82,6 +94,8 @@ def supervise(children: list[Child], stop: threading.Event, *, together: bool = 
                         child.start()
             stop.wait(CHECK_S)
     finally:
+        if on_stop is not None:
+            on_stop()
         if together:
             for child in children:
                 child.signal_stop()

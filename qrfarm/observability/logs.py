@@ -18,7 +18,7 @@ _job_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("job_id", d
 _node: contextvars.ContextVar[str | None] = contextvars.ContextVar("node", default=None)
 _task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
 class ContextFilter(logging.Filter):
@@ -57,7 +57,8 @@ def configure(level: int, *, json: bool) -> None:
     if json:
         handler.setFormatter(
             JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s %(job_id)s %(node)s %(task_id)s",
+                "%(asctime)s %(levelname)s %(process)s %(name)s %(message)s"
+                " %(job_id)s %(node)s %(task_id)s",
                 rename_fields={"levelname": "level", "asctime": "time", "name": "logger"},
             )
         )

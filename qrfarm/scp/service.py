@@ -7,7 +7,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
@@ -29,13 +29,50 @@ log = logging.getLogger(__name__)
 
 
 class ReusePortServer(ThreadedAssociationServer):
-    """Binds with SO_REUSEPORT, so that several SCP processes can share one port."""
+    """Binds with SO_REUSEPORT, so that several SCP processes can share one port;
+    or, with ``listen_fd`` set, serves a listening socket handed down by a parent
+    process (``qrfarm scp --processes``)."""
+
+    listen_fd: int | None = None
 
     def server_bind(self) -> None:
         assert self.socket is not None
+        if self.listen_fd is not None:
+            self.socket.close()
+            self.socket = socket.socket(fileno=self.listen_fd)
+            # Non-blocking: when sibling processes race for one connection,
+            # the losers' accept() fails at once (socketserver lets it go)
+            # rather than hanging until the next connection.
+            self.socket.setblocking(False)
+            self.server_address = self.socket.getsockname()
+            return
         if hasattr(socket, "SO_REUSEPORT"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def server_activate(self) -> None:
+        if self.listen_fd is None:  # a handed-down socket already listens
+            super().server_activate()
+
+    def server_close(self) -> None:
+        if self.listen_fd is None:
+            super().server_close()
+            return
+        # Only our descriptor: shutdown() would stop the siblings accepting too.
+        assert self.socket is not None
+        self.socket.close()
+
+
+def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A listening socket for SCP processes to share (handed to each as ``listen_fd``).
+
+    One socket, unlike SO_REUSEPORT's one per process: a connection goes to
+    whichever process is free to accept it, not by a hash of its addresses.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock.set_inheritable(True)
+    return sock
 
 
 class StorageScp:
@@ -53,12 +90,14 @@ class StorageScp:
         late_window_s: float = 3600.0,
         max_pdu: int = 0,
         probe_ae_title: str | None = None,
+        listen_fd: int | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
         self.port = port
         self.max_associations = max_associations
         self.max_pdu = max_pdu
+        self.listen_fd = listen_fd
         self.context = ScpContext(
             storage, sessions, KnownNodes(sessions), late_window_s, probe_ae_title=probe_ae_title
         )
@@ -93,8 +132,15 @@ class StorageScp:
             (evt.EVT_C_STORE, handle_store, [self.context]),
         ]
         ae = self._ae()
+        server_class: type[ReusePortServer] = ReusePortServer
+        if self.listen_fd is not None:
+            # pynetdicom builds the server itself: the descriptor rides on the class.
+            server_class = cast(
+                type[ReusePortServer],
+                type("HandedDownSocketServer", (ReusePortServer,), {"listen_fd": self.listen_fd}),
+            )
         server = ae.make_server(
-            (self.host, self.port), evt_handlers=handlers, server_class=ReusePortServer
+            (self.host, self.port), evt_handlers=handlers, server_class=server_class
         )
         # AE.start_server keeps its servers in this list, and shutdown() expects it.
         ae._servers.append(server)

@@ -156,6 +156,9 @@ def test_scp_processes_option_runs_supervised_processes_on_one_port(
                 output, _ = process.communicate(timeout=300)
                 assert process.returncode == 0, output.decode()
         assert recorded(db) == len(files)
+        # Each child logs with its pid; both took associations.
+        served = {pid: log.read_text().count(f"[{pid}]") for pid in first}
+        assert all(served.values()), f"log lines per SCP process: {served}"
 
         # One dies: it is started again, and the port keeps answering meanwhile.
         killed = min(first)
@@ -175,10 +178,3 @@ def test_scp_processes_option_runs_supervised_processes_on_one_port(
     assert not any(Path(f"/proc/{pid}").exists() for pid in survivors)
     assert recorded(db) == len(files)
     assert len(list((tmp_path / "storage").rglob("*.dcm"))) == len(files)
-
-
-def test_scp_processes_need_a_fixed_port(db: Db, tmp_path: Path) -> None:
-    log = tmp_path / "scp.log"
-    with scp_process(db, tmp_path / "storage", 0, log, "--processes", "2") as scp:
-        assert scp.wait(60) != 0
-    assert "--processes needs a fixed --port" in log.read_text()
