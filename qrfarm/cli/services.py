@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +27,7 @@ from ..models import upgrade
 from ..observability import metrics
 from ..sandbox.pacs import Behaviour, SandboxPacs
 from ..sandbox.synthetic import generate_corpus
-from ..scp import StorageScp, listening_socket
+from ..scp import StorageScp, bound_socket
 from ..storage import InstanceStorage
 from .common import EXIT_OK, app, out, run
 from .farm import database
@@ -187,6 +190,7 @@ def scp(
         ),
     ] = None,
     listen_fd: Annotated[int | None, typer.Option("--listen-fd", hidden=True)] = None,
+    ready_fd: Annotated[int | None, typer.Option("--ready-fd", hidden=True)] = None,
 ) -> None:
     """Run the storage SCP: store and record every instance a C-MOVE brings in."""
 
@@ -217,7 +221,7 @@ def scp(
         )
         if settings.metrics_port is not None and not child:
             metrics.serve(settings.metrics_port, settings.metrics_host)
-        service.serve()
+        service.serve(on_ready=None if ready_fd is None else lambda: _tell_ready(ready_fd))
         engine.dispose()
         return EXIT_OK
 
@@ -239,8 +243,9 @@ def _run_scp_processes(
     engine, sessions = database(settings)
     register_configured_nodes(settings, sessions)
     engine.dispose()
-    listener = listening_socket(host, port)
+    listener = bound_socket(host, port)
     fd = listener.fileno()
+    ready_read, ready_write = os.pipe()  # each child writes a byte once it serves
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port, settings.metrics_host)
     stop = threading.Event()
@@ -249,11 +254,45 @@ def _run_scp_processes(
     # The children log as this process does (-v: info, -vv: debug).
     level = logging.getLogger().getEffectiveLevel()
     verbosity = ["-vv"] if level <= logging.DEBUG else ["-v"] if level <= logging.INFO else []
-    argv = [*verbosity, "scp", "--listen-fd", str(fd), "--host", host, "--port", str(port)]
-    argv += ["--aet", ae_title or settings.scp_ae_title]
-    children = [Child(f"storage SCP {n + 1}/{count}", argv, pass_fds=(fd,)) for n in range(count)]
-    out.print(
-        f"storage SCP: {count} processes on {host}:{listener.getsockname()[1]}", highlight=False
-    )
-    supervise(children, stop, together=True, on_stop=listener.close)
+    argv = [*verbosity, "scp", "--listen-fd", str(fd), "--ready-fd", str(ready_write)]
+    argv += ["--host", host, "--port", str(port), "--aet", ae_title or settings.scp_ae_title]
+    children = [
+        Child(f"storage SCP {n + 1}/{count}", argv, pass_fds=(fd, ready_write))
+        for n in range(count)
+    ]
+
+    def listen_when_ready() -> None:
+        # Listening only once every process serves: else the first one ready
+        # takes every association of the first moments, and keeps them.
+        ready = _wait_ready(ready_read, count, READY_TIMEOUT_S, stop)
+        listener.listen(SCP_BACKLOG)
+        out.print(
+            f"storage SCP: {ready} of {count} processes on {host}:{listener.getsockname()[1]}",
+            highlight=False,
+        )
+
+    supervise(children, stop, together=True, on_started=listen_when_ready, on_stop=listener.close)
     return EXIT_OK
+
+
+READY_TIMEOUT_S = 60.0
+SCP_BACKLOG = 64
+
+
+def _tell_ready(ready_fd: int) -> None:
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
+
+
+def _wait_ready(ready_read: int, count: int, timeout_s: float, stop: threading.Event) -> int:
+    """How many children said they serve, waiting for all of them at most
+    ``timeout_s`` (or until ``stop``)."""
+    deadline = time.monotonic() + timeout_s
+    ready = 0
+    while ready < count and not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if select.select([ready_read], [], [], min(left, 0.5))[0]:
+            ready += len(os.read(ready_read, count - ready))
+    return ready

@@ -73,17 +73,21 @@ def supervise(
     stop: threading.Event,
     *,
     together: bool = False,
+    on_started: Callable[[], None] | None = None,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Start ``children`` and keep them running until ``stop`` is set; then stop them.
 
     ``together``: SIGTERM to all at once, then wait for each (siblings that
     drain in parallel); else one after another, last started first.
-    ``on_stop`` runs first, before any child is told.
+    ``on_started`` runs once all are started; ``on_stop`` first thing when
+    stopping, before any child is told.
     """
     for child in children:
         child.start()
     try:
+        if on_started is not None:
+            on_started()
         while not stop.is_set():
             for child in children:
                 if not child.alive() and not stop.is_set():

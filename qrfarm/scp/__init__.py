@@ -5,6 +5,6 @@ the database against the job that asked for it (or as an orphan) before the
 C-STORE is answered with success.
 """
 
-from .service import StorageScp, listening_socket
+from .service import StorageScp, bound_socket
 
-__all__ = ["StorageScp", "listening_socket"]
+__all__ = ["StorageScp", "bound_socket"]

@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -26,6 +27,9 @@ from .handlers import (
 from .known_nodes import KnownNodes
 
 log = logging.getLogger(__name__)
+# With siblings on one socket: how long a process lets them take a new
+# connection first, per association it is serving already.
+ACCEPT_DELAY_PER_ASSOCIATION_S = 0.002
 
 
 class ReusePortServer(ThreadedAssociationServer):
@@ -34,6 +38,8 @@ class ReusePortServer(ThreadedAssociationServer):
     process (``qrfarm scp --processes``)."""
 
     listen_fd: int | None = None
+    # Associations waiting to be accepted (socketserver's default is 5).
+    request_queue_size = 64
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -50,8 +56,17 @@ class ReusePortServer(ThreadedAssociationServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.listen_fd is not None:
+            # Siblings wake together for each connection: the busier a process
+            # is, the longer it waits before taking it, so the least busy wins.
+            busy = len(self.active_associations)
+            if busy:
+                time.sleep(min(busy, 10) * ACCEPT_DELAY_PER_ASSOCIATION_S)
+        return super().get_request()
+
     def server_activate(self) -> None:
-        if self.listen_fd is None:  # a handed-down socket already listens
+        if self.listen_fd is None:  # a handed-down socket: the parent listens
             super().server_activate()
 
     def server_close(self) -> None:
@@ -63,14 +78,18 @@ class ReusePortServer(ThreadedAssociationServer):
         self.socket.close()
 
 
-def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """A listening socket for SCP processes to share (handed to each as ``listen_fd``).
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A bound socket for SCP processes to share (handed to each as ``listen_fd``).
 
     One socket, unlike SO_REUSEPORT's one per process: a connection goes to
     whichever process is free to accept it, not by a hash of its addresses.
+    Not listening yet: the port refuses connections until a process is ready
+    to serve them.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
 
@@ -174,8 +193,8 @@ class StorageScp:
         self._server = None
         self.context.close()
 
-    def serve(self) -> None:
-        """Run until SIGTERM or SIGINT, then drain and stop."""
+    def serve(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM or SIGINT, then drain and stop; ``on_ready`` once serving."""
         stopping = threading.Event()
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -185,5 +204,7 @@ class StorageScp:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.start()
+        if on_ready is not None:
+            on_ready()
         stopping.wait()
         self.stop()
