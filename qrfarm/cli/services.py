@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import select
 import signal
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -27,11 +24,11 @@ from ..models import upgrade
 from ..observability import metrics
 from ..sandbox.pacs import Behaviour, SandboxPacs
 from ..sandbox.synthetic import generate_corpus
-from ..scp import StorageScp, bound_socket
+from ..scp import StorageScp
 from ..storage import InstanceStorage
 from .common import EXIT_OK, app, out, run
 from .farm import database
-from .supervisor import Child, supervise
+from .scp_processes import run_scp_processes
 
 
 @app.command()
@@ -199,7 +196,10 @@ def scp(
         bind_port = settings.scp_port if port is None else port
         child = listen_fd is not None  # one of several, under a parent
         if count > 1 and not child:
-            return _run_scp_processes(
+            engine, sessions = database(settings)
+            register_configured_nodes(settings, sessions)  # once, for all the processes
+            engine.dispose()
+            return run_scp_processes(
                 settings, host or settings.scp_host, bind_port, ae_title, count
             )
         # No ping before each use: a dead pooled connection is retried once instead.
@@ -228,71 +228,6 @@ def scp(
     run(action, service="scp")
 
 
-def _run_scp_processes(
-    settings: Settings, host: str, port: int, ae_title: str | None, count: int
-) -> int:
-    """Several SCP processes on one listening socket, kept running until SIGTERM or SIGINT.
-
-    This process binds the port and hands the socket to each child: an
-    association goes to whichever is free to accept it. On SIGTERM the
-    socket is closed here first, then every child drains its own.
-    Their metrics are summed here.
-    """
-    if settings.metrics_port is not None:
-        metrics.use_multiprocess_folder(settings.data_dir / "metrics", "scp")
-    engine, sessions = database(settings)
-    register_configured_nodes(settings, sessions)
-    engine.dispose()
-    listener = bound_socket(host, port)
-    fd = listener.fileno()
-    ready_read, ready_write = os.pipe()  # each child writes a byte once it serves
-    if settings.metrics_port is not None:
-        metrics.serve(settings.metrics_port, settings.metrics_host)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    # The children log as this process does (-v: info, -vv: debug).
-    level = logging.getLogger().getEffectiveLevel()
-    verbosity = ["-vv"] if level <= logging.DEBUG else ["-v"] if level <= logging.INFO else []
-    argv = [*verbosity, "scp", "--listen-fd", str(fd), "--ready-fd", str(ready_write)]
-    argv += ["--host", host, "--port", str(port), "--aet", ae_title or settings.scp_ae_title]
-    children = [
-        Child(f"storage SCP {n + 1}/{count}", argv, pass_fds=(fd, ready_write))
-        for n in range(count)
-    ]
-
-    def listen_when_ready() -> None:
-        # Listening only once every process serves: else the first one ready
-        # takes every association of the first moments, and keeps them.
-        ready = _wait_ready(ready_read, count, READY_TIMEOUT_S, stop)
-        listener.listen(SCP_BACKLOG)
-        out.print(
-            f"storage SCP: {ready} of {count} processes on {host}:{listener.getsockname()[1]}",
-            highlight=False,
-        )
-
-    supervise(children, stop, together=True, on_started=listen_when_ready, on_stop=listener.close)
-    return EXIT_OK
-
-
-READY_TIMEOUT_S = 60.0
-SCP_BACKLOG = 64
-
-
 def _tell_ready(ready_fd: int) -> None:
     os.write(ready_fd, b"1")
     os.close(ready_fd)
-
-
-def _wait_ready(ready_read: int, count: int, timeout_s: float, stop: threading.Event) -> int:
-    """How many children said they serve, waiting for all of them at most
-    ``timeout_s`` (or until ``stop``)."""
-    deadline = time.monotonic() + timeout_s
-    ready = 0
-    while ready < count and not stop.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        if select.select([ready_read], [], [], min(left, 0.5))[0]:
-            ready += len(os.read(ready_read, count - ready))
-    return ready
