@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Executable, bindparam, exists, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Executable,
+    Table,
+    bindparam,
+    exists,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from qrfarm.models import (
@@ -30,6 +38,7 @@ from qrfarm.models import (
     table,
     utcnow,
 )
+from qrfarm.models.session import dialect_insert
 from qrfarm.storage import StoredFile
 
 from .reconcile import reopen_for_late_arrival
@@ -115,8 +124,16 @@ def _instance_values() -> dict[str, Any]:
     return values | {"received_at": bindparam("now"), "repeat_count": 0, "repeat_differs": False}
 
 
-def _insert(dialect: str) -> Any:
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+def _count_repeat(table: Table, *row: ColumnElement[bool]) -> Executable:
+    """The same instance again for an existing row: counted, flagged if its bytes differ."""
+    return (
+        update(table)
+        .where(*row)
+        .values(
+            repeat_count=table.c.repeat_count + 1,
+            repeat_differs=table.c.repeat_differs | bindparam("differs"),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -131,7 +148,7 @@ class _Statements:
 
 @cache
 def _statements(dialect: str) -> _Statements:
-    insert = _insert(dialect)
+    insert = dialect_insert(dialect)
     insert_received = (
         insert(_RECEIVED)
         .values(
@@ -152,16 +169,10 @@ def _statements(dialect: str) -> _Statements:
             count.where(exists(select(inserted.c.job_id))).returning(_JOBS.c.state).cte("counted")
         )
         insert_and_count = select(counted.c.state)
-    repeat_received = (
-        update(_RECEIVED)
-        .where(
-            _RECEIVED.c.job_id == bindparam("repeat_job_id"),
-            _RECEIVED.c.sop_instance_uid == bindparam("repeat_sop_instance_uid"),
-        )
-        .values(
-            repeat_count=_RECEIVED.c.repeat_count + 1,
-            repeat_differs=_RECEIVED.c.repeat_differs | bindparam("differs"),
-        )
+    repeat_received = _count_repeat(
+        _RECEIVED,
+        _RECEIVED.c.job_id == bindparam("repeat_job_id"),
+        _RECEIVED.c.sop_instance_uid == bindparam("repeat_sop_instance_uid"),
     )
     insert_orphan = (
         insert(_ORPHANS)
@@ -169,16 +180,10 @@ def _statements(dialect: str) -> _Statements:
         .on_conflict_do_nothing(index_elements=["sop_instance_uid", "calling_ae"])
         .returning(_ORPHANS.c.id)
     )
-    repeat_orphan = (
-        update(_ORPHANS)
-        .where(
-            _ORPHANS.c.sop_instance_uid == bindparam("repeat_sop_instance_uid"),
-            _ORPHANS.c.calling_ae == bindparam("repeat_calling_ae"),
-        )
-        .values(
-            repeat_count=_ORPHANS.c.repeat_count + 1,
-            repeat_differs=_ORPHANS.c.repeat_differs | bindparam("differs"),
-        )
+    repeat_orphan = _count_repeat(
+        _ORPHANS,
+        _ORPHANS.c.sop_instance_uid == bindparam("repeat_sop_instance_uid"),
+        _ORPHANS.c.calling_ae == bindparam("repeat_calling_ae"),
     )
     return _Statements(
         insert_received,

@@ -71,8 +71,11 @@ def statement_engine(engine: Engine) -> Engine:
     )
 
 
+def dialect_insert(dialect_name: str) -> Any:
+    """The ``insert()`` with ON CONFLICT of a database (PostgreSQL or SQLite)."""
+    return postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+
+
 def insert_for(session: Session, table: Any) -> Any:
     """INSERT with ON CONFLICT for the session's database (PostgreSQL or SQLite)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+    return dialect_insert(session.get_bind().dialect.name)(table)
