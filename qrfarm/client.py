@@ -28,10 +28,8 @@ from .jobs.announce import can_listen, wait_for_end
 from .jobs.dispatch import Dispatcher, celery_dispatcher
 from .jobs.queries import find_results, job_state, job_summary
 from .jobs.submit import JobRequest, SubmitRules, submit
-from .models import JobKind, make_engine, session_factory
+from .models import ENDED_STATES, JobKind, make_engine, session_factory
 from .models.migrate import is_current
-
-ENDED = {"completed", "partial", "failed", "cancelled"}
 
 
 class WaitTimedOut(QrfarmError):
@@ -123,14 +121,14 @@ class Client:
         else:
             ended = _poll(lambda: self._has_ended(job_id), deadline, poll_s)
         summary = self.status(job_id)
-        if not ended and summary["state"] not in ENDED:
+        if not ended and summary["state"] not in ENDED_STATES:
             raise WaitTimedOut(f"job {job_id} is still {summary['state']} after {timeout} s")
         return summary
 
     def _has_ended(self, job_id: int) -> bool:
         # The state alone while waiting: the whole summary costs several queries.
         with self.sessions() as session:
-            return job_state(session, job_id).value in ENDED
+            return job_state(session, job_id) in ENDED_STATES
 
     def cancel(self, job_id: int) -> str:
         return control.cancel(self.sessions, job_id).value

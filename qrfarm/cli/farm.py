@@ -26,7 +26,7 @@ from ..jobs.queries import find_results, job_summary, list_jobs
 from ..jobs.submit import JobRequest, SubmitRules, UnknownNode, submit
 from ..jobs.sweeper import sweep
 from ..jobs.webhooks import DeliveryPolicy, deliver_due
-from ..models import JobState, NodeRecord, make_engine, session_factory
+from ..models import ENDED_STATES, JobState, NodeRecord, make_engine, session_factory
 from ..models.migrate import is_current
 from ..observability import metrics
 from .common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, run
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 node_app = typer.Typer(help="PACS nodes the farm knows.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 
-ENDED = {"completed", "partial", "failed", "cancelled"}
 EXIT_FOR_STATE = {
     "completed": EXIT_OK,
     "partial": EXIT_WARNING,
@@ -199,7 +198,7 @@ def follow(sessions: sessionmaker[Session], job_id: int, *, timeout: float | Non
             done = sum(p[k] or 0 for k in ("completed", "failed", "warning"))
             total = done + (p["remaining"] or 0) if p["remaining"] is not None else None
             progress.update(task, state=summary["state"], completed=done, total=total)
-            if summary["state"] in ENDED:
+            if summary["state"] in ENDED_STATES:
                 return str(summary["state"])
             if deadline is not None and time.monotonic() > deadline:
                 return str(summary["state"])

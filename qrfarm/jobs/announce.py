@@ -17,14 +17,9 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from qrfarm.models import Job, JobState
+from qrfarm.models import ENDED_STATES, Job
 
 JOB_ENDED_CHANNEL = "qrfarm_job_ended"
-# As in .states (which imports this module): the states a job ends in.
-_ENDED = {
-    state.value
-    for state in (JobState.COMPLETED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED)
-}
 
 
 def announce_ended(session: Session, job_id: int) -> None:
@@ -56,7 +51,7 @@ def wait_for_end(
 
     def has_ended(connection: Any) -> bool:
         row = connection.execute(sql, parameters).fetchone()
-        return row is not None and row[0] in _ENDED
+        return row is not None and row[0] in ENDED_STATES
 
     raw = engine.raw_connection()
     listener: Any = raw.driver_connection

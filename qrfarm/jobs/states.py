@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy.orm import object_session
 
 from qrfarm.errors import PermanentError
-from qrfarm.models import Job, JobState, utcnow
+from qrfarm.models import ENDED_STATES, Job, JobState, utcnow
 
 from .announce import announce_ended
 from .notify import notify_job_ended
@@ -34,7 +34,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     FAIL: frozenset({Q}),
     CANC: frozenset(),
 }
-ENDED = frozenset({DONE, PART, FAIL, CANC})
+ENDED = ENDED_STATES
 
 
 class IllegalTransition(PermanentError):
@@ -60,12 +60,16 @@ def transition(job: Job, to: JobState, *, error: str | None = None) -> None:
     if error is not None:
         job.error = error
     if to in ENDED:
-        session = object_session(job)
-        if session is not None:
-            announce_ended(session, job.id)
-    if to in ENDED and job.callback_url:
-        # In the transaction that ends the job: the notification cannot be lost.
-        session = object_session(job)
+        _tell_of_end(job)
+
+
+def _tell_of_end(job: Job) -> None:
+    """In the transaction that ends the job: waiters hear of it on commit, and
+    its webhook is in the outbox (so that it cannot be lost)."""
+    session = object_session(job)
+    if session is not None:
+        announce_ended(session, job.id)
+    if job.callback_url:
         if session is None:
             raise RuntimeError(f"job {job.id} ended outside a session; its webhook would be lost")
         notify_job_ended(session, job)

@@ -17,6 +17,7 @@ from .integration import (
 )
 from .jobs import (
     ACTIVE_STATES,
+    ENDED_STATES,
     Attempt,
     DimseResponse,
     ExpectedInstance,
@@ -32,6 +33,7 @@ from .session import make_engine, session_factory
 
 __all__ = [
     "ACTIVE_STATES",
+    "ENDED_STATES",
     "PREFETCH_ENDED",
     "ApiToken",
     "Attempt",

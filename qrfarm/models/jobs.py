@@ -39,6 +39,10 @@ class JobState(enum.StrEnum):
 
 
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.RECONCILING)
+# StrEnum members: "completed" in ENDED_STATES holds for the plain string too.
+ENDED_STATES = frozenset(
+    {JobState.COMPLETED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED}
+)
 
 
 class Job(Base):
