@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     scp_host: str = "127.0.0.1"
     scp_port: int = Field(default=11113, ge=0, le=65535)
     scp_max_associations: int = Field(default=32, ge=1)
-    # Storage SCP processes sharing the port (SO_REUSEPORT): one per core
-    # spreads many associations over the cores, past one process's GIL.
+    # Storage SCP processes sharing one listening socket (qrfarm scp
+    # --processes): one per core spreads many associations over the cores,
+    # past one process's GIL.
     scp_processes: int = Field(default=1, ge=1, le=64)
     # The calling AE title of qrfarm's own health probes: the SCP answers its
     # C-ECHO and refuses it any C-STORE.

@@ -56,16 +56,20 @@ class Child:
             assert self.process is not None
             self.process.send_signal(signal.SIGTERM)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def wait_stopped(self, timeout: float = 30.0) -> None:
+        """Wait for it to end after :meth:`signal_stop`; killed after ``timeout``."""
         if not self.alive():
             return
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.signal_stop()
+        self.wait_stopped(timeout)
 
 
 def supervise(
@@ -103,5 +107,8 @@ def supervise(
         if together:
             for child in children:
                 child.signal_stop()
-        for child in reversed(children):
-            child.stop()
+            for child in children:
+                child.wait_stopped()
+        else:
+            for child in reversed(children):
+                child.stop()

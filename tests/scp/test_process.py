@@ -71,6 +71,15 @@ def sender(port: int, files: list[Path]) -> subprocess.Popen[bytes]:
     )
 
 
+def send_at_once(port: int, files: list[Path], senders: int) -> None:
+    """``senders`` storescu processes at once, each a share of ``files``; all succeed."""
+    with ThreadPoolExecutor(senders) as pool:
+        started = list(pool.map(lambda n: sender(port, files[n::senders]), range(senders)))
+    for process in started:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output.decode()
+
+
 def refuses_echo(port: int) -> bool:
     try:
         with Connection.open(
@@ -122,11 +131,7 @@ def test_two_scp_processes_share_one_port_database_and_storage(
     ):
         wait_for_port(port, timeout=30)
         time.sleep(1.0)  # both bound
-        with ThreadPoolExecutor(16) as pool:
-            senders = list(pool.map(lambda n: sender(port, files[n::16]), range(16)))
-            for process in senders:
-                output, _ = process.communicate(timeout=300)
-                assert process.returncode == 0, output.decode()
+        send_at_once(port, files, 16)
     assert recorded(db) == len(files)
     assert len(list((tmp_path / "storage").rglob("*.dcm"))) == len(files)
     served = [log.read_text().count("Accepting Association") for log in logs]
@@ -157,11 +162,7 @@ def test_scp_processes_option_runs_supervised_processes_on_one_port(
         first = children_of(scp.pid)
         wait_for_port(port, timeout=30)
         time.sleep(1.0)  # both bound
-        with ThreadPoolExecutor(8) as pool:
-            senders = list(pool.map(lambda n: sender(port, files[n::8]), range(8)))
-            for process in senders:
-                output, _ = process.communicate(timeout=300)
-                assert process.returncode == 0, output.decode()
+        send_at_once(port, files, 8)
         assert recorded(db) == len(files)
         # Each child logs with its pid; both took associations.
         served = {pid: log.read_text().count(f"[{pid}]") for pid in first}
