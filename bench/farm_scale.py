@@ -130,6 +130,8 @@ def run_shape(
     jobs_per_pacs: int,
     limit: int,
     per_study: int,
+    mix: str = "mixed",
+    concurrency: int = 2,
 ) -> dict[str, Any]:
     import redis
 
@@ -195,9 +197,9 @@ def run_shape(
                         NodeSpec(f"sim{n}", ae_title, LOCALHOST, port, max_associations=limit),
                     )
             for n in range(workers):
-                start(f"worker{n}", "worker", "--concurrency", "2")
+                start(f"worker{n}", "worker", "--concurrency", str(concurrency))
             time.sleep(3)  # workers up and consuming (not timed)
-            plan = plan_jobs(len(sandboxes), jobs_per_pacs, per_study, len(pacs_files[0]))
+            plan = plan_jobs(len(sandboxes), jobs_per_pacs, per_study, len(pacs_files[0]), mix)
             started = time.monotonic()
             jobs = [submit(client, job) for job in plan]
             states = wait_all(client, jobs, timeout=900)
@@ -242,13 +244,17 @@ def farm_client_for(env: dict[str, str]) -> Any:
 
 
 def plan_jobs(
-    pacs_count: int, per_pacs: int, per_study: int, files_per_pacs: int
+    pacs_count: int, per_pacs: int, per_study: int, files_per_pacs: int, mix: str = "mixed"
 ) -> list[tuple[str, int, Study]]:
-    """Half finds, a third moves, the rest gets, spread over the PACS and their studies."""
+    """The jobs spread over the PACS and their studies.
+
+    ``mixed``: half finds, a third moves, the rest gets; ``find`` or ``move``: that kind only.
+    """
     studies = files_per_pacs // per_study
     plan = []
     for n in range(per_pacs):
-        kind = "find" if n % 6 < 3 else ("move" if n % 6 < 5 else "get")
+        mixed = "find" if n % 6 < 3 else ("move" if n % 6 < 5 else "get")
+        kind = mixed if mix == "mixed" else mix
         for pacs in range(1, pacs_count + 1):
             plan.append((kind, pacs, Study(pacs, n % studies + 1, per_study)))
     return plan
@@ -315,6 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--scps", default="1,2")
     parser.add_argument("--limit", type=int, default=2, help="Associations each PACS allows.")
+    parser.add_argument(
+        "--mix",
+        choices=("mixed", "find", "move"),
+        default="mixed",
+        help="mixed: half finds, a third moves, the rest gets; find or move: that kind only.",
+    )
+    parser.add_argument("--concurrency", type=int, default=2, help="Pool processes of each worker.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     # SIGTERM ends the run through the finally clauses: no farm left behind.
@@ -338,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         args.jobs_per_pacs,
                         args.limit,
                         args.per_study,
+                        args.mix,
+                        args.concurrency,
                     )
                     print(json.dumps(result), flush=True)
                     results.append(result)

@@ -56,6 +56,7 @@ from qrfarm.observability.metrics import ASSOCIATIONS, ATTEMPTS, RETRIES
 from qrfarm.observability.tracing import context_of, tracer
 
 from . import learning
+from .dispatch import RUN_JOB, Dispatcher, node_queue
 from .leases import Claim, claim, fenced
 from .moves import allocate_message_id, release_message_id
 from .policy import JobPolicy
@@ -95,6 +96,10 @@ class RunnerDeps:
     get_recorder: GetRecorder
     calling_ae: str
     policy: JobPolicy
+    # Sends a job's message again, to the back of its node's queue, where a
+    # worker holding the node's association takes it. Without one, a job
+    # that waited in vain for a permit is sent by the scheduler a little later.
+    dispatcher: Dispatcher | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class _Snapshot:
     expected_known: bool
     trace_parent: str | None
     node_id: int
+    node_name: str
 
 
 def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = None) -> None:
@@ -154,7 +160,7 @@ def _run_attempt(deps: RunnerDeps, taken: Claim, snapshot: _Snapshot) -> None:
             else:
                 _run_get(deps, taken, snapshot, watch)
     except NodeBusy as exc:
-        _requeue_busy(deps, taken, str(exc))
+        _requeue_busy(deps, taken, snapshot.node_name, str(exc))
     except QrfarmError as exc:
         if isinstance(exc, AssociationAborted):
             ASSOCIATIONS.labels(str(snapshot.node), "aborted").inc()
@@ -179,6 +185,7 @@ def _snapshot(session: Session, job: Job) -> _Snapshot:
         expected_known=job.expected_count is not None,
         trace_parent=job.trace_parent,
         node_id=job.node_id,
+        node_name=row.name,
     )
 
 
@@ -474,7 +481,12 @@ def _attempt_failed(deps: RunnerDeps, taken: Claim, exc: QrfarmError) -> None:
             transition(job, JobState.FAILED, error=str(exc))
 
 
-def _requeue_busy(deps: RunnerDeps, taken: Claim, reason: str) -> None:
+def _requeue_busy(deps: RunnerDeps, taken: Claim, node_name: str, reason: str) -> None:
+    """The node's permits are all held: give the job back to the queue.
+
+    Sent again at once when the worker can: the workers that hold the node's
+    associations take it from there, and this one is free for other nodes'
+    jobs instead of waiting on one it cannot run."""
     with deps.sessions() as session, session.begin():
         job = fenced(session, taken)
         if job is None:
@@ -482,4 +494,10 @@ def _requeue_busy(deps: RunnerDeps, taken: Claim, reason: str) -> None:
         _end_attempt(session, taken, "node busy", reason)
         job.attempt_count -= 1  # waiting for a permit is not an attempt
         transition(job, JobState.QUEUED)
-        job.next_attempt_at = utcnow() + dt.timedelta(seconds=1.0)
+        if deps.dispatcher is None:
+            job.next_attempt_at = utcnow() + dt.timedelta(seconds=1.0)
+        else:
+            job.dispatched_at = utcnow()
+    if deps.dispatcher is not None:
+        # After the commit, as for a submit; lost in between, the sweeper sends it.
+        deps.dispatcher.send(RUN_JOB, [taken.job_id], node_queue(node_name))

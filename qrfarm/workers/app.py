@@ -8,7 +8,7 @@ from celery import Celery
 from celery.signals import worker_process_shutdown
 
 from qrfarm.config import Settings, broker_config
-from qrfarm.jobs.dispatch import RUN_JOB
+from qrfarm.jobs.dispatch import RUN_JOB, CeleryDispatcher
 from qrfarm.jobs.runner import run_job
 from qrfarm.observability.metrics import process_exited
 
@@ -52,5 +52,5 @@ def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
 def _register(app: Celery, settings: Settings) -> None:
     @app.task(name=RUN_JOB, bind=True)
     def run_job_task(self: Any, job_id: int) -> None:
-        worker = current(settings)
+        worker = current(settings, CeleryDispatcher(self.app))
         run_job(worker.deps, int(job_id), worker.owner, task_id=self.request.id)

@@ -40,7 +40,16 @@ QR_CONTEXTS = qr_contexts(
 )
 CHECK_AFTER_IDLE_S = 5.0
 CLOSE_AFTER_IDLE_S = 20.0
-PERMIT_WAIT_S = 2.0
+# How long a task waits for a node's permit before it gives its job back to
+# the queue (for a worker holding the node's association to take).
+PERMIT_WAIT_S = 1.0
+# An idle association that another worker waits for is handed over (closed,
+# its permit freed) at once while this process is busy with something else,
+# and otherwise once it has rested this long: between two tasks a holder
+# reuses its association within milliseconds, and taking it away then would
+# only trade one association open for another (with more workers than
+# permits the farm did little else, at half the throughput of one worker).
+HAND_OVER_AFTER_IDLE_S = 0.3
 REAP_INTERVAL_S = 0.25
 RENEW_EVERY_TICKS = 8  # about every 2 s
 
@@ -79,6 +88,8 @@ class AssociationPool:
         # Keyed by the peer's address, not the whole Node: its limit may change
         # (learned from its profile) while an association to it is pooled.
         self._idle: dict[tuple[str, str, int], _Pooled] = {}
+        # Associations in use or being had: while any is, the idle ones wait for nothing.
+        self._busy = 0
         self._lock = threading.Lock()
         self._reaper = threading.Thread(target=self._reap, name="pool-reaper", daemon=True)
         self._reaper.start()
@@ -137,13 +148,24 @@ class AssociationPool:
             return False
 
     @contextmanager
-    def query_retrieve(self, node: Node) -> Iterator[Connection]:
-        pooled = self._take(node)
+    def _in_use(self) -> Iterator[None]:
+        with self._lock:
+            self._busy += 1
         try:
-            yield pooled.connection
-        except BaseException:
-            self._discard(pooled)
-            raise
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    @contextmanager
+    def query_retrieve(self, node: Node) -> Iterator[Connection]:
+        with self._in_use():
+            pooled = self._take(node)
+            try:
+                yield pooled.connection
+            except BaseException:
+                self._discard(pooled)
+                raise
         pooled.last_used = time.monotonic()
         if pooled.connection.is_open:
             with self._lock:
@@ -166,14 +188,15 @@ class AssociationPool:
             idle = self._idle.pop(_key(node), None)
         if idle is not None:
             self._discard(idle)
-        permit = self._permit(node)
-        connection = self._open(node, contexts, permit)
-        try:
-            yield connection
-        finally:
-            with suppress(QrfarmError):
-                connection.close()
-            permit.release()
+        with self._in_use():
+            permit = self._permit(node)
+            connection = self._open(node, contexts, permit)
+            try:
+                yield connection
+            finally:
+                with suppress(QrfarmError):
+                    connection.close()
+                permit.release()
 
     def _discard(self, pooled: _Pooled) -> None:
         with suppress(Exception):
@@ -181,7 +204,7 @@ class AssociationPool:
         pooled.permit.release()
 
     def _reap(self) -> None:
-        """Close idle associations after a while, or at once when another worker
+        """Close idle associations after a while, or sooner when another worker
         waits for the node's permit (a node with fewer permits than workers
         would otherwise stay held by associations doing nothing)."""
         ticks = 0
@@ -193,10 +216,11 @@ class AssociationPool:
                 idle = list(self._idle.items())
             wanted = {key for key, pooled in idle if self.permits.wanted(pooled.permit.node)}
             with self._lock:
+                hand_over_after = 0.0 if self._busy else HAND_OVER_AFTER_IDLE_S
                 stale = [
                     n
                     for n, p in self._idle.items()
-                    if n in wanted or now - p.last_used >= CLOSE_AFTER_IDLE_S
+                    if now - p.last_used >= (hand_over_after if n in wanted else CLOSE_AFTER_IDLE_S)
                 ]
                 expired = [self._idle.pop(n) for n in stale]
                 held = list(self._idle.values())

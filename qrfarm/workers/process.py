@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.config import Settings, permits_redis_url
 from qrfarm.dicom import Node, Timeouts
 from qrfarm.jobs import profiles
+from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.policy import JobPolicy
 from qrfarm.jobs.runner import RunnerDeps
 from qrfarm.models import make_engine, session_factory
@@ -86,8 +87,9 @@ _current: WorkerProcess | None = None
 _lock = threading.Lock()
 
 
-def current(settings: Settings) -> WorkerProcess:
-    """This process's worker state, made on first use (and again after a fork)."""
+def current(settings: Settings, dispatcher: Dispatcher) -> WorkerProcess:
+    """This process's worker state, made on first use (and again after a fork);
+    ``dispatcher`` sends jobs back to their queue (the worker's broker)."""
     global _current
     with _lock:
         if _current is None or _current.pid != os.getpid():
@@ -113,6 +115,7 @@ def current(settings: Settings) -> WorkerProcess:
                 ),
                 calling_ae=settings.ae_title,
                 policy=policy_from(settings),
+                dispatcher=dispatcher,
             )
             _current = WorkerProcess(os.getpid(), engine, deps, pool)
         return _current

@@ -3,14 +3,18 @@ permit back as soon as another worker waits for it."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from qrfarm.dicom import Node, StatusCategory, Timeouts
+from qrfarm.jobs.runner import NodeBusy
 from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.workers.permits import FilePermits
-from qrfarm.workers.pool import AssociationPool
+from qrfarm.workers.pool import PERMIT_WAIT_S, AssociationPool
 
 
 def test_an_idle_association_lets_go_of_the_permit_another_worker_waits_for(
@@ -29,10 +33,51 @@ def test_an_idle_association_lets_go_of_the_permit_another_worker_waits_for(
         started = time.monotonic()
         with second.query_retrieve(node) as conn:
             assert conn.echo().category is StatusCategory.SUCCESS
-        # Well within the wait for a permit (2 s), not after the idle timeout (20 s).
-        assert time.monotonic() - started < 2.0
+        # Within the wait for a permit, not after the idle timeout (20 s).
+        assert time.monotonic() - started < PERMIT_WAIT_S
         assert pacs.behaviour.stats.peak_associations == 1
     finally:
         first.close()
         second.close()
+        pacs.stop()
+
+
+def test_an_association_in_steady_use_is_kept_though_another_worker_waits(
+    tmp_path: Path, corpus: Corpus
+) -> None:
+    """Handing it over between two tasks would only trade one association open
+    for another: the waiter gives its job back instead (NodeBusy)."""
+    pacs = SandboxPacs([i.path for i in corpus.instances[:5]], behaviour=Behaviour())
+    port = pacs.start()
+    node = Node("SANDBOX", "127.0.0.1", port, max_associations=1)
+    holder = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
+    waiter = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
+    stop = threading.Event()
+    used: set[int] = set()
+
+    def keep_busy() -> None:
+        while not stop.is_set():
+            with holder.query_retrieve(node) as conn:
+                used.add(id(conn))
+                conn.echo()
+            time.sleep(0.02)
+
+    busy = threading.Thread(target=keep_busy)
+    try:
+        with holder.query_retrieve(node) as conn:
+            used.add(id(conn))
+        busy.start()
+        with (
+            pytest.raises(NodeBusy, match="all its 1 association"),
+            waiter.query_retrieve(node),
+        ):
+            pass
+        stop.set()
+        busy.join()
+        assert len(used) == 1  # one association all along
+        assert pacs.behaviour.stats.peak_associations == 1
+    finally:
+        stop.set()
+        holder.close()
+        waiter.close()
         pacs.stop()
