@@ -32,7 +32,7 @@ from qrfarm.dicom import (
     StatusCategory,
     build_retrieve_identifier,
 )
-from qrfarm.dicom.planning import ImageRef, expected_instances
+from qrfarm.dicom.planning import expected_instances
 from qrfarm.dicom.responses import Response
 from qrfarm.errors import (
     AssociationAborted,
@@ -57,6 +57,7 @@ from qrfarm.observability.tracing import context_of, tracer
 
 from . import learning
 from .dispatch import RUN_JOB, Dispatcher, node_queue
+from .expected import ExpectedAlongside, find_and_store, store_expected
 from .leases import Claim, claim, fenced
 from .moves import allocate_message_id, release_message_id
 from .policy import JobPolicy
@@ -86,6 +87,11 @@ class ConnectionSource(Protocol):
 
     def get(self, node: Node, sop_classes: list[str]) -> AbstractContextManager[Connection]:
         """An association for one C-GET, with storage contexts for ``sop_classes``."""
+        ...
+
+    def spare_query_retrieve(self, node: Node) -> AbstractContextManager[Connection]:
+        """A second Q/R association, only if the node has a permit free now
+        (NodeBusy otherwise); not pooled."""
         ...
 
 
@@ -225,8 +231,13 @@ def _run_find(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) 
 def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
     with deps.connections.query_retrieve(snap.node) as conn:
         watch.connection = conn
+        alongside = None
         if deps.policy.expect_before_move and not snap.expected_known:
-            _store_expected(deps, taken, expected_instances(conn, snap.identifier, snap.root))
+            alongside = ExpectedAlongside.begin(
+                deps.sessions, deps.connections, taken, snap.node, snap.identifier, snap.root
+            )
+            if alongside is None:
+                find_and_store(deps.sessions, taken, conn, snap.identifier, snap.root)
         identifiers = _retrieve_identifiers(deps, taken, snap)
         with deps.sessions() as session, session.begin():
             attempt = session.get_one(Attempt, taken.attempt_id)
@@ -254,13 +265,16 @@ def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) 
         finally:
             with deps.sessions() as session, session.begin():
                 release_message_id(session, session.get_one(Attempt, taken.attempt_id))
+        if alongside is not None and not alongside.finished():
+            # The spare association failed: ask on this one, now the move is done.
+            find_and_store(deps.sessions, taken, conn, snap.identifier, snap.root)
     _after_retrieve(deps, taken, results)
 
 
 def _run_get(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
     with deps.connections.query_retrieve(snap.node) as conn:
         refs = expected_instances(conn, snap.identifier, snap.root)
-    _store_expected(deps, taken, refs)
+    store_expected(deps.sessions, taken, refs)
     identifiers = _retrieve_identifiers(deps, taken, snap)
     classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})
     results = []
@@ -301,25 +315,6 @@ def _traced(on_response: Callable[[Response], None]) -> Callable[[Response], Non
 
 
 # -- what C-GET and C-MOVE share ---------------------------------------------------
-
-
-def _store_expected(deps: RunnerDeps, taken: Claim, refs: list[ImageRef]) -> None:
-    with deps.sessions() as session, session.begin():
-        job = fenced(session, taken)
-        if job is None:
-            return
-        session.execute(delete(ExpectedInstance).where(ExpectedInstance.job_id == job.id))
-        session.add_all(
-            ExpectedInstance(
-                job_id=job.id,
-                sop_instance_uid=r.sop_instance_uid,
-                sop_class_uid=r.sop_class_uid,
-                study_instance_uid=r.study_instance_uid,
-                series_instance_uid=r.series_instance_uid,
-            )
-            for r in refs
-        )
-        job.expected_count = len(refs)
 
 
 def _retrieve_identifiers(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> list[Dataset]:

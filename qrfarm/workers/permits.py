@@ -32,7 +32,12 @@ class Permit(Protocol):
 
 
 class Permits(Protocol):
-    def acquire(self, node: str, limit: int, wait_s: float) -> Permit | None: ...
+    def acquire(
+        self, node: str, limit: int, wait_s: float, *, ask_holders: bool = True
+    ) -> Permit | None:
+        """One of the node's permits, waiting up to ``wait_s``; while it waits
+        (``ask_holders``) idle holders are asked to let go."""
+        ...
 
     def held(self, node: str, limit: int) -> int:
         """How many of the node's permits are taken now, across the farm."""
@@ -72,7 +77,9 @@ class RedisPermits:
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url)
 
-    def acquire(self, node: str, limit: int, wait_s: float) -> RedisPermit | None:
+    def acquire(
+        self, node: str, limit: int, wait_s: float, *, ask_holders: bool = True
+    ) -> RedisPermit | None:
         token = uuid.uuid4().hex
         deadline = time.monotonic() + wait_s
         while True:
@@ -80,8 +87,8 @@ class RedisPermits:
                 key = f"qrfarm:permit:{node}:{slot}"
                 if self.client.set(key, token, nx=True, px=int(PERMIT_TTL_S * 1000)):
                     return RedisPermit(self.client, key, token, node, slot)
-            # Ask idle holders to give theirs back while we wait.
-            self.client.set(f"qrfarm:wanted:{node}", "1", px=int(WANTED_S * 1000))
+            if ask_holders:
+                self.client.set(f"qrfarm:wanted:{node}", "1", px=int(WANTED_S * 1000))
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
@@ -120,7 +127,9 @@ class FilePermits:
             return False
         return age < WANTED_S
 
-    def acquire(self, node: str, limit: int, wait_s: float) -> FilePermit | None:
+    def acquire(
+        self, node: str, limit: int, wait_s: float, *, ask_holders: bool = True
+    ) -> FilePermit | None:
         deadline = time.monotonic() + wait_s
         while True:
             for slot in range(limit):
@@ -132,7 +141,8 @@ class FilePermits:
                     os.close(fd)
                     continue
                 return FilePermit(fd, node, slot)
-            (self.directory / f"{node}.wanted").touch()
+            if ask_holders:
+                (self.directory / f"{node}.wanted").touch()
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)

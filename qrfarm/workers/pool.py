@@ -177,6 +177,23 @@ class AssociationPool:
             self._discard(pooled)
 
     @contextmanager
+    def spare_query_retrieve(self, node: Node) -> Iterator[Connection]:
+        """A second association with the Q/R contexts, only if the node has a
+        permit free this moment (NodeBusy otherwise: nobody is asked to let
+        go of one, nobody waits); closed after use, not pooled."""
+        permit = self.permits.acquire(str(node), node.max_associations, 0.0, ask_holders=False)
+        if permit is None:
+            raise NodeBusy(f"{node} has no association to spare")
+        with self._in_use():
+            connection = self._open(node, QR_CONTEXTS, permit)
+            try:
+                yield connection
+            finally:
+                with suppress(QrfarmError):
+                    connection.close()
+                permit.release()
+
+    @contextmanager
     def get(self, node: Node, sop_classes: list[str]) -> Iterator[Connection]:
         classes = sop_classes or [str(u) for u in DEFAULT_STORAGE_SOP_CLASSES]
         contexts = qr_contexts([Operation.GET], [Root.STUDY, Root.PATIENT]) + storage_contexts(

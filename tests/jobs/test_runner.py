@@ -1,9 +1,14 @@
-"""The runner, in this process against a sandbox PACS: what happens to a job
-whose node has all its association permits held by another worker."""
+"""The runner in this process, against a sandbox PACS and qrfarm's own SCP:
+a node whose permits are all held, and where a move's expected instances
+are found."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from qrfarm.client import Client
 from qrfarm.config import Settings
@@ -14,43 +19,62 @@ from qrfarm.jobs.runner import RunnerDeps, run_job
 from qrfarm.models import make_engine, upgrade
 from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
+from qrfarm.scp import StorageScp
 from qrfarm.storage import InstanceStorage
 from qrfarm.workers.get_store import GetStore
 from qrfarm.workers.permits import FilePermits
 from qrfarm.workers.pool import AssociationPool
 from qrfarm.workers.process import policy_from
+from tests.conftest import QRFARM_SCP_AE
+
+from .conftest import Sent
 
 
-class Sent:
-    """A dispatcher that only remembers what was sent."""
+@dataclass
+class Bench:
+    """A sandbox PACS, a client and a runner's dependencies on one SQLite database."""
 
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[object], str]] = []
+    pacs: SandboxPacs
+    port: int
+    settings: Settings
+    client: Client
+    pool: AssociationPool
+    deps: RunnerDeps
+    resent: Sent
 
-    def send(self, task: str, args: list[object], queue: str) -> None:
-        self.messages.append((task, args, queue))
+    def register(self, max_associations: int) -> None:
+        with self.client.sessions() as session, session.begin():
+            upsert_node(
+                session,
+                NodeSpec(
+                    "pacs", "SANDBOX", "127.0.0.1", self.port, max_associations=max_associations
+                ),
+            )
 
 
-def test_a_job_whose_node_is_busy_goes_back_to_its_queue_at_once(
-    tmp_path: Path, corpus: Corpus
-) -> None:
-    pacs = SandboxPacs([i.path for i in corpus.instances[:5]], behaviour=Behaviour())
+@pytest.fixture
+def bench(tmp_path: Path, corpus: Corpus, qrfarm_scp_port: int) -> Iterator[Bench]:
+    study = corpus.large_study_uid
+    pacs = SandboxPacs(
+        [i.path for i in corpus.studies()[study]],
+        behaviour=Behaviour(),
+        destinations={QRFARM_SCP_AE: ("127.0.0.1", qrfarm_scp_port)},
+    )
     port = pacs.start()
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'q.db'}",
         storage_root=tmp_path / "storage",
         data_dir=tmp_path / "data",
+        scp_ae_title=QRFARM_SCP_AE,
+        scp_port=qrfarm_scp_port,
         allowed_hosts=["127.0.0.1"],
+        reconcile_grace_s=5,
     )
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    submitted, resent = Sent(), Sent()
-    client = Client(settings, engine, submitted)
-    with client.sessions() as session, session.begin():
-        upsert_node(session, NodeSpec("busy", "SANDBOX", "127.0.0.1", port, max_associations=1))
-    # Another worker process holds the node's only permit, in use.
-    other = AssociationPool(FilePermits(settings.data_dir / "permits"), "OTHER", Timeouts())
+    client = Client(settings, engine, Sent())
     pool = AssociationPool(FilePermits(settings.data_dir / "permits"), "QRFARM", Timeouts())
+    resent = Sent()
     deps = RunnerDeps(
         sessions=client.sessions,
         connections=pool,
@@ -60,21 +84,61 @@ def test_a_job_whose_node_is_busy_goes_back_to_its_queue_at_once(
         dispatcher=resent,
     )
     try:
-        job_id = client.find("busy", Level.STUDY, {"PatientID": "*"})
-        with other.query_retrieve(Node("SANDBOX", "127.0.0.1", port, max_associations=1)):
-            run_job(deps, job_id, "runner-test")
-        status = client.status(job_id, responses=True)
-        assert status["state"] == "queued"
-        assert status["attempt_count"] == 0  # waiting for a permit is not an attempt
-        assert [a["outcome"] for a in status["attempts"]] == ["node busy"]
-        assert resent.messages == [(RUN_JOB, [job_id], node_queue("busy"))]
-        # Its next run, with the permit free, is an attempt like any other.
-        run_job(deps, job_id, "runner-test")
-        status = client.status(job_id)
-        assert status["state"] == "completed"
-        assert status["attempt_count"] == 1
+        yield Bench(pacs, port, settings, client, pool, deps, resent)
     finally:
-        other.close()
         pool.close()
         pacs.stop()
         engine.dispose()
+
+
+def test_a_job_whose_node_is_busy_goes_back_to_its_queue_at_once(bench: Bench) -> None:
+    bench.register(max_associations=1)
+    # Another worker process holds the node's only permit, in use.
+    other = AssociationPool(FilePermits(bench.settings.data_dir / "permits"), "OTHER", Timeouts())
+    try:
+        job_id = bench.client.find("pacs", Level.STUDY, {"PatientID": "*"})
+        with other.query_retrieve(Node("SANDBOX", "127.0.0.1", bench.port, max_associations=1)):
+            run_job(bench.deps, job_id, "runner-test")
+    finally:
+        other.close()
+    status = bench.client.status(job_id, responses=True)
+    assert status["state"] == "queued"
+    assert status["attempt_count"] == 0  # waiting for a permit is not an attempt
+    assert [a["outcome"] for a in status["attempts"]] == ["node busy"]
+    assert bench.resent.messages == [(RUN_JOB, [job_id], node_queue("pacs"))]
+    # Its next run, with the permit free, is an attempt like any other.
+    run_job(bench.deps, job_id, "runner-test")
+    status = bench.client.status(job_id)
+    assert status["state"] == "completed"
+    assert status["attempt_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("max_associations", "associations_seen"),
+    [(1, 1), (2, 2)],
+    ids=["one-association-find-first", "spare-association-alongside"],
+)
+def test_a_move_knows_its_expected_instances_however_many_associations_it_may_have(
+    bench: Bench, corpus: Corpus, max_associations: int, associations_seen: int
+) -> None:
+    """With a permit to spare, the IMAGE-level find runs on a second association
+    while the move runs; with one association, before the move on it."""
+    bench.register(max_associations=max_associations)
+    study = corpus.large_study_uid
+    count = len(corpus.studies()[study])
+    scp = StorageScp(
+        bench.client.sessions,
+        InstanceStorage(bench.settings.storage_root),
+        ae_title=QRFARM_SCP_AE,
+        port=bench.settings.scp_port,
+    )
+    scp.start()
+    try:
+        job_id = bench.client.move("pacs", Level.STUDY, {"StudyInstanceUID": study})
+        run_job(bench.deps, job_id, "runner-test")
+    finally:
+        scp.stop(drain_timeout=10)
+    status = bench.client.status(job_id)
+    assert status["state"] == "completed", status
+    assert status["expected"] == status["recorded"] == count
+    assert bench.pacs.behaviour.stats.peak_associations == associations_seen
