@@ -63,6 +63,7 @@ FINDSCU = "/usr/bin/findscu"
 CALLING_AE = "BENCHSCU"
 FARM_DB = "qrfarm_farmbench"
 FARM_DB_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{FARM_DB}"
+FARM_DB_DSN = f"postgresql://postgres@127.0.0.1:5432/{FARM_DB}"
 FARM_BROKER = "redis://127.0.0.1:6379/11"
 FARM_SCP_AE = "QRFARMSCP"
 FARM_AE = "QRFARM"
@@ -217,6 +218,21 @@ class Farm:
 
     def logs(self) -> str:
         return "\n".join(f"--- {c.name} ---\n{c.log_tail()}" for c in self.children)
+
+
+def forget_instances(farm: Farm) -> None:
+    """Remove what the farm stored and recorded, between two runs of the same move.
+
+    A farm that already holds an instance compares it to the one received
+    and writes nothing: without this every run after the first would skip
+    the writes that DCMTK's and the bare SCP's runs all make.
+    """
+    import psycopg
+
+    shutil.rmtree(farm.root / "storage", ignore_errors=True)
+    with psycopg.connect(FARM_DB_DSN, autocommit=True) as connection:
+        connection.execute("DELETE FROM received_instances")
+        connection.execute("DELETE FROM orphan_instances")
 
 
 @contextlib.contextmanager
@@ -401,6 +417,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             label = "qrfarm move (submit -> completed)"
             runs = []
             for _ in range(args.repeat):
+                forget_instances(farm)  # every run writes and records all of them
                 t0 = time.perf_counter()
                 job = client.move(NODE, Level.STUDY, {"StudyInstanceUID": study_uid})
                 summary = client.wait(job, 300, poll_s=0.01)
