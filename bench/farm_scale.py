@@ -8,9 +8,10 @@ here) and Redis DB 12 (flushed): ``qrfarm scp`` (one, or two sharing the
 port with SO_REUSEPORT), ``qrfarm worker --concurrency C`` (N of them) and
 ``qrfarm scheduler``. For each shape the same jobs are submitted at once,
 a mix of STUDY-level finds, STUDY-level moves and SERIES-level gets (or
-finds only, or moves only: ``--mix``), and the clock runs from the first submit to the last job's end. It reports jobs/s,
-instances/s (recorded), the peak associations each PACS saw (never above its
-limit), and whether every job ended reconciled (``completed``).
+finds only, or moves only: ``--mix``), and the clock runs from the first
+submit to the last job's end. It reports jobs/s, instances/s (recorded),
+the peak associations each PACS saw (never above its limit), and whether
+every job ended reconciled (``completed``).
 
     .venv/bin/python bench/farm_scale.py [--pacs 4] [--jobs-per-pacs 60]
         [--workers 1,2,4] [--scps 1,2] [--limit 2] [--mix mixed|find|move]
