@@ -108,11 +108,13 @@ def write_studies(folder: Path, pacs: int, studies: int, per_study: int) -> list
     return files
 
 
-def farm_env(root: Path, scp_port: int) -> dict[str, str]:
+def farm_env(
+    root: Path, scp_port: int, db_url: str = DB_URL, broker: str = BROKER
+) -> dict[str, str]:
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("QRFARM_")},
-        "QRFARM_DATABASE_URL": DB_URL,
-        "QRFARM_BROKER_URL": BROKER,
+        "QRFARM_DATABASE_URL": db_url,
+        "QRFARM_BROKER_URL": broker,
         "QRFARM_STORAGE_ROOT": str(root / "storage"),
         "QRFARM_DATA_DIR": str(root / "data"),
         "QRFARM_SCP_PORT": str(scp_port),

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' real peers
 
 from farm_bench import pg_admin
-from farm_scale import Study, farm_client_for, wait_all, write_studies
+from farm_scale import Study, farm_client_for, farm_env, wait_all, write_studies
 from store_bench import LOCALHOST, BenchError, Child, free_port, versions
 
 from qrfarm.dicom import Level
@@ -46,22 +46,6 @@ SCP_AE = "QRFARMSCP"
 NODES = ("orthanc", "dcmqrscp")
 STUDIES = 6
 PER_STUDY = 10
-
-
-def farm_env(root: Path, scp_port: int) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("QRFARM_")},
-        "QRFARM_DATABASE_URL": DB_URL,
-        "QRFARM_BROKER_URL": BROKER,
-        "QRFARM_STORAGE_ROOT": str(root / "storage"),
-        "QRFARM_DATA_DIR": str(root / "data"),
-        "QRFARM_SCP_PORT": str(scp_port),
-        "QRFARM_SCP_AE_TITLE": SCP_AE,
-        "QRFARM_ALLOWED_HOSTS": LOCALHOST,
-        "QRFARM_CONFIG": str(root / "none.toml"),
-        "QRFARM_RECONCILE_GRACE_S": "5",
-        "QRFARM_SCHEDULER_INTERVAL_S": "0.5",
-    }
 
 
 def start_pacs(scratch: Path, data: Path, scp_port: int) -> tuple[OrthancPeer, DcmqrscpPeer]:
@@ -119,7 +103,7 @@ def run_shape(
 
     root = scratch / f"w{workers}-c{concurrency}"
     root.mkdir(parents=True)
-    env = farm_env(root, scp_port)
+    env = farm_env(root, scp_port, DB_URL, BROKER)
     pg_admin(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)', f'CREATE DATABASE "{DB}"')
     redis.Redis.from_url(BROKER).flushdb()
     upgrade(DB_URL)

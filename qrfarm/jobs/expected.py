@@ -68,8 +68,8 @@ def find_and_store(
 class ExpectedAlongside(threading.Thread):
     """The expected-instances find on a spare association, in a thread of its own.
 
-    :meth:`begin` returns one only once its association is open; the caller
-    then runs the move and calls :meth:`finished` (whether the expected list
+    :meth:`begin` says whether its association is open; if so, the caller
+    runs the move and then calls :meth:`finished` (whether the expected list
     was stored; if not, the caller asks on its own association).
     """
 
@@ -91,23 +91,14 @@ class ExpectedAlongside(threading.Thread):
         self._decided = threading.Event()
         self._stored = False
 
-    @classmethod
-    def begin(
-        cls,
-        sessions: sessionmaker[Session],
-        connections: SpareConnections,
-        taken: Claim,
-        node: Node,
-        identifier: Dataset,
-        root: Root,
-    ) -> ExpectedAlongside | None:
-        finder = cls(sessions, connections, taken, node, identifier, root)
-        finder.start()
-        finder._decided.wait()
-        if finder._opened.is_set():
-            return finder
-        finder.join()
-        return None
+    def begin(self) -> bool:
+        """Start; whether the spare association is open (if not, the thread has ended)."""
+        self.start()
+        self._decided.wait()
+        if self._opened.is_set():
+            return True
+        self.join()
+        return False
 
     def run(self) -> None:
         # Whatever goes wrong here, the caller finds on its own association.

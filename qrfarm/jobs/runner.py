@@ -233,10 +233,11 @@ def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) 
         watch.connection = conn
         alongside = None
         if deps.policy.expect_before_move and not snap.expected_known:
-            alongside = ExpectedAlongside.begin(
+            alongside = ExpectedAlongside(
                 deps.sessions, deps.connections, taken, snap.node, snap.identifier, snap.root
             )
-            if alongside is None:
+            if not alongside.begin():
+                alongside = None
                 find_and_store(deps.sessions, taken, conn, snap.identifier, snap.root)
         identifiers = _retrieve_identifiers(deps, taken, snap)
         with deps.sessions() as session, session.begin():

@@ -184,14 +184,8 @@ class AssociationPool:
         permit = self.permits.acquire(str(node), node.max_associations, 0.0, ask_holders=False)
         if permit is None:
             raise NodeBusy(f"{node} has no association to spare")
-        with self._in_use():
-            connection = self._open(node, QR_CONTEXTS, permit)
-            try:
-                yield connection
-            finally:
-                with suppress(QrfarmError):
-                    connection.close()
-                permit.release()
+        with self._in_use(), self._unpooled(node, QR_CONTEXTS, permit) as connection:
+            yield connection
 
     @contextmanager
     def get(self, node: Node, sop_classes: list[str]) -> Iterator[Connection]:
@@ -205,15 +199,25 @@ class AssociationPool:
             idle = self._idle.pop(_key(node), None)
         if idle is not None:
             self._discard(idle)
-        with self._in_use():
-            permit = self._permit(node)
-            connection = self._open(node, contexts, permit)
-            try:
-                yield connection
-            finally:
-                with suppress(QrfarmError):
-                    connection.close()
-                permit.release()
+        with self._in_use(), self._unpooled(node, contexts, self._permit(node)) as connection:
+            yield connection
+
+    @contextmanager
+    def _unpooled(
+        self,
+        node: Node,
+        contexts: list,  # type: ignore[type-arg]
+        permit: Permit,
+    ) -> Iterator[Connection]:
+        """An association for one use under ``permit``: closed, and the permit
+        given back, when the use ends."""
+        connection = self._open(node, contexts, permit)
+        try:
+            yield connection
+        finally:
+            with suppress(QrfarmError):
+                connection.close()
+            permit.release()
 
     def _discard(self, pooled: _Pooled) -> None:
         with suppress(Exception):

@@ -52,6 +52,25 @@ def permits_from(settings: Settings) -> Permits:
     return FilePermits(settings.data_dir / "permits")
 
 
+def runner_deps(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    pool: AssociationPool,
+    dispatcher: Dispatcher | None = None,
+) -> RunnerDeps:
+    """What the runner needs, as a worker process has it."""
+    return RunnerDeps(
+        sessions=sessions,
+        connections=pool,
+        get_recorder=GetStore(
+            sessions, InstanceStorage(settings.storage_root, fsync=settings.scp_fsync)
+        ),
+        calling_ae=settings.ae_title,
+        policy=policy_from(settings),
+        dispatcher=dispatcher,
+    )
+
+
 @dataclass(frozen=True)
 class ProfileRecorder:
     """Writes what an association attempt showed of its node into the node's profile."""
@@ -107,15 +126,6 @@ def current(settings: Settings, dispatcher: Dispatcher) -> WorkerProcess:
                 timeouts,
                 on_association=ProfileRecorder(sessions),
             )
-            deps = RunnerDeps(
-                sessions=sessions,
-                connections=pool,
-                get_recorder=GetStore(
-                    sessions, InstanceStorage(settings.storage_root, fsync=settings.scp_fsync)
-                ),
-                calling_ae=settings.ae_title,
-                policy=policy_from(settings),
-                dispatcher=dispatcher,
-            )
+            deps = runner_deps(settings, sessions, pool, dispatcher)
             _current = WorkerProcess(os.getpid(), engine, deps, pool)
         return _current

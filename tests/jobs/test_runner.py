@@ -21,10 +21,9 @@ from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.scp import StorageScp
 from qrfarm.storage import InstanceStorage
-from qrfarm.workers.get_store import GetStore
 from qrfarm.workers.permits import FilePermits
 from qrfarm.workers.pool import AssociationPool
-from qrfarm.workers.process import policy_from
+from qrfarm.workers.process import runner_deps
 from tests.conftest import QRFARM_SCP_AE
 
 from .conftest import Sent
@@ -75,14 +74,7 @@ def bench(tmp_path: Path, corpus: Corpus, qrfarm_scp_port: int) -> Iterator[Benc
     client = Client(settings, engine, Sent())
     pool = AssociationPool(FilePermits(settings.data_dir / "permits"), "QRFARM", Timeouts())
     resent = Sent()
-    deps = RunnerDeps(
-        sessions=client.sessions,
-        connections=pool,
-        get_recorder=GetStore(client.sessions, InstanceStorage(settings.storage_root)),
-        calling_ae="QRFARM",
-        policy=policy_from(settings),
-        dispatcher=resent,
-    )
+    deps = runner_deps(settings, client.sessions, pool, resent)
     try:
         yield Bench(pacs, port, settings, client, pool, deps, resent)
     finally:

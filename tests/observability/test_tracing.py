@@ -17,15 +17,14 @@ from qrfarm.client import Client
 from qrfarm.config import Settings
 from qrfarm.dicom import Level, Timeouts
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
-from qrfarm.jobs.runner import RunnerDeps, run_job
+from qrfarm.jobs.runner import run_job
 from qrfarm.models import make_engine, upgrade
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.scp import StorageScp
 from qrfarm.storage import InstanceStorage
-from qrfarm.workers.get_store import GetStore
 from qrfarm.workers.permits import FilePermits
 from qrfarm.workers.pool import AssociationPool
-from qrfarm.workers.process import policy_from
+from qrfarm.workers.process import runner_deps
 from tests.conftest import QRFARM_SCP_AE
 from tests.peers.orthanc import OrthancPeer
 
@@ -78,13 +77,7 @@ def test_a_move_job_is_one_trace_from_submit_to_the_last_c_store(
     )
     scp.start()
     pool = AssociationPool(FilePermits(settings.data_dir / "permits"), "QRFARM", Timeouts())
-    deps = RunnerDeps(
-        sessions=client.sessions,
-        connections=pool,
-        get_recorder=GetStore(client.sessions, InstanceStorage(settings.storage_root)),
-        calling_ae="QRFARM",
-        policy=policy_from(settings),
-    )
+    deps = runner_deps(settings, client.sessions, pool)
     try:
         study = corpus.large_study_uid
         count = len(corpus.studies()[study])
