@@ -1,20 +1,26 @@
-"""The instances a retrieve should bring: its IMAGE-level find, stored as the job's expected list.
+"""The instances a move should bring: its IMAGE-level find, stored as the job's expected list.
 
-For a move the find can run on a spare association while the move runs on
-the main one: on a study of a few hundred instances, its pending responses
-take a tenth of the whole move when they come first. The spare is used only
-when the node has a permit free at that moment; otherwise, or if the spare
-fails, the find runs on the move's own association as before.
+The find can run on a spare association while the move runs on the main
+one: on a study of a few hundred instances its pending responses take a
+tenth of the whole move when they come first. The spare is used only when
+the node has a permit free at that moment; otherwise the find runs on the
+move's own association before the move, and if the spare fails half-way,
+after it.
+
+A PACS that answers the find with a failure (some do not support IMAGE-level
+queries) leaves the list unknown: the move runs all the same and is
+reconciled on the counts the PACS reports.
 """
 
 from __future__ import annotations
 
+import contextvars
+import enum
 import logging
 import threading
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from opentelemetry import context as otel_context
 from pydicom.dataset import Dataset
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +33,10 @@ from qrfarm.models import ExpectedInstance
 from .leases import Claim, fenced
 
 log = logging.getLogger(__name__)
+
+# How long a move waits for its spare association to open before it starts
+# anyway (the find then follows on whichever association gets there).
+SPARE_OPEN_WAIT_S = 0.5
 
 
 class SpareConnections(Protocol):
@@ -62,15 +72,30 @@ def find_and_store(
     identifier: Dataset,
     root: Root,
 ) -> None:
-    store_expected(sessions, taken, expected_instances(conn, identifier, root))
+    """Find the move's instances and store them as expected; a find the PACS
+    answers with a failure leaves the list unknown (association errors raise)."""
+    try:
+        refs = expected_instances(conn, identifier, root)
+    except LookupError as exc:
+        log.warning("job %d: expected instances unknown, %s", taken.job_id, exc)
+        return
+    store_expected(sessions, taken, refs)
+
+
+class _Outcome(enum.Enum):
+    PENDING = "pending"
+    SETTLED = "settled"  # stored, or the PACS refused the find, or the lease was lost
+    NO_SPARE = "no spare"  # no permit free, or the association was refused
+    BROKE = "broke"  # the spare opened, then failed (aborted, timed out...)
 
 
 class ExpectedAlongside(threading.Thread):
     """The expected-instances find on a spare association, in a thread of its own.
 
-    :meth:`begin` says whether its association is open; if so, the caller
-    runs the move and then calls :meth:`finished` (whether the expected list
-    was stored; if not, the caller asks on its own association).
+    :meth:`begin` says whether the move may start without it (the spare is
+    open, or still opening); the caller then runs the move and, whatever
+    happens to it, calls :meth:`settled` (if False, the caller finds on its
+    own association).
     """
 
     def __init__(
@@ -85,43 +110,48 @@ class ExpectedAlongside(threading.Thread):
         super().__init__(name=f"expected-{taken.job_id}", daemon=True)
         self.sessions, self.connections, self.taken = sessions, connections, taken
         self.node, self.identifier, self.root = node, identifier, root
-        # The job's trace goes on in this thread: the spare's spans are the run's.
-        self._trace_context = otel_context.get_current()
+        # The job's trace and log context go on in this thread.
+        self._context = contextvars.copy_context()
         self._opened = threading.Event()
         self._decided = threading.Event()
-        self._stored = False
+        self._outcome = _Outcome.PENDING
 
     def begin(self) -> bool:
-        """Start; whether the spare association is open (if not, the thread has ended)."""
         self.start()
-        self._decided.wait()
-        if self._opened.is_set():
-            return True
-        self.join()
-        return False
+        if self._decided.wait(SPARE_OPEN_WAIT_S) and not self._opened.is_set():
+            self.join()
+            return False
+        return True
 
     def run(self) -> None:
-        # Whatever goes wrong here, the caller finds on its own association.
-        token = otel_context.attach(self._trace_context)
+        try:
+            self._context.run(self._find)
+        finally:
+            self._decided.set()
+
+    def _find(self) -> None:
         try:
             with self.connections.spare_query_retrieve(self.node) as conn:
                 self._opened.set()
                 self._decided.set()
                 find_and_store(self.sessions, self.taken, conn, self.identifier, self.root)
-            self._stored = True
-        except QrfarmError as exc:  # no permit free, refused, aborted...
-            log.debug("job %d: no spare association: %s", self.taken.job_id, exc)
+            self._outcome = _Outcome.SETTLED
+        except QrfarmError as exc:
+            if self._opened.is_set():
+                self._outcome = _Outcome.BROKE
+                log.info("job %d: spare association failed: %s", self.taken.job_id, exc)
+            else:
+                self._outcome = _Outcome.NO_SPARE
+                log.debug("job %d: no spare association: %s", self.taken.job_id, exc)
         except Exception:
+            self._outcome = _Outcome.BROKE
             log.warning(
                 "job %d: expected instances not found alongside the move",
                 self.taken.job_id,
                 exc_info=True,
             )
-        finally:
-            self._decided.set()
-            otel_context.detach(token)
 
-    def finished(self) -> bool:
-        """Wait for the find; whether it stored the expected list."""
+    def settled(self) -> bool:
+        """Wait for the find; whether the expected list is settled without the caller."""
         self.join()
-        return self._stored
+        return self._outcome is _Outcome.SETTLED

@@ -239,37 +239,59 @@ def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) 
             if not alongside.begin():
                 alongside = None
                 find_and_store(deps.sessions, taken, conn, snap.identifier, snap.root)
-        identifiers = _retrieve_identifiers(deps, taken, snap)
-        with deps.sessions() as session, session.begin():
-            attempt = session.get_one(Attempt, taken.attempt_id)
-            message_id = allocate_message_id(session, attempt, deps.calling_ae)
-            attempt.called_ae = snap.node.ae_title
-        results = []
         try:
-            for identifier in identifiers:
-                with tracer.start_as_current_span(
-                    "dicom.c-move",
-                    attributes={
-                        "dicom.move_destination": snap.destination or "",
-                        "dicom.message_id": message_id,
-                    },
-                ):
-                    results.append(
-                        conn.move(
-                            identifier,
-                            snap.destination or "",
-                            snap.root,
-                            message_id=message_id,
-                            on_response=_traced(watch.on_response),
-                        )
-                    )
+            results = _move(deps, taken, snap, watch, conn)
         finally:
-            with deps.sessions() as session, session.begin():
-                release_message_id(session, session.get_one(Attempt, taken.attempt_id))
-        if alongside is not None and not alongside.finished():
-            # The spare association failed: ask on this one, now the move is done.
-            find_and_store(deps.sessions, taken, conn, snap.identifier, snap.root)
+            # Whatever became of the move, its finder ends (and frees its
+            # association) before the attempt does.
+            settled = alongside is None or alongside.settled()
+        if not settled:
+            _find_after_move(deps, taken, snap, conn)
     _after_retrieve(deps, taken, results)
+
+
+def _move(
+    deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch, conn: Connection
+) -> list[OperationResult]:
+    """The C-MOVE(s) of the attempt under one Message ID the storage SCP can match."""
+    identifiers = _retrieve_identifiers(deps, taken, snap)
+    with deps.sessions() as session, session.begin():
+        attempt = session.get_one(Attempt, taken.attempt_id)
+        message_id = allocate_message_id(session, attempt, deps.calling_ae)
+        attempt.called_ae = snap.node.ae_title
+    results = []
+    try:
+        for identifier in identifiers:
+            with tracer.start_as_current_span(
+                "dicom.c-move",
+                attributes={
+                    "dicom.move_destination": snap.destination or "",
+                    "dicom.message_id": message_id,
+                },
+            ):
+                results.append(
+                    conn.move(
+                        identifier,
+                        snap.destination or "",
+                        snap.root,
+                        message_id=message_id,
+                        on_response=_traced(watch.on_response),
+                    )
+                )
+    finally:
+        with deps.sessions() as session, session.begin():
+            release_message_id(session, session.get_one(Attempt, taken.attempt_id))
+    return results
+
+
+def _find_after_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, conn: Connection) -> None:
+    """The spare association failed half-way: find on this one, now the move is
+    done. The move's instances are in: an error here leaves the expected list
+    unknown (reconciled on reported counts) rather than losing the attempt."""
+    try:
+        find_and_store(deps.sessions, taken, conn, snap.identifier, snap.root)
+    except QrfarmError as exc:
+        log.warning("job %d: expected instances unknown, %s", taken.job_id, exc)
 
 
 def _run_get(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:

@@ -96,6 +96,9 @@ class Behaviour:
     # Refuse (transiently: "local limit exceeded") associations above this many
     # admitted at once (not pynetdicom's own limit, which counts threads).
     max_associations: int | None = None
+    # C-FINDs at these levels are answered "unable to process" (0xC000), as by
+    # a PACS that supports no IMAGE-level queries.
+    refused_find_levels: frozenset[Level] = frozenset()
     stats: SandboxStats = field(default_factory=SandboxStats)
 
     def pause(self, retrieve: bool = True) -> None:
@@ -111,6 +114,9 @@ def handle_find(
     level = _level(identifier)
     if level is None:
         yield 0xA900, None  # Identifier does not match SOP class
+        return
+    if level in behaviour.refused_find_levels:
+        yield 0xC000, None  # Unable to process
         return
     for group in archive.select(identifier, level):
         behaviour.pause(retrieve=False)

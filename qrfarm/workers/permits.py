@@ -18,8 +18,11 @@ from typing import Protocol
 import redis
 
 PERMIT_TTL_S = 60.0
-# How long a wait for a node's permit asks idle holders to let go.
-WANTED_S = 3.0
+# How long a wait for a node's permit asks idle holders to let go: a waiter
+# renews the request while it waits, so no longer than a task waits for a
+# permit (qrfarm.workers.pool.PERMIT_WAIT_S), or holders would close
+# associations for a waiter that has given up.
+WANTED_S = 1.0
 
 
 class Permit(Protocol):

@@ -44,8 +44,9 @@ CLOSE_AFTER_IDLE_S = 20.0
 # the queue (for a worker holding the node's association to take).
 PERMIT_WAIT_S = 1.0
 # An idle association that another worker waits for is handed over (closed,
-# its permit freed) at once while this process is busy with something else,
-# and otherwise once it has rested this long: between two tasks a holder
+# its permit freed) at once while this process has another association in
+# use (it cannot use this one meanwhile), and otherwise once it has rested
+# this long: between two tasks a holder
 # reuses its association within milliseconds, and taking it away then would
 # only trade one association open for another (with more workers than
 # permits the farm did little else, at half the throughput of one worker).
@@ -88,8 +89,9 @@ class AssociationPool:
         # Keyed by the peer's address, not the whole Node: its limit may change
         # (learned from its profile) while an association to it is pooled.
         self._idle: dict[tuple[str, str, int], _Pooled] = {}
-        # Associations in use or being had: while any is, the idle ones wait for nothing.
-        self._busy = 0
+        # Associations in use or being opened: while there is one, the idle
+        # ones cannot be used by this process and are handed over at once.
+        self._associations_in_use = 0
         self._lock = threading.Lock()
         self._reaper = threading.Thread(target=self._reap, name="pool-reaper", daemon=True)
         self._reaper.start()
@@ -150,12 +152,12 @@ class AssociationPool:
     @contextmanager
     def _in_use(self) -> Iterator[None]:
         with self._lock:
-            self._busy += 1
+            self._associations_in_use += 1
         try:
             yield
         finally:
             with self._lock:
-                self._busy -= 1
+                self._associations_in_use -= 1
 
     @contextmanager
     def query_retrieve(self, node: Node) -> Iterator[Connection]:
@@ -237,7 +239,7 @@ class AssociationPool:
                 idle = list(self._idle.items())
             wanted = {key for key, pooled in idle if self.permits.wanted(pooled.permit.node)}
             with self._lock:
-                hand_over_after = 0.0 if self._busy else HAND_OVER_AFTER_IDLE_S
+                hand_over_after = 0.0 if self._associations_in_use else HAND_OVER_AFTER_IDLE_S
                 stale = [
                     n
                     for n, p in self._idle.items()

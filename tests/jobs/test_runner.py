@@ -5,6 +5,7 @@ are found."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,22 @@ def bench(tmp_path: Path, corpus: Corpus, qrfarm_scp_port: int) -> Iterator[Benc
         engine.dispose()
 
 
+@contextmanager
+def moves_into_scp(bench: Bench) -> Iterator[None]:
+    """qrfarm's storage SCP, in this process, as the move destination."""
+    scp = StorageScp(
+        bench.client.sessions,
+        InstanceStorage(bench.settings.storage_root),
+        ae_title=QRFARM_SCP_AE,
+        port=bench.settings.scp_port,
+    )
+    scp.start()
+    try:
+        yield
+    finally:
+        scp.stop(drain_timeout=10)
+
+
 def test_a_job_whose_node_is_busy_goes_back_to_its_queue_at_once(bench: Bench) -> None:
     bench.register(max_associations=1)
     # Another worker process holds the node's only permit, in use.
@@ -118,19 +135,27 @@ def test_a_move_knows_its_expected_instances_however_many_associations_it_may_ha
     bench.register(max_associations=max_associations)
     study = corpus.large_study_uid
     count = len(corpus.studies()[study])
-    scp = StorageScp(
-        bench.client.sessions,
-        InstanceStorage(bench.settings.storage_root),
-        ae_title=QRFARM_SCP_AE,
-        port=bench.settings.scp_port,
-    )
-    scp.start()
-    try:
+    with moves_into_scp(bench):
         job_id = bench.client.move("pacs", Level.STUDY, {"StudyInstanceUID": study})
         run_job(bench.deps, job_id, "runner-test")
-    finally:
-        scp.stop(drain_timeout=10)
     status = bench.client.status(job_id)
     assert status["state"] == "completed", status
     assert status["expected"] == status["recorded"] == count
     assert bench.pacs.behaviour.stats.peak_associations == associations_seen
+
+
+@pytest.mark.parametrize("max_associations", [1, 2], ids=["before-the-move", "alongside"])
+def test_a_pacs_that_refuses_image_level_finds_still_moves_reconciled_on_its_counts(
+    bench: Bench, corpus: Corpus, max_associations: int
+) -> None:
+    bench.register(max_associations=max_associations)
+    bench.pacs.behaviour.refused_find_levels = frozenset({Level.IMAGE})
+    study = corpus.large_study_uid
+    count = len(corpus.studies()[study])
+    with moves_into_scp(bench):
+        job_id = bench.client.move("pacs", Level.STUDY, {"StudyInstanceUID": study})
+        run_job(bench.deps, job_id, "runner-test")
+    status = bench.client.status(job_id)
+    assert status["state"] == "completed", status
+    assert status["expected"] is None  # unknown: the PACS would not say
+    assert status["reported"]["completed"] == status["recorded"] == count
