@@ -14,7 +14,7 @@ from qrfarm.jobs.runner import NodeBusy
 from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.workers.permits import FilePermits
-from qrfarm.workers.pool import PERMIT_WAIT_S, AssociationPool
+from qrfarm.workers.pool import CLOSE_AFTER_IDLE_S, PERMIT_WAIT_S, AssociationPool
 
 
 def test_an_idle_association_lets_go_of_the_permit_another_worker_waits_for(
@@ -33,7 +33,7 @@ def test_an_idle_association_lets_go_of_the_permit_another_worker_waits_for(
         started = time.monotonic()
         with second.query_retrieve(node) as conn:
             assert conn.echo().category is StatusCategory.SUCCESS
-        # Within the wait for a permit, not after the idle timeout (20 s).
+        # Within the wait for a permit, not after the idle close (CLOSE_AFTER_IDLE_S).
         assert time.monotonic() - started < PERMIT_WAIT_S
         assert pacs.behaviour.stats.peak_associations == 1
     finally:
@@ -80,4 +80,26 @@ def test_an_association_in_steady_use_is_kept_though_another_worker_waits(
         stop.set()
         holder.close()
         waiter.close()
+        pacs.stop()
+
+
+def test_an_idle_association_is_closed_after_a_few_seconds_and_its_permit_freed(
+    tmp_path: Path, corpus: Corpus
+) -> None:
+    pacs = SandboxPacs([i.path for i in corpus.instances[:5]], behaviour=Behaviour())
+    port = pacs.start()
+    node = Node("SANDBOX", "127.0.0.1", port, max_associations=1)
+    permits = FilePermits(tmp_path / "permits")
+    pool = AssociationPool(permits, "QRFARM", Timeouts())
+    try:
+        with pool.query_retrieve(node) as conn:
+            assert conn.echo().category is StatusCategory.SUCCESS
+        assert pacs.behaviour.stats.open_associations == 1  # kept for the next task
+        deadline = time.monotonic() + CLOSE_AFTER_IDLE_S + 3
+        while pacs.behaviour.stats.open_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pacs.behaviour.stats.open_associations == 0
+        assert permits.held(str(node), 1) == 0
+    finally:
+        pool.close()
         pacs.stop()
