@@ -40,11 +40,14 @@ def sandbox(
         pacs.stop()
 
 
+@pytest.mark.parametrize("kind", ["redis-postgresql", "embedded"])
 def test_a_node_limited_to_two_associations_never_sees_three(
-    tmp_path: Path, qrfarm_scp_port: int, corpus: Corpus
+    tmp_path: Path, qrfarm_scp_port: int, corpus: Corpus, kind: str
 ) -> None:
+    """Three single-process workers share two permits; the one left without
+    gives its job back to the queue (sent again by the worker itself)."""
     with (
-        make_farm("redis-postgresql", tmp_path, qrfarm_scp_port) as farm,
+        make_farm(kind, tmp_path, qrfarm_scp_port) as farm,
         sandbox(corpus, qrfarm_scp_port, find_delay_s=0.15) as pacs,
     ):
         farm.register(
