@@ -4,6 +4,8 @@ are found."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,9 +56,8 @@ class Bench:
 
 @pytest.fixture
 def bench(tmp_path: Path, corpus: Corpus, qrfarm_scp_port: int) -> Iterator[Bench]:
-    study = corpus.large_study_uid
     pacs = SandboxPacs(
-        [i.path for i in corpus.studies()[study]],
+        [i.path for i in corpus.instances],
         behaviour=Behaviour(),
         destinations={QRFARM_SCP_AE: ("127.0.0.1", qrfarm_scp_port)},
     )
@@ -159,3 +160,26 @@ def test_a_pacs_that_refuses_image_level_finds_still_moves_reconciled_on_its_cou
     assert status["state"] == "completed", status
     assert status["expected"] is None  # unknown: the PACS would not say
     assert status["reported"]["completed"] == status["recorded"] == count
+
+
+def test_a_long_move_writes_its_progress_while_it_runs(bench: Bench, corpus: Corpus) -> None:
+    """The pending responses' counts reach the job about once a second."""
+    bench.register(max_associations=2)
+    bench.pacs.behaviour.retrieve_delay_s = 0.2  # before each sub-operation: about 3 s
+    study, instances = next((s, i) for s, i in corpus.studies().items() if 10 <= len(i) <= 20)
+    seen: list[tuple[int, int]] = []
+    with moves_into_scp(bench):
+        job_id = bench.client.move("pacs", Level.STUDY, {"StudyInstanceUID": study})
+        runner = threading.Thread(target=run_job, args=(bench.deps, job_id, "runner-test"))
+        runner.start()
+        while runner.is_alive():
+            progress = bench.client.status(job_id)["progress"]
+            if progress["remaining"] is not None:
+                seen.append((progress["remaining"], progress["completed"]))
+            time.sleep(0.25)
+        runner.join()
+    assert bench.client.status(job_id)["state"] == "completed"
+    written = sorted(set(seen), key=lambda p: p[1])
+    assert len(written) >= 2, written  # more than once while it ran
+    assert [r for r, _ in written] == sorted((r for r, _ in written), reverse=True)
+    assert all(remaining + completed <= len(instances) for remaining, completed in written)
