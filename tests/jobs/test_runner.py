@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,6 +102,15 @@ def moves_into_scp(bench: Bench) -> Iterator[None]:
         scp.stop(drain_timeout=10)
 
 
+def move_a_study(bench: Bench, corpus: Corpus) -> tuple[dict[str, Any], int]:
+    """Run a move of a study of 10-20 instances; the job's status and the study's size."""
+    study, instances = next((s, i) for s, i in corpus.studies().items() if 10 <= len(i) <= 20)
+    with moves_into_scp(bench):
+        job_id = bench.client.move("pacs", Level.STUDY, {"StudyInstanceUID": study})
+        run_job(bench.deps, job_id, "runner-test")
+    return bench.client.status(job_id), len(instances)
+
+
 def test_a_job_whose_node_is_busy_goes_back_to_its_queue_at_once(bench: Bench) -> None:
     bench.register(max_associations=1)
     # Another worker process holds the node's only permit, in use.
@@ -134,12 +144,7 @@ def test_a_move_knows_its_expected_instances_however_many_associations_it_may_ha
     """With a permit to spare, the IMAGE-level find runs on a second association
     while the move runs; with one association, before the move on it."""
     bench.register(max_associations=max_associations)
-    study = corpus.large_study_uid
-    count = len(corpus.studies()[study])
-    with moves_into_scp(bench):
-        job_id = bench.client.move("pacs", Level.STUDY, {"StudyInstanceUID": study})
-        run_job(bench.deps, job_id, "runner-test")
-    status = bench.client.status(job_id)
+    status, count = move_a_study(bench, corpus)
     assert status["state"] == "completed", status
     assert status["expected"] == status["recorded"] == count
     assert bench.pacs.behaviour.stats.peak_associations == associations_seen
@@ -151,12 +156,7 @@ def test_a_pacs_that_refuses_image_level_finds_still_moves_reconciled_on_its_cou
 ) -> None:
     bench.register(max_associations=max_associations)
     bench.pacs.behaviour.refused_find_levels = frozenset({Level.IMAGE})
-    study = corpus.large_study_uid
-    count = len(corpus.studies()[study])
-    with moves_into_scp(bench):
-        job_id = bench.client.move("pacs", Level.STUDY, {"StudyInstanceUID": study})
-        run_job(bench.deps, job_id, "runner-test")
-    status = bench.client.status(job_id)
+    status, count = move_a_study(bench, corpus)
     assert status["state"] == "completed", status
     assert status["expected"] is None  # unknown: the PACS would not say
     assert status["reported"]["completed"] == status["recorded"] == count
