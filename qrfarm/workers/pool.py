@@ -173,6 +173,7 @@ class AssociationPool:
                 raise
         pooled.last_used = time.monotonic()
         if pooled.connection.is_open:
+            pooled.connection.rest()  # no polling while it waits for the next task
             with self._lock:
                 previous = self._idle.pop(_key(node), None)
                 self._idle[_key(node)] = pooled

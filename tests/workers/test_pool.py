@@ -3,18 +3,21 @@ permit back as soon as another worker waits for it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from qrfarm.dicom import Node, StatusCategory, Timeouts
+from qrfarm.dicom import Level, Node, Root, StatusCategory, Timeouts, build_query_identifier
 from qrfarm.jobs.runner import NodeBusy
 from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.workers.permits import FilePermits
 from qrfarm.workers.pool import CLOSE_AFTER_IDLE_S, PERMIT_WAIT_S, AssociationPool
+from tests.peers.ports import free_port, wait_for_port
 
 
 def test_an_idle_association_lets_go_of_the_permit_another_worker_waits_for(
@@ -103,3 +106,60 @@ def test_an_idle_association_is_closed_after_a_few_seconds_and_its_permit_freed(
     finally:
         pool.close()
         pacs.stop()
+
+
+def test_a_resting_association_serves_every_answer_of_each_find(
+    tmp_path: Path, corpus: Corpus
+) -> None:
+    """Between tasks a pooled association rests (its reactor held, not polling):
+    the next find on it loses none of its answers."""
+    pacs = SandboxPacs([i.path for i in corpus.instances], behaviour=Behaviour())
+    port = pacs.start()
+    node = Node("SANDBOX", "127.0.0.1", port)
+    pool = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
+    query = build_query_identifier(Root.STUDY, Level.STUDY, {"PatientID": "*"})
+    try:
+        answers = []
+        for _ in range(30):
+            with pool.query_retrieve(node) as conn:
+                answers.append(len(conn.find(query).matches))
+            time.sleep(0.005)
+        assert answers == [len(corpus.studies())] * 30
+        assert pacs.behaviour.stats.peak_associations == 1  # the same one throughout
+    finally:
+        pool.close()
+        pacs.stop()
+
+
+def test_a_resting_association_the_peer_dropped_is_replaced_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    """A PACS restarted while our association rested: the next task gets a new one."""
+    port = free_port()
+
+    def start_pacs() -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "qrfarm.cli", "sandbox", "--port", str(port)]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port, timeout=60)
+        return process
+
+    pacs = start_pacs()
+    node = Node("SANDBOX", "127.0.0.1", port)
+    pool = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
+    try:
+        with pool.query_retrieve(node) as conn:
+            first = conn
+            assert conn.echo().category is StatusCategory.SUCCESS
+        pacs.kill()  # its connections go with it
+        pacs.wait()
+        pacs = start_pacs()
+        started = time.monotonic()
+        with pool.query_retrieve(node) as conn:
+            assert conn is not first
+            assert conn.echo().category is StatusCategory.SUCCESS
+        # Not after a DIMSE or ACSE timeout (30 s) on the dead one.
+        assert time.monotonic() - started < Timeouts().dimse / 2
+    finally:
+        pool.close()
+        pacs.kill()
+        pacs.wait()
