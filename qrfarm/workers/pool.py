@@ -39,9 +39,10 @@ QR_CONTEXTS = qr_contexts(
     [Operation.ECHO, Operation.FIND, Operation.MOVE], [Root.STUDY, Root.PATIENT]
 )
 CHECK_AFTER_IDLE_S = 2.0
-# An open association costs about 6 % of a core even when idle (pynetdicom's
-# two reactor threads poll every millisecond): 20 s of idling cost more CPU
-# than the 10-20 ms of opening one again, so idle ones close after 5 s.
+# An open association costs CPU even when idle: about 6 % of a core with
+# pynetdicom's two reactor threads polling every millisecond, 3 % at rest
+# (Connection.rest holds one of them). 20 s of that cost more than the
+# 10-20 ms of opening one again, so idle ones close after 5 s.
 CLOSE_AFTER_IDLE_S = 5.0
 # How long a task waits for a node's permit before it gives its job back to
 # the queue (for a worker holding the node's association to take).
