@@ -99,7 +99,12 @@ def test_an_idle_association_is_closed_after_a_few_seconds_and_its_permit_freed(
             assert conn.echo().category is StatusCategory.SUCCESS
         assert pacs.behaviour.stats.open_associations == 1  # kept for the next task
         deadline = time.monotonic() + CLOSE_AFTER_IDLE_S + 3
-        while pacs.behaviour.stats.open_associations and time.monotonic() < deadline:
+
+        def closed_and_freed() -> bool:
+            # Closed first, then the permit given back: both, a moment apart.
+            return pacs.behaviour.stats.open_associations == 0 and permits.held(str(node), 1) == 0
+
+        while not closed_and_freed() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert pacs.behaviour.stats.open_associations == 0
         assert permits.held(str(node), 1) == 0
