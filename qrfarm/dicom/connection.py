@@ -230,7 +230,8 @@ class Connection:
 
         pynetdicom's association reactor checks for work every millisecond
         (with its DUL reactor, about 6 % of a core per open association,
-        idle or not); held at its checkpoint it costs nothing. Every
+        idle or not); held at its checkpoint it costs nothing, which halves
+        that (the DUL reactor goes on reading the socket). Every
         operation takes it from there as pynetdicom's own requests do (they
         pause it, then let it run on), and :attr:`is_open` still sees a peer
         that aborted meanwhile. Call only between operations.

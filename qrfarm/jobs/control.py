@@ -6,10 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.errors import PermanentError
-from qrfarm.models import Job, JobKind, JobState, NodeRecord, utcnow
+from qrfarm.models import ENDED_STATES, Job, JobKind, JobState, NodeRecord, utcnow
 
 from .dispatch import RUN_JOB, Dispatcher, node_queue
-from .states import ENDED, transition
+from .states import transition
 
 
 class NoSuchJob(PermanentError, LookupError):
@@ -31,7 +31,7 @@ def cancel(sessions: sessionmaker[Session], job_id: int) -> JobState:
     """Ask for a job to stop: a queued one ends at once; a running one gets C-CANCEL."""
     with sessions() as session, session.begin():
         job = _job(session, job_id)
-        if job.state in ENDED:
+        if job.state in ENDED_STATES:
             return job.state
         job.cancel_requested = True
         if job.state is JobState.QUEUED:

@@ -15,7 +15,6 @@ reconciled on the counts the PACS reports.
 from __future__ import annotations
 
 import contextvars
-import enum
 import logging
 import threading
 from contextlib import AbstractContextManager
@@ -82,13 +81,6 @@ def find_and_store(
     store_expected(sessions, taken, refs)
 
 
-class _Outcome(enum.Enum):
-    PENDING = "pending"
-    SETTLED = "settled"  # stored, or the PACS refused the find, or the lease was lost
-    NO_SPARE = "no spare"  # no permit free, or the association was refused
-    BROKE = "broke"  # the spare opened, then failed (aborted, timed out...)
-
-
 class ExpectedAlongside(threading.Thread):
     """The expected-instances find on a spare association, in a thread of its own.
 
@@ -114,7 +106,9 @@ class ExpectedAlongside(threading.Thread):
         self._context = contextvars.copy_context()
         self._opened = threading.Event()
         self._decided = threading.Event()
-        self._outcome = _Outcome.PENDING
+        # Stored, or the PACS refused the find, or the lease was lost: either
+        # way the caller has nothing left to find.
+        self._settled = False
 
     def begin(self) -> bool:
         self.start()
@@ -135,16 +129,13 @@ class ExpectedAlongside(threading.Thread):
                 self._opened.set()
                 self._decided.set()
                 find_and_store(self.sessions, self.taken, conn, self.identifier, self.root)
-            self._outcome = _Outcome.SETTLED
+            self._settled = True
         except QrfarmError as exc:
             if self._opened.is_set():
-                self._outcome = _Outcome.BROKE
                 log.info("job %d: spare association failed: %s", self.taken.job_id, exc)
-            else:
-                self._outcome = _Outcome.NO_SPARE
+            else:  # no permit free, or the association was refused
                 log.debug("job %d: no spare association: %s", self.taken.job_id, exc)
         except Exception:
-            self._outcome = _Outcome.BROKE
             log.warning(
                 "job %d: expected instances not found alongside the move",
                 self.taken.job_id,
@@ -154,4 +145,4 @@ class ExpectedAlongside(threading.Thread):
     def settled(self) -> bool:
         """Wait for the find; whether the expected list is settled without the caller."""
         self.join()
-        return self._outcome is _Outcome.SETTLED
+        return self._settled

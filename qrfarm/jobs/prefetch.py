@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.dicom import Level
 from qrfarm.errors import InvalidIdentifier, PermanentError
 from qrfarm.models import (
+    ENDED_STATES,
     PREFETCH_ENDED,
     FindResult,
     Job,
@@ -51,7 +52,6 @@ from qrfarm.models import (
 from . import priors
 from .dispatch import Dispatcher
 from .notify import notify_prefetch_ended, validate_callback_url
-from .states import ENDED
 from .submit import JobRequest, SubmitRules, UnknownNode, new_job, send_jobs
 
 RETURN_KEYS = (
@@ -412,7 +412,7 @@ def advance(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[in
         waiting_for = _children(session, prefetch.id, JobKind.FIND)
     else:
         waiting_for = _children(session, prefetch.id, JobKind.MOVE)
-    if not all(j.state in ENDED for j in waiting_for):
+    if not all(j.state in ENDED_STATES for j in waiting_for):
         return []
     if prefetch.state is PrefetchState.SEARCHING:
         return _searched(session, prefetch, rules)

@@ -57,7 +57,7 @@ from qrfarm.observability.tracing import context_of, tracer
 
 from . import learning
 from .dispatch import RUN_JOB, Dispatcher, node_queue
-from .expected import ExpectedAlongside, find_and_store, store_expected
+from .expected import ExpectedAlongside, SpareConnections, find_and_store, store_expected
 from .leases import Claim, claim, fenced
 from .moves import allocate_message_id, release_message_id
 from .policy import JobPolicy
@@ -78,7 +78,7 @@ class GetRecorder(Protocol):
     def sink_for(self, job_id: int, calling_ae: str) -> InstanceSink: ...
 
 
-class ConnectionSource(Protocol):
+class ConnectionSource(SpareConnections, Protocol):
     """Associations as a worker holds them (pooled, under the node's permit)."""
 
     def query_retrieve(self, node: Node) -> AbstractContextManager[Connection]:
@@ -87,11 +87,6 @@ class ConnectionSource(Protocol):
 
     def get(self, node: Node, sop_classes: list[str]) -> AbstractContextManager[Connection]:
         """An association for one C-GET, with storage contexts for ``sop_classes``."""
-        ...
-
-    def spare_query_retrieve(self, node: Node) -> AbstractContextManager[Connection]:
-        """A second Q/R association, only if the node has a permit free now
-        (NodeBusy otherwise); not pooled."""
         ...
 
 

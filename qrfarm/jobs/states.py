@@ -34,7 +34,6 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     FAIL: frozenset({Q}),
     CANC: frozenset(),
 }
-ENDED = ENDED_STATES
 
 
 class IllegalTransition(PermanentError):
@@ -49,17 +48,17 @@ def transition(job: Job, to: JobState, *, error: str | None = None) -> None:
     job.state = to
     if to is RUN and job.started_at is None:
         job.started_at = now
-    if to in ENDED or to is Q:
+    if to in ENDED_STATES or to is Q:
         # Ended or waiting for its next attempt: no worker holds it.
         job.lease_owner = None
         job.lease_expires_at = None
-    if to in ENDED:
+    if to in ENDED_STATES:
         job.ended_at = now
     elif to is Q:
         job.ended_at = None
     if error is not None:
         job.error = error
-    if to in ENDED:
+    if to in ENDED_STATES:
         _tell_of_end(job)
 
 

@@ -50,7 +50,9 @@ def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
 
 
 def _register(app: Celery, settings: Settings) -> None:
+    dispatcher = CeleryDispatcher(app)  # sends busy nodes' jobs back to their queue
+
     @app.task(name=RUN_JOB, bind=True)
     def run_job_task(self: Any, job_id: int) -> None:
-        worker = current(settings, CeleryDispatcher(self.app))
+        worker = current(settings, dispatcher)
         run_job(worker.deps, int(job_id), worker.owner, task_id=self.request.id)

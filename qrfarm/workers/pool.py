@@ -50,10 +50,10 @@ PERMIT_WAIT_S = 1.0
 # An idle association that another worker waits for is handed over (closed,
 # its permit freed) at once while this process has another association in
 # use (it cannot use this one meanwhile), and otherwise once it has rested
-# this long: between two tasks a holder
-# reuses its association within milliseconds, and taking it away then would
-# only trade one association open for another (with more workers than
-# permits the farm did little else, at half the throughput of one worker).
+# this long: between two tasks a holder reuses its association within
+# milliseconds, and taking it away then would only trade one association
+# open for another (with more workers than permits the farm did little
+# else, at half the throughput of one worker).
 HAND_OVER_AFTER_IDLE_S = 0.3
 REAP_INTERVAL_S = 0.25
 RENEW_EVERY_TICKS = 8  # about every 2 s

@@ -108,8 +108,7 @@ _lock = threading.Lock()
 
 def current(settings: Settings, dispatcher: Dispatcher) -> WorkerProcess:
     """This process's worker state, made on first use (and again after a fork);
-    ``dispatcher`` sends jobs back to their queue (the worker's broker) and is
-    taken from the first call only."""
+    ``dispatcher`` sends jobs back to their queue (the worker's broker)."""
     global _current
     with _lock:
         if _current is None or _current.pid != os.getpid():
