@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,41 +22,64 @@ from qrfarm.workers.pool import CLOSE_AFTER_IDLE_S, PERMIT_WAIT_S, AssociationPo
 from tests.peers.ports import free_port, wait_for_port
 
 
-def test_an_idle_association_lets_go_of_the_permit_another_worker_waits_for(
-    tmp_path: Path, corpus: Corpus
-) -> None:
-    pacs = SandboxPacs([i.path for i in corpus.instances[:5]], behaviour=Behaviour())
+@dataclass
+class Sandbox:
+    pacs: SandboxPacs
+    port: int
+
+    def node(self, max_associations: int = 4) -> Node:
+        return Node("SANDBOX", "127.0.0.1", self.port, max_associations=max_associations)
+
+
+@pytest.fixture
+def sandbox(corpus: Corpus) -> Iterator[Sandbox]:
+    pacs = SandboxPacs([i.path for i in corpus.instances], behaviour=Behaviour())
     port = pacs.start()
-    node = Node("SANDBOX", "127.0.0.1", port, max_associations=1)
-    # Two worker processes, as far as permits go: one folder of lock files.
-    first = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
-    second = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
     try:
-        with first.query_retrieve(node) as conn:
-            assert conn.echo().category is StatusCategory.SUCCESS
-        # The first keeps its association (and the node's only permit), idle.
-        started = time.monotonic()
-        with second.query_retrieve(node) as conn:
-            assert conn.echo().category is StatusCategory.SUCCESS
-        # Within the wait for a permit, not after the idle close (CLOSE_AFTER_IDLE_S).
-        assert time.monotonic() - started < PERMIT_WAIT_S
-        assert pacs.behaviour.stats.peak_associations == 1
+        yield Sandbox(pacs, port)
     finally:
-        first.close()
-        second.close()
         pacs.stop()
 
 
+@pytest.fixture
+def pools(tmp_path: Path) -> Iterator[Callable[[], AssociationPool]]:
+    """Pools of worker processes, as far as permits go: one folder of lock files."""
+    made: list[AssociationPool] = []
+
+    def make() -> AssociationPool:
+        made.append(AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts()))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for pool in made:
+            pool.close()
+
+
+def test_an_idle_association_lets_go_of_the_permit_another_worker_waits_for(
+    sandbox: Sandbox, pools: Callable[[], AssociationPool]
+) -> None:
+    node = sandbox.node(max_associations=1)
+    first, second = pools(), pools()
+    with first.query_retrieve(node) as conn:
+        assert conn.echo().category is StatusCategory.SUCCESS
+    # The first keeps its association (and the node's only permit), idle.
+    started = time.monotonic()
+    with second.query_retrieve(node) as conn:
+        assert conn.echo().category is StatusCategory.SUCCESS
+    # Within the wait for a permit, not after the idle close (CLOSE_AFTER_IDLE_S).
+    assert time.monotonic() - started < PERMIT_WAIT_S
+    assert sandbox.pacs.behaviour.stats.peak_associations == 1
+
+
 def test_an_association_in_steady_use_is_kept_though_another_worker_waits(
-    tmp_path: Path, corpus: Corpus
+    sandbox: Sandbox, pools: Callable[[], AssociationPool]
 ) -> None:
     """Handing it over between two tasks would only trade one association open
     for another: the waiter gives its job back instead (NodeBusy)."""
-    pacs = SandboxPacs([i.path for i in corpus.instances[:5]], behaviour=Behaviour())
-    port = pacs.start()
-    node = Node("SANDBOX", "127.0.0.1", port, max_associations=1)
-    holder = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
-    waiter = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
+    node = sandbox.node(max_associations=1)
+    holder, waiter = pools(), pools()
     stop = threading.Event()
     used: set[int] = set()
 
@@ -78,66 +103,53 @@ def test_an_association_in_steady_use_is_kept_though_another_worker_waits(
         stop.set()
         busy.join()
         assert len(used) == 1  # one association all along
-        assert pacs.behaviour.stats.peak_associations == 1
+        assert sandbox.pacs.behaviour.stats.peak_associations == 1
     finally:
         stop.set()
-        holder.close()
-        waiter.close()
-        pacs.stop()
+        if busy.is_alive():  # before the pools close
+            busy.join()
 
 
 def test_an_idle_association_is_closed_after_a_few_seconds_and_its_permit_freed(
-    tmp_path: Path, corpus: Corpus
+    sandbox: Sandbox, pools: Callable[[], AssociationPool], tmp_path: Path
 ) -> None:
-    pacs = SandboxPacs([i.path for i in corpus.instances[:5]], behaviour=Behaviour())
-    port = pacs.start()
-    node = Node("SANDBOX", "127.0.0.1", port, max_associations=1)
-    permits = FilePermits(tmp_path / "permits")
-    pool = AssociationPool(permits, "QRFARM", Timeouts())
-    try:
-        with pool.query_retrieve(node) as conn:
-            assert conn.echo().category is StatusCategory.SUCCESS
-        assert pacs.behaviour.stats.open_associations == 1  # kept for the next task
-        deadline = time.monotonic() + CLOSE_AFTER_IDLE_S + 3
+    node = sandbox.node(max_associations=1)
+    stats = sandbox.pacs.behaviour.stats
+    permits = FilePermits(tmp_path / "permits")  # the pools' own folder
+    with pools().query_retrieve(node) as conn:
+        assert conn.echo().category is StatusCategory.SUCCESS
+    assert stats.open_associations == 1  # kept for the next task
+    deadline = time.monotonic() + CLOSE_AFTER_IDLE_S + 3
 
-        def closed_and_freed() -> bool:
-            # Closed first, then the permit given back: both, a moment apart.
-            return pacs.behaviour.stats.open_associations == 0 and permits.held(str(node), 1) == 0
+    def closed_and_freed() -> bool:
+        # Closed first, then the permit given back: both, a moment apart.
+        return stats.open_associations == 0 and permits.held(str(node), 1) == 0
 
-        while not closed_and_freed() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert pacs.behaviour.stats.open_associations == 0
-        assert permits.held(str(node), 1) == 0
-    finally:
-        pool.close()
-        pacs.stop()
+    while not closed_and_freed() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stats.open_associations == 0
+    assert permits.held(str(node), 1) == 0
 
 
 def test_a_resting_association_serves_every_answer_of_each_find(
-    tmp_path: Path, corpus: Corpus
+    sandbox: Sandbox, pools: Callable[[], AssociationPool], corpus: Corpus
 ) -> None:
     """Between tasks a pooled association rests (its reactor held, not polling):
     the next find on it loses none of its answers."""
-    pacs = SandboxPacs([i.path for i in corpus.instances], behaviour=Behaviour())
-    port = pacs.start()
-    node = Node("SANDBOX", "127.0.0.1", port)
-    pool = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
+    node = sandbox.node()
+    pool = pools()
     query = build_query_identifier(Root.STUDY, Level.STUDY, {"PatientID": "*"})
-    try:
-        answers = []
-        for _ in range(30):
-            with pool.query_retrieve(node) as conn:
-                answers.append(len(conn.find(query).matches))
-            time.sleep(0.005)
-        assert answers == [len(corpus.studies())] * 30
-        assert pacs.behaviour.stats.peak_associations == 1  # the same one throughout
-    finally:
-        pool.close()
-        pacs.stop()
+    answers = []
+    for _ in range(30):
+        with pool.query_retrieve(node) as conn:
+            answers.append(len(conn.find(query).matches))
+        time.sleep(0.005)
+    assert answers == [len(corpus.studies())] * 30
+    assert sandbox.pacs.behaviour.stats.peak_associations == 1  # the same one throughout
 
 
 def test_a_resting_association_the_peer_dropped_is_replaced_not_waited_on(
-    tmp_path: Path,
+    pools: Callable[[], AssociationPool],
 ) -> None:
     """A PACS restarted while our association rested: the next task gets a new one."""
     port = free_port()
@@ -150,7 +162,7 @@ def test_a_resting_association_the_peer_dropped_is_replaced_not_waited_on(
 
     pacs = start_pacs()
     node = Node("SANDBOX", "127.0.0.1", port)
-    pool = AssociationPool(FilePermits(tmp_path / "permits"), "QRFARM", Timeouts())
+    pool = pools()
     try:
         with pool.query_retrieve(node) as conn:
             first = conn
@@ -165,6 +177,5 @@ def test_a_resting_association_the_peer_dropped_is_replaced_not_waited_on(
         # Not after a DIMSE or ACSE timeout (30 s) on the dead one.
         assert time.monotonic() - started < Timeouts().dimse / 2
     finally:
-        pool.close()
         pacs.kill()
         pacs.wait()
