@@ -126,6 +126,54 @@ def farm_env(
     }
 
 
+def fresh_farm_state(db: str, db_url: str, broker: str) -> None:
+    """An empty, migrated database and an empty broker database, for one shape."""
+    import redis
+
+    from qrfarm.models import upgrade
+
+    pg_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', f'CREATE DATABASE "{db}"')
+    redis.Redis.from_url(broker).flushdb()
+    upgrade(db_url)
+
+
+class FarmProcesses:
+    """``qrfarm`` commands of one shape as child processes, logging into its folder."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env = root, env
+        self.children: list[Child] = []
+
+    def start(self, name: str, *argv: str) -> Child:
+        child = Child(
+            name,
+            [sys.executable, "-m", "qrfarm.cli", *argv],
+            cwd=self.root,
+            log=self.root / f"{name}.log",
+            env=self.env,
+        )
+        self.children.append(child)
+        return child
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
+def count_states(states: dict[int, dict[str, Any]]) -> dict[str, int]:
+    """How many jobs ended in each state."""
+    counts: dict[str, int] = {}
+    for summary in states.values():
+        counts[summary["state"]] = counts.get(summary["state"], 0) + 1
+    return counts
+
+
+def write_results(path: Path, results: list[dict[str, Any]]) -> None:
+    path.write_text(
+        json.dumps({"versions": versions(), "cpus": os.cpu_count(), "results": results}, indent=2)
+    )
+
+
 def run_shape(
     scratch: Path,
     workers: int,
@@ -137,18 +185,12 @@ def run_shape(
     mix: str = "mixed",
     concurrency: int = 2,
 ) -> dict[str, Any]:
-    import redis
-
-    from qrfarm.models import upgrade
-
     root = scratch / f"w{workers}-s{scps}"
     root.mkdir(parents=True)
     scp_port = free_port()
     env = farm_env(root, scp_port)
-    pg_admin(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)', f'CREATE DATABASE "{DB}"')
-    redis.Redis.from_url(BROKER).flushdb()
-    upgrade(DB_URL)
-    children: list[Child] = []
+    fresh_farm_state(DB, DB_URL, BROKER)
+    farm = FarmProcesses(root, env)
     sandboxes: list[tuple[Child, str, int]] = []
     try:
         # Each PACS a process of its own: in one, they would share one GIL.
@@ -179,20 +221,9 @@ def run_shape(
             pacs.wait_listening(port)
             sandboxes.append((pacs, f"SIM{n}", port))
 
-        def start(name: str, *argv: str) -> Child:
-            child = Child(
-                name,
-                [sys.executable, "-m", "qrfarm.cli", *argv],
-                cwd=root,
-                log=root / f"{name}.log",
-                env=env,
-            )
-            children.append(child)
-            return child
-
         for n in range(scps):
-            start(f"scp{n}", "scp").wait_listening(scp_port)
-        start("scheduler", "scheduler")
+            farm.start(f"scp{n}", "scp").wait_listening(scp_port)
+        farm.start("scheduler", "scheduler")
         with farm_client_for(env) as client:
             with client.sessions() as session, session.begin():
                 for n, (_, ae_title, port) in enumerate(sandboxes, start=1):
@@ -201,7 +232,7 @@ def run_shape(
                         NodeSpec(f"sim{n}", ae_title, LOCALHOST, port, max_associations=limit),
                     )
             for n in range(workers):
-                start(f"worker{n}", "worker", "--concurrency", str(concurrency))
+                farm.start(f"worker{n}", "worker", "--concurrency", str(concurrency))
             time.sleep(3)  # workers up and consuming (not timed)
             plan = plan_jobs(len(sandboxes), jobs_per_pacs, per_study, len(pacs_files[0]), mix)
             started = time.monotonic()
@@ -209,9 +240,7 @@ def run_shape(
             states = wait_all(client, jobs, timeout=900)
             elapsed = time.monotonic() - started
             recorded = sum(s["recorded"] for s in states.values() if s["recorded"])
-        counts: dict[str, int] = {}
-        for summary in states.values():
-            counts[summary["state"]] = counts.get(summary["state"], 0) + 1
+        counts = count_states(states)
         seen = []
         for pacs, _, _ in sandboxes:
             pacs.stop()  # SIGTERM: it prints what it saw as its last line
@@ -232,8 +261,7 @@ def run_shape(
             "limit": limit,
         }
     finally:
-        for child in reversed(children):
-            child.stop()
+        farm.stop()
         for pacs, _, _ in sandboxes:
             pacs.stop()
 
@@ -365,11 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table(results))
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"versions": versions(), "cpus": os.cpu_count(), "results": results}, indent=2
-            )
-        )
+        write_results(args.json, results)
     return 0
 
 

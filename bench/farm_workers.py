@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -31,8 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' real peers
 
 from farm_bench import pg_admin
-from farm_scale import Study, farm_client_for, farm_env, wait_all, write_studies
-from store_bench import LOCALHOST, BenchError, Child, free_port, versions
+from farm_scale import (
+    FarmProcesses,
+    Study,
+    count_states,
+    farm_client_for,
+    farm_env,
+    fresh_farm_state,
+    wait_all,
+    write_results,
+    write_studies,
+)
+from store_bench import LOCALHOST, BenchError, free_port
 
 from qrfarm.dicom import Level
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
@@ -75,9 +84,7 @@ def batch(client: Any, kind: str, count: int) -> dict[str, Any]:
             jobs.append(int(client.move(node, Level.STUDY, {"StudyInstanceUID": study.uid})))
     states = wait_all(client, jobs, timeout=900)
     elapsed = time.monotonic() - started
-    counts: dict[str, int] = {}
-    for summary in states.values():
-        counts[summary["state"]] = counts.get(summary["state"], 0) + 1
+    counts = count_states(states)
     return {
         "jobs": count,
         "seconds": round(elapsed, 2),
@@ -97,32 +104,14 @@ def run_shape(
     finds: int,
     moves: int,
 ) -> dict[str, Any]:
-    import redis
-
-    from qrfarm.models import upgrade
-
     root = scratch / f"w{workers}-c{concurrency}"
     root.mkdir(parents=True)
     env = farm_env(root, scp_port, DB_URL, BROKER)
-    pg_admin(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)', f'CREATE DATABASE "{DB}"')
-    redis.Redis.from_url(BROKER).flushdb()
-    upgrade(DB_URL)
-    children: list[Child] = []
-
-    def start(name: str, *argv: str) -> Child:
-        child = Child(
-            name,
-            [sys.executable, "-m", "qrfarm.cli", *argv],
-            cwd=root,
-            log=root / f"{name}.log",
-            env=env,
-        )
-        children.append(child)
-        return child
-
+    fresh_farm_state(DB, DB_URL, BROKER)
+    farm = FarmProcesses(root, env)
     try:
-        start("scp", "scp").wait_listening(scp_port)
-        start("scheduler", "scheduler")
+        farm.start("scp", "scp").wait_listening(scp_port)
+        farm.start("scheduler", "scheduler")
         with farm_client_for(env) as client:
             with client.sessions() as session, session.begin():
                 for name, peer in zip(NODES, pacs, strict=True):
@@ -132,7 +121,7 @@ def run_shape(
                     )
             node_args = [arg for name in NODES for arg in ("--node", name)]
             for n in range(workers):
-                start(f"worker{n}", "worker", *node_args, "--concurrency", str(concurrency))
+                farm.start(f"worker{n}", "worker", *node_args, "--concurrency", str(concurrency))
             time.sleep(3)  # workers up and consuming (not timed)
             batch(client, "find", 4 * workers * concurrency)  # associations opened (not timed)
             result = {
@@ -141,13 +130,12 @@ def run_shape(
                 "find": batch(client, "find", finds),
                 "move": batch(client, "move", moves),
             }
-        for child in children:
+        for child in farm.children:
             if not child.running():
                 raise BenchError(f"{child.name} exited\n{child.log_tail()}")
         return result
     finally:
-        for child in reversed(children):
-            child.stop()
+        farm.stop()
 
 
 def summary(results: list[dict[str, Any]]) -> str:
@@ -213,11 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(summary(results))
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"versions": versions(), "cpus": os.cpu_count(), "results": results}, indent=2
-            )
-        )
+        write_results(args.json, results)
     return 0
 
 
