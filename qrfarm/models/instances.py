@@ -63,6 +63,10 @@ class OrphanInstance(_InstanceColumns, Base):
     repeat_count: Mapped[int] = mapped_column(Integer, default=0)
     repeat_differs: Mapped[bool] = mapped_column(Boolean, default=False)
     matched_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # A move it named (by its Move Originator) but does not belong to, and why.
+    # No foreign key: the claim stays on record whatever becomes of that job.
+    claimed_job_id: Mapped[int | None] = mapped_column(Integer)
+    refusal: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         Index("ix_orphan_instances_sop", "sop_instance_uid"),
