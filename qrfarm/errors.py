@@ -125,5 +125,9 @@ class IdentifierRejected(DimseFailure, PermanentError):
     """The peer refused the identifier: Identifier Does Not Match SOP Class (0xA9xx)."""
 
 
+class BrokerUnavailable(RetriableError):
+    """The queue's broker cannot be reached: nothing was sent (the sweeper sends it later)."""
+
+
 class DatabaseNotReady(PermanentError):
     """The database is missing its schema or is at an older one."""

@@ -125,6 +125,10 @@ class JobOut(BaseModel):
     attempt_count: int
     created_at: str
     ended_at: str | None
+    dispatch_pending: bool = Field(
+        False, description="Recorded, not yet handed to the queue (its broker is unreachable)."
+    )
+    note: str | None = None
     attempts: list[AttemptOut] | None = None
 
 

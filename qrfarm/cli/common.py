@@ -9,6 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import OperationalError
 
 from ..config import Settings
 from ..dicom import (
@@ -138,6 +139,10 @@ def run(action: Callable[[Settings], int], service: str = "cli") -> None:
         fail(str(exc), EXIT_BAD_INPUT)
     except QrfarmError as exc:
         fail(str(exc), EXIT_NO_ASSOCIATION)
+    except OperationalError as exc:
+        # Down, or not reachable at that address: said plainly, no traceback.
+        reason = str(exc.orig or exc).splitlines()[0]
+        fail(f"the database cannot be reached: {reason}", EXIT_NO_ASSOCIATION)
     raise typer.Exit(code)
 
 

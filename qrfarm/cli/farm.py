@@ -213,6 +213,7 @@ def print_job(summary: dict[str, Any]) -> None:
             + (f"  {summary['error']}" if summary["error"] else ""),
             highlight=False,
         )
+        _print_note(summary)
         return
     reported = summary["reported"]
     out.print(
@@ -228,6 +229,12 @@ def print_job(summary: dict[str, Any]) -> None:
         out.print(f"  missing: {uid}", highlight=False)
     if len(summary["missing_uids"]) > 20:
         out.print(f"  ... and {len(summary['missing_uids']) - 20} more missing", highlight=False)
+    _print_note(summary)
+
+
+def _print_note(summary: dict[str, Any]) -> None:
+    if summary.get("note"):
+        out.print(f"  [yellow]{summary['note']}[/]", highlight=False)
 
 
 @app.command("job")
@@ -416,6 +423,8 @@ def scheduler(
             report = sweep(sessions, send, policy)
             if report.dispatched or report.finalized:
                 log.info("sweep: sent %s, finalized %s", report.dispatched, report.finalized)
+            if report.pending:
+                log.warning("sweep: broker unreachable, %d job(s) pending", len(report.pending))
             changed = prefetch.advance_all(sessions, send, rules)
             if changed:
                 log.info("prefetches advanced: %s", changed)
@@ -460,6 +469,10 @@ def queue_job(settings: Settings, request: JobRequest, wait: bool) -> int:
     engine, sessions = database(settings)
     job_id = submit(sessions, request, dispatcher(settings), SubmitRules.from_settings(settings))
     out.print(f"job {job_id} queued", highlight=False)
+    with sessions() as session:
+        note = job_summary(session, job_id, responses=False)["note"]
+    if note:
+        err.print(f"[yellow]job {job_id}: {note}[/]", highlight=False)
     code = EXIT_OK
     if wait:
         state = follow(sessions, job_id)

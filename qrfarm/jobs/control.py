@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.errors import PermanentError
 from qrfarm.models import ENDED_STATES, Job, JobKind, JobState, NodeRecord, utcnow
 
-from .dispatch import RUN_JOB, Dispatcher, node_queue
+from .dispatch import Dispatcher, send_run_jobs
 from .states import transition
 
 
@@ -66,4 +66,4 @@ def retry(
         job.cancel_requested = False
         node_name = session.scalar(select(NodeRecord.name).where(NodeRecord.id == job.node_id))
         assert node_name is not None
-    dispatcher.send(RUN_JOB, [job_id], node_queue(node_name))
+    send_run_jobs(sessions, dispatcher, [(job_id, node_name)])

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from qrfarm.errors import BrokerUnavailable
+from qrfarm.models import Job
+
+log = logging.getLogger(__name__)
+
 RUN_JOB = "qrfarm.run_job"
+
+DISPATCH_PENDING_NOTE = (
+    "dispatch pending: the job is recorded, but the queue's broker cannot be reached; "
+    "the scheduler sends it once the broker is back"
+)
 
 
 def node_queue(node_name: str) -> str:
@@ -13,7 +29,8 @@ def node_queue(node_name: str) -> str:
 
 
 class Dispatcher(Protocol):
-    def send(self, task: str, args: list[Any], queue: str) -> None: ...
+    def send(self, task: str, args: list[Any], queue: str) -> None:
+        """Send, or raise BrokerUnavailable."""
 
 
 class CeleryDispatcher:
@@ -23,7 +40,13 @@ class CeleryDispatcher:
         self.app = app
 
     def send(self, task: str, args: list[Any], queue: str) -> None:
-        self.app.send_task(task, args=args, queue=queue)
+        from kombu.exceptions import OperationalError
+
+        try:
+            self.app.send_task(task, args=args, queue=queue)
+        except OperationalError as exc:
+            # Kombu has retried by then; the reason names host and port, never a password.
+            raise BrokerUnavailable(f"the broker cannot be reached: {exc}") from exc
 
 
 def celery_dispatcher(broker: str, transport_options: dict[str, Any]) -> CeleryDispatcher:
@@ -38,3 +61,33 @@ def celery_dispatcher(broker: str, transport_options: dict[str, Any]) -> CeleryD
         broker_connection_retry_on_startup=True,
     )
     return CeleryDispatcher(app)
+
+
+def send_run_jobs(
+    sessions: sessionmaker[Session], dispatcher: Dispatcher, jobs: Sequence[tuple[int, str]]
+) -> list[int]:
+    """Send each committed (job id, node name); returns the ids left pending.
+
+    While the broker cannot be reached, the jobs not sent are marked never
+    dispatched (``dispatched_at`` cleared), so the sweeper sends them as soon
+    as it can, and a reader is told their dispatch is pending. A message that
+    did go out and is sent again later is harmless: the claim lets one run.
+    """
+    for index, (job_id, node_name) in enumerate(jobs):
+        try:
+            dispatcher.send(RUN_JOB, [job_id], node_queue(node_name))
+        except BrokerUnavailable as exc:
+            pending = [pending_id for pending_id, _ in jobs[index:]]
+            log.warning("jobs %s recorded, not sent: %s", pending, exc)
+            _mark_pending(sessions, pending)
+            return pending
+    return []
+
+
+def _mark_pending(sessions: sessionmaker[Session], job_ids: list[int]) -> None:
+    try:
+        with sessions() as session, session.begin():
+            session.execute(update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=None))
+    except SQLAlchemyError as exc:
+        # Their stamp stays: the sweeper sends them once it counts as stale.
+        log.warning("jobs %s could not be marked pending: %s", job_ids, type(exc).__name__)

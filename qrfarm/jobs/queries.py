@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from qrfarm.models import Attempt, DimseResponse, FindResult, Job, JobKind, JobState, NodeRecord
 
 from .control import NoSuchJob
+from .dispatch import DISPATCH_PENDING_NOTE
 from .notify import job_outcome
 
 
@@ -31,6 +32,8 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
     if row is None:
         raise NoSuchJob(f"job {job_id} does not exist")
     job, node_name = row
+    # Recorded but never handed to the broker (it could not be reached).
+    dispatch_pending = job.state is JobState.QUEUED and job.dispatched_at is None
     summary: dict[str, Any] = {
         **job_outcome(job, node_name),
         "root": job.root,
@@ -48,6 +51,8 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
         },
         "attempt_count": job.attempt_count,
         "created_at": job.created_at.isoformat(),
+        "dispatch_pending": dispatch_pending,
+        "note": DISPATCH_PENDING_NOTE if dispatch_pending else None,
     }
     if responses:
         summary["attempts"] = [

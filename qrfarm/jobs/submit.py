@@ -17,7 +17,7 @@ from qrfarm.errors import InvalidIdentifier, PermanentError
 from qrfarm.models import Job, JobKind, JobState, NodeRecord, utcnow
 from qrfarm.observability.tracing import current_traceparent, tracer
 
-from .dispatch import RUN_JOB, Dispatcher, node_queue
+from .dispatch import Dispatcher, send_run_jobs
 from .notify import validate_callback_url
 
 
@@ -138,7 +138,8 @@ def new_job(
 
 
 def send_jobs(sessions: sessionmaker[Session], dispatcher: Dispatcher, job_ids: list[int]) -> None:
-    """Enqueue committed jobs, and stamp when they were sent."""
+    """Enqueue committed jobs, and stamp when they were sent (a broker that cannot be
+    reached leaves them pending, for the sweeper)."""
     if not job_ids:
         return
     with sessions() as session, session.begin():
@@ -149,8 +150,7 @@ def send_jobs(sessions: sessionmaker[Session], dispatcher: Dispatcher, job_ids: 
         ).all()
         for job, _ in rows:
             job.dispatched_at = utcnow()
-    for job, node_name in rows:
-        dispatcher.send(RUN_JOB, [job.id], node_queue(node_name))
+    send_run_jobs(sessions, dispatcher, [(job.id, node_name) for job, node_name in rows])
 
 
 def submit(
@@ -162,7 +162,8 @@ def submit(
     """Validate and record a job, then enqueue it; returns the job's id.
 
     With an ``external_reference`` already used, the job made then is returned
-    and nothing new is queued.
+    and nothing new is queued. A broker that cannot be reached does not undo
+    the job: it is left pending (see ``send_run_jobs``) and the sweeper sends it.
     """
     try:
         with (
@@ -177,7 +178,7 @@ def submit(
             if existing is not None:
                 return existing
             job = new_job(session, request, rules, dispatched=True)
-            job_id, queue = job.id, node_queue(request.node)
+            job_id = job.id
             span.set_attribute("qrfarm.job.id", job_id)
     except IntegrityError:
         # The same reference submitted at the same moment: the other one won.
@@ -187,5 +188,5 @@ def submit(
             raise
         return existing
     # Only after the commit: a worker that takes the message finds the row.
-    dispatcher.send(RUN_JOB, [job_id], queue)
+    send_run_jobs(sessions, dispatcher, [(job_id, request.node)])
     return job_id

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.models import Job, JobState, NodeRecord, utcnow
 
-from .dispatch import RUN_JOB, Dispatcher, node_queue
+from .dispatch import Dispatcher, send_run_jobs
 from .policy import JobPolicy
 from .reconcile import finalize
 
@@ -29,6 +29,8 @@ from .reconcile import finalize
 class SweepReport:
     dispatched: list[int] = field(default_factory=list)
     finalized: list[int] = field(default_factory=list)
+    # Due, but the broker could not be reached: sent by a later sweep.
+    pending: list[int] = field(default_factory=list)
 
 
 def sweep(
@@ -81,7 +83,6 @@ def sweep(
         for job, node_name in rows:
             job.dispatched_at = now
             to_send.append((job.id, node_name))
-    for job_id, node_name in to_send:
-        dispatcher.send(RUN_JOB, [job_id], node_queue(node_name))
-        report.dispatched.append(job_id)
+    report.pending = send_run_jobs(sessions, dispatcher, to_send)
+    report.dispatched = [job_id for job_id, _ in to_send if job_id not in report.pending]
     return report

@@ -25,6 +25,8 @@ from qrfarm.client import Client
 from qrfarm.config import Settings
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.models import ReceivedInstance, upgrade
+from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
+from qrfarm.sandbox.synthetic import Corpus
 from tests.conftest import QRFARM_SCP_AE
 from tests.databases import postgres_database
 from tests.peers.ports import wait_for_port
@@ -145,8 +147,14 @@ def _redis_ready(url: str) -> redis.Redis:
 
 @contextmanager
 def make_farm(
-    kind: str, root: Path, scp_port: int, broker_url: str | None = None
+    kind: str,
+    root: Path,
+    scp_port: int,
+    broker_url: str | None = None,
+    database_url: str | None = None,
 ) -> Iterator[Farm]:
+    """A fresh farm; ``broker_url`` and ``database_url`` name a test's own Redis
+    and PostgreSQL (to stop and start), else the machine's are used."""
     root.mkdir(parents=True, exist_ok=True)
     env = {
         "QRFARM_STORAGE_ROOT": str(root / "storage"),
@@ -175,7 +183,7 @@ def make_farm(
     url = broker_url or REDIS_URL
     queues = _redis_ready(url)
     queues.flushdb()
-    with postgres_database() as database:
+    with _database(database_url) as database:
         env["QRFARM_DATABASE_URL"] = database
         env["QRFARM_BROKER_URL"] = url
         upgrade(database)
@@ -184,7 +192,34 @@ def make_farm(
             yield farm
         finally:
             farm.stop_all()
-            queues.flushdb()
+            with suppress(redis.RedisError):  # a test's own Redis may be stopped
+                queues.flushdb()
+
+
+@contextmanager
+def _database(url: str | None) -> Iterator[str]:
+    if url is not None:
+        yield url
+        return
+    with postgres_database() as database:
+        yield database
+
+
+@contextmanager
+def sandbox(
+    corpus: Corpus, scp_port: int, find_delay_s: float = 0.0, retrieve_delay_s: float = 0.0
+) -> Iterator[SandboxPacs]:
+    """The pure-Python test PACS holding the corpus, moving to the farm's SCP."""
+    pacs = SandboxPacs(
+        [i.path for i in corpus.instances],
+        destinations={QRFARM_SCP_AE: ("127.0.0.1", scp_port)},
+        behaviour=Behaviour(find_delay_s, retrieve_delay_s),
+    )
+    pacs.port = pacs.start()  # type: ignore[attr-defined]
+    try:
+        yield pacs
+    finally:
+        pacs.stop()
 
 
 def settle(seconds: float) -> None:

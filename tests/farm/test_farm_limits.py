@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,29 +11,11 @@ import redis
 from qrfarm.dicom import Level
 from qrfarm.jobs.nodes import NodeSpec
 from qrfarm.models import MatchedBy
-from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
-from tests.conftest import QRFARM_SCP_AE
 from tests.peers.orthanc import OrthancPeer
-from tests.peers.ports import free_port, wait_for_port
+from tests.redis_server import run_own_redis
 
-from .conftest import make_farm
-
-
-@contextmanager
-def sandbox(
-    corpus: Corpus, scp_port: int, find_delay_s: float = 0.0, retrieve_delay_s: float = 0.0
-) -> Iterator[SandboxPacs]:
-    pacs = SandboxPacs(
-        [i.path for i in corpus.instances],
-        destinations={QRFARM_SCP_AE: ("127.0.0.1", scp_port)},
-        behaviour=Behaviour(find_delay_s, retrieve_delay_s),
-    )
-    pacs.port = pacs.start()  # type: ignore[attr-defined]
-    try:
-        yield pacs
-    finally:
-        pacs.stop()
+from .conftest import make_farm, sandbox
 
 
 @pytest.mark.parametrize("kind", ["redis-postgresql", "embedded"])
@@ -102,53 +80,22 @@ def test_cancel_of_a_long_move_reaches_the_pacs_and_keeps_what_arrived(
 def test_a_redis_restart_with_jobs_queued_loses_none(
     tmp_path: Path, qrfarm_scp_port: int, orthanc: OrthancPeer, corpus: Corpus
 ) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed")
-    port = free_port()
-
-    def start_redis() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert wait_for_port(port, timeout=10)
-        return process
-
-    server = start_redis()
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        with make_farm(
-            "redis-postgresql", tmp_path / "farm", qrfarm_scp_port, broker_url=url
-        ) as farm:
-            farm.register(NodeSpec("orthanc", orthanc.ae_title, "127.0.0.1", orthanc.port))
-            jobs = [
-                farm.client.find("orthanc", Level.STUDY, {"PatientID": f"P00{n}"})
-                for n in range(1, 6)
-            ]
-            assert redis.Redis.from_url(url).llen("qrfarm.node.orthanc") == len(jobs)
-            server.terminate()
-            server.wait(10)
-            server = start_redis()  # empty: it keeps nothing on disk
-            assert redis.Redis.from_url(url).llen("qrfarm.node.orthanc") == 0
-            farm.start("scheduler", "scheduler")
-            farm.start_worker("orthanc")
-            for job_id in jobs:
-                summary = farm.wait(job_id, timeout=120)
-                assert summary["state"] == "completed", summary
-    finally:
-        server.terminate()
-        server.wait(10)
+    with (
+        run_own_redis(tmp_path / "redis") as server,
+        make_farm(
+            "redis-postgresql", tmp_path / "farm", qrfarm_scp_port, broker_url=server.url
+        ) as farm,
+    ):
+        farm.register(NodeSpec("orthanc", orthanc.ae_title, "127.0.0.1", orthanc.port))
+        jobs = [
+            farm.client.find("orthanc", Level.STUDY, {"PatientID": f"P00{n}"}) for n in range(1, 6)
+        ]
+        assert redis.Redis.from_url(server.url).llen("qrfarm.node.orthanc") == len(jobs)
+        server.stop()
+        server.start()  # empty: it keeps nothing on disk
+        assert redis.Redis.from_url(server.url).llen("qrfarm.node.orthanc") == 0
+        farm.start("scheduler", "scheduler")
+        farm.start_worker("orthanc")
+        for job_id in jobs:
+            summary = farm.wait(job_id, timeout=120)
+            assert summary["state"] == "completed", summary
