@@ -98,6 +98,17 @@ class DeadlineExceeded(DicomTimeout):
     """The whole operation ran past its overall deadline."""
 
 
+class PermitLost(RetriableError):
+    """The association's farm-wide permit could not be renewed (expired, taken
+    by another worker, or its store unreachable): its operation was cancelled
+    and the association let go, so that the node never sees one too many."""
+
+
+class LeaseLost(RetriableError):
+    """The job's lease was taken over by another worker: this runner's
+    operation was cancelled, the new owner runs the job."""
+
+
 class DimseFailure(QrfarmError):
     """An operation ended with a failure, warning or cancel status.
 

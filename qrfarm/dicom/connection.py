@@ -105,6 +105,9 @@ class Connection:
         self._next_message_id = 1
         self._lock = threading.Lock()
         self._running: tuple[int, str] | None = None
+        # Why the caller stopped this association's work (a lost permit or
+        # lease): the running operation, and any later one, raise it.
+        self._stopped: QrfarmError | None = None
         self._sink: InstanceSink | None = None
         self._stored: list[StoredInstance] = []
 
@@ -358,9 +361,32 @@ class Connection:
         assoc.send_c_cancel(msg_id, query_model=uid)
         return True
 
+    def stop(self, reason: QrfarmError) -> None:
+        """Stop the running operation, and refuse any later one, with ``reason``.
+
+        Safe to call from another thread. The running operation is sent
+        C-CANCEL; a peer that ignores it (Orthanc) gets an A-ABORT after a
+        grace period. The operation then raises ``reason``, with what it had
+        received as its ``partial``; so does any operation started afterwards.
+        """
+        with self._lock:
+            if self._stopped is not None:
+                return
+            self._stopped = reason
+            running = self._running is not None
+        if running:
+            self._cancel_then_abort()
+
+    @property
+    def stopped(self) -> QrfarmError | None:
+        """The reason :meth:`stop` was called with, if it was."""
+        return self._stopped
+
     # -- internals -------------------------------------------------------------
 
     def _established(self, operation: Operation, root: Root) -> Association:
+        if self._stopped is not None:
+            raise self._stopped
         assoc = self._assoc
         if assoc is None or not assoc.is_established:
             raise AssociationAborted(f"the association with {self.node} is no longer open")
@@ -395,6 +421,9 @@ class Connection:
         result = OperationResult(operation, msg_id)
         with self._lock:
             self._running = (msg_id, uid)
+            stopped = self._stopped is not None
+        if stopped:  # stopped between the request and now: cancel it too
+            self._cancel_then_abort()
         deadline_hit = threading.Event()
         timer = self._deadline_timer(deadline, deadline_hit)
         last_message = time.monotonic()
@@ -416,6 +445,8 @@ class Connection:
                 timer.cancel()
             self._let_reactor_resume()
         result.ended_at = time.time()
+        if self._stopped is not None:
+            raise self._stopped.with_partial(result)
         if deadline_hit.is_set():
             raise DeadlineExceeded(
                 f"{operation.value} on {self.node} ran past its deadline of {deadline:g} s "
@@ -448,19 +479,22 @@ class Connection:
             return None
 
         def expire() -> None:
-            # Ask nicely first; a peer that ignores C-CANCEL gets an A-ABORT
-            # after a grace period, which ends the response loop.
             hit.set()
-            with suppress(Exception):
-                self.cancel()
-            grace = threading.Timer(min(5.0, self.timeouts.dimse), self._abort_if_running)
-            grace.daemon = True
-            grace.start()
+            self._cancel_then_abort()
 
         timer = threading.Timer(deadline, expire)
         timer.daemon = True
         timer.start()
         return timer
+
+    def _cancel_then_abort(self) -> None:
+        """Ask nicely first; a peer that ignores C-CANCEL gets an A-ABORT after
+        a grace period, which ends the response loop."""
+        with suppress(Exception):
+            self.cancel()
+        grace = threading.Timer(min(5.0, self.timeouts.dimse), self._abort_if_running)
+        grace.daemon = True
+        grace.start()
 
     def _abort_if_running(self) -> None:
         with self._lock:
@@ -475,7 +509,9 @@ class Connection:
         self._assoc = None
         idle = time.monotonic() - last_message
         error: QrfarmError
-        if deadline_hit:
+        if self._stopped is not None:
+            error = self._stopped  # aborted after C-CANCEL went unanswered
+        elif deadline_hit:
             error = DeadlineExceeded(f"the operation on {self.node} ran past its deadline")
         elif idle >= self.timeouts.dimse * 0.9:
             error = DimseTimeout(

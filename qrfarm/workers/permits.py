@@ -2,8 +2,9 @@
 
 A worker takes a permit before it associates and keeps it while the
 association is open. A permit frees itself when its holder dies: a Redis
-key with a TTL (renewed while held) in a farm; an flock()ed file on one
-machine (the kernel drops the lock with the process).
+key with a TTL in a farm, renewed by its holder while held, idle or in use
+(qrfarm.workers.pool); an flock()ed file on one machine (the kernel drops
+the lock with the process).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Permit(Protocol):
 
 
 class Permits(Protocol):
+    # How long a permit lives unless renewed: its holder renews well within it.
+    ttl_s: float
+
     def acquire(
         self, node: str, limit: int, wait_s: float, *, ask_holders: bool = True
     ) -> Permit | None:
@@ -64,21 +68,24 @@ class RedisPermit:
         "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
     )
 
-    def __init__(self, client: redis.Redis, key: str, token: str, node: str, slot: int) -> None:
+    def __init__(
+        self, client: redis.Redis, key: str, token: str, node: str, slot: int, ttl_s: float
+    ) -> None:
         self.client, self.key, self.token, self.node, self.slot = client, key, token, node, slot
+        self.ttl_s = ttl_s
 
     def renew(self) -> bool:
-        return bool(
-            self.client.eval(self._RENEW, 1, self.key, self.token, int(PERMIT_TTL_S * 1000))
-        )
+        return bool(self.client.eval(self._RENEW, 1, self.key, self.token, int(self.ttl_s * 1000)))
 
     def release(self) -> None:
         self.client.eval(self._RELEASE, 1, self.key, self.token)
 
 
 class RedisPermits:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ttl_s: float = PERMIT_TTL_S, prefix: str = "qrfarm") -> None:
         self.client = redis.Redis.from_url(url)
+        self.ttl_s = ttl_s
+        self.prefix = prefix
 
     def acquire(
         self, node: str, limit: int, wait_s: float, *, ask_holders: bool = True
@@ -87,20 +94,20 @@ class RedisPermits:
         deadline = time.monotonic() + wait_s
         while True:
             for slot in range(limit):
-                key = f"qrfarm:permit:{node}:{slot}"
-                if self.client.set(key, token, nx=True, px=int(PERMIT_TTL_S * 1000)):
-                    return RedisPermit(self.client, key, token, node, slot)
+                key = f"{self.prefix}:permit:{node}:{slot}"
+                if self.client.set(key, token, nx=True, px=int(self.ttl_s * 1000)):
+                    return RedisPermit(self.client, key, token, node, slot, self.ttl_s)
             if ask_holders:
-                self.client.set(f"qrfarm:wanted:{node}", "1", px=int(WANTED_S * 1000))
+                self.client.set(f"{self.prefix}:wanted:{node}", "1", px=int(WANTED_S * 1000))
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
 
     def wanted(self, node: str) -> bool:
-        return bool(self.client.exists(f"qrfarm:wanted:{node}"))
+        return bool(self.client.exists(f"{self.prefix}:wanted:{node}"))
 
     def held(self, node: str, limit: int) -> int:
-        keys = [f"qrfarm:permit:{node}:{slot}" for slot in range(limit)]
+        keys = [f"{self.prefix}:permit:{node}:{slot}" for slot in range(limit)]
         return sum(1 for value in self.client.mget(keys) if value is not None)
 
 
@@ -119,6 +126,9 @@ class FilePermit:
 
 
 class FilePermits:
+    # Held until released or the process dies: renewing is only a formality.
+    ttl_s = PERMIT_TTL_S
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)

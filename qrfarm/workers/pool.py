@@ -3,6 +3,12 @@
 A pooled association keeps its node's permit while open, is checked before
 use (C-ECHO after a pause), reopened after an abort, and closed after a few
 seconds idle, well before the peer's own idle timeout (Orthanc: 30 s).
+
+Every permit this process holds is renewed, idle or in use: an operation
+longer than the permit's TTL would otherwise let another worker take the
+slot while this association is still open. One that cannot be renewed is let
+go of: an idle association is closed; one in use has its operation stopped
+(C-CANCEL, then released), which raises PermitLost in the task that ran it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from qrfarm.dicom import (
     storage_contexts,
 )
 from qrfarm.dicom.contexts import DEFAULT_STORAGE_SOP_CLASSES
-from qrfarm.errors import AssociationRejected, PeerUnreachable, QrfarmError
+from qrfarm.errors import AssociationRejected, PeerUnreachable, PermitLost, QrfarmError
 from qrfarm.jobs.runner import NodeBusy
 from qrfarm.observability.metrics import ASSOCIATIONS
 from qrfarm.observability.tracing import tracer
@@ -56,7 +62,9 @@ PERMIT_WAIT_S = 1.0
 # else, at half the throughput of one worker).
 HAND_OVER_AFTER_IDLE_S = 0.3
 REAP_INTERVAL_S = 0.25
-RENEW_EVERY_TICKS = 8  # about every 2 s
+# Permits are renewed this often, and at least four times per TTL: a renewal
+# or two may be late (a busy process, a Redis fail-over) before one expires.
+RENEW_EVERY_S = 2.0
 
 
 class AssociationObserver(Protocol):
@@ -74,6 +82,11 @@ class _Pooled:
     connection: Connection
     permit: Permit
     last_used: float
+    # When the permit was last known to be ours (taken or renewed).
+    renewed_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.renewed_at = self.renewed_at or time.monotonic()
 
 
 class AssociationPool:
@@ -96,6 +109,9 @@ class AssociationPool:
         # Associations in use or being opened: while there is one, the idle
         # ones cannot be used by this process and are handed over at once.
         self._associations_in_use = 0
+        # The associations in use, by id, for their permits' renewal.
+        self._busy: dict[int, _Pooled] = {}
+        self._renew_every_s = min(RENEW_EVERY_S, permits.ttl_s / 4)
         self._lock = threading.Lock()
         self._reaper = threading.Thread(target=self._reap, name="pool-reaper", daemon=True)
         self._reaper.start()
@@ -136,8 +152,9 @@ class AssociationPool:
             idle = time.monotonic() - pooled.last_used
             usable = (
                 pooled.connection.is_open
+                and pooled.connection.stopped is None
                 and idle < CLOSE_AFTER_IDLE_S
-                and pooled.permit.renew()
+                and self._still_ours(pooled)
                 and (idle < CHECK_AFTER_IDLE_S or self._answers(pooled.connection))
             )
             if usable:
@@ -164,16 +181,28 @@ class AssociationPool:
                 self._associations_in_use -= 1
 
     @contextmanager
+    def _busy_with(self, pooled: _Pooled) -> Iterator[None]:
+        """While ``pooled`` is in use its permit is renewed by the reaper."""
+        with self._lock:
+            self._busy[id(pooled)] = pooled
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.pop(id(pooled), None)
+
+    @contextmanager
     def query_retrieve(self, node: Node) -> Iterator[Connection]:
         with self._in_use():
             pooled = self._take(node)
             try:
-                yield pooled.connection
+                with self._busy_with(pooled):
+                    yield pooled.connection
             except BaseException:
                 self._discard(pooled)
                 raise
         pooled.last_used = time.monotonic()
-        if pooled.connection.is_open:
+        if pooled.connection.is_open and pooled.connection.stopped is None:
             pooled.connection.rest()  # no polling while it waits for the next task
             with self._lock:
                 previous = self._idle.pop(_key(node), None)
@@ -220,7 +249,8 @@ class AssociationPool:
         given back, when the use ends."""
         connection = self._open(node, contexts, permit)
         try:
-            yield connection
+            with self._busy_with(_Pooled(connection, permit, time.monotonic())):
+                yield connection
         finally:
             with suppress(QrfarmError):
                 connection.close()
@@ -232,31 +262,89 @@ class AssociationPool:
         pooled.permit.release()
 
     def _reap(self) -> None:
-        """Close idle associations after a while, or sooner when another worker
-        waits for the node's permit (a node with fewer permits than workers
-        would otherwise stay held by associations doing nothing)."""
-        ticks = 0
+        """Renew the permits held, and close idle associations after a while,
+        or sooner when another worker waits for the node's permit (a node
+        with fewer permits than workers would otherwise stay held by
+        associations doing nothing)."""
+        renewed = time.monotonic()
         while True:
-            time.sleep(REAP_INTERVAL_S)
-            ticks += 1
+            time.sleep(min(REAP_INTERVAL_S, self._renew_every_s))
             now = time.monotonic()
-            with self._lock:
-                idle = list(self._idle.items())
-            wanted = {key for key, pooled in idle if self.permits.wanted(pooled.permit.node)}
-            with self._lock:
-                hand_over_after = 0.0 if self._associations_in_use else HAND_OVER_AFTER_IDLE_S
-                stale = [
-                    n
-                    for n, p in self._idle.items()
-                    if now - p.last_used >= (hand_over_after if n in wanted else CLOSE_AFTER_IDLE_S)
-                ]
-                expired = [self._idle.pop(n) for n in stale]
-                held = list(self._idle.values())
-            for pooled in expired:
+            # The thread must outlive any error, and renewals must not wait on
+            # the rest: without them permits in use expire under their
+            # associations.
+            if now - renewed >= self._renew_every_s:
+                renewed = now
+                try:
+                    self._renew()
+                except Exception:
+                    log.exception("association permits not renewed")
+            try:
+                self._close_idle(now)
+            except Exception:
+                log.exception("idle associations not checked")
+
+    def _close_idle(self, now: float) -> None:
+        """Close the idle associations that rested long enough, or sooner when
+        another worker waits for their node."""
+        with self._lock:
+            idle = list(self._idle.items())
+        wanted = {key for key, pooled in idle if self.permits.wanted(pooled.permit.node)}
+        with self._lock:
+            hand_over_after = 0.0 if self._associations_in_use else HAND_OVER_AFTER_IDLE_S
+            stale = [
+                n
+                for n, p in self._idle.items()
+                if now - p.last_used >= (hand_over_after if n in wanted else CLOSE_AFTER_IDLE_S)
+            ]
+            expired = [self._idle.pop(n) for n in stale]
+        for pooled in expired:
+            self._discard(pooled)
+
+    def _renew(self) -> None:
+        """Renew every permit held; let go of those that are no longer ours."""
+        with self._lock:
+            idle = list(self._idle.values())
+            busy = list(self._busy.values())
+        for pooled in idle:
+            if not self._still_ours(pooled):
+                with self._lock:
+                    key = _key(pooled.connection.node)
+                    if self._idle.get(key) is pooled:
+                        del self._idle[key]
+                    else:
+                        continue  # taken for a task meanwhile: _take renews it itself
                 self._discard(pooled)
-            if ticks % RENEW_EVERY_TICKS == 0:
-                for pooled in held:
-                    pooled.permit.renew()
+        for pooled in busy:
+            if self._still_ours(pooled):
+                continue
+            with self._lock:
+                # Still in use (else it was closed, or pooled: it can no
+                # longer be the wrong one to stop).
+                if self._busy.get(id(pooled)) is pooled:
+                    log.warning(
+                        "permit for %s lost while in use: stopping its operation",
+                        pooled.permit.node,
+                    )
+                    pooled.connection.stop(
+                        PermitLost(
+                            f"the association permit for {pooled.permit.node} could not be "
+                            "renewed; the operation was cancelled"
+                        )
+                    )
+
+    def _still_ours(self, pooled: _Pooled) -> bool:
+        """Renew the permit; False once it is not, or may no longer be, ours."""
+        now = time.monotonic()
+        try:
+            renewed = pooled.permit.renew()
+        except Exception as exc:  # noqa: BLE001 (any store's error: Redis down, failing over)
+            # Ours until the TTL may have run out since the last renewal.
+            log.warning("permit for %s not renewed: %s", pooled.permit.node, exc)
+            return now - pooled.renewed_at < self.permits.ttl_s - self._renew_every_s
+        if renewed:
+            pooled.renewed_at = now
+        return renewed
 
     def close(self) -> None:
         with self._lock:
