@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     # Per-node association permits across the farm: Redis when set (defaults
     # to the broker when that is Redis), else lock files in data_dir.
     permits_redis_url: str | None = None
+    # A Redis permit lives this long unless renewed; its holder renews it
+    # every 2 s (or four times per TTL), in use or idle, and stops its
+    # operation when it cannot. Only a dead holder's permit waits this long.
+    permit_ttl_s: float = Field(default=60.0, gt=0)
+    # A node that refused an association is held below that many; after each
+    # such quiet period without a refusal it is tried with one more.
+    association_probe_after_s: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     backoff_base_s: float = Field(default=2.0, gt=0)
     backoff_cap_s: float = Field(default=300.0, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -31,18 +32,23 @@ def choose_retrieve(session: Session, job: Job) -> None:
             raise ValueError(f"job {job.id} has no move destination to run as a C-MOVE")
 
 
-def node_and_limit(session: Session, node_id: int) -> tuple[NodeRecord, int]:
+def node_and_limit(
+    session: Session, node_id: int, probe_after_s: float, now: float | None = None
+) -> tuple[NodeRecord, int]:
     """The node, and its limit lowered to what it was seen to refuse above (one query).
 
     A refusal is counted against the farm's associations open or opening at
     that moment: racing openers make it high, never low, so the limit found
     is one the node accepts (and it comes down to the node's as it is seen).
+    It rises by one after each ``probe_after_s`` without a refusal
+    (profiles.refused_at): one transient refusal does not pin the node.
     """
-    node, rejected_at = session.execute(
-        select(NodeRecord, NodeProfile.rejected_at_associations)
+    node, profile = session.execute(
+        select(NodeRecord, NodeProfile)
         .outerjoin(NodeProfile, NodeProfile.node_id == NodeRecord.id)
         .where(NodeRecord.id == node_id)
     ).one()
+    rejected_at = profiles.refused_at(profile, probe_after_s, time.time() if now is None else now)
     if rejected_at is None:
         return node, node.max_associations
     return node, min(node.max_associations, max(rejected_at - 1, 1))

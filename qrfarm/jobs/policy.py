@@ -25,6 +25,9 @@ class JobPolicy:
     # those, while attempts remain (an SCP that died mid-move, a PACS that
     # dropped an association): the job ends partial only when that fails too.
     retry_partial: bool = True
+    # A limit learned from a node's refusals rises by one association after
+    # each such quiet period without a refusal (qrfarm.jobs.profiles).
+    limit_probe_after_s: float = 600.0
 
     def backoff(self, attempt: int) -> float:
         """Exponential back-off with full jitter for the ``attempt``-th retry."""

@@ -6,10 +6,16 @@ C-STOREs are done, sends pending responses, leaves the counts out of a final
 response, supports C-GET; and at how many simultaneous associations it
 refused one. The farm reads it back: a longer reconciliation grace for a node
 that answers before storing, and C-GET or C-MOVE for a job that allows either.
+
+A limit learned from refusals is not kept for good: one refusal may be
+transient (the PACS busy with others, restarting). After each quiet period
+without a refusal the node is allowed one association more; a refusal at the
+new number brings it back down and starts the quiet period again.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import select
@@ -24,6 +30,12 @@ SENDS_PENDING = "sends_pending"
 OMITS_COUNTS = "omits_counts"
 SUPPORTS_GET = "supports_get"
 TRAITS = (SENDS_MOVE_ORIGINATOR, ANSWERS_BEFORE_STORING, SENDS_PENDING, OMITS_COUNTS, SUPPORTS_GET)
+# Kept beside the traits in ``observations`` (no column of its own):
+# {"at_ms": when the node last refused an association, epoch milliseconds}.
+LAST_REFUSAL = "association_refusal"
+# The quiet period after which a learned limit rises by one (the setting
+# QRFARM_ASSOCIATION_PROBE_AFTER_S; this is its default).
+PROBE_AFTER_S = 600.0
 
 
 def _row(session: Session, node_id: int) -> NodeProfile:
@@ -47,15 +59,36 @@ def observe(session: Session, node_id: int, trait: str, seen: bool) -> None:
 
 
 def observe_associations(
-    session: Session, node_id: int, *, held: int | None = None, rejected_at: int | None = None
+    session: Session,
+    node_id: int,
+    *,
+    held: int | None = None,
+    rejected_at: int | None = None,
+    probe_after_s: float = PROBE_AFTER_S,
+    now: float | None = None,
 ) -> None:
+    """Count the associations held at once, or a refusal at ``rejected_at`` of them."""
     row = _row(session, node_id)
     if held is not None and held > row.max_associations_held:
         row.max_associations_held = held
-    if rejected_at is not None and (
-        row.rejected_at_associations is None or rejected_at < row.rejected_at_associations
-    ):
-        row.rejected_at_associations = rejected_at
+    if rejected_at is not None:
+        now = time.time() if now is None else now
+        learned = refused_at(row, probe_after_s, now)
+        row.rejected_at_associations = rejected_at if learned is None else min(learned, rejected_at)
+        row.observations = {**row.observations, LAST_REFUSAL: {"at_ms": int(now * 1000)}}
+
+
+def refused_at(row: NodeProfile | None, probe_after_s: float, now: float) -> int | None:
+    """How many associations the node is taken to refuse at, now: the number it
+    refused at, one higher for each quiet period since that refusal; None
+    when it never refused one."""
+    if row is None or row.rejected_at_associations is None:
+        return None
+    last = row.observations.get(LAST_REFUSAL, {}).get("at_ms")
+    if last is None:
+        return None  # learned before refusals were timed: tried afresh
+    quiet_periods = max(0.0, now - last / 1000) // probe_after_s
+    return row.rejected_at_associations + int(quiet_periods)
 
 
 def node_id_of(session: Session, ae_title: str, host: str, port: int) -> int | None:
@@ -78,14 +111,14 @@ def trait(session: Session, node_id: int, name: str) -> bool | None:
     return None if row is None else verdict(row.observations.get(name))
 
 
-def profile(session: Session, node_id: int) -> dict[str, Any]:
+def profile(session: Session, node_id: int, probe_after_s: float = PROBE_AFTER_S) -> dict[str, Any]:
     """The profile as shown by `qrfarm node show` and the API."""
     row = session.get(NodeProfile, node_id)
     observations = {} if row is None else row.observations
-    rejected_at = None if row is None else row.rejected_at_associations
+    rejected_at = refused_at(row, probe_after_s, time.time())
     return {
         **{name: verdict(observations.get(name)) for name in TRAITS},
         "rejects_above_associations": None if rejected_at is None else rejected_at - 1,
         "max_associations_held": 0 if row is None else row.max_associations_held,
-        "observations": observations,
+        "observations": {name: observations[name] for name in TRAITS if name in observations},
     }

@@ -127,7 +127,7 @@ def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = Non
             return
         taken, job = claimed
         learning.choose_retrieve(session, job)
-        snapshot = _snapshot(session, job)
+        snapshot = _snapshot(session, job, deps.policy)
     with (
         job_context(job_id, str(snapshot.node), task_id),
         tracer.start_as_current_span(
@@ -173,8 +173,8 @@ def _run_attempt(deps: RunnerDeps, taken: Claim, snapshot: _Snapshot) -> None:
         _attempt_failed(deps, taken, QrfarmError(str(exc)))
 
 
-def _snapshot(session: Session, job: Job) -> _Snapshot:
-    row, limit = learning.node_and_limit(session, job.node_id)
+def _snapshot(session: Session, job: Job, policy: JobPolicy) -> _Snapshot:
+    row, limit = learning.node_and_limit(session, job.node_id, policy.limit_probe_after_s)
     return _Snapshot(
         kind=job.kind,
         root=Root(job.root),

@@ -42,13 +42,14 @@ def policy_from(settings: Settings) -> JobPolicy:
         reconcile_grace_s=settings.reconcile_grace_s,
         redispatch_after_s=settings.redispatch_after_s,
         retry_partial=settings.retry_partial,
+        limit_probe_after_s=settings.association_probe_after_s,
     )
 
 
 def permits_from(settings: Settings) -> Permits:
     url = permits_redis_url(settings)
     if url:
-        return RedisPermits(url)
+        return RedisPermits(url, ttl_s=settings.permit_ttl_s)
     return FilePermits(settings.data_dir / "permits")
 
 
@@ -76,6 +77,8 @@ class ProfileRecorder:
     """Writes what an association attempt showed of its node into the node's profile."""
 
     sessions: sessionmaker[Session]
+    # A learned limit's quiet period (the settings'), for a refusal seen now.
+    probe_after_s: float = profiles.PROBE_AFTER_S
 
     def __call__(self, node: Node, held: int | None, rejected_at: int | None) -> None:
         try:
@@ -83,7 +86,11 @@ class ProfileRecorder:
                 node_id = profiles.node_id_of(session, node.ae_title, node.host, node.port)
                 if node_id is not None:
                     profiles.observe_associations(
-                        session, node_id, held=held, rejected_at=rejected_at
+                        session,
+                        node_id,
+                        held=held,
+                        rejected_at=rejected_at,
+                        probe_after_s=self.probe_after_s,
                     )
         except SQLAlchemyError as exc:
             # Learning is a side matter: never fail the association for it.
@@ -124,7 +131,7 @@ def current(settings: Settings, dispatcher: Dispatcher) -> WorkerProcess:
                 permits_from(settings),
                 settings.ae_title,
                 timeouts,
-                on_association=ProfileRecorder(sessions),
+                on_association=ProfileRecorder(sessions, settings.association_probe_after_s),
             )
             deps = runner_deps(settings, sessions, pool, dispatcher)
             _current = WorkerProcess(os.getpid(), engine, deps, pool)
