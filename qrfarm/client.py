@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .config import Settings, broker_config
 from .dicom import Level, Root
 from .dicom.identifiers import KeyValue
-from .errors import DatabaseNotReady, QrfarmError
+from .errors import DatabaseNotReady, WaitTimedOut
 from .jobs import control
 from .jobs import prefetch as prefetches
 from .jobs.announce import can_listen, wait_for_end
@@ -30,10 +30,6 @@ from .jobs.queries import find_results, job_state, job_summary
 from .jobs.submit import JobRequest, SubmitRules, submit
 from .models import ENDED_STATES, JobKind, make_engine, session_factory
 from .models.migrate import is_current
-
-
-class WaitTimedOut(QrfarmError):
-    """The job had not ended when the wait ran out; it goes on."""
 
 
 class Client:

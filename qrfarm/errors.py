@@ -142,3 +142,119 @@ class BrokerUnavailable(RetriableError):
 
 class DatabaseNotReady(PermanentError):
     """The database is missing its schema or is at an older one."""
+
+
+# --- Data sets and queries (qrfarm.dicom) ---------------------------------------
+
+
+class DatasetTruncated(PermanentError, ValueError):
+    """The encoded data set ends before what its headers announce."""
+
+
+class QueryBudgetSpent(PermanentError):
+    """More queries than the caller allowed were needed; the search stops."""
+
+
+# --- Stored instances (qrfarm.storage, the storage SCP) -------------------------
+
+
+class UnsafeUid(PermanentError, ValueError):
+    """A UID that is not a UID, and so must not name a file or folder."""
+
+
+class StorageFull(RetriableError):
+    """The disk (or the quota) is full; nothing was left behind."""
+
+
+class StorageError(RetriableError):
+    """Any other failure to write an instance; nothing was left behind."""
+
+
+class InstanceRefused(PermanentError):
+    """A received instance is answered with ``status`` and not stored."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"0x{status:04X}: {reason}")
+
+
+# --- Jobs (qrfarm.jobs, the client) ---------------------------------------------
+
+
+class UnknownNode(PermanentError, LookupError):
+    """No node of that name is registered."""
+
+
+class InvalidCallback(PermanentError, ValueError):
+    """A callback URL qrfarm cannot or may not call."""
+
+    def __init__(self, url: str, rule: str) -> None:
+        super().__init__(f"callback_url {url!r}: {rule}")
+        self.url = url
+        self.rule = rule
+
+
+class NoSuchJob(PermanentError, LookupError):
+    """No job has that id."""
+
+
+class NotRetriable(PermanentError):
+    """Only a partial or failed job can be retried."""
+
+
+class IllegalTransition(PermanentError):
+    """A state change the life cycle does not allow."""
+
+
+class NoMessageIdFree(RetriableError):
+    """Every Message ID of this calling AE title is held by a running or recent move."""
+
+
+class NodeBusy(RetriableError):
+    """No association permit for the node could be had now; the job waits its turn."""
+
+
+class NoSuchPrefetch(PermanentError, LookupError):
+    """No prefetch has that id."""
+
+
+class NoSuchRule(PermanentError, LookupError):
+    """No prefetch rule of that name is stored."""
+
+
+class WaitTimedOut(QrfarmError):
+    """The job had not ended when the wait ran out; it goes on."""
+
+
+# --- The faces (REST API, HL7 listener) -----------------------------------------
+
+
+class TokenError(PermanentError):
+    """A token name that is taken, unknown or not usable."""
+
+
+class NotFound(PermanentError, LookupError):
+    """A resource named in the path does not exist."""
+
+
+class Conflict(PermanentError):
+    """The request contradicts what is recorded."""
+
+
+class FieldError(PermanentError, ValueError):
+    """One field of the request breaks a rule."""
+
+    def __init__(self, loc: list[str | int], rule: str) -> None:
+        super().__init__(f"{'.'.join(map(str, loc))}: {rule}")
+        self.loc = loc
+        self.rule = rule
+
+
+class UnusableHl7Message(PermanentError):
+    """An HL7 message qrfarm cannot act on; ``code`` is the NAK's acknowledgement code."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason

@@ -17,21 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PermanentError, RetriableError
+from .errors import StorageError, StorageFull, UnsafeUid
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-
-class UnsafeUid(PermanentError, ValueError):
-    """A UID that is not a UID, and so must not name a file or folder."""
-
-
-class StorageFull(RetriableError):
-    """The disk (or the quota) is full; nothing was left behind."""
-
-
-class StorageError(RetriableError):
-    """Any other failure to write an instance; nothing was left behind."""
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ from pydicom import Dataset
 from pydicom.datadict import keyword_for_tag
 
 from qrfarm.dicom import Level
-
-from .errors import FieldError
+from qrfarm.errors import FieldError
 
 # Set by qrfarm itself from the request's level and the values' repertoire.
 _SET_BY_QRFARM = {"QueryRetrieveLevel", "SpecificCharacterSet"}

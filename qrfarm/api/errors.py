@@ -7,32 +7,20 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 
 from qrfarm.errors import (
+    Conflict,
     DatabaseNotReady,
+    FieldError,
+    InvalidCallback,
     InvalidIdentifier,
     InvalidNode,
+    NoSuchJob,
+    NoSuchPrefetch,
+    NoSuchRule,
+    NotFound,
+    NotRetriable,
     PermanentError,
     TargetNotAllowed,
 )
-from qrfarm.jobs.control import NoSuchJob, NotRetriable
-from qrfarm.jobs.notify import InvalidCallback
-from qrfarm.jobs.prefetch import NoSuchPrefetch, NoSuchRule
-
-
-class NotFound(PermanentError, LookupError):
-    """A resource named in the path does not exist."""
-
-
-class Conflict(PermanentError):
-    """The request contradicts what is recorded."""
-
-
-class FieldError(PermanentError, ValueError):
-    """One field of the request breaks a rule."""
-
-    def __init__(self, loc: list[str | int], rule: str) -> None:
-        super().__init__(f"{'.'.join(map(str, loc))}: {rule}")
-        self.loc = loc
-        self.rule = rule
 
 
 def unprocessable(loc: list[str | int], msg: str, kind: str) -> JSONResponse:

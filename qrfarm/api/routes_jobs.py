@@ -8,14 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from sqlalchemy import func, select
 
+from qrfarm.errors import Conflict, FieldError, NoSuchJob, UnknownNode
 from qrfarm.jobs import control
 from qrfarm.jobs.queries import job_summary
-from qrfarm.jobs.submit import JobRequest, UnknownNode, existing_job, submit
+from qrfarm.jobs.submit import JobRequest, existing_job, submit
 from qrfarm.models import FindResult, Job, JobKind, JobState, NodeRecord, ReceivedInstance
 
 from .deps import Context, Db
 from .dicom_json import keys_from_dicom_json
-from .errors import Conflict, FieldError
 from .schemas import UNREADABLE_BODY, CancelOut, ErrorOut, InstanceOut, JobIn, JobOut, Page
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -207,5 +207,5 @@ def cancel_job(job_id: JobId, ctx: Context) -> dict[str, Any]:
 def _job(db: Db, job_id: int) -> Job:
     job = db.get(Job, job_id)
     if job is None:
-        raise control.NoSuchJob(f"job {job_id} does not exist")
+        raise NoSuchJob(f"job {job_id} does not exist")
     return job

@@ -10,13 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import object_session
 
 from qrfarm.dicom import Connection, Node, Operation, StatusCategory, Timeouts, qr_contexts
-from qrfarm.errors import QrfarmError
+from qrfarm.errors import Conflict, NotFound, QrfarmError
 from qrfarm.jobs import profiles
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.models import Job, NodeRecord
 
 from .deps import Context, Db
-from .errors import Conflict, NotFound
 from .schemas import UNREADABLE_BODY, EchoOut, ErrorOut, NodeCreate, NodeIn, NodeOut
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])

@@ -7,13 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response, status
 from sqlalchemy import select
 
-from qrfarm.errors import InvalidIdentifier
+from qrfarm.errors import FieldError, InvalidIdentifier, NoSuchRule, UnknownNode
 from qrfarm.jobs import prefetch
-from qrfarm.jobs.submit import UnknownNode
 from qrfarm.models import Prefetch
 
 from .deps import Context, Db
-from .errors import FieldError
 from .routes_jobs import IdempotencyKey, reference_of
 from .schemas import UNREADABLE_BODY, ErrorOut, PrefetchIn, PrefetchOut, RuleOut
 
@@ -51,7 +49,7 @@ def start_prefetch(
             assert body.rule_name is not None
             try:
                 rule = prefetch.load_rule(db, body.rule_name)
-            except prefetch.NoSuchRule as exc:
+            except NoSuchRule as exc:
                 raise FieldError(["body", "rule_name"], str(exc)) from exc
         if reference:
             earlier = db.scalar(select(Prefetch.id).where(Prefetch.external_reference == reference))

@@ -8,14 +8,10 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from qrfarm.errors import PermanentError
+from qrfarm.errors import TokenError
 from qrfarm.models import ApiToken, utcnow
 
 PREFIX = "qrf_"
-
-
-class TokenError(PermanentError):
-    """A token name that is taken, unknown or not usable."""
 
 
 def token_hash(token: str) -> str:

@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import Settings, broker_config
 from ..dicom import Connection, Node, Operation, StatusCategory, qr_contexts
-from ..errors import DatabaseNotReady
+from ..errors import DatabaseNotReady, UnknownNode
 from ..jobs import control, prefetch, profiles
 from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
 from ..jobs.nodes import NodeSpec, upsert_node
 from ..jobs.queries import find_results, job_summary, list_jobs
-from ..jobs.submit import JobRequest, SubmitRules, UnknownNode, submit
+from ..jobs.submit import JobRequest, SubmitRules, submit
 from ..jobs.sweeper import sweep
 from ..jobs.webhooks import DeliveryPolicy, deliver_due
 from ..models import ENDED_STATES, JobState, NodeRecord, make_engine, session_factory

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import struct
 
+from qrfarm.errors import DatasetTruncated
+
 UNDEFINED = 0xFFFFFFFF
 ITEM = (0xFFFE, 0xE000)
 ITEM_END = (0xFFFE, 0xE00D)
@@ -33,15 +35,11 @@ _LONG_VRS = {
 }
 
 
-class Truncated(ValueError):
-    """The encoded data set ends before what its headers announce."""
-
-
 def check_complete(data: bytes, *, implicit_vr: bool, little_endian: bool) -> None:
-    """Raise Truncated (naming the element) unless ``data`` is a whole data set."""
+    """Raise DatasetTruncated (naming the element) unless ``data`` is a whole data set."""
     end = _Walker(data, implicit_vr, "<" if little_endian else ">").dataset(0, len(data), None)
     if end != len(data):
-        raise Truncated(f"{len(data) - end} stray bytes after the last element")
+        raise DatasetTruncated(f"{len(data) - end} stray bytes after the last element")
 
 
 class _Walker:
@@ -53,7 +51,7 @@ class _Walker:
     def _unpack(self, fmt: str, offset: int) -> tuple[int, ...]:
         size = struct.calcsize(self.order + fmt)
         if offset + size > len(self.data):
-            raise Truncated(f"element header cut short at byte {offset}")
+            raise DatasetTruncated(f"element header cut short at byte {offset}")
         return struct.unpack_from(self.order + fmt, self.data, offset)
 
     def dataset(self, offset: int, limit: int, closer: tuple[int, int] | None) -> int:
@@ -65,14 +63,14 @@ class _Walker:
                 self._unpack("L", offset + 4)
                 return offset + 8
             if group == 0xFFFE:  # item tags are always implicit
-                raise Truncated(f"unexpected delimiter ({group:04X},{element:04X})")
+                raise DatasetTruncated(f"unexpected delimiter ({group:04X},{element:04X})")
             vr, length, offset = self._header(offset)
             if length == UNDEFINED:
                 # A sequence, or encapsulated pixel data (items of fragments).
                 offset = self.items(offset, (group, element))
                 continue
             if offset + length > len(self.data):
-                raise Truncated(
+                raise DatasetTruncated(
                     f"({group:04X},{element:04X}) announces {length} bytes, "
                     f"{len(self.data) - offset} arrived"
                 )
@@ -80,7 +78,7 @@ class _Walker:
                 self.defined_items(offset, offset + length)
             offset += length
         if closer is not None:
-            raise Truncated("a sequence or item of undefined length is never closed")
+            raise DatasetTruncated("a sequence or item of undefined length is never closed")
         return offset
 
     def _header(self, offset: int) -> tuple[bytes | None, int, int]:
@@ -88,7 +86,7 @@ class _Walker:
             (length,) = self._unpack("L", offset + 4)
             return None, length, offset + 8
         if offset + 6 > len(self.data):
-            raise Truncated(f"element header cut short at byte {offset}")
+            raise DatasetTruncated(f"element header cut short at byte {offset}")
         vr = self.data[offset + 4 : offset + 6]
         if vr in _LONG_VRS:
             (length,) = self._unpack("L", offset + 8)
@@ -105,12 +103,14 @@ class _Walker:
             if (group, element) == SEQUENCE_END:
                 return offset
             if (group, element) != ITEM:
-                raise Truncated(f"({owner[0]:04X},{owner[1]:04X}) holds a non-item element")
+                raise DatasetTruncated(f"({owner[0]:04X},{owner[1]:04X}) holds a non-item element")
             if length == UNDEFINED:
                 offset = self.dataset(offset, len(self.data), ITEM_END)
             else:
                 if offset + length > len(self.data):
-                    raise Truncated(f"an item of ({owner[0]:04X},{owner[1]:04X}) is cut short")
+                    raise DatasetTruncated(
+                        f"an item of ({owner[0]:04X},{owner[1]:04X}) is cut short"
+                    )
                 offset += length
 
     def defined_items(self, offset: int, limit: int) -> None:
@@ -120,11 +120,11 @@ class _Walker:
             (length,) = self._unpack("L", offset + 4)
             offset += 8
             if (group, element) != ITEM:
-                raise Truncated("a sequence of defined length holds a non-item element")
+                raise DatasetTruncated("a sequence of defined length holds a non-item element")
             if length == UNDEFINED:
                 offset = self.dataset(offset, limit, ITEM_END)
             else:
                 if offset + length > limit:
-                    raise Truncated("an item runs past the end of its sequence")
+                    raise DatasetTruncated("an item runs past the end of its sequence")
                 self.dataset(offset, offset + length, None)
                 offset += length

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from qrfarm.errors import QueryBudgetSpent
+
 from .connection import Connection
 from .identifiers import build_query_identifier
 from .model import UNIQUE_KEY, Level, Root, path_to
@@ -33,10 +35,6 @@ class ImageRef:
     series_instance_uid: str
 
 
-class _OverBudget(Exception):
-    """More queries than the caller allowed."""
-
-
 class _Walk:
     """Finds down the hierarchy from a retrieve's level, counting its queries."""
 
@@ -49,7 +47,7 @@ class _Walk:
         """The matches of one find; LookupError when the PACS answers with a failure."""
         if self.left is not None:
             if self.left <= 0:
-                raise _OverBudget
+                raise QueryBudgetSpent
             self.left -= 1
         query = build_query_identifier(self.root, level, keys, returned, default_return_keys=False)
         result = self.conn.find(query, self.root)
@@ -127,7 +125,7 @@ def expected_sop_classes(conn: Connection, identifier: Dataset, root: Root) -> l
                     return []
                 classes = [str(r.sop_class_uid) for r in refs.values()]
             found.update(dict.fromkeys(classes))
-    except (_OverBudget, LookupError):
+    except (QueryBudgetSpent, LookupError):
         return []
     return list(found)
 

@@ -41,9 +41,18 @@ class StatusCategory(StrEnum):
 
 
 class Status:
-    """Named status codes qrfarm acts on (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.5)."""
+    """Every DIMSE status code qrfarm sends or acts on, named once.
 
+    The same code may carry a service's own name: 0xA900 is "Identifier does
+    not match SOP Class" in a C-FIND/C-GET/C-MOVE and "Data Set does not match
+    SOP Class" in a C-STORE; 0xC000 is "Unable to process" there and "Cannot
+    understand" here (the SCP and the C-GET sinks answer it alike).
+    """
+
+    # General statuses (PS3.7 C).
     SUCCESS = 0x0000
+    REFUSED_NOT_AUTHORIZED = 0x0124
+    # Query/Retrieve (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.5).
     PENDING = 0xFF00
     PENDING_WARNING = 0xFF01
     CANCEL = 0xFE00
@@ -54,6 +63,12 @@ class Status:
     MOVE_DESTINATION_UNKNOWN = 0xA801
     IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     UNABLE_TO_PROCESS = 0xC000
+    # Storage (PS3.4 B.2.3); Out of Resources is 0xA700 here too.
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    # Every code of a class (the standard names ranges: 0xA7xx, 0xA9xx).
+    OUT_OF_RESOURCES_RANGE = range(0xA700, 0xA800)
+    DOES_NOT_MATCH_SOP_CLASS_RANGE = range(0xA900, 0xAA00)
 
 
 _DESCRIPTIONS = {
@@ -213,8 +228,8 @@ class OperationResult:
         error_type: type[DimseFailure] = DimseFailure
         if final.status == Status.MOVE_DESTINATION_UNKNOWN:
             error_type = MoveDestinationUnknown
-        elif 0xA700 <= final.status <= 0xA7FF:
+        elif final.status in Status.OUT_OF_RESOURCES_RANGE:
             error_type = OutOfResources
-        elif 0xA900 <= final.status <= 0xA9FF:
+        elif final.status in Status.DOES_NOT_MATCH_SOP_CLASS_RANGE:
             error_type = IdentifierRejected
         raise error_type(final.status, final.description, final.error_comment)

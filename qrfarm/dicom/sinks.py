@@ -16,21 +16,20 @@ from pathlib import Path
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from .completeness import Truncated, check_complete
+from qrfarm.errors import DatasetTruncated
+
+from .completeness import check_complete
 from .connection import StoreRequest
 from .identifiers import is_valid_uid
 from .responses import Status
 
 log = logging.getLogger(__name__)
 
-CANNOT_UNDERSTAND = 0xC210  # Storage: "Cannot understand" (PS3.4 B.2.3)
-DATASET_DOES_NOT_MATCH = 0xA900
-
 
 def check_whole(request: StoreRequest) -> int | None:
     """A failure status if the instance is malformed or not what it claims; else None."""
     if not is_valid_uid(request.sop_instance_uid):
-        return CANNOT_UNDERSTAND
+        return Status.CANNOT_UNDERSTAND
     syntax = UID(request.transfer_syntax)
     if not syntax.is_deflated:  # a deflated stream is checked by decoding it below
         try:
@@ -39,19 +38,19 @@ def check_whole(request: StoreRequest) -> int | None:
                 implicit_vr=syntax.is_implicit_VR,
                 little_endian=syntax.is_little_endian,
             )
-        except Truncated as exc:
+        except DatasetTruncated as exc:
             log.warning("C-STORE of %s refused: %s", request.sop_instance_uid, exc)
-            return CANNOT_UNDERSTAND
+            return Status.CANNOT_UNDERSTAND
     try:
         dataset = request.dataset()
         for element in dataset.iterall():
             _ = element.value  # decoding every element finds a cut-short data set
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError):
-        return CANNOT_UNDERSTAND
+        return Status.CANNOT_UNDERSTAND
     if str(dataset.get("SOPInstanceUID", "")) != request.sop_instance_uid:
-        return DATASET_DOES_NOT_MATCH
+        return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     if str(dataset.get("SOPClassUID", "")) != request.sop_class_uid:
-        return DATASET_DOES_NOT_MATCH
+        return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     return None
 
 

@@ -22,13 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.config import Settings
-from qrfarm.errors import PermanentError
+from qrfarm.errors import PermanentError, UnusableHl7Message
 from qrfarm.jobs import prefetch
 from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.submit import SubmitRules
 from qrfarm.observability.metrics import HL7_MESSAGES
 
-from .messages import ACCEPT, ERROR, REJECT, Unusable, acknowledge, acknowledge_raw, read
+from .messages import ACCEPT, ERROR, REJECT, acknowledge, acknowledge_raw, read
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1 << 20
@@ -64,7 +64,7 @@ class Hl7Service:
         """The acknowledgement for one message; starts its prefetch when it can."""
         try:
             trigger = read(text)
-        except Unusable as exc:
+        except UnusableHl7Message as exc:
             log.warning("HL7 message refused (%s): %s", exc.code, exc.reason)
             return acknowledge_raw(text, exc.code, exc.reason)
         rule_name = self.rule_for(trigger.message_type)

@@ -15,17 +15,10 @@ from dataclasses import dataclass
 import hl7
 from hl7.exceptions import ParseException
 
+from qrfarm.errors import UnusableHl7Message
+
 SUPPORTED = frozenset({"ORM^O01", "OMI^O23", "SIU^S12"})
 ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
-
-
-class Unusable(Exception):
-    """A message qrfarm cannot act on; ``code`` is the NAK's acknowledgement code."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -49,31 +42,31 @@ def _field(message: hl7.Message, segment: str, field: int, component: int = 1) -
 
 
 def read(text: str) -> Trigger:
-    """The trigger a message carries; Unusable (with AR or AE) otherwise."""
+    """The trigger a message carries; UnusableHl7Message (with AR or AE) otherwise."""
     # Segments end in CR; some senders use CR LF or LF.
     text = text.replace("\r\n", "\r").replace("\n", "\r")
     if not text.startswith("MSH"):
-        raise Unusable(REJECT, "not an HL7 v2 message: it does not begin with MSH")
+        raise UnusableHl7Message(REJECT, "not an HL7 v2 message: it does not begin with MSH")
     try:
         message = hl7.parse(text)
         msh = message.segment("MSH")
     except (ParseException, KeyError, IndexError, ValueError) as exc:
-        raise Unusable(REJECT, f"not a parseable HL7 v2 message: {exc}") from exc
+        raise UnusableHl7Message(REJECT, f"not a parseable HL7 v2 message: {exc}") from exc
     # A bare "ACK" (no trigger event) must be refused, not crash the read.
     code = _field(message, "MSH", 9, 1) or ""
     event = _field(message, "MSH", 9, 2) or ""
     message_type = f"{code}^{event}"
     control_id = str(msh(10)).strip() if len(msh) > 10 else ""
     if not control_id:
-        raise Unusable(REJECT, "MSH-10 (message control ID) is empty")
+        raise UnusableHl7Message(REJECT, "MSH-10 (message control ID) is empty")
     if message_type not in SUPPORTED:
-        raise Unusable(
+        raise UnusableHl7Message(
             REJECT,
             f"message type {message_type} is not supported (only {', '.join(sorted(SUPPORTED))})",
         )
     patient_id = _field(message, "PID", 3)
     if not patient_id:
-        raise Unusable(ERROR, "PID-3 (patient identifier list) is missing or empty")
+        raise UnusableHl7Message(ERROR, "PID-3 (patient identifier list) is missing or empty")
     accession = _field(message, "IPC", 1) or _field(message, "OBR", 18) or _field(message, "ORC", 3)
     study_uid = _field(message, "IPC", 3) or _field(message, "ZDS", 1)
     return Trigger(

@@ -5,19 +5,11 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.errors import PermanentError
+from qrfarm.errors import NoSuchJob, NotRetriable
 from qrfarm.models import ENDED_STATES, Job, JobKind, JobState, NodeRecord, utcnow
 
 from .dispatch import Dispatcher, send_run_jobs
 from .states import transition
-
-
-class NoSuchJob(PermanentError, LookupError):
-    """No job has that id."""
-
-
-class NotRetriable(PermanentError):
-    """Only a partial or failed job can be retried."""
 
 
 def _job(session: Session, job_id: int) -> Job:

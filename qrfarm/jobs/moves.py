@@ -16,14 +16,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from qrfarm.errors import RetriableError
+from qrfarm.errors import NoMessageIdFree
 from qrfarm.models import Attempt, Job, MoveMessageId, utcnow
 
 MAX_TRIES = 64
-
-
-class NoMessageIdFree(RetriableError):
-    """Every Message ID of this calling AE title is held by a running or recent move."""
 
 
 def allocate_message_id(

@@ -16,20 +16,11 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from qrfarm.errors import PermanentError
+from qrfarm.errors import InvalidCallback, PermanentError
 from qrfarm.models import Job, NodeRecord, Prefetch, WebhookDelivery, utcnow
 
 JOB_ENDED = "job.ended"
 PREFETCH_ENDED = "prefetch.ended"
-
-
-class InvalidCallback(PermanentError, ValueError):
-    """A callback URL qrfarm cannot or may not call."""
-
-    def __init__(self, url: str, rule: str) -> None:
-        super().__init__(f"callback_url {url!r}: {rule}")
-        self.url = url
-        self.rule = rule
 
 
 def validate_callback_url(

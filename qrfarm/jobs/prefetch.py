@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Level
-from qrfarm.errors import InvalidIdentifier, PermanentError
+from qrfarm.errors import InvalidIdentifier, NoSuchPrefetch, NoSuchRule, PermanentError
 from qrfarm.models import (
     ENDED_STATES,
     PREFETCH_ENDED,
@@ -52,7 +52,7 @@ from qrfarm.models import (
 from . import priors
 from .dispatch import Dispatcher
 from .notify import notify_prefetch_ended, validate_callback_url
-from .submit import JobRequest, SubmitRules, UnknownNode, new_job, send_jobs
+from .submit import JobRequest, SubmitRules, new_job, send_jobs
 
 RETURN_KEYS = (
     "StudyDate",
@@ -62,14 +62,6 @@ RETURN_KEYS = (
     "ModalitiesInStudy",
     "NumberOfStudyRelatedInstances",
 )
-
-
-class NoSuchPrefetch(PermanentError, LookupError):
-    """No prefetch has that id."""
-
-
-class NoSuchRule(PermanentError, LookupError):
-    """No prefetch rule of that name is stored."""
 
 
 class Rule(BaseModel):
@@ -495,11 +487,8 @@ def prefetch_summary(session: Session, prefetch_id: int) -> dict[str, Any]:
 
 
 __all__ = [
-    "NoSuchPrefetch",
-    "NoSuchRule",
     "PrefetchRequest",
     "Rule",
-    "UnknownNode",
     "advance",
     "advance_all",
     "delete_rule",

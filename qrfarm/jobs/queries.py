@@ -7,9 +7,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from qrfarm.errors import NoSuchJob
 from qrfarm.models import Attempt, DimseResponse, FindResult, Job, JobKind, JobState, NodeRecord
 
-from .control import NoSuchJob
 from .dispatch import DISPATCH_PENDING_NOTE
 from .notify import job_outcome
 

@@ -29,6 +29,7 @@ from qrfarm.dicom import (
     Node,
     OperationResult,
     Root,
+    Status,
     StatusCategory,
     build_retrieve_identifier,
 )
@@ -36,9 +37,9 @@ from qrfarm.dicom.planning import expected_instances
 from qrfarm.dicom.responses import Response
 from qrfarm.errors import (
     AssociationAborted,
+    NodeBusy,
     PresentationContextError,
     QrfarmError,
-    RetriableError,
 )
 from qrfarm.models import (
     Attempt,
@@ -66,10 +67,6 @@ from .states import transition
 from .watch import JobWatch
 
 log = logging.getLogger(__name__)
-
-
-class NodeBusy(RetriableError):
-    """No association permit for the node could be had now; the job waits its turn."""
 
 
 class GetRecorder(Protocol):
@@ -384,7 +381,7 @@ def _after_retrieve(deps: RunnerDeps, taken: Claim, results: list[OperationResul
             # The operation itself was refused (unknown destination, bad
             # identifier, out of resources...): nothing to reconcile.
             error = f"{job.kind.value} answered {worst.final.summary()}"
-            if 0xA700 <= worst.final.status <= 0xA7FF:
+            if worst.final.status in Status.OUT_OF_RESOURCES_RANGE:
                 _schedule_retry(job, error, deps.policy)
             else:
                 transition(job, JobState.FAILED, error=error)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import object_session
 
-from qrfarm.errors import PermanentError
+from qrfarm.errors import IllegalTransition
 from qrfarm.models import ENDED_STATES, Job, JobState, utcnow
 
 from .announce import announce_ended
@@ -34,10 +34,6 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     FAIL: frozenset({Q}),
     CANC: frozenset(),
 }
-
-
-class IllegalTransition(PermanentError):
-    """A state change the life cycle does not allow."""
 
 
 def transition(job: Job, to: JobState, *, error: str | None = None) -> None:

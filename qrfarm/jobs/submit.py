@@ -13,16 +13,12 @@ from qrfarm.config import Settings
 from qrfarm.dicom import Level, Root, build_query_identifier, build_retrieve_identifier
 from qrfarm.dicom.identifiers import KeyValue
 from qrfarm.dicom.node import validate_ae_title
-from qrfarm.errors import InvalidIdentifier, PermanentError
+from qrfarm.errors import InvalidIdentifier, UnknownNode
 from qrfarm.models import Job, JobKind, JobState, NodeRecord, utcnow
 from qrfarm.observability.tracing import current_traceparent, tracer
 
 from .dispatch import Dispatcher, send_run_jobs
 from .notify import validate_callback_url
-
-
-class UnknownNode(PermanentError, LookupError):
-    """No node of that name is registered."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
-from qrfarm.dicom import Level, Root, rejection, sop_class
+from qrfarm.dicom import Level, Root, Status, rejection, sop_class
 from qrfarm.dicom.model import VERIFICATION_SOP_CLASS, Operation
 from qrfarm.dicom.sockets import tune
 
@@ -113,19 +113,19 @@ def handle_find(
     identifier = event.identifier
     level = _level(identifier)
     if level is None:
-        yield 0xA900, None  # Identifier does not match SOP class
+        yield Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
         return
     if level in behaviour.refused_find_levels:
-        yield 0xC000, None  # Unable to process
+        yield Status.UNABLE_TO_PROCESS, None
         return
     for group in archive.select(identifier, level):
         behaviour.pause(retrieve=False)
         if event.is_cancelled:
             behaviour.stats.cancelled()
-            yield 0xFE00, None
+            yield Status.CANCEL, None
             return
-        yield 0xFF00, archive.answer(identifier, level, group)
-    yield 0x0000, None
+        yield Status.PENDING, archive.answer(identifier, level, group)
+    yield Status.SUCCESS, None
 
 
 def _instances(event: Event, archive: Archive) -> list[ArchivedInstance] | None:
@@ -146,9 +146,9 @@ def handle_get(event: Event, archive: Archive, behaviour: Behaviour) -> Iterator
         behaviour.pause()
         if event.is_cancelled:
             behaviour.stats.cancelled()
-            yield 0xFE00, None
+            yield Status.CANCEL, None
             return
-        yield 0xFF00, dcmread(instance.path)
+        yield Status.PENDING, dcmread(instance.path)
 
 
 def handle_move(
@@ -181,9 +181,9 @@ def handle_move(
         behaviour.pause()
         if event.is_cancelled:
             behaviour.stats.cancelled()
-            yield 0xFE00, None
+            yield Status.CANCEL, None
             return
-        yield 0xFF00, dcmread(instance.path)
+        yield Status.PENDING, dcmread(instance.path)
 
 
 def _tune_socket(event: Event) -> None:

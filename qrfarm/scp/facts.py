@@ -12,24 +12,11 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 
-from qrfarm.dicom.completeness import Truncated, check_complete
+from qrfarm.dicom import Status
+from qrfarm.dicom.completeness import check_complete
 from qrfarm.dicom.identifiers import is_valid_uid
+from qrfarm.errors import DatasetTruncated, InstanceRefused
 from qrfarm.jobs.recording import InstanceFacts
-
-# Storage Service Class statuses (PS3.4 B.2.3).
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-
-
-class Refused(Exception):
-    """The instance is answered with ``status`` and not stored."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
-        super().__init__(f"0x{status:04X}: {reason}")
 
 
 def _stop_at_pixel_data(tag: Any, vr: Any, length: Any) -> bool:
@@ -50,7 +37,7 @@ def _header(raw: bytes, syntax: UID) -> Dataset:
 
 
 def read_facts(event: Event, raw: bytes) -> InstanceFacts:
-    """The facts of a C-STORE; Refused with the status to answer when it is not acceptable."""
+    """The facts of a C-STORE; InstanceRefused, with the status to answer, if not acceptable."""
     request = event.request
     assert isinstance(request, C_STORE)
     sop_class = str(request.AffectedSOPClassUID or "")
@@ -63,20 +50,22 @@ def read_facts(event: Event, raw: bytes) -> InstanceFacts:
         dataset_sop = str(header.get("SOPInstanceUID", "") or "")
         dataset_class = str(header.get("SOPClassUID", "") or "")
         patient_id = str(header.get("PatientID", "") or "")
-    except Truncated as exc:
-        raise Refused(CANNOT_UNDERSTAND, f"data set cut short: {exc}") from exc
+    except DatasetTruncated as exc:
+        raise InstanceRefused(Status.CANNOT_UNDERSTAND, f"data set cut short: {exc}") from exc
     except Exception as exc:
-        raise Refused(CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}") from exc
+        raise InstanceRefused(
+            Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}"
+        ) from exc
     for what, uid in (
         ("SOP Instance UID", sop_uid),
         ("Study Instance UID", study),
         ("Series Instance UID", series),
     ):
         if not is_valid_uid(uid):
-            raise Refused(CANNOT_UNDERSTAND, f"{what} {uid!r} is not a valid UID")
+            raise InstanceRefused(Status.CANNOT_UNDERSTAND, f"{what} {uid!r} is not a valid UID")
     if dataset_sop != sop_uid or dataset_class != sop_class:
-        raise Refused(
-            DATASET_DOES_NOT_MATCH,
+        raise InstanceRefused(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             f"data set is {dataset_class or '?'} / {dataset_sop or '?'}, "
             f"request says {sop_class} / {sop_uid}",
         )

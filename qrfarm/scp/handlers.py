@@ -13,8 +13,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.dicom import rejection
+from qrfarm.dicom import Status, rejection
 from qrfarm.dicom.sockets import tune
+from qrfarm.errors import InstanceRefused, StorageError, StorageFull, UnsafeUid
 from qrfarm.jobs.recording import InstanceFacts, record, reopen_late
 from qrfarm.models import Job
 from qrfarm.models.session import statement_engine
@@ -25,17 +26,16 @@ from qrfarm.observability.metrics import (
     STORE_SECONDS,
     STORES,
 )
-from qrfarm.storage import InstanceStorage, StorageError, StorageFull, StoredFile, UnsafeUid
+from qrfarm.storage import InstanceStorage, StoredFile
 
 from .correlate import OriginatorCache, correlate
-from .facts import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Refused, read_facts
+from .facts import read_facts
 from .known_nodes import KnownNode, KnownNodes
 
 log = logging.getLogger(__name__)
 
 REJECT_UNKNOWN_CALLING_AE = rejection.UNKNOWN_CALLING_AE
 REJECT_SHUTTING_DOWN = rejection.LOCAL_LIMIT_EXCEEDED  # transient: try again elsewhere
-REFUSED_NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: general status "Refused: Not authorized"
 
 
 @dataclass
@@ -102,11 +102,11 @@ def _store(event: Event, ctx: ScpContext, started_ns: int) -> tuple[int, str]:
     request = event.request
     assert isinstance(request, C_STORE) and request.DataSet is not None
     if ctx.probe_ae_title and event.assoc.requestor.ae_title.strip() == ctx.probe_ae_title:
-        return REFUSED_NOT_AUTHORIZED, "refused"
+        return Status.REFUSED_NOT_AUTHORIZED, "refused"
     raw = request.DataSet.getvalue()
     try:
         facts = read_facts(event, raw)
-    except Refused as refused:
+    except InstanceRefused as refused:
         log.warning("C-STORE of %s refused: %s", request.AffectedSOPInstanceUID, refused)
         return refused.status, "refused"
     try:
@@ -118,10 +118,10 @@ def _store(event: Event, ctx: ScpContext, started_ns: int) -> tuple[int, str]:
         )
     except UnsafeUid as exc:
         log.warning("C-STORE refused: %s", exc)
-        return CANNOT_UNDERSTAND, "refused"
+        return Status.CANNOT_UNDERSTAND, "refused"
     except (StorageFull, StorageError) as exc:
         log.error("C-STORE of %s not stored: %s", facts.sop_instance_uid, exc)
-        return OUT_OF_RESOURCES, "out_of_resources"
+        return Status.OUT_OF_RESOURCES, "out_of_resources"
     relative = str(stored.path.relative_to(ctx.storage.root))
     nodes = ctx.known_nodes.for_calling_ae(facts.calling_ae)
     try:
@@ -130,11 +130,11 @@ def _store(event: Event, ctx: ScpContext, started_ns: int) -> tuple[int, str]:
         # The file is whole on disk; without its row it counts for nothing,
         # and the PACS is told to try again.
         log.error("C-STORE of %s not recorded: %s", facts.sop_instance_uid, exc)
-        return OUT_OF_RESOURCES, "out_of_resources"
+        return Status.OUT_OF_RESOURCES, "out_of_resources"
     RECEIVED_BYTES.inc(len(raw))
     if job_ids and tracing.enabled():
         _trace_store(ctx, facts, job_ids, started_ns)
-    return SUCCESS, ("stored" if job_ids else "orphan")
+    return Status.SUCCESS, ("stored" if job_ids else "orphan")
 
 
 def _trace_store(

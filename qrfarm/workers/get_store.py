@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.dicom import InstanceSink, Status, StoreRequest
 from qrfarm.dicom.identifiers import is_valid_uid
 from qrfarm.dicom.sinks import check_whole
+from qrfarm.errors import StorageError, StorageFull
 from qrfarm.jobs.recording import InstanceFacts, Match, record, reopen_late
 from qrfarm.models import MatchedBy
-from qrfarm.storage import InstanceStorage, StorageError, StorageFull
+from qrfarm.storage import InstanceStorage
 
 log = logging.getLogger(__name__)
-CANNOT_UNDERSTAND = 0xC000
 
 
 class GetStore:
@@ -34,7 +34,7 @@ class GetStore:
             study = str(header.get("StudyInstanceUID", ""))
             series = str(header.get("SeriesInstanceUID", ""))
             if not (is_valid_uid(study) and is_valid_uid(series)):
-                return CANNOT_UNDERSTAND
+                return Status.CANNOT_UNDERSTAND
             try:
                 stored = self.storage.store(
                     study, series, request.sop_instance_uid, request.part10_bytes()

@@ -32,8 +32,7 @@ from qrfarm.dicom import (
     storage_contexts,
 )
 from qrfarm.dicom.contexts import DEFAULT_STORAGE_SOP_CLASSES
-from qrfarm.errors import AssociationRejected, PeerUnreachable, PermitLost, QrfarmError
-from qrfarm.jobs.runner import NodeBusy
+from qrfarm.errors import AssociationRejected, NodeBusy, PeerUnreachable, PermitLost, QrfarmError
 from qrfarm.observability.metrics import ASSOCIATIONS
 from qrfarm.observability.tracing import tracer
 

@@ -12,9 +12,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode, encode
 
-from qrfarm.dicom import DirectorySink, MemorySink
-from qrfarm.dicom.completeness import Truncated, check_complete
-from qrfarm.dicom.sinks import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH
+from qrfarm.dicom import DirectorySink, MemorySink, Status
+from qrfarm.dicom.completeness import check_complete
+from qrfarm.errors import DatasetTruncated
 from qrfarm.sandbox.synthetic import Corpus
 
 
@@ -59,7 +59,7 @@ def test_every_corpus_instance_is_whole_in_both_vr_encodings(corpus: Corpus) -> 
 
 def test_a_data_set_cut_inside_its_pixel_data_is_truncated(corpus: Corpus) -> None:
     request = _request(corpus.instances[0].path)
-    with pytest.raises(Truncated, match=r"\(7FE0,0010\) announces \d+ bytes, \d+ arrived"):
+    with pytest.raises(DatasetTruncated, match=r"\(7FE0,0010\) announces \d+ bytes, \d+ arrived"):
         check_complete(request.raw[:-100], implicit_vr=False, little_endian=True)
 
 
@@ -73,7 +73,7 @@ def test_a_sequence_never_closed_is_truncated() -> None:
     assert raw is not None
     assert raw.endswith(b"\xfe\xff\xdd\xe0\0\0\0\0")  # the sequence delimiter
     check_complete(raw, implicit_vr=False, little_endian=True)
-    with pytest.raises(Truncated, match=r"never closed|cut short"):
+    with pytest.raises(DatasetTruncated, match=r"never closed|cut short"):
         check_complete(raw[:-8], implicit_vr=False, little_endian=True)
 
 
@@ -82,25 +82,25 @@ def test_sinks_refuse_a_cut_short_instance_and_write_nothing(
 ) -> None:
     request = _request(corpus.instances[0].path, cut=-100)
     directory = DirectorySink(tmp_path / "got")
-    assert directory(request) == CANNOT_UNDERSTAND  # type: ignore[arg-type]
+    assert directory(request) == Status.CANNOT_UNDERSTAND  # type: ignore[arg-type]
     assert list((tmp_path / "got").iterdir()) == []
-    assert MemorySink()(request) == CANNOT_UNDERSTAND  # type: ignore[arg-type]
+    assert MemorySink()(request) == Status.CANNOT_UNDERSTAND  # type: ignore[arg-type]
 
 
 def test_sinks_refuse_an_instance_that_is_not_what_the_request_says(
     corpus: Corpus, tmp_path: Path
 ) -> None:
     wrong_uid = _request(corpus.instances[0].path, sop_instance_uid="1.2.3.4")
-    assert MemorySink()(wrong_uid) == DATASET_DOES_NOT_MATCH  # type: ignore[arg-type]
+    assert MemorySink()(wrong_uid) == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS  # type: ignore[arg-type]
     wrong_class = _request(corpus.instances[0].path, sop_class_uid="1.2.840.10008.5.1.4.1.1.4")
-    assert DirectorySink(tmp_path)(wrong_class) == DATASET_DOES_NOT_MATCH  # type: ignore[arg-type]
+    assert DirectorySink(tmp_path)(wrong_class) == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS  # type: ignore[arg-type]
 
 
 def test_a_uid_built_to_escape_the_directory_never_becomes_a_path(
     corpus: Corpus, tmp_path: Path
 ) -> None:
     request = _request(corpus.instances[0].path, sop_instance_uid="../../escape")
-    assert DirectorySink(tmp_path / "got")(request) == CANNOT_UNDERSTAND  # type: ignore[arg-type]
+    assert DirectorySink(tmp_path / "got")(request) == Status.CANNOT_UNDERSTAND  # type: ignore[arg-type]
     assert not (tmp_path / "escape.dcm").exists()
     assert list((tmp_path / "got").iterdir()) == []
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hl7
 import pytest
 
+from qrfarm.errors import UnusableHl7Message
 from qrfarm.hl7.messages import (
     ACCEPT,
     ERROR,
     REJECT,
     Trigger,
-    Unusable,
     acknowledge,
     acknowledge_raw,
     read,
@@ -144,7 +144,7 @@ def _without_pid_3(text: str) -> str:
 def test_an_unusable_message_is_refused_with_a_reason_naming_what_is_wrong(
     text: str, code: str, named: str
 ) -> None:
-    with pytest.raises(Unusable) as refused:
+    with pytest.raises(UnusableHl7Message) as refused:
         read(text)
     assert refused.value.code == code
     assert named in refused.value.reason
@@ -157,7 +157,7 @@ def test_a_message_type_without_trigger_event_is_refused_not_raised() -> None:
         message("MSH|^~\\&|RIS|HOSP|QRFARM|PACS|20240102030405||ACK|ACK0001|P|2.5", "MSA|AA|X1"),
         ORM_O01.replace("ORM^O01", "ORM"),
     ):
-        with pytest.raises(Unusable) as refused:
+        with pytest.raises(UnusableHl7Message) as refused:
             read(text)
         assert refused.value.code == REJECT
         assert "not supported" in refused.value.reason
@@ -215,7 +215,7 @@ def test_a_nak_for_an_unparseable_message_parses_and_carries_the_reason() -> Non
 
 def test_a_nak_for_a_refused_message_names_its_control_id() -> None:
     text = ORM_O01.replace("ORM^O01", "ADT^A01")
-    with pytest.raises(Unusable) as refused:
+    with pytest.raises(UnusableHl7Message) as refused:
         read(text)
     parsed, msa = _msa(acknowledge_raw(text, refused.value.code, refused.value.reason))
     assert str(msa(1)) == "AR"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.jobs.control import NoSuchJob, NotRetriable, cancel, retry
+from qrfarm.errors import NoSuchJob, NotRetriable
+from qrfarm.jobs.control import cancel, retry
 from qrfarm.jobs.dispatch import RUN_JOB, node_queue
 from qrfarm.models import JobKind, JobState
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.jobs.states import IllegalTransition, transition
+from qrfarm.errors import IllegalTransition
+from qrfarm.jobs.states import transition
 from qrfarm.models import Job, JobState
 
 from .conftest import add_job, load

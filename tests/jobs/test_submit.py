@@ -8,9 +8,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Level
-from qrfarm.errors import InvalidIdentifier, QrfarmError
+from qrfarm.errors import InvalidIdentifier, QrfarmError, UnknownNode
 from qrfarm.jobs.dispatch import RUN_JOB, node_queue
-from qrfarm.jobs.submit import JobRequest, SubmitRules, UnknownNode, submit
+from qrfarm.jobs.submit import JobRequest, SubmitRules, submit
 from qrfarm.models import Job, JobKind, JobState
 
 from .conftest import Sent, add_job

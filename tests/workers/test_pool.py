@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from qrfarm.dicom import Level, Node, Root, StatusCategory, Timeouts, build_query_identifier
-from qrfarm.jobs.runner import NodeBusy
+from qrfarm.errors import NodeBusy
 from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.workers.permits import FilePermits
