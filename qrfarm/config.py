@@ -88,9 +88,10 @@ class Settings(BaseSettings):
     probe_ae_title: str = "QRFARMPROBE"
     # Answer a C-STORE only once the file is fsync'ed (off only for tests of speed).
     scp_fsync: bool = True
-    # How long after a move ends its Message ID still names it, so that
-    # C-STOREs arriving after the final response are still attributed.
-    move_late_window_s: float = 3600.0
+    # The late window, one setting for all three: how long after a move's
+    # attempt ends its Message ID still names it, its UIDs still match
+    # arrivals that name no originator, and the ID is not handed out again.
+    move_late_window_s: float = Field(default=3600.0, gt=0)
     # The broker that carries work to the workers: Redis in a farm. Unset: an
     # embedded transport in data_dir (no other service needed).
     broker_url: str | None = None

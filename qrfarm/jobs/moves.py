@@ -12,12 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import random
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from qrfarm.errors import NoMessageIdFree
-from qrfarm.models import Attempt, Job, MoveMessageId, utcnow
+from qrfarm.models import Attempt, Job, JobState, MoveMessageId, utcnow
 
 MAX_TRIES = 64
 
@@ -68,6 +68,40 @@ def release_message_id(session: Session, attempt: Attempt) -> None:
         .where(MoveMessageId.attempt_id == attempt.id, MoveMessageId.released_at.is_(None))
         .values(released_at=utcnow())
     )
+
+
+def release_lost_message_ids(session: Session) -> int:
+    """Release the Message IDs of attempts that can send no more: ended, given
+    up by their worker (lease expired), or followed by a newer attempt. Run by
+    the sweeper, so that a dead worker's ID names its move only for the late
+    window, not for ever. Returns how many were released."""
+    now = utcnow()
+    attempt, job = Attempt.__table__, Job.__table__
+    newer = (
+        select(attempt.c.id)
+        .where(attempt.c.job_id == MoveMessageId.job_id, attempt.c.id > MoveMessageId.attempt_id)
+        .exists()
+    )
+    lost = (
+        select(attempt.c.id)
+        .join(job, job.c.id == attempt.c.job_id)
+        .where(
+            attempt.c.id == MoveMessageId.attempt_id,
+            or_(
+                attempt.c.ended_at.is_not(None),
+                job.c.state != JobState.RUNNING,
+                job.c.lease_expires_at < now,
+            ),
+        )
+        .exists()
+    )
+    result = session.execute(
+        update(MoveMessageId)
+        .where(MoveMessageId.released_at.is_(None), or_(lost, newer))
+        .values(released_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def begin_move_attempt(

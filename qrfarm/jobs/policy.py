@@ -28,6 +28,10 @@ class JobPolicy:
     # A limit learned from a node's refusals rises by one association after
     # each such quiet period without a refusal (qrfarm.jobs.profiles).
     limit_probe_after_s: float = 600.0
+    # How long after a move's attempt ends its Message ID (and UID matching)
+    # still attributes arrivals to it; a Message ID is not handed out again
+    # within it. The storage SCP reads the same setting.
+    late_window_s: float = 3600.0
 
     def backoff(self, attempt: int) -> float:
         """Exponential back-off with full jitter for the ``attempt``-th retry."""

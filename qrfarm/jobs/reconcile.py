@@ -3,7 +3,8 @@
 * expected: the instances an IMAGE-level find named before the move;
 * reported: the final response's completed + warning, failed, and the
   Failed SOP Instance UID List;
-* recorded: the distinct instances the storage SCP (or the C-GET) stored.
+* recorded: the distinct instances the storage SCP (or the C-GET) stored,
+  with the orphans of the job's node that it asked for (claimed here).
 
 A job is ``completed`` when all that is expected is recorded, nothing failed
 and at least what was reported arrived; otherwise ``partial``, naming the
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 from qrfarm.models import ExpectedInstance, Job, JobKind, JobState, ReceivedInstance, utcnow
 from qrfarm.observability.metrics import RECONCILIATIONS, RETRIES
 
+from .orphans import claim_orphans
 from .policy import JobPolicy
 from .states import transition
 
@@ -57,6 +59,8 @@ def finalize(session: Session, job: Job, policy: JobPolicy | None = None) -> Non
     """End a ``reconciling`` job as completed, partial or cancelled; with a
     ``policy`` that retries partial jobs, one with instances missing (and
     attempts left) is queued again for exactly those instead."""
+    claim_orphans(session, job)
+    session.flush()
     recorded = recorded_uids(session, job.id)
     job.recorded_count = len(recorded)
     if job.cancel_requested:

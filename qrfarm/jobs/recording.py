@@ -2,8 +2,11 @@
 
 Runs on a Core connection inside the caller's transaction (or, on PostgreSQL,
 statement by statement in autocommit): the C-STORE is answered success only
-after it commits. A repeat for the same job never makes a second row; it is
-counted, and flagged when its bytes differ from the first.
+after it commits. The storage SCP and the C-GET path both record through
+:func:`record`. A repeat for the same job never makes a second row; it is
+counted, and flagged when its bytes differ from the first. Each row points
+to the bytes its job received: a job whose bytes differ from what another
+sender stored first under the UID gets a file of its own, flagged.
 
 This is the storage SCP's hot path, run once per instance received, so the
 statements are built once with bind parameters and run on a Core connection:
@@ -92,6 +95,16 @@ class Match:
 
 
 @dataclass(frozen=True)
+class Correlation:
+    """The jobs an instance belongs to; for an orphan, the move it claimed and why
+    it was refused."""
+
+    matches: list[Match]
+    claimed_job_id: int | None = None
+    refusal: str | None = None
+
+
+@dataclass(frozen=True)
 class Recorded:
     job_ids: list[int]  # the jobs the instance was recorded for (none: an orphan)
     late: list[int]  # of those, jobs already reconciled: for reopen_late
@@ -112,26 +125,44 @@ def _parameters(facts: InstanceFacts, stored: StoredFile, file_path: str) -> dic
         "move_originator_ae": facts.originator_ae,
         "move_originator_message_id": facts.originator_message_id,
         "now": utcnow(),
-        # An UPDATE may not bind a name of a column it sets: the repeats' own names.
+        "differs": stored.differs_from_first,
+    }
+
+
+def _repeat_parameters(facts: InstanceFacts, file_path: str, job_id: int | None) -> dict[str, Any]:
+    """Only the repeat's own names: Core turns any parameter named like a column
+    into a SET of that column, and a repeat must change nothing of its row
+    but the count and the flag."""
+    return {
         "repeat_sop_instance_uid": facts.sop_instance_uid,
         "repeat_calling_ae": facts.calling_ae,
+        "repeat_file_path": file_path,
+        "repeat_job_id": job_id,
     }
 
 
 def _instance_values() -> dict[str, Any]:
     # Explicit defaults: column defaults are not applied to DML inside a CTE.
     values: dict[str, Any] = {name: bindparam(name) for name in _INSTANCE_COLUMNS}
-    return values | {"received_at": bindparam("now"), "repeat_count": 0, "repeat_differs": False}
+    # Flagged from the start when other bytes were stored first under this UID.
+    return values | {
+        "received_at": bindparam("now"),
+        "repeat_count": 0,
+        "repeat_differs": bindparam("differs"),
+    }
 
 
 def _count_repeat(table: Table, *row: ColumnElement[bool]) -> Executable:
-    """The same instance again for an existing row: counted, flagged if its bytes differ."""
+    """The same instance again for an existing row: counted, flagged if its bytes
+    differ. Files are named by their bytes once a UID holds two versions, so
+    other bytes are another path; the row keeps pointing to its first."""
     return (
         update(table)
         .where(*row)
         .values(
             repeat_count=table.c.repeat_count + 1,
-            repeat_differs=table.c.repeat_differs | bindparam("differs"),
+            repeat_differs=table.c.repeat_differs
+            | (table.c.file_path != bindparam("repeat_file_path")),
         )
     )
 
@@ -176,7 +207,11 @@ def _statements(dialect: str) -> _Statements:
     )
     insert_orphan = (
         insert(_ORPHANS)
-        .values(**_instance_values())
+        .values(
+            claimed_job_id=bindparam("claimed_job_id"),
+            refusal=bindparam("refusal"),
+            **_instance_values(),
+        )
         .on_conflict_do_nothing(index_elements=["sop_instance_uid", "calling_ae"])
         .returning(_ORPHANS.c.id)
     )
@@ -200,7 +235,7 @@ def record(
     facts: InstanceFacts,
     stored: StoredFile,
     file_path: str,
-    matches: list[Match],
+    correlation: Correlation,
 ) -> Recorded:
     """Record the instance for each matched job (an orphan when none).
 
@@ -211,22 +246,27 @@ def record(
     """
     statements = _statements(connection.dialect.name)
     parameters = _parameters(facts, stored, file_path)
-    parameters["differs"] = stored.already_there and not stored.same_bytes
+    matches = correlation.matches
     if not matches:
+        parameters["claimed_job_id"] = correlation.claimed_job_id
+        parameters["refusal"] = correlation.refusal
         inserted = connection.execute(statements.insert_orphan, parameters).scalar()
         if inserted is None:
-            connection.execute(statements.repeat_orphan, parameters)
+            connection.execute(
+                statements.repeat_orphan, _repeat_parameters(facts, file_path, None)
+            )
         return Recorded([], [])
     late = []
     for match in matches:
         parameters |= {
             "job_id": match.job_id,
-            "repeat_job_id": match.job_id,
             "matched_by": match.matched_by,
         }
         state = _insert_and_count(connection, statements, parameters)
         if state is None:
-            connection.execute(statements.repeat_received, parameters)
+            connection.execute(
+                statements.repeat_received, _repeat_parameters(facts, file_path, match.job_id)
+            )
         elif state in _REOPENED_BY_LATE:
             late.append(match.job_id)
     return Recorded([match.job_id for match in matches], late)

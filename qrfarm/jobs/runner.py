@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from opentelemetry import trace
@@ -61,8 +61,9 @@ from .dispatch import RUN_JOB, Dispatcher, node_queue
 from .expected import ExpectedAlongside, SpareConnections, find_and_store, store_expected
 from .leases import Claim, claim, fenced
 from .moves import allocate_message_id, release_message_id
+from .orphans import claim_orphans
 from .policy import JobPolicy
-from .reconcile import all_arrived, finalize
+from .reconcile import all_arrived, finalize, recorded_uids
 from .states import transition
 from .watch import JobWatch
 
@@ -221,6 +222,12 @@ def _run_find(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) 
 
 
 def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
+    if snap.retry_uids:
+        missing = _retry_still_missing(deps, taken, snap)
+        if not missing:
+            _reconcile_held(deps, taken)
+            return
+        snap = replace(snap, retry_uids=missing)
     with deps.connections.query_retrieve(snap.node) as conn:
         watch.connection = conn
         alongside = None
@@ -249,7 +256,9 @@ def _move(
     identifiers = _retrieve_identifiers(deps, taken, snap)
     with deps.sessions() as session, session.begin():
         attempt = session.get_one(Attempt, taken.attempt_id)
-        message_id = allocate_message_id(session, attempt, deps.calling_ae)
+        message_id = allocate_message_id(
+            session, attempt, deps.calling_ae, late_window_s=deps.policy.late_window_s
+        )
         attempt.called_ae = snap.node.ae_title
     results = []
     try:
@@ -274,6 +283,33 @@ def _move(
         with deps.sessions() as session, session.begin():
             release_message_id(session, session.get_one(Attempt, taken.attempt_id))
     return results
+
+
+def _retry_still_missing(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> list[str]:
+    """What a retry still has to ask for: its UIDs not held by now (arrived late,
+    or orphans of the node that the job claims)."""
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return []
+        claim_orphans(session, job)
+        session.flush()
+        held = recorded_uids(session, job.id)
+    return [uid for uid in snap.retry_uids if uid not in held]
+
+
+def _reconcile_held(deps: RunnerDeps, taken: Claim) -> None:
+    """All a retry was for arrived meanwhile: reconcile on what is held, no second move."""
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return
+        _end_attempt(session, taken, "held")
+        transition(job, JobState.RECONCILING)
+        job.reconcile_until = utcnow()
+        recorded = job.recorded_count
+    log.info("job %d: the instances to retry arrived meanwhile; no second move", taken.job_id)
+    reconcile_until_done(deps, taken, recorded)
 
 
 def _find_after_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, conn: Connection) -> None:

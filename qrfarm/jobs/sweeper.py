@@ -6,7 +6,9 @@ It finds what the broker alone would lose or delay:
 * running jobs whose lease expired (their worker died): sent again, the
   next claim takes over (and again after a while, should that message be
   lost as well);
-* reconciling jobs whose lease expired: finalized here, no DICOM needed.
+* reconciling jobs whose lease expired: finalized here, no DICOM needed;
+* C-MOVE Message IDs of attempts that can send no more (their worker died):
+  released, so that they name their move only for the late window.
 A job sent twice is harmless: the claim lets only one attempt run.
 """
 
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.models import Job, JobState, NodeRecord, utcnow
 
 from .dispatch import Dispatcher, send_run_jobs
+from .moves import release_lost_message_ids
 from .policy import JobPolicy
 from .reconcile import finalize
 
@@ -29,6 +32,7 @@ from .reconcile import finalize
 class SweepReport:
     dispatched: list[int] = field(default_factory=list)
     finalized: list[int] = field(default_factory=list)
+    released_message_ids: int = 0
     # Due, but the broker could not be reached: sent by a later sweep.
     pending: list[int] = field(default_factory=list)
 
@@ -41,6 +45,7 @@ def sweep(
     stale = now - dt.timedelta(seconds=policy.redispatch_after_s)
     to_send: list[tuple[int, str]] = []
     with sessions() as session, session.begin():
+        report.released_message_ids = release_lost_message_ids(session)
         for job in session.scalars(
             select(Job)
             .where(Job.state == JobState.RECONCILING, Job.lease_expires_at < now)

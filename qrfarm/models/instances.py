@@ -70,5 +70,7 @@ class OrphanInstance(_InstanceColumns, Base):
 
     __table_args__ = (
         Index("ix_orphan_instances_sop", "sop_instance_uid"),
+        # The orphans of a study that a move later asks for (claimed by it).
+        Index("ix_orphan_instances_study", "study_instance_uid"),
         Index("uq_orphan_instances_sop_calling", "sop_instance_uid", "calling_ae", unique=True),
     )

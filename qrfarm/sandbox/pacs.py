@@ -47,6 +47,7 @@ class SandboxStats:
     open_associations: int = 0
     peak_associations: int = 0
     cancels: int = 0
+    moves: int = 0  # C-MOVE requests received
     refused: int = 0
     admitted: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -157,6 +158,8 @@ def handle_move(
     destinations: dict[str, tuple[str, int]],
     behaviour: Behaviour,
 ) -> Iterator[Any]:
+    with behaviour.stats.lock:
+        behaviour.stats.moves += 1
     destination = destinations.get(str(event.move_destination).strip())
     if destination is None:
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown

@@ -1,10 +1,12 @@
 """Which job an incoming instance belongs to.
 
 In order: the Move Originator AE Title and Message ID the PACS copied from
-the C-MOVE (exact); else the instance's UIDs against the running moves of
-the PACS it came from (study, series or SOP UIDs of the move's identifier,
-and the instances expected from an IMAGE-level find). Nothing matched: an
-orphan, stored and recorded all the same.
+the C-MOVE; else the instance's UIDs against the moves of the PACS it came
+from that are receiving or in their late window. Either way an instance
+counts for a move only if it lies inside what that move asked for
+(:mod:`qrfarm.jobs.scope`): an originator is a claim, not a proof. Nothing
+matched: an orphan, stored and recorded all the same, naming the move it
+claimed and why it was refused.
 """
 
 from __future__ import annotations
@@ -15,31 +17,52 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, select
+from sqlalchemy import Connection, and_, bindparam, exists, or_, select
 
-from qrfarm.jobs.recording import InstanceFacts, Match
-from qrfarm.models import ExpectedInstance, Job, JobKind, JobState, MatchedBy, MoveMessageId, utcnow
+from qrfarm.jobs.recording import Correlation, InstanceFacts, Match
+from qrfarm.jobs.scope import InstanceKeys, outside_move
+from qrfarm.models import (
+    ENDED_STATES,
+    ExpectedInstance,
+    Job,
+    JobKind,
+    JobState,
+    MatchedBy,
+    MoveMessageId,
+    utcnow,
+)
 
 from .known_nodes import KnownNode
 
-# A move's instances may still arrive while it is being reconciled.
-_RECEIVING = (JobState.RUNNING, JobState.RECONCILING)
-
 # Built once: these run for every instance received.
 _MOVE_OF = (
-    select(MoveMessageId.job_id, MoveMessageId.released_at, Job.node_id)
+    select(
+        MoveMessageId.job_id,
+        MoveMessageId.released_at,
+        Job.node_id,
+        Job.level,
+        Job.identifier,
+        Job.expected_count,
+        Job.state,
+        Job.ended_at,
+    )
     .join(Job, Job.id == MoveMessageId.job_id)
     .where(
         MoveMessageId.calling_ae == bindparam("calling_ae"),
         MoveMessageId.message_id == bindparam("message_id"),
     )
 )
-# The receiving moves of the sending PACS, each with whether an IMAGE-level
-# find told it to expect this very instance: one round trip.
-_RUNNING_MOVES = select(
+_EXPECTED_OF = select(ExpectedInstance.sop_instance_uid).where(
+    ExpectedInstance.job_id == bindparam("job_id")
+)
+# The moves of the sending PACS that may still receive: running, reconciling,
+# waiting for a retry, or ended within the late window; each with whether an
+# IMAGE-level find told it to expect this very instance. One round trip.
+_RECEIVING_MOVES = select(
     Job.id,
     Job.level,
     Job.identifier,
+    Job.expected_count,
     exists()
     .where(
         ExpectedInstance.job_id == Job.id,
@@ -49,7 +72,14 @@ _RUNNING_MOVES = select(
 ).where(
     Job.kind == JobKind.MOVE,
     Job.node_id.in_(bindparam("node_ids", expanding=True)),
-    Job.state.in_(_RECEIVING),
+    or_(
+        Job.state.in_((JobState.RUNNING, JobState.RECONCILING)),
+        and_(Job.state == JobState.QUEUED, Job.attempt_count > 0),
+        and_(
+            Job.state.in_((JobState.COMPLETED, JobState.PARTIAL)),
+            Job.ended_at >= bindparam("cutoff"),
+        ),
+    ),
 )
 
 
@@ -58,15 +88,22 @@ class _MoveOf:
     job_id: int
     node_id: int | None
     released_at: dt.datetime | None
+    level: str
+    identifier: dict[str, Any]
+    expected: frozenset[str] | None  # None: no expected list (yet)
+    state: JobState
+    ended_at: dt.datetime | None
     seen_at: float
 
 
 class OriginatorCache:
     """Recent answers to "which move has this Message ID": the instances of a
-    move all name the same one, so the database is asked about once a move.
+    move all name the same one, so the database is asked about once a move,
+    and the move's expected list is read once.
 
     Safe for a few seconds: an ID is handed out again only after the late
-    window (an hour by default) has passed since its move ended.
+    window has passed since its move ended, an expected list once known does
+    not change, and a job's end matters only against the late window.
     """
 
     def __init__(self, ttl_s: float = 2.0) -> None:
@@ -86,12 +123,36 @@ class OriginatorCache:
         ).first()
         if row is None:
             return None  # not cached: the move may be about to begin
-        move = _MoveOf(row.job_id, row.node_id, row.released_at, now)
+        expected = None
+        if row.expected_count is not None:
+            expected = frozenset(
+                connection.execute(_EXPECTED_OF, {"job_id": row.job_id}).scalars()
+            )
+        move = _MoveOf(
+            row.job_id,
+            row.node_id,
+            row.released_at,
+            row.level,
+            row.identifier,
+            expected,
+            JobState(row.state),
+            row.ended_at,
+            now,
+        )
         with self._lock:
             if len(self._moves) > 10_000:
                 self._moves.clear()
             self._moves[key] = move
         return move
+
+
+def _keys(facts: InstanceFacts) -> InstanceKeys:
+    return InstanceKeys(
+        patient_id=facts.patient_id,
+        study_instance_uid=facts.study_instance_uid,
+        series_instance_uid=facts.series_instance_uid,
+        sop_instance_uid=facts.sop_instance_uid,
+    )
 
 
 def correlate(
@@ -100,71 +161,66 @@ def correlate(
     nodes: list[KnownNode],
     late_window_s: float,
     originators: OriginatorCache | None = None,
-) -> list[Match]:
+) -> Correlation:
     node_ids = {n.id for n in nodes}
-    by_originator = _by_originator(
-        connection, facts, node_ids, late_window_s, originators or OriginatorCache(ttl_s=0)
+    cutoff = utcnow() - dt.timedelta(seconds=late_window_s)
+    claimed, refusal = _by_originator(
+        connection, facts, node_ids, cutoff, originators or OriginatorCache(ttl_s=0)
     )
-    if by_originator is not None:
-        return [by_originator]
-    return _by_uids(connection, facts, node_ids)
+    if claimed is not None and refusal is None:
+        return Correlation([Match(claimed, MatchedBy.ORIGINATOR)])
+    matches = _by_uids(connection, facts, node_ids, cutoff)
+    if matches:
+        return Correlation(matches)
+    return Correlation([], claimed_job_id=claimed, refusal=refusal)
 
 
 def _by_originator(
     connection: Connection,
     facts: InstanceFacts,
     node_ids: set[int],
-    late_window_s: float,
+    cutoff: dt.datetime,
     originators: OriginatorCache,
-) -> Match | None:
+) -> tuple[int | None, str | None]:
+    """The move the originator names (if any), and why the instance is not
+    its own (None: it is)."""
     if not facts.originator_ae or not facts.originator_message_id:
-        return None
+        return None, None
     move = originators.lookup(connection, facts.originator_ae, facts.originator_message_id)
     if move is None:
-        return None
-    cutoff = utcnow() - dt.timedelta(seconds=late_window_s)
+        return None, None
     if move.released_at is not None and move.released_at < cutoff:
-        return None
+        return move.job_id, "the move it names ended before the late window"
     # An originator naming a move of another PACS is a wrong originator (some
-    # SCPs put their own AE title there): fall back to the UIDs.
+    # SCPs put their own AE title there) or a forged one.
     if move.node_id not in node_ids:
-        return None
-    return Match(move.job_id, MatchedBy.ORIGINATOR)
+        return move.job_id, "the move it names was sent to another node"
+    refusal = outside_move(move.level, move.identifier, move.expected, _keys(facts))
+    if refusal is not None:
+        return move.job_id, refusal
+    if move.state in ENDED_STATES and (move.ended_at is None or move.ended_at < cutoff):
+        return move.job_id, "the move it names ended before the late window"
+    return move.job_id, None
 
 
-def _by_uids(connection: Connection, facts: InstanceFacts, node_ids: set[int]) -> list[Match]:
+def _by_uids(
+    connection: Connection, facts: InstanceFacts, node_ids: set[int], cutoff: dt.datetime
+) -> list[Match]:
     if not node_ids:
         return []
     jobs = connection.execute(
-        _RUNNING_MOVES, {"node_ids": sorted(node_ids), "sop_instance_uid": facts.sop_instance_uid}
+        _RECEIVING_MOVES,
+        {
+            "node_ids": sorted(node_ids),
+            "sop_instance_uid": facts.sop_instance_uid,
+            "cutoff": cutoff,
+        },
     ).all()
+    keys = _keys(facts)
     return [
         Match(job_id, MatchedBy.UIDS)
-        for job_id, level, identifier, expected in jobs
-        if expected or covers(level, identifier, facts)
+        for job_id, level, identifier, expected_count, expected in jobs
+        # An expected list known: only what it names; else the identifier decides.
+        if outside_move(level, identifier, None, keys) is None
+        and (expected_count is None or expected)
     ]
-
-
-def _values(identifier: dict[str, Any], tag: str) -> list[str]:
-    element = identifier.get(tag) or {}
-    return [str(v) for v in element.get("Value", []) if v]
-
-
-def covers(level: str, identifier: dict[str, Any], facts: InstanceFacts) -> bool:
-    """Whether a move's retrieve identifier (DICOM JSON) asks for this instance."""
-    checks = {
-        "PATIENT": ("00100020", facts.patient_id),
-        "STUDY": ("0020000D", facts.study_instance_uid),
-        "SERIES": ("0020000E", facts.series_instance_uid),
-        "IMAGE": ("00080018", facts.sop_instance_uid),
-    }
-    order = ["PATIENT", "STUDY", "SERIES", "IMAGE"]
-    if level not in checks:
-        return False
-    for name in order[: order.index(level) + 1]:
-        tag, value = checks[name]
-        wanted = _values(identifier, tag)
-        if wanted and value not in wanted:
-            return False
-    tag, _ = checks[level]
-    return bool(_values(identifier, tag))

@@ -172,8 +172,10 @@ def _record_with_one_reconnect(
     for attempt in (1, 2):
         try:
             with ctx.record_engine.connect() as connection, connection.begin():
-                matches = correlate(connection, facts, nodes, ctx.late_window_s, ctx.originators)
-                recorded = record(connection, facts, stored, relative, matches)
+                correlation = correlate(
+                    connection, facts, nodes, ctx.late_window_s, ctx.originators
+                )
+                recorded = record(connection, facts, stored, relative, correlation)
             break
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:

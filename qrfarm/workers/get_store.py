@@ -12,7 +12,7 @@ from qrfarm.dicom import InstanceSink, Status, StoreRequest
 from qrfarm.dicom.identifiers import is_valid_uid
 from qrfarm.dicom.sinks import check_whole
 from qrfarm.errors import StorageError, StorageFull
-from qrfarm.jobs.recording import InstanceFacts, Match, record, reopen_late
+from qrfarm.jobs.recording import Correlation, InstanceFacts, Match, record, reopen_late
 from qrfarm.models import MatchedBy
 from qrfarm.storage import InstanceStorage
 
@@ -63,7 +63,7 @@ class GetStore:
                         facts,
                         stored,
                         str(stored.path.relative_to(self.storage.root)),
-                        [Match(job_id, MatchedBy.GET)],
+                        Correlation([Match(job_id, MatchedBy.GET)]),
                     )
                 if recorded.late:
                     with self.sessions() as session, session.begin():

@@ -43,6 +43,7 @@ def policy_from(settings: Settings) -> JobPolicy:
         redispatch_after_s=settings.redispatch_after_s,
         retry_partial=settings.retry_partial,
         limit_probe_after_s=settings.association_probe_after_s,
+        late_window_s=settings.move_late_window_s,
     )
 
 

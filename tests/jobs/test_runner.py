@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +183,40 @@ def test_a_long_move_writes_its_progress_while_it_runs(bench: Bench, corpus: Cor
     assert len(written) >= 2, written  # more than once while it ran
     assert [r for r, _ in written] == sorted((r for r, _ in written), reverse=True)
     assert all(remaining + completed <= len(instances) for remaining, completed in written)
+
+
+def _wait_recorded(bench: Bench, job_id: int, count: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and bench.client.status(job_id)["recorded"] < count:
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("retry_partial", [True, False], ids=["retry-pending", "ended-partial"])
+def test_stores_after_the_grace_with_no_originator_complete_the_job_with_one_move(
+    bench: Bench, corpus: Corpus, retry_partial: bool
+) -> None:
+    """A PACS that answers the C-MOVE at once and stores later, naming no
+    originator: the stores come after the grace, while the job waits for its
+    retry or after it ended partial. They are its own, by their UIDs; the job
+    ends completed on what is held and the PACS sees no second move."""
+    bench.register(max_associations=2)
+    bench.deps.policy = replace(
+        bench.deps.policy, reconcile_grace_s=0.3, retry_partial=retry_partial
+    )
+    bench.pacs.behaviour.store_after_answer_s = 2.5
+    study, instances = next((s, i) for s, i in corpus.studies().items() if 10 <= len(i) <= 20)
+    with moves_into_scp(bench):
+        job_id = bench.client.move("pacs", Level.STUDY, {"StudyInstanceUID": study})
+        run_job(bench.deps, job_id, "runner-test")
+        first = bench.client.status(job_id)
+        assert first["recorded"] == 0  # the grace ended before any store came
+        assert first["state"] == ("queued" if retry_partial else "partial"), first
+        _wait_recorded(bench, job_id, len(instances))
+        deadline = time.monotonic() + 20
+        while bench.client.status(job_id)["state"] == "queued" and time.monotonic() < deadline:
+            run_job(bench.deps, job_id, "runner-test")  # the retry, once due
+            time.sleep(0.2)
+    status = bench.client.status(job_id)
+    assert status["state"] == "completed", status
+    assert status["recorded"] == status["expected"] == len(instances)
+    assert bench.pacs.behaviour.stats.moves == 1

@@ -19,13 +19,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """An orphan names the move it claimed (by its originator) and why it was refused."""
+    """An orphan names the move it claimed (by its originator) and why it was refused;
+    orphans are found by study when a move later asks for them."""
     with op.batch_alter_table("orphan_instances", schema=None) as batch_op:
         batch_op.add_column(sa.Column("claimed_job_id", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("refusal", sa.String(length=255), nullable=True))
+        batch_op.create_index("ix_orphan_instances_study", ["study_instance_uid"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("orphan_instances", schema=None) as batch_op:
+        batch_op.drop_index("ix_orphan_instances_study")
         batch_op.drop_column("refusal")
         batch_op.drop_column("claimed_job_id")
