@@ -74,7 +74,8 @@ def test_a_learned_limit_of_one_climbs_back_after_the_refusals_stop(
             # ...then the node is tried with one more, and takes it.
             time.sleep(QUIET_S + 0.5)
             assert _peak_of_a_move(bench, study) == 2
-            assert _learned(bench) == 2
+            learned = _learned(bench)  # more quiet periods may have passed meanwhile
+            assert learned is not None and learned >= 2
     finally:
         pool.close()
 
