@@ -95,13 +95,8 @@ class Hl7Service:
         except SQLAlchemyError as exc:
             log.error("HL7 %s: database error %s", trigger.control_id, exc)
             return acknowledge(trigger, ERROR, "the database is not available; send again later")
-        log.info(
-            "HL7 %s %s for patient %s: prefetch %d",
-            trigger.message_type,
-            trigger.control_id,
-            trigger.patient_id,
-            prefetch_id,
-        )
+        # The prefetch row holds the patient; the log names only the message.
+        log.info("HL7 %s %s: prefetch %d", trigger.message_type, trigger.control_id, prefetch_id)
         return acknowledge(trigger, ACCEPT, f"prefetch {prefetch_id}")
 
     async def serve_connection(self, reader: HL7StreamReader, writer: HL7StreamWriter) -> None:

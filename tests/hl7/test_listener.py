@@ -237,6 +237,10 @@ def test_an_orm_is_accepted_and_starts_one_prefetch_with_a_find_per_rule_node(
         assert job.kind is JobKind.FIND
         assert job.level == "STUDY"
         assert job.identifier["00100020"]["Value"] == ["PAT-1001"]
+    # The patient's ID, name and birth date stay out of the listener's log.
+    logged = listener.log_text()
+    assert "ORD-1001" in logged
+    assert not any(value in logged for value in ("PAT-1001", "DOE", "19600101"))
 
 
 def test_the_same_message_sent_again_is_accepted_and_starts_nothing_more(
