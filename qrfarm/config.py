@@ -45,8 +45,11 @@ class NodeSettings(BaseModel):
     max_associations: int = Field(default=4, ge=1)
     # Calling AE titles this PACS sends C-STOREs from, besides ae_title.
     store_ae_titles: list[str] = []
-    # Accept this node's C-STOREs only from its own host.
-    restrict_store_host: bool = False
+    # Hosts its C-STOREs come from: addresses, CIDR networks, host names
+    # (resolved); empty: its own host. any_store_host admits its AE titles
+    # from any address (a PACS behind NAT): an explicit opt-out.
+    store_hosts: list[str] = []
+    any_store_host: bool = False
     tls: bool = False
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
@@ -79,6 +82,10 @@ class Settings(BaseSettings):
     scp_host: str = "127.0.0.1"
     scp_port: int = Field(default=11113, ge=0, le=65535)
     scp_max_associations: int = Field(default=32, ge=1)
+    # Proxies in front of the SCP that send the PROXY protocol v2 header
+    # (HAProxy's send-proxy-v2): addresses, networks or names. Connections
+    # from them must begin with it; the PACS's own address is admitted.
+    scp_proxy_protocol_from: Annotated[list[str], NoDecode] = []
     # Storage SCP processes sharing one listening socket (qrfarm scp
     # --processes): one per core spreads many associations over the cores,
     # past one process's GIL.
@@ -147,7 +154,7 @@ class Settings(BaseSettings):
     network_timeout: float = 60.0
     connect_timeout: float = 10.0
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "scp_proxy_protocol_from", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         # The environment gives "127.0.0.1,10.0.0.0/8"; a TOML file gives a list.

@@ -78,6 +78,10 @@ class AssociationRejected(QrfarmError):
         super().__init__(f"association rejected ({result}) by {source}: {reason}")
 
 
+class ProxyHeaderError(PermanentError):
+    """A connection from a proxy did not begin with a valid PROXY protocol v2 header."""
+
+
 class AssociationAborted(RetriableError):
     """The association ended with A-ABORT or a dropped connection mid-exchange."""
 

@@ -34,7 +34,8 @@ def _out(row: NodeRecord) -> dict[str, Any]:
         "port": row.port,
         "max_associations": row.max_associations,
         "store_ae_titles": list(row.store_ae_titles or []),
-        "restrict_store_host": row.restrict_store_host,
+        "store_hosts": list(row.store_hosts or []),
+        "any_store_host": row.any_store_host,
     }
 
 
@@ -56,7 +57,8 @@ def _save(ctx: Context, db: Db, name: str, body: NodeIn) -> NodeRecord:
             body.port,
             body.max_associations,
             list(body.store_ae_titles),
-            body.restrict_store_host,
+            store_hosts=list(body.store_hosts),
+            any_store_host=body.any_store_host,
         ),
     )
     db.commit()

@@ -165,7 +165,10 @@ class NodeIn(BaseModel):
     port: int = Field(ge=1, le=65535)
     max_associations: int = Field(default=4, ge=1, le=1000)
     store_ae_titles: list[str] = Field(default=[], max_length=32)
-    restrict_store_host: bool = False
+    # Hosts its C-STOREs come from (addresses, CIDR networks, names); empty:
+    # its own host. any_store_host: from any address (a PACS behind NAT).
+    store_hosts: list[str] = Field(default=[], max_length=32)
+    any_store_host: bool = False
 
 
 class NodeCreate(NodeIn):

@@ -69,6 +69,21 @@ def node_add(
         list[str] | None,
         typer.Option("--store-ae", help="Calling AE title its C-STOREs come from (repeatable)."),
     ] = None,
+    store_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--store-host",
+            help="Host its C-STOREs come from: address, CIDR network or name (repeatable; "
+            "default: its own host).",
+        ),
+    ] = None,
+    any_host: Annotated[
+        bool,
+        typer.Option(
+            "--any-host",
+            help="Admit its AE titles from any address (a PACS behind NAT): no host check.",
+        ),
+    ] = False,
 ) -> None:
     """Register (or change) a PACS node."""
 
@@ -86,6 +101,8 @@ def node_add(
                     node.port,
                     max_associations,
                     list(store_ae or []),
+                    store_hosts=list(store_host or []),
+                    any_store_host=any_host,
                 ),
             )
         engine.dispose()
@@ -137,7 +154,9 @@ def node_list() -> None:
 
     def action(settings: Settings) -> int:
         engine, sessions = database(settings)
-        table = Table("name", "AE title", "host", "port", "max assoc.", "store AE titles")
+        table = Table(
+            "name", "AE title", "host", "port", "max assoc.", "store AE titles", "store hosts"
+        )
         with sessions() as session:
             for row in session.scalars(select(NodeRecord).order_by(NodeRecord.name)):
                 table.add_row(
@@ -147,6 +166,7 @@ def node_list() -> None:
                     str(row.port),
                     str(row.max_associations),
                     ", ".join(row.store_ae_titles or []),
+                    "any" if row.any_store_host else ", ".join(row.store_hosts or [row.host]),
                 )
         engine.dispose()
         out.print(table)

@@ -165,7 +165,8 @@ def register_configured_nodes(settings: Settings, sessions: sessionmaker[Session
                     port=node.port,
                     max_associations=node.max_associations,
                     store_ae_titles=list(node.store_ae_titles),
-                    restrict_store_host=node.restrict_store_host,
+                    store_hosts=list(node.store_hosts),
+                    any_store_host=node.any_store_host,
                     tls=node.tls,
                 ),
             )
@@ -218,6 +219,7 @@ def scp(
             late_window_s=settings.move_late_window_s,
             probe_ae_title=settings.probe_ae_title,
             listen_fd=listen_fd,
+            proxy_protocol_from=settings.scp_proxy_protocol_from,
         )
         if settings.metrics_port is not None and not child:
             metrics.serve(settings.metrics_port, settings.metrics_host)

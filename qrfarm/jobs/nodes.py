@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from qrfarm.dicom.node import Node, validate_ae_title
 from qrfarm.models import NodeRecord
+from qrfarm.nodes.hosts import check_host_pattern
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,10 @@ class NodeSpec:
     port: int
     max_associations: int = 4
     store_ae_titles: list[str] = field(default_factory=list)
-    restrict_store_host: bool = False
+    # Hosts its C-STOREs may come from (addresses, CIDR networks, names);
+    # empty: ``host``. ``any_store_host``: from anywhere (a PACS behind NAT).
+    store_hosts: list[str] = field(default_factory=list)
+    any_store_host: bool = False
     tls: bool = False
 
 
@@ -27,6 +31,7 @@ def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     """Create or update the node named ``spec.name``; validated like any Node."""
     Node(spec.ae_title, spec.host, spec.port, max_associations=spec.max_associations)
     store_titles = [validate_ae_title(t, "store AE title") for t in spec.store_ae_titles]
+    store_hosts = [check_host_pattern(h) for h in spec.store_hosts]
     row = session.scalar(select(NodeRecord).where(NodeRecord.name == spec.name))
     if row is None:
         row = NodeRecord(name=spec.name)
@@ -36,7 +41,8 @@ def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     row.port = spec.port
     row.max_associations = spec.max_associations
     row.store_ae_titles = store_titles
-    row.restrict_store_host = spec.restrict_store_host
+    row.store_hosts = store_hosts
+    row.any_store_host = spec.any_store_host
     row.tls = spec.tls
     session.flush()
     return row

@@ -12,7 +12,8 @@ from .base import Base, utcnow
 
 class NodeRecord(Base):
     """One PACS. ``store_ae_titles`` are the calling AE titles its C-STOREs may
-    come from when they differ from its Q/R AE title (several in some sites)."""
+    come from when they differ from its Q/R AE title (several in some sites);
+    ``store_hosts`` the hosts they may come from."""
 
     __tablename__ = "nodes"
 
@@ -23,8 +24,11 @@ class NodeRecord(Base):
     port: Mapped[int] = mapped_column(Integer)
     max_associations: Mapped[int] = mapped_column(Integer, default=4)
     store_ae_titles: Mapped[list[str]] = mapped_column(JSON, default=list)
-    # Accept this node's C-STOREs only from its own host.
-    restrict_store_host: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The hosts its C-STOREs may come from (addresses, CIDR networks, names);
+    # empty: its own host. ``any_store_host`` admits its AE titles from any
+    # address (a PACS behind NAT): an explicit choice, off for a new node.
+    store_hosts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    any_store_host: Mapped[bool] = mapped_column(Boolean, default=False)
     tls: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

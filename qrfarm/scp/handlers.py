@@ -30,11 +30,13 @@ from qrfarm.storage import InstanceStorage, StoredFile
 
 from .correlate import OriginatorCache, correlate
 from .facts import read_facts
-from .known_nodes import KnownNode, KnownNodes
+from .known_nodes import Admission, KnownNode, KnownNodes
 
 log = logging.getLogger(__name__)
 
 REJECT_UNKNOWN_CALLING_AE = rejection.UNKNOWN_CALLING_AE
+REJECT_UNKNOWN_CALLED_AE = rejection.UNKNOWN_CALLED_AE
+REJECT_UNVERIFIED = rejection.UNVERIFIED_CALLING_AE  # transient: the database is out of reach
 REJECT_SHUTTING_DOWN = rejection.LOCAL_LIMIT_EXCEEDED  # transient: try again elsewhere
 
 
@@ -64,24 +66,59 @@ class ScpContext:
 
 
 def handle_requested(event: Event, ctx: ScpContext) -> None:
-    """Admit or reject an association before negotiation (calling AE, host, draining)."""
-    calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()  # type: ignore[union-attr]
+    """Admit or reject an association before negotiation: the called AE title must
+    be ours, the calling AE title a known node's, from that node's hosts. Fails
+    closed: whatever goes wrong here rejects (transiently), never admits."""
+    try:
+        reason = _refusal(event, ctx)
+    except Exception:
+        log.exception("association not admitted: admission could not be decided")
+        reason = REJECT_UNVERIFIED
+    if reason is None:
+        SCP_ASSOCIATIONS.labels("accepted").inc()
+        return
+    SCP_ASSOCIATIONS.labels("rejected").inc()
+    rejection.reject(event, reason)
+
+
+def _refusal(event: Event, ctx: ScpContext) -> tuple[int, int, int] | None:
+    """Why the association is refused (an A-ASSOCIATE-RJ reason), or None to admit."""
+    request = event.assoc.requestor.primitive
+    assert request is not None
+    calling_ae = str(request.calling_ae_title).strip()
+    called_ae = str(request.called_ae_title).strip()
     host = event.assoc.requestor.address
     if ctx.draining.is_set():
-        SCP_ASSOCIATIONS.labels("rejected").inc()
-        rejection.reject(event, REJECT_SHUTTING_DOWN)
-        return
+        return REJECT_SHUTTING_DOWN
+    ours = str(event.assoc.acceptor.ae_title).strip()
+    if called_ae != ours:
+        log.warning(
+            "association from %s at %s rejected: it called %r, not %r",
+            calling_ae,
+            host,
+            called_ae,
+            ours,
+        )
+        return REJECT_UNKNOWN_CALLED_AE
     if calling_ae == ctx.probe_ae_title:
         SCP_ASSOCIATIONS.labels("probe").inc()
-        return
-    if not ctx.known_nodes.admits(calling_ae, host):
+        return None
+    admission = ctx.known_nodes.admission(calling_ae, host)
+    if admission is Admission.UNKNOWN:
         log.warning(
-            "association from %s at %s rejected: calling AE title not known", calling_ae, host
+            "association from %s at %s rejected: no known node has that AE title at that host",
+            calling_ae,
+            host,
         )
-        SCP_ASSOCIATIONS.labels("rejected").inc()
-        rejection.reject(event, REJECT_UNKNOWN_CALLING_AE)
-        return
-    SCP_ASSOCIATIONS.labels("accepted").inc()
+        return REJECT_UNKNOWN_CALLING_AE
+    if admission is Admission.UNVERIFIED:
+        log.warning(
+            "association from %s at %s rejected for now: the known nodes cannot be read",
+            calling_ae,
+            host,
+        )
+        return REJECT_UNVERIFIED
+    return None
 
 
 def handle_connection_open(event: Event) -> None:
@@ -169,19 +206,31 @@ def _record_with_one_reconnect(
     instance). On PostgreSQL each write is one statement that commits itself
     (the row and its job's count together), so an instance of a known move
     costs one round trip."""
-    for attempt in (1, 2):
-        try:
-            with ctx.record_engine.connect() as connection, connection.begin():
-                correlation = correlate(
-                    connection, facts, nodes, ctx.late_window_s, ctx.originators
-                )
-                recorded = record(connection, facts, stored, relative, correlation)
-            break
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
+    try:
+        for attempt in (1, 2):
+            try:
+                with ctx.record_engine.connect() as connection, connection.begin():
+                    correlation = correlate(
+                        connection, facts, nodes, ctx.late_window_s, ctx.originators
+                    )
+                    recorded = record(connection, facts, stored, relative, correlation)
+                break
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+    except BaseException:
+        _discard_unrecorded(stored)
+        raise
     if recorded.late:
         # Rare: an instance after its job was reconciled. In a transaction.
         with ctx.sessions() as session, session.begin():
             reopen_late(session, recorded.late)
     return recorded.job_ids
+
+
+def _discard_unrecorded(stored: StoredFile) -> None:
+    """Remove a file whose row was not committed, if this C-STORE wrote it: without
+    its row it counts for nothing, and the PACS sends it again. Bytes that were
+    there already belong to an earlier record and stay."""
+    if stored.created:
+        stored.path.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -16,8 +16,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom.model import VERIFICATION_SOP_CLASS
+from qrfarm.errors import ProxyHeaderError
+from qrfarm.nodes.hosts import HostPatterns, Resolver, check_host_pattern, peer_address
 from qrfarm.storage import InstanceStorage
 
+from . import proxy_protocol
 from .handlers import (
     ScpContext,
     handle_connection_open,
@@ -40,6 +43,23 @@ class ReusePortServer(ThreadedAssociationServer):
     listen_fd: int | None = None
     # Associations waiting to be accepted (socketserver's default is 5).
     request_queue_size = 64
+    # Where connections begin with a PROXY protocol v2 header (HAProxy's
+    # send-proxy-v2): their client's address stands for the proxy's.
+    proxies: HostPatterns | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # In the connection's own thread: a proxy slow with its header holds
+        # up only this connection, not the accepting loop.
+        if self.proxies is not None and self.proxies.admits(peer_address(client_address[0])):
+            try:
+                source = proxy_protocol.read_header(request)
+            except ProxyHeaderError as exc:
+                log.warning("connection from proxy %s closed: %s", client_address[0], exc)
+                self.shutdown_request(request)
+                return
+            if source is not None:  # None: the proxy's own health check
+                client_address = source
+        super().finish_request(request, client_address)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -110,6 +130,7 @@ class StorageScp:
         max_pdu: int = 0,
         probe_ae_title: str | None = None,
         listen_fd: int | None = None,
+        proxy_protocol_from: Sequence[str] = (),
     ) -> None:
         self.ae_title = ae_title
         self.host = host
@@ -117,6 +138,10 @@ class StorageScp:
         self.max_associations = max_associations
         self.max_pdu = max_pdu
         self.listen_fd = listen_fd
+        # Checked now: a wrong address here would let no PACS in, or the wrong ones.
+        self.proxy_protocol_from = [
+            check_host_pattern(p, "PROXY protocol source") for p in proxy_protocol_from
+        ]
         self.context = ScpContext(
             storage, sessions, KnownNodes(sessions), late_window_s, probe_ae_title=probe_ae_title
         )
@@ -161,6 +186,10 @@ class StorageScp:
         server = ae.make_server(
             (self.host, self.port), evt_handlers=handlers, server_class=server_class
         )
+        if self.proxy_protocol_from:
+            cast(ReusePortServer, server).proxies = HostPatterns.parse(
+                self.proxy_protocol_from, Resolver()
+            )
         # AE.start_server keeps its servers in this list, and shutdown() expects it.
         ae._servers.append(server)
         self._server = server

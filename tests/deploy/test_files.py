@@ -101,3 +101,19 @@ def test_patches_and_autoscaling_name_what_the_base_defines() -> None:
     ]
     assert ("Deployment", scaled["spec"]["scaleTargetRef"]["name"]) in base
     assert scaled["spec"]["triggers"][0]["type"] == "redis"
+
+
+def test_the_storage_scps_see_the_real_address_of_each_pacs() -> None:
+    # They admit a PACS by its host: behind HAProxy through the PROXY protocol
+    # (v2, from HAProxy alone), behind the Kubernetes Service by keeping the
+    # client's address.
+    haproxy = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    assert "send-proxy-v2" in haproxy
+    services = resolved()["services"]
+    for name in ("scp1", "scp2"):
+        assert services[name]["environment"]["QRFARM_SCP_PROXY_PROTOCOL_FROM"] == "haproxy"
+    [service] = [
+        doc for doc in documents(KUBERNETES / "base" / "scp.yaml") if doc["kind"] == "Service"
+    ]
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["externalTrafficPolicy"] == "Local"

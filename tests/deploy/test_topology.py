@@ -64,7 +64,13 @@ def on_loopback(environment: dict[str, Any], farm: Farm, **extra: str) -> dict[s
         QRFARM_METRICS_PORT=str(free_port()),
         **extra,
     )
-    for key in ("QRFARM_SCP_HOST", "QRFARM_API_HOST", "QRFARM_HL7_HOST"):
+    # HAProxy (the PROXY protocol's only sender) connects from loopback here.
+    for key in (
+        "QRFARM_SCP_HOST",
+        "QRFARM_API_HOST",
+        "QRFARM_HL7_HOST",
+        "QRFARM_SCP_PROXY_PROTOCOL_FROM",
+    ):
         if key in env:
             env[key] = "127.0.0.1"
     return env

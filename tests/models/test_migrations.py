@@ -84,3 +84,37 @@ def test_upgrade_keeps_the_jobs_already_recorded(kind: str, tmp_path: Path) -> N
     assert row[0] == "partial" and row[1] == 7
     assert row[2] in ("[]", [])
     assert not row[3] and row[4] == 5 and row[5] == 0
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_upgrade_keeps_each_node_admitted_from_where_it_was(kind: str, tmp_path: Path) -> None:
+    # Before 0007 a node checked its host only when asked (restrict_store_host);
+    # one that did not is kept admitting from any host (behind a balancer the SCP
+    # saw the balancer's address), one that did keeps its own host.
+    from sqlalchemy import text
+
+    with database_url(kind, tmp_path) as url:
+        upgrade(url, "0006")
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            for name, restrict in (("open", False), ("checked", True)):
+                connection.execute(
+                    text(
+                        "INSERT INTO nodes (name, ae_title, host, port, max_associations, "
+                        "store_ae_titles, restrict_store_host, tls, created_at) VALUES "
+                        "(:name, 'PACS', '127.0.0.1', 104, 1, '[]', :restrict, false, "
+                        "'2026-01-01')"
+                    ),
+                    {"name": name, "restrict": restrict},
+                )
+        upgrade(url)
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT name, any_store_host, store_hosts FROM nodes ORDER BY name")
+            ).all()
+        engine.dispose()
+    assert [(name, bool(any_host)) for name, any_host, _ in rows] == [
+        ("checked", False),
+        ("open", True),
+    ]
+    assert all(hosts in ("[]", []) for _, _, hosts in rows)
