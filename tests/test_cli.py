@@ -180,3 +180,34 @@ def test_configured_node_by_name(pacs: PacsPeer, tmp_path: Path) -> None:
     )
     run = qrfarm("echo", "main", QRFARM_CONFIG=str(config))
     assert run.returncode == 0, run.stderr
+
+
+def test_node_add_checks_store_hosts_unless_told_any_host(tmp_path: Path) -> None:
+    env = {"QRFARM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    assert qrfarm("db", "upgrade", **env).returncode == 0
+    run = qrfarm("node", "add", "pacs", "PACS@127.0.0.1:104", **env)
+    assert run.returncode == 0, run.stderr
+    run = qrfarm("node", "add", "nat", "NATPACS@127.0.0.1:105", "--any-host", **env)
+    assert run.returncode == 0, run.stderr
+    run = qrfarm(
+        "node",
+        "add",
+        "spread",
+        "SPREAD@127.0.0.1:106",
+        "--store-host",
+        "127.0.0.0/30",
+        "--store-host",
+        "localhost",
+        **env,
+    )
+    assert run.returncode == 0, run.stderr
+    listed = qrfarm("node", "list", **env)
+    assert listed.returncode == 0, listed.stderr
+    # name -> the table's last cell: the hosts its C-STOREs may come from.
+    cells = [[c.strip() for c in line.split("│")] for line in listed.stdout.splitlines()]
+    store_hosts = {row[1]: row[-2] for row in cells if len(row) > 2 and "@" not in row[1]}
+    assert store_hosts["pacs"] == "127.0.0.1"  # its own host, checked
+    assert store_hosts["nat"] == "any"
+    assert store_hosts["spread"] == "127.0.0.0/30, localhost"
+    bad = qrfarm("node", "add", "bad", "BAD@127.0.0.1:107", "--store-host", "10.0.0.0/33", **env)
+    assert bad.returncode != 0 and "store host" in bad.stderr
