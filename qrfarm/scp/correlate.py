@@ -125,9 +125,7 @@ class OriginatorCache:
             return None  # not cached: the move may be about to begin
         expected = None
         if row.expected_count is not None:
-            expected = frozenset(
-                connection.execute(_EXPECTED_OF, {"job_id": row.job_id}).scalars()
-            )
+            expected = frozenset(connection.execute(_EXPECTED_OF, {"job_id": row.job_id}).scalars())
         move = _MoveOf(
             row.job_id,
             row.node_id,
