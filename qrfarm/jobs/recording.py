@@ -252,9 +252,7 @@ def record(
         parameters["refusal"] = correlation.refusal
         inserted = connection.execute(statements.insert_orphan, parameters).scalar()
         if inserted is None:
-            connection.execute(
-                statements.repeat_orphan, _repeat_parameters(facts, file_path, None)
-            )
+            connection.execute(statements.repeat_orphan, _repeat_parameters(facts, file_path, None))
         return Recorded([], [])
     late = []
     for match in matches:

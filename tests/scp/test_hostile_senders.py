@@ -140,9 +140,7 @@ def test_a_foreign_instance_never_reopens_a_completed_job(
     assert [o.claimed_job_id for o in orphans(db)] == [job.id]
 
 
-def test_a_partial_job_two_days_old_stays_partial(
-    db: Db, scp: StorageScp, corpus: Corpus
-) -> None:
+def test_a_partial_job_two_days_old_stays_partial(db: Db, scp: StorageScp, corpus: Corpus) -> None:
     """Its worker died mid-move, so its Message ID was never released; even
     an instance of its own study, two days on, is not a late arrival."""
     asked, _ = two_studies(corpus)
