@@ -227,6 +227,11 @@ class NoSuchRule(PermanentError, LookupError):
     """No prefetch rule of that name is stored."""
 
 
+class ChildFailedAtStart(QrfarmError):
+    """A supervised child process (a part of `qrfarm serve`) failed the same
+    way each time it was started: starting it again cannot help."""
+
+
 class WaitTimedOut(QrfarmError):
     """The job had not ended when the wait ran out; it goes on."""
 

@@ -9,6 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.exc import OperationalError
 
 from ..config import Settings
@@ -22,7 +23,14 @@ from ..dicom import (
     TlsSettings,
     parse_key,
 )
-from ..errors import InvalidIdentifier, InvalidNode, PermanentError, QrfarmError, TargetNotAllowed
+from ..errors import (
+    ChildFailedAtStart,
+    InvalidIdentifier,
+    InvalidNode,
+    PermanentError,
+    QrfarmError,
+    TargetNotAllowed,
+)
 from ..observability import logs, tracing
 
 app = typer.Typer(
@@ -56,7 +64,7 @@ DeadlineOpt = Annotated[
 
 
 def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -137,6 +145,8 @@ def run(action: Callable[[Settings], int], service: str = "cli") -> None:
         fail(str(exc), EXIT_BAD_INPUT)
     except PermanentError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
+    except ChildFailedAtStart as exc:
+        fail(str(exc), EXIT_FAILURE)
     except QrfarmError as exc:
         fail(str(exc), EXIT_NO_ASSOCIATION)
     except OperationalError as exc:

@@ -31,6 +31,7 @@ from ..models.migrate import is_current
 from ..observability import metrics
 from .common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, run
 from .probe import heartbeat_path
+from .supervisor import child_command
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,7 @@ def _serve_worker_metrics(settings: Settings) -> None:
     """
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics.use_multiprocess_folder(settings.data_dir / "metrics", "worker")
-        os.execv(sys.executable, [sys.executable, "-m", "qrfarm.cli", *sys.argv[1:]])  # noqa: S606
+        os.execv(sys.executable, child_command(sys.argv[1:]))  # noqa: S606
     assert settings.metrics_port is not None
     metrics.serve(settings.metrics_port, settings.metrics_host)
 
