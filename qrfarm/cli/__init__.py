@@ -13,6 +13,7 @@ from . import (  # noqa: F401 - registers the commands
     direct,
     farm,
     integration,
+    jobs,
     probe,
     serve,
     services,

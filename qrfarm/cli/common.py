@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -66,6 +68,13 @@ DeadlineOpt = Annotated[
 def fail(message: str, code: int) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout (``--json``): nothing else may go there."""
+    sys.stdout.write(json.dumps(document, indent=2, default=str))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 def resolve_node(
@@ -172,3 +181,23 @@ def exit_code(result: OperationResult) -> int:
     if category is StatusCategory.WARNING:
         return EXIT_WARNING
     return EXIT_FAILURE
+
+
+def result_document(result: OperationResult) -> dict[str, Any]:
+    """A direct get or move as JSON: its final response (counts the PACS left out are null)
+    and how many responses it sent."""
+    final = result.final
+    return {
+        "operation": result.operation.value,
+        "message_id": result.message_id,
+        "status": f"0x{final.status:04X}",
+        "category": final.category.value,
+        "description": final.description,
+        "completed": final.completed,
+        "failed": final.failed,
+        "warning": final.warning,
+        "counts_omitted": result.counts_omitted,
+        "error_comment": final.error_comment,
+        "failed_sop_instance_uids": list(final.failed_sop_instance_uids),
+        "responses": len(result.responses),
+    }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -57,12 +55,15 @@ from .common import (
     err,
     exit_code,
     out,
+    print_json,
     resolve_node,
+    result_document,
     run,
     split_keys,
     timeouts_from,
 )
-from .farm import queue_job
+from .farm import JsonOpt
+from .jobs import queue_job
 
 DirectOpt = Annotated[
     bool, typer.Option("--direct", help="Run it here and now, not as a queued job.")
@@ -153,7 +154,12 @@ def find(
     level: LevelOpt = Level.STUDY,
     root: RootOpt = Root.STUDY,
     key: KeysOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print DICOM JSON.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the answers as DICOM JSON (queued without --wait: the job)."
+        ),
+    ] = False,
     no_default_keys: Annotated[
         bool, typer.Option("--no-default-keys", help="Ask only for the keys given.")
     ] = False,
@@ -183,6 +189,7 @@ def find(
                     return_keys=returned,
                 ),
                 wait,
+                as_json,
             )
         identifier = build_query_identifier(
             root, level, matching, returned, default_return_keys=not no_default_keys
@@ -196,8 +203,7 @@ def find(
         ) as conn:
             result = conn.find(identifier, root, deadline=deadline)
         if as_json:
-            sys.stdout.write(json.dumps([m.to_json_dict() for m in result.matches], indent=2))
-            sys.stdout.write("\n")
+            print_json([m.to_json_dict() for m in result.matches])
         else:
             _print_table(identifier, result.matches)
             _print_final(result)
@@ -251,6 +257,7 @@ def get(
     deadline: DeadlineOpt = None,
     direct: DirectOpt = False,
     wait: WaitOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """C-GET: retrieve instances from NODE into a directory, over the same association."""
 
@@ -268,6 +275,7 @@ def get(
                     return_keys=returned,
                 ),
                 wait,
+                as_json,
             )
         if returned:
             raise InvalidIdentifier(returned[0], "a retrieve takes unique keys with values only")
@@ -290,8 +298,11 @@ def get(
             SubOperationProgress("C-GET") as progress,
         ):
             result = conn.get(identifier, root, store=sink, on_response=progress, deadline=deadline)
-        _print_final(result)
-        out.print(f"{len(sink.paths)} file(s) in {output}", highlight=False)
+        if as_json:
+            print_json({**result_document(result), "files": [str(p) for p in sink.paths]})
+        else:
+            _print_final(result)
+            out.print(f"{len(sink.paths)} file(s) in {output}", highlight=False)
         return exit_code(result)
 
     run(action)
@@ -319,6 +330,7 @@ def move(
     deadline: DeadlineOpt = None,
     direct: DirectOpt = False,
     wait: WaitOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """C-MOVE: ask NODE to send instances to the AE title DEST."""
 
@@ -337,6 +349,7 @@ def move(
                     destination=dest,
                 ),
                 wait,
+                as_json,
             )
         if returned:
             raise InvalidIdentifier(returned[0], "a retrieve takes unique keys with values only")
@@ -360,7 +373,10 @@ def move(
                 on_response=progress,
                 deadline=deadline,
             )
-        _print_final(result)
+        if as_json:
+            print_json(result_document(result))
+        else:
+            _print_final(result)
         return exit_code(result)
 
     run(action)

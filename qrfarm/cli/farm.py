@@ -1,49 +1,40 @@
-"""The farm: nodes, queued jobs and their state, workers, the scheduler."""
+"""The farm: nodes, workers, the scheduler (jobs and their state: qrfarm.cli.jobs)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import sys
 import threading
-import time
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import Settings, broker_config
 from ..dicom import Connection, Node, Operation, StatusCategory, qr_contexts
 from ..errors import DatabaseNotReady, UnknownNode
-from ..jobs import control, prefetch, profiles
+from ..jobs import prefetch, profiles
 from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
 from ..jobs.nodes import NodeSpec, upsert_node
-from ..jobs.queries import find_results, job_summary, list_jobs
-from ..jobs.submit import JobRequest, SubmitRules, submit
+from ..jobs.submit import SubmitRules
 from ..jobs.sweeper import sweep
 from ..jobs.webhooks import DeliveryPolicy, deliver_due
-from ..models import ENDED_STATES, JobState, NodeRecord, make_engine, session_factory
+from ..models import NodeRecord, make_engine, session_factory
 from ..models.migrate import is_current
 from ..observability import metrics
-from .common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, run
+from .common import EXIT_FAILURE, EXIT_OK, app, out, print_json, run
 from .probe import heartbeat_path
 from .supervisor import child_command
 
 log = logging.getLogger(__name__)
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document, nothing else.")]
 node_app = typer.Typer(help="PACS nodes the farm knows.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
-
-EXIT_FOR_STATE = {
-    "completed": EXIT_OK,
-    "partial": EXIT_WARNING,
-    "failed": EXIT_FAILURE,
-    "cancelled": EXIT_FAILURE,
-}
 
 
 def database(settings: Settings, **engine_options: Any) -> tuple[Engine, sessionmaker[Session]]:
@@ -113,8 +104,17 @@ def node_add(
     run(action)
 
 
+def node_document(session: Session, row: NodeRecord) -> dict[str, Any]:
+    """A node as JSON: its registered columns and its behaviour profile."""
+    columns = {c.key: getattr(row, c.key) for c in inspect(NodeRecord).column_attrs}
+    columns.pop("id", None)
+    return {**columns, "profile": profiles.profile(session, row.id)}
+
+
 @node_app.command("show")
-def node_show(name: Annotated[str, typer.Argument(help="The node's name.")]) -> None:
+def node_show(
+    name: Annotated[str, typer.Argument(help="The node's name.")], as_json: JsonOpt = False
+) -> None:
     """A node and its behaviour profile, as the farm has seen it."""
 
     def action(settings: Settings) -> int:
@@ -126,7 +126,11 @@ def node_show(name: Annotated[str, typer.Argument(help="The node's name.")]) -> 
             profile = profiles.profile(session, row.id)
             address = f"{row.ae_title}@{row.host}:{row.port}"
             limit = row.max_associations
+            document = node_document(session, row)
         engine.dispose()
+        if as_json:
+            print_json(document)
+            return EXIT_OK
         out.print(f"{name}: {address}, at most {limit} association(s)", highlight=False)
         table = Table("behaviour", "seen", "observations")
         words = {True: "yes", False: "no", None: "not seen yet"}
@@ -150,11 +154,17 @@ def node_show(name: Annotated[str, typer.Argument(help="The node's name.")]) -> 
 
 
 @node_app.command("list")
-def node_list() -> None:
+def node_list(as_json: JsonOpt = False) -> None:
     """The registered nodes."""
 
     def action(settings: Settings) -> int:
         engine, sessions = database(settings)
+        if as_json:
+            with sessions() as session:
+                rows = session.scalars(select(NodeRecord).order_by(NodeRecord.name))
+                print_json([node_document(session, row) for row in rows])
+            engine.dispose()
+            return EXIT_OK
         table = Table(
             "name", "AE title", "host", "port", "max assoc.", "store AE titles", "store hosts"
         )
@@ -195,167 +205,6 @@ def node_echo(name: Annotated[str, typer.Argument(help="The node's name.")]) -> 
             response = conn.echo()
         out.print(f"{name} ({node}): {response.summary()}", highlight=False)
         return EXIT_OK if response.category is StatusCategory.SUCCESS else EXIT_FAILURE
-
-    run(action)
-
-
-def follow(sessions: sessionmaker[Session], job_id: int, *, timeout: float | None = None) -> str:
-    """Show a job's progress until it ends; returns its final state."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    with Progress(
-        TextColumn("job {task.fields[job]} {task.fields[state]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("job", total=None, job=job_id, state="queued")
-        while True:
-            with sessions() as session:
-                summary = job_summary(session, job_id, responses=False)
-            p = summary["progress"]
-            done = sum(p[k] or 0 for k in ("completed", "failed", "warning"))
-            total = done + (p["remaining"] or 0) if p["remaining"] is not None else None
-            progress.update(task, state=summary["state"], completed=done, total=total)
-            if summary["state"] in ENDED_STATES:
-                return str(summary["state"])
-            if deadline is not None and time.monotonic() > deadline:
-                return str(summary["state"])
-            time.sleep(0.25)
-
-
-def print_job(summary: dict[str, Any]) -> None:
-    if summary["kind"] == "find":
-        out.print(
-            f"job {summary['id']} find on {summary['node']}: [bold]{summary['state']}[/],"
-            f" {summary['answers']} answer(s)"
-            + (f"  {summary['error']}" if summary["error"] else ""),
-            highlight=False,
-        )
-        _print_note(summary)
-        return
-    reported = summary["reported"]
-    out.print(
-        f"job {summary['id']} {summary['kind']} on {summary['node']}: [bold]{summary['state']}[/]"
-        f"  expected {summary['expected']}, reported {reported['completed']} completed /"
-        f" {reported['failed']} failed / {reported['warning']} warning,"
-        f" recorded {summary['recorded']}",
-        highlight=False,
-    )
-    if summary["error"]:
-        out.print(f"  {summary['error']}", highlight=False)
-    for uid in summary["missing_uids"][:20]:
-        out.print(f"  missing: {uid}", highlight=False)
-    if len(summary["missing_uids"]) > 20:
-        out.print(f"  ... and {len(summary['missing_uids']) - 20} more missing", highlight=False)
-    _print_note(summary)
-
-
-def _print_note(summary: dict[str, Any]) -> None:
-    if summary.get("note"):
-        out.print(f"  [yellow]{summary['note']}[/]", highlight=False)
-
-
-@app.command("job")
-def job_show(
-    job_id: Annotated[int, typer.Argument(help="The job's id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Everything, as JSON.")] = False,
-    results: Annotated[bool, typer.Option("--results", help="C-FIND answers (JSON).")] = False,
-) -> None:
-    """A job: state, counts, every response of every attempt, missing UIDs."""
-
-    def action(settings: Settings) -> int:
-        engine, sessions = database(settings)
-        with sessions() as session:
-            summary = job_summary(session, job_id)
-            answers = find_results(session, job_id) if results else None
-        engine.dispose()
-        if as_json or results:
-            print(json.dumps(answers if results else summary, indent=2))
-        else:
-            print_job(summary)
-            for attempt in summary["attempts"]:
-                out.print(
-                    f"  attempt {attempt['number']} on {attempt['worker']}:"
-                    f" {attempt['outcome'] or 'running'}"
-                    + (f" ({attempt['error']})" if attempt["error"] else ""),
-                    highlight=False,
-                )
-                for response in attempt["responses"][-3:]:
-                    out.print(
-                        f"    {response['status']} {response['category']}"
-                        f" completed={response['completed']} failed={response['failed']}",
-                        highlight=False,
-                    )
-        return EXIT_FOR_STATE.get(summary["state"], EXIT_OK)
-
-    run(action)
-
-
-@app.command("jobs")
-def jobs_list(
-    state: Annotated[JobState | None, typer.Option(help="Only jobs in this state.")] = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
-) -> None:
-    """The latest jobs."""
-
-    def action(settings: Settings) -> int:
-        engine, sessions = database(settings)
-        with sessions() as session:
-            rows = list_jobs(session, state=state, limit=limit)
-        engine.dispose()
-        table = Table("id", "kind", "node", "state", "expected", "recorded", "error")
-        for row in rows:
-            table.add_row(
-                str(row["id"]),
-                row["kind"],
-                row["node"],
-                row["state"],
-                str(row["expected"] if row["expected"] is not None else "-"),
-                str(row["recorded"]),
-                (row["error"] or "")[:60],
-            )
-        out.print(table)
-        return EXIT_OK
-
-    run(action)
-
-
-@app.command("cancel")
-def job_cancel(job_id: Annotated[int, typer.Argument(help="The job's id.")]) -> None:
-    """Cancel a job: a queued one ends at once, a running one gets C-CANCEL."""
-
-    def action(settings: Settings) -> int:
-        engine, sessions = database(settings)
-        state = control.cancel(sessions, job_id)
-        engine.dispose()
-        out.print(f"job {job_id}: {state.value}, cancel asked for", highlight=False)
-        return EXIT_OK
-
-    run(action)
-
-
-@app.command("retry")
-def job_retry(
-    job_id: Annotated[int, typer.Argument(help="The job's id.")],
-    wait: Annotated[bool, typer.Option("--wait", help="Follow it to its end.")] = False,
-) -> None:
-    """Retry a partial or failed job; a partial retrieve asks only for what is missing."""
-
-    def action(settings: Settings) -> int:
-        engine, sessions = database(settings)
-        control.retry(sessions, job_id, dispatcher(settings), settings.max_attempts)
-        out.print(f"job {job_id} queued again", highlight=False)
-        code = EXIT_OK
-        if wait:
-            state = follow(sessions, job_id)
-            with sessions() as session:
-                print_job(job_summary(session, job_id, responses=False))
-            code = EXIT_FOR_STATE[state]
-        engine.dispose()
-        return code
 
     run(action)
 
@@ -485,24 +334,4 @@ def _start_webhook_delivery(
     return thread
 
 
-def queue_job(settings: Settings, request: JobRequest, wait: bool) -> int:
-    """Submit a job; with ``wait``, follow it to its end. Returns the exit status."""
-    engine, sessions = database(settings)
-    job_id = submit(sessions, request, dispatcher(settings), SubmitRules.from_settings(settings))
-    out.print(f"job {job_id} queued", highlight=False)
-    with sessions() as session:
-        note = job_summary(session, job_id, responses=False)["note"]
-    if note:
-        err.print(f"[yellow]job {job_id}: {note}[/]", highlight=False)
-    code = EXIT_OK
-    if wait:
-        state = follow(sessions, job_id)
-        with sessions() as session:
-            summary = job_summary(session, job_id, responses=False)
-        print_job(summary)
-        code = EXIT_FOR_STATE[state]
-    engine.dispose()
-    return code
-
-
-__all__ = ["EXIT_BAD_INPUT", "database", "dispatcher", "follow", "print_job", "queue_job"]
+__all__ = ["database", "dispatcher"]

@@ -13,8 +13,8 @@ from ..config import Settings
 from ..jobs import prefetch as prefetches
 from ..jobs.submit import SubmitRules
 from ..observability import metrics
-from .common import EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, out, run
-from .farm import database, dispatcher
+from .common import EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, print_json, run
+from .farm import JsonOpt, database, dispatcher
 
 token_app = typer.Typer(help="Bearer tokens of the REST API.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
@@ -172,8 +172,10 @@ def prefetch(
         str | None, typer.Option(help="The ordered study's accession (not a prior).")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until it ends.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Fetch a patient's prior studies by a stored rule or by the options given."""
+    """Fetch a patient's prior studies by a stored rule or by the options given
+    (--json: the prefetch as started, or with --wait as it ended)."""
     import time
 
     def action(settings: Settings) -> int:
@@ -192,19 +194,22 @@ def prefetch(
             dispatcher(settings),
             SubmitRules.from_settings(settings),
         )
-        out.print(f"prefetch {prefetch_id} started", highlight=False)
+        (err if as_json else out).print(f"prefetch {prefetch_id} started", highlight=False)
         code = EXIT_OK
+        with sessions() as session:
+            summary = prefetches.prefetch_summary(session, prefetch_id)
+        while wait and not summary["ended"]:
+            time.sleep(0.5)
+            with sessions() as session:
+                summary = prefetches.prefetch_summary(session, prefetch_id)
         if wait:
-            while True:
-                with sessions() as session:
-                    summary = prefetches.prefetch_summary(session, prefetch_id)
-                if summary["ended"]:
-                    break
-                time.sleep(0.5)
-            out.print_json(json.dumps(summary))
             code = {"completed": EXIT_OK, "partial": EXIT_WARNING}.get(
                 summary["state"], EXIT_FAILURE
             )
+        if as_json:
+            print_json(summary)
+        elif wait:
+            out.print_json(json.dumps(summary))
         engine.dispose()
         return code
 

@@ -398,6 +398,12 @@ def _retrieve_identifiers(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> li
     return identifiers or [snap.identifier]
 
 
+def _reported(counts: list[int | None]) -> int | None:
+    """A count summed over the final responses; None when none of them reported it."""
+    given = [c for c in counts if c is not None]
+    return sum(given) if given else None
+
+
 def _after_retrieve(deps: RunnerDeps, taken: Claim, results: list[OperationResult]) -> None:
     """Record the responses and reported counts, then reconcile within the grace period."""
     with deps.sessions() as session, session.begin():
@@ -406,9 +412,9 @@ def _after_retrieve(deps: RunnerDeps, taken: Claim, results: list[OperationResul
             return
         _record_responses(session, taken, results)
         finals = [r.final for r in results]
-        job.reported_completed = sum(f.completed or 0 for f in finals)
-        job.reported_failed = sum(f.failed or 0 for f in finals)
-        job.reported_warning = sum(f.warning or 0 for f in finals)
+        job.reported_completed = _reported([f.completed for f in finals])
+        job.reported_failed = _reported([f.failed for f in finals])
+        job.reported_warning = _reported([f.warning for f in finals])
         job.failed_uids = sorted({u for f in finals for u in f.failed_sop_instance_uids})
         job.retry_uids = []
         worst = _worst(results)

@@ -49,7 +49,7 @@ class CliFarm:
 
 @pytest.fixture(scope="module")
 def cli_farm(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus) -> Iterator[CliFarm]:
-    """An embedded farm (SQLite, SCP, one worker) and the sandbox PACS as node ``sandbox``."""
+    """An embedded farm (SQLite, SCP, a worker, the scheduler); the sandbox PACS as ``sandbox``."""
     scp_port = free_port()
     root = tmp_path_factory.mktemp("cli-farm")
     with make_farm("embedded", root, scp_port) as farm, sandbox(corpus, scp_port) as pacs:
@@ -57,4 +57,5 @@ def cli_farm(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus) -> Iterat
         farm.register(NodeSpec("sandbox", "SANDBOX", "127.0.0.1", port))
         farm.start_scp()
         farm.start_worker(concurrency=1)
+        farm.start("scheduler", "scheduler")  # advances prefetches
         yield CliFarm(farm, port)
