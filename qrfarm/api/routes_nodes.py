@@ -6,14 +6,15 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import object_session
 
 from qrfarm.dicom import Connection, Node, Operation, StatusCategory, Timeouts, qr_contexts
 from qrfarm.errors import Conflict, NotFound, QrfarmError
 from qrfarm.jobs import profiles
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
-from qrfarm.models import Job, NodeRecord
+from qrfarm.jobs.nodes import remove_node as remove_registered_node
+from qrfarm.models import NodeRecord
 
 from .deps import Context, Db
 from .schemas import UNREADABLE_BODY, EchoOut, ErrorOut, NodeCreate, NodeIn, NodeOut
@@ -104,11 +105,8 @@ def change_node(name: Name, body: NodeIn, ctx: Context, db: Db) -> dict[str, Any
 )
 def remove_node(name: Name, db: Db) -> Response:
     """Remove a node no job refers to (jobs keep their node: the record stays whole)."""
-    row = _row(db, name)
-    jobs = db.scalar(select(func.count()).where(Job.node_id == row.id)) or 0
-    if jobs:
-        raise Conflict(f"node {name!r} has {jobs} job(s) recorded; it cannot be removed")
-    db.delete(row)
+    _row(db, name)
+    remove_registered_node(db, name)
     db.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import OperationalError
 
+from .. import __version__
 from ..config import Settings
 from ..dicom import (
     Level,
@@ -25,6 +26,7 @@ from ..dicom import (
     TlsSettings,
     parse_key,
 )
+from ..dicom.model import roots_with
 from ..errors import (
     ChildFailedAtStart,
     InvalidIdentifier,
@@ -35,10 +37,10 @@ from ..errors import (
 )
 from ..observability import logs, tracing
 
+log = logging.getLogger(__name__)
 app = typer.Typer(
     help="qrfarm: DICOM query/retrieve (C-ECHO, C-FIND, C-GET, C-MOVE) against PACS nodes.",
     no_args_is_help=True,
-    add_completion=False,
 )
 out = Console()
 err = Console(stderr=True)
@@ -46,11 +48,28 @@ err = Console(stderr=True)
 EXIT_OK, EXIT_WARNING, EXIT_FAILURE, EXIT_NO_ASSOCIATION, EXIT_BAD_INPUT = 0, 1, 2, 3, 4
 
 NodeArg = Annotated[str, typer.Argument(help="A configured node name, or AET@host:port.")]
-RootOpt = Annotated[Root, typer.Option("--root", "-r", help="Information model root.")]
+RootOpt = Annotated[
+    Root | None,
+    typer.Option(
+        "--root",
+        "-r",
+        help="Information model root (default: study, or the only root that has the level).",
+    ),
+]
 LevelOpt = Annotated[Level, typer.Option("--level", "-L", help="Query/Retrieve level.")]
 KeysOpt = Annotated[
     list[str] | None,
     typer.Option("--key", "-k", help="Keyword=value to match, or a bare Keyword to return."),
+]
+RetrieveKeysOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--key",
+        "-k",
+        help="A unique key with its value, from the root down to the level"
+        " (StudyInstanceUID=1.2.3, SeriesInstanceUID=..., SOPInstanceUID=...; PatientID in the"
+        " patient root); the level's own UID may list several, separated by a backslash.",
+    ),
 ]
 AetOpt = Annotated[str | None, typer.Option("--aet", help="Our calling AE title.")]
 TlsOpt = Annotated[bool, typer.Option("--tls", help="Use TLS.")]
@@ -109,6 +128,18 @@ def resolve_node(
     return node
 
 
+def choose_root(level: Level, root: Root | None) -> Root:
+    """The root given; else the only root that has ``level`` (PATIENT: the patient
+    root), said at -v; else the study root."""
+    if root is not None:
+        return root
+    roots = roots_with(level)
+    if len(roots) == 1:
+        log.info("level %s: the %s root, the only one that has it", level.value, roots[0].value)
+        return roots[0]
+    return Root.STUDY
+
+
 def split_keys(keys: list[str] | None) -> tuple[dict[str, str], list[str]]:
     matching: dict[str, str] = {}
     returned: list[str] = []
@@ -121,8 +152,20 @@ def split_keys(keys: list[str] | None) -> tuple[dict[str, str], list[str]]:
     return matching, returned
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        out.print(f"qrfarm {__version__}", highlight=False)
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def _configure(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version, exit."
+        ),
+    ] = False,
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")
     ] = 0,

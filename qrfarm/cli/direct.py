@@ -25,7 +25,6 @@ from ..dicom import (
     Operation,
     OperationResult,
     Response,
-    Root,
     StatusCategory,
     build_query_identifier,
     build_retrieve_identifier,
@@ -49,9 +48,11 @@ from .common import (
     KeysOpt,
     LevelOpt,
     NodeArg,
+    RetrieveKeysOpt,
     RootOpt,
     TlsOpt,
     app,
+    choose_root,
     err,
     exit_code,
     out,
@@ -152,7 +153,7 @@ def echo(
 def find(
     node: NodeArg,
     level: LevelOpt = Level.STUDY,
-    root: RootOpt = Root.STUDY,
+    root_opt: RootOpt = None,
     key: KeysOpt = None,
     as_json: Annotated[
         bool,
@@ -174,6 +175,7 @@ def find(
     wait: WaitOpt = False,
 ) -> None:
     """C-FIND: query NODE and print the matches."""
+    root = choose_root(level, root_opt)
 
     def action(settings: Settings) -> int:
         matching, returned = split_keys(key)
@@ -239,8 +241,8 @@ def _text(value: object) -> str:
 def get(
     node: NodeArg,
     level: LevelOpt = Level.STUDY,
-    root: RootOpt = Root.STUDY,
-    key: KeysOpt = None,
+    root_opt: RootOpt = None,
+    key: RetrieveKeysOpt = None,
     output: Annotated[Path, typer.Option("--out", "-o", help="Directory for the files.")] = Path(
         "received"
     ),
@@ -260,6 +262,7 @@ def get(
     as_json: JsonOpt = False,
 ) -> None:
     """C-GET: retrieve instances from NODE into a directory, over the same association."""
+    root = choose_root(level, root_opt)
 
     def action(settings: Settings) -> int:
         matching, returned = split_keys(key)
@@ -316,8 +319,8 @@ def move(
         typer.Option("--dest", "-d", help="Move destination AE title (default: the farm's SCP)."),
     ] = None,
     level: LevelOpt = Level.STUDY,
-    root: RootOpt = Root.STUDY,
-    key: KeysOpt = None,
+    root_opt: RootOpt = None,
+    key: RetrieveKeysOpt = None,
     message_id: Annotated[
         int | None, typer.Option("--message-id", help="Message ID of the C-MOVE (1-65535).")
     ] = None,
@@ -333,6 +336,7 @@ def move(
     as_json: JsonOpt = False,
 ) -> None:
     """C-MOVE: ask NODE to send instances to the AE title DEST."""
+    root = choose_root(level, root_opt)
 
     def action(settings: Settings) -> int:
         matching, returned = split_keys(key)

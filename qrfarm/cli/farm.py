@@ -19,7 +19,7 @@ from ..dicom import Connection, Node, Operation, StatusCategory, qr_contexts
 from ..errors import DatabaseNotReady, UnknownNode
 from ..jobs import prefetch, profiles
 from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
-from ..jobs.nodes import NodeSpec, upsert_node
+from ..jobs.nodes import NodeSpec, remove_node, upsert_node
 from ..jobs.submit import SubmitRules
 from ..jobs.sweeper import sweep
 from ..jobs.webhooks import DeliveryPolicy, deliver_due
@@ -181,6 +181,21 @@ def node_list(as_json: JsonOpt = False) -> None:
                 )
         engine.dispose()
         out.print(table)
+        return EXIT_OK
+
+    run(action)
+
+
+@node_app.command("remove")
+def node_remove(name: Annotated[str, typer.Argument(help="The node's name.")]) -> None:
+    """Remove a node no job refers to (a node with jobs stays: their record names it)."""
+
+    def action(settings: Settings) -> int:
+        engine, sessions = database(settings)
+        with sessions() as session, session.begin():
+            remove_node(session, name)
+        engine.dispose()
+        out.print(f"node {name} removed", highlight=False)
         return EXIT_OK
 
     run(action)

@@ -77,6 +77,11 @@ def levels(root: Root) -> list[Level]:
     return _LEVEL_ORDER[1:]
 
 
+def roots_with(level: Level) -> list[Root]:
+    """The roots that have ``level``: PATIENT is only in the patient root."""
+    return [root for root in Root if level in levels(root)]
+
+
 def path_to(root: Root, level: Level) -> list[Level]:
     """The levels from the root down to ``level``, inclusive."""
     return [lv for lv in levels(root) if lv.depth <= level.depth]

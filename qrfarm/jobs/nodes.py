@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from qrfarm.dicom.node import Node, validate_ae_title
-from qrfarm.models import NodeRecord
+from qrfarm.errors import Conflict, UnknownNode
+from qrfarm.models import Job, NodeRecord
 from qrfarm.nodes.hosts import check_host_pattern
 
 
@@ -46,3 +47,15 @@ def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     row.tls = spec.tls
     session.flush()
     return row
+
+
+def remove_node(session: Session, name: str) -> None:
+    """Remove a node no job refers to (jobs keep their node: the record stays whole)."""
+    row = session.scalar(select(NodeRecord).where(NodeRecord.name == name))
+    if row is None:
+        raise UnknownNode(f"node {name!r} is not registered")
+    jobs = session.scalar(select(func.count()).where(Job.node_id == row.id)) or 0
+    if jobs:
+        raise Conflict(f"node {name!r} has {jobs} job(s) recorded; it cannot be removed")
+    session.delete(row)
+    session.flush()
