@@ -82,6 +82,18 @@ class Settings(BaseSettings):
     scp_host: str = "127.0.0.1"
     scp_port: int = Field(default=11113, ge=0, le=65535)
     scp_max_associations: int = Field(default=32, ge=1)
+    # Larger instances are refused (0xA700 with an Error Comment naming both
+    # sizes) rather than filling the disk; deflated ones may not inflate past
+    # it either. Received data sets go to disk as they arrive, whatever this is.
+    scp_max_instance_bytes: int = Field(default=8 << 30, ge=1)
+    # The largest PDU the SCP takes (announced in the association, and a
+    # longer one ends the connection): what it holds in memory per association.
+    scp_max_pdu: int = Field(default=1 << 20, ge=1 << 14)
+    # A connection that has not asked for an association within this is closed,
+    # and only this many per host may be waiting to: anonymous connections hold
+    # no slot of scp_max_associations, which are taken only on admission.
+    scp_associate_timeout_s: float = Field(default=5.0, gt=0)
+    scp_max_pending_per_host: int = Field(default=8, ge=1)
     # Proxies in front of the SCP that send the PROXY protocol v2 header
     # (HAProxy's send-proxy-v2): addresses, networks or names. Connections
     # from them must begin with it; the PACS's own address is admitted.

@@ -8,21 +8,37 @@ name. An instance already on disk with the same bytes is not written again;
 other bytes under the same UID never replace the file: they go beside it,
 named by their digest (``<sop>.<sha256>.dcm``), so that each record points
 to the bytes its sender really sent.
+
+Temp files live in the root's own ``.incoming`` folder, one folder per
+process, held by a lock while the process lives; so a file received to disk
+is stored by a link, and what a killed process left behind is known: its
+folder's lock is free. A file linked to its final name keeps a second link in
+that folder (``link.*``) until its row is committed; one still there after a
+crash names a file that may have no row.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import re
+import secrets
+import shutil
+import socket
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StorageError, StorageFull, UnsafeUid
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+INCOMING = ".incoming"
+_LINK = "link."  # a second link to a file stored, until its row is committed
+_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -31,6 +47,8 @@ class StoredFile:
     size: int
     created: bool  # written by this call (else the same bytes were there already)
     differs_from_first: bool  # other bytes were stored first under this UID
+    # The second link that marks a file this call created, until settle().
+    pending: Path | None = None
 
 
 def check_uid(uid: str, what: str) -> str:
@@ -45,6 +63,63 @@ class InstanceStorage:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
         self.fsync = fsync
+        self._incoming: Path | None = None
+        self._incoming_pid = 0
+        self._incoming_lock = -1
+
+    def incoming(self) -> Path:
+        """This process's temp folder, on the root's file system (made and locked
+        on first use, again after a fork)."""
+        if self._incoming is not None and self._incoming_pid == os.getpid():
+            return self._incoming
+        base = self.root / INCOMING
+        base.mkdir(parents=True, exist_ok=True)
+        with _locked(base / ".lock"):  # not swept between its making and its lock
+            folder = Path(
+                tempfile.mkdtemp(dir=base, prefix=f"{socket.gethostname()}-{os.getpid()}-")
+            )
+            fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._incoming, self._incoming_pid, self._incoming_lock = folder, os.getpid(), fd
+        return folder
+
+    def recover(self, is_recorded: Callable[[str], bool]) -> int:
+        """Sweep the temp folders of processes that are gone: a file they linked
+        to its final name whose row ``is_recorded`` does not find is removed
+        with them. Returns how many such files were removed."""
+        base = self.root / INCOMING
+        if not base.is_dir():
+            return 0
+        removed = 0
+        with _locked(base / ".lock"):
+            for folder in base.iterdir():
+                if not folder.is_dir() or folder == self._incoming or _held(folder / ".lock"):
+                    continue
+                for marker in folder.glob(f"{_LINK}*"):
+                    relative = _final_of(marker.name)
+                    final = self.root / relative
+                    try:
+                        unrecorded = final.samefile(marker) and not is_recorded(relative)
+                    except OSError:
+                        unrecorded = False  # the final name was never linked
+                    if unrecorded:
+                        final.unlink()
+                        removed += 1
+                shutil.rmtree(folder, ignore_errors=True)
+        return removed
+
+    def settle(self, stored: StoredFile) -> None:
+        """Its row is committed: the file no longer needs its mark."""
+        if stored.pending is not None:
+            stored.pending.unlink(missing_ok=True)
+
+    def discard(self, stored: StoredFile) -> None:
+        """Its row was not committed: remove the file if this store created it
+        (without its row it counts for nothing); bytes that were there already
+        belong to an earlier record and stay."""
+        if stored.created:
+            stored.path.unlink(missing_ok=True)
+        self.settle(stored)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return (
@@ -55,73 +130,145 @@ class InstanceStorage:
         )
 
     def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> StoredFile:
-        """Write ``data`` (a Part-10 file) where these bytes of the instance belong.
-
-        The first bytes under a UID take its plain name; other bytes go beside
-        them under their digest, and an existing file is never replaced."""
-        first = self.path_for(study_uid, series_uid, sop_uid)
-        try:
-            first.parent.mkdir(parents=True, exist_ok=True)
-            found = self._place(first, data)
-            if found is not None:
-                return found
-            digest = hashlib.sha256(data).hexdigest()[:32]
-            variant = first.with_name(f"{sop_uid}.{digest}.dcm")
-            found = self._place(variant, data)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull(f"no space left to store {sop_uid}: {exc.strerror}") from exc
-            raise StorageError(f"cannot store {sop_uid}: {exc}") from exc
-        if found is None:  # a digest collision in 128 bits: not in this universe
-            raise StorageError(f"cannot store {sop_uid}: two versions with one digest")
-        return StoredFile(found.path, found.size, found.created, differs_from_first=True)
-
-    def _place(self, path: Path, data: bytes) -> StoredFile | None:
-        """``data`` at ``path``: written if absent, found if there; None when
-        ``path`` holds other bytes."""
-        if path.exists():
-            return StoredFile(path, len(data), False, False) if _same(path, data) else None
-        if self._write_atomically(path, data):
-            return StoredFile(path, len(data), True, False)
-        # Another SCP process stored this UID meanwhile: its bytes, or others?
-        return StoredFile(path, len(data), False, False) if _same(path, data) else None
-
-    def _write_atomically(self, final: Path, data: bytes) -> bool:
-        """Whether this call put ``data`` at ``final`` (False: something was there)."""
-        fd, temp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
+        """Write ``data`` (a Part-10 file) where these bytes of the instance belong;
+        settled at once (see :meth:`store_file` for the rules)."""
+        fd, temp = tempfile.mkstemp(dir=self.incoming(), prefix="rx-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-                if self.fsync:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            # link() refuses to replace a file, where rename() would not.
-            try:
-                os.link(temp, final)
-            except FileExistsError:
-                return False
-            if self.fsync:
-                _fsync_dir(final.parent)
-            return True
-        finally:
+        except OSError as exc:
             Path(temp).unlink(missing_ok=True)
+            raise _storage_error(exc, sop_uid) from exc
+        stored = self.store_file(study_uid, series_uid, sop_uid, Path(temp))
+        self.settle(stored)
+        return StoredFile(stored.path, stored.size, stored.created, stored.differs_from_first)
+
+    def store_file(self, study_uid: str, series_uid: str, sop_uid: str, temp: Path) -> StoredFile:
+        """Store the Part-10 file at ``temp`` (in :meth:`incoming`): linked, never
+        copied, and ``temp`` is gone afterwards, whatever happens.
+
+        The first bytes under a UID take its plain name; other bytes go beside
+        them under their digest, and an existing file is never replaced. A
+        file created here is marked until :meth:`settle` (or :meth:`discard`)."""
+        first = self.path_for(study_uid, series_uid, sop_uid)
+        left: Path | None = temp  # where the temp file is, until a link holds it
+        try:
+            size = temp.stat().st_size
+            if self.fsync:
+                _fsync_file(temp)
+            first.parent.mkdir(parents=True, exist_ok=True)
+            found, left = self._place(first, temp, size)
+            if found is not None:
+                return found
+            assert left is not None
+            variant = first.with_name(f"{sop_uid}.{_digest(left)}.dcm")
+            found, left = self._place(variant, left, size)
+        except OSError as exc:
+            raise _storage_error(exc, sop_uid) from exc
+        finally:
+            if left is not None:
+                left.unlink(missing_ok=True)
+        if found is None:  # a digest collision in 128 bits: not in this universe
+            raise StorageError(f"cannot store {sop_uid}: two versions with one digest")
+        return StoredFile(
+            found.path, size, found.created, differs_from_first=True, pending=found.pending
+        )
+
+    def _place(self, path: Path, temp: Path, size: int) -> tuple[StoredFile | None, Path | None]:
+        """``temp``'s bytes at ``path``: linked if absent, found if there; None when
+        ``path`` holds other bytes. Also where the temp file is now (None: it
+        is the file's mark, to be settled)."""
+        if not path.exists():
+            # Renamed first to name its final place, so that a crash between the
+            # link and the row leaves a mark of what to check.
+            relative = path.relative_to(self.root).as_posix().replace("/", "_")
+            marker = temp.with_name(f"{_LINK}{secrets.token_hex(4)}.{relative}")
+            temp.rename(marker)
+            temp = marker
+            try:
+                # link() refuses to replace a file, where rename() would not.
+                os.link(marker, path)
+            except FileExistsError:
+                pass  # another SCP process stored this UID meanwhile: its bytes, or others?
+            else:
+                if self.fsync:
+                    _fsync_dir(path.parent)
+                return StoredFile(path, size, True, False, pending=marker), None
+        same = _same(path, temp, size)
+        return (StoredFile(path, size, False, False) if same else None), temp
 
 
-def _same(path: Path, data: bytes) -> bool:
-    """Whether the file holds exactly ``data``, read a block at a time."""
+def _final_of(marker_name: str) -> str:
+    """The path under the root that a ``link.`` mark names."""
+    _, _, rest = marker_name[len(_LINK) :].partition(".")
+    return rest.replace("_", "/")
+
+
+def _storage_error(exc: OSError, sop_uid: str) -> StorageError | StorageFull:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"no space left to store {sop_uid}: {exc.strerror}")
+    return StorageError(f"cannot store {sop_uid}: {exc}")
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while block := handle.read(_BLOCK):
+            yield block
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for block in _blocks(path):
+        digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def _same(path: Path, other: Path, size: int) -> bool:
+    """Whether two files hold the same bytes, read a block at a time."""
     try:
-        if path.stat().st_size != len(data):
+        if path.stat().st_size != size:
             return False
-        view = memoryview(data)
         with path.open("rb") as handle:
-            offset = 0
-            while block := handle.read(1 << 20):
-                if view[offset : offset + len(block)] != block:
+            for block in _blocks(other):
+                if handle.read(len(block)) != block:
                     return False
-                offset += len(block)
-        return offset == len(data)
+        return True
     except OSError:
         return False
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _held(lock: Path) -> bool:
+    """Whether a live process holds this lock (asked under the base folder's lock,
+    so a folder without one was left by a process killed while making it)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

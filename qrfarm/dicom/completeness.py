@@ -35,15 +35,21 @@ _LONG_VRS = {
 }
 
 
-def check_complete(data: bytes, *, implicit_vr: bool, little_endian: bool) -> None:
-    """Raise DatasetTruncated (naming the element) unless ``data`` is a whole data set."""
-    end = _Walker(data, implicit_vr, "<" if little_endian else ">").dataset(0, len(data), None)
-    if end != len(data):
-        raise DatasetTruncated(f"{len(data) - end} stray bytes after the last element")
+def check_complete(
+    data: bytes | bytearray | memoryview, *, implicit_vr: bool, little_endian: bool
+) -> None:
+    """Raise DatasetTruncated (naming the element) unless ``data`` is a whole data set.
+
+    ``data`` may be a memoryview of a mapped file: only element headers are
+    read, so the values (pixel data above all) are never brought into memory."""
+    with memoryview(data) as view:
+        end = _Walker(view, implicit_vr, "<" if little_endian else ">").dataset(0, len(view), None)
+        if end != len(view):
+            raise DatasetTruncated(f"{len(view) - end} stray bytes after the last element")
 
 
 class _Walker:
-    def __init__(self, data: bytes, implicit_vr: bool, order: str) -> None:
+    def __init__(self, data: memoryview, implicit_vr: bool, order: str) -> None:
         self.data = data
         self.implicit = implicit_vr
         self.order = order
@@ -87,7 +93,7 @@ class _Walker:
             return None, length, offset + 8
         if offset + 6 > len(self.data):
             raise DatasetTruncated(f"element header cut short at byte {offset}")
-        vr = self.data[offset + 4 : offset + 6]
+        vr = bytes(self.data[offset + 4 : offset + 6])
         if vr in _LONG_VRS:
             (length,) = self._unpack("L", offset + 8)
             return vr, length, offset + 12

@@ -51,6 +51,8 @@ class Status:
 
     # General statuses (PS3.7 C).
     SUCCESS = 0x0000
+    # An instance sent on a presentation context negotiated for another SOP class.
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
     REFUSED_NOT_AUTHORIZED = 0x0124
     # Query/Retrieve (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.5).
     PENDING = 0xFF00

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import mmap
+import struct
+import zlib
 from io import BytesIO
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 
 from qrfarm.dicom import Status
@@ -18,38 +21,123 @@ from qrfarm.dicom.identifiers import is_valid_uid
 from qrfarm.errors import DatasetTruncated, InstanceRefused
 from qrfarm.jobs.recording import InstanceFacts
 
-
-def _stop_at_pixel_data(tag: Any, vr: Any, length: Any) -> bool:
-    return int(tag) >= 0x7FE00010
-
-
-def _header(raw: bytes, syntax: UID) -> Dataset:
-    """The data set up to its pixel data, decoded; raises on what cannot be parsed."""
-    if syntax.is_deflated:
-        return decode(BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian, True)
-    check_complete(raw, implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
-    return read_dataset(
-        BytesIO(raw),
-        syntax.is_implicit_VR,
-        syntax.is_little_endian,
-        stop_when=_stop_at_pixel_data,
-    )
+# Of a deflated data set, only this much is inflated to read its header.
+HEADER_BYTES = 1 << 20
+_INFLATE_STEP = 1 << 20
+_LAST_HEADER_TAG = 0x0020000E  # Series Instance UID: every UID needed is at or before it
+_PREAMBLE = 128 + 4
 
 
-def read_facts(event: Event, raw: bytes) -> InstanceFacts:
-    """The facts of a C-STORE; InstanceRefused, with the status to answer, if not acceptable."""
+def _past_header(tag: Any, vr: Any, length: Any) -> bool:
+    return int(tag) > _LAST_HEADER_TAG
+
+
+def data_set_offset(handle: BinaryIO) -> int:
+    """Where the data set begins in a Part-10 file written by pynetdicom (after
+    the preamble and the file meta, whose group length it always writes)."""
+    head = handle.read(_PREAMBLE + 12)
+    if (
+        len(head) < _PREAMBLE + 12
+        or head[128:132] != b"DICM"
+        or head[132:136] != b"\x02\x00\x00\x00"
+    ):
+        raise DatasetTruncated("no file meta ahead of the data set")
+    (group_length,) = struct.unpack_from("<L", head, _PREAMBLE + 8)
+    return _PREAMBLE + 12 + int(group_length)
+
+
+def _header(path: Path, offset: int, syntax: UID, max_bytes: int) -> Dataset:
+    """The data set's first elements, decoded; raises on what cannot be parsed
+    or is not whole. Nothing is held whole: a plain data set is walked through
+    a mapping of its file, a deflated one inflated a block at a time."""
+    with path.open("rb") as handle:
+        if syntax.is_deflated:
+            handle.seek(offset)
+            return read_dataset(
+                BytesIO(_inflate_checked(handle, max_bytes)),
+                syntax.is_implicit_VR,
+                syntax.is_little_endian,
+                stop_when=_past_header,
+            )
+        size = path.stat().st_size
+        if size > offset:
+            with (
+                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+                memoryview(mapped) as whole,
+                whole[offset:] as data_set,
+            ):
+                check_complete(
+                    data_set,
+                    implicit_vr=syntax.is_implicit_VR,
+                    little_endian=syntax.is_little_endian,
+                )
+        handle.seek(offset)
+        return read_dataset(
+            handle,
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=_past_header,
+            defer_size=1 << 16,
+        )
+
+
+def _inflate_checked(handle: BinaryIO, max_bytes: int) -> bytes:
+    """The first HEADER_BYTES of a deflated data set; the rest inflated and
+    thrown away, to know the stream is whole and inflates to no more than
+    ``max_bytes`` (a small data set can inflate to gigabytes)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    header = bytearray()
+    inflated = 0
+    while block := handle.read(_INFLATE_STEP):
+        while block:
+            out = inflater.decompress(block, _INFLATE_STEP)
+            inflated += len(out)
+            if len(header) < HEADER_BYTES:
+                header += out[: HEADER_BYTES - len(header)]
+            if inflated > max_bytes:
+                raise InstanceRefused(
+                    Status.OUT_OF_RESOURCES,
+                    f"deflated data set inflates past {max_bytes} bytes, the maximum",
+                )
+            block = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+        if inflater.eof:
+            break
+    if not inflater.eof:
+        raise DatasetTruncated("the deflated data set ends before its stream does")
+    return bytes(header)
+
+
+def read_facts(event: Event, path: Path, max_bytes: int) -> InstanceFacts:
+    """The facts of a C-STORE whose data set pynetdicom wrote to ``path``;
+    InstanceRefused, with the status to answer, if not acceptable."""
     request = event.request
     assert isinstance(request, C_STORE)
     sop_class = str(request.AffectedSOPClassUID or "")
     sop_uid = str(request.AffectedSOPInstanceUID or "")
+    offered_as = str(event.context.abstract_syntax)
+    if sop_class != offered_as:
+        # The association negotiated this context for another SOP class.
+        raise InstanceRefused(
+            Status.SOP_CLASS_NOT_SUPPORTED,
+            f"{sop_class} sent on a context for {offered_as}",
+        )
     syntax = UID(str(event.context.transfer_syntax))
     try:
-        header = _header(raw, syntax)
+        with path.open("rb") as handle:
+            offset = data_set_offset(handle)
+        size = path.stat().st_size - offset
+        if size > max_bytes:
+            raise InstanceRefused(Status.OUT_OF_RESOURCES, too_large(size, max_bytes))
+        header = _header(path, offset, syntax, max_bytes)
         study = str(header.get("StudyInstanceUID", "") or "")
         series = str(header.get("SeriesInstanceUID", "") or "")
         dataset_sop = str(header.get("SOPInstanceUID", "") or "")
         dataset_class = str(header.get("SOPClassUID", "") or "")
         patient_id = str(header.get("PatientID", "") or "")
+    except InstanceRefused:
+        raise
     except DatasetTruncated as exc:
         raise InstanceRefused(Status.CANNOT_UNDERSTAND, f"data set cut short: {exc}") from exc
     except Exception as exc:
@@ -84,5 +172,10 @@ def read_facts(event: Event, raw: bytes) -> InstanceFacts:
         peer_host=str(address) if address else None,
         originator_ae=str(originator).strip() if originator else None,
         originator_message_id=int(originator_id) if originator_id is not None else None,
-        size=len(raw),
+        size=size,
     )
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    """The Error Comment of an instance over the limit (at most 64 characters)."""
+    return f"instance of {size} bytes is over the maximum of {max_bytes}"

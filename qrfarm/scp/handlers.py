@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from threading import Event as ThreadEvent
 
+from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy import Engine, select
@@ -28,8 +30,10 @@ from qrfarm.observability.metrics import (
 )
 from qrfarm.storage import InstanceStorage, StoredFile
 
+from . import spool
 from .correlate import OriginatorCache, correlate
-from .facts import read_facts
+from .facts import data_set_offset, read_facts, too_large
+from .gate import ConnectionGate
 from .known_nodes import Admission, KnownNode, KnownNodes
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ REJECT_UNKNOWN_CALLING_AE = rejection.UNKNOWN_CALLING_AE
 REJECT_UNKNOWN_CALLED_AE = rejection.UNKNOWN_CALLED_AE
 REJECT_UNVERIFIED = rejection.UNVERIFIED_CALLING_AE  # transient: the database is out of reach
 REJECT_SHUTTING_DOWN = rejection.LOCAL_LIMIT_EXCEEDED  # transient: try again elsewhere
+REJECT_NO_SLOT = rejection.LOCAL_LIMIT_EXCEEDED  # transient: every slot is held
 
 
 @dataclass
@@ -52,6 +57,10 @@ class ScpContext:
     # The farm's own health probe: admitted for C-ECHO, refused any C-STORE.
     probe_ae_title: str | None = None
     originators: OriginatorCache = field(default_factory=OriginatorCache)
+    gate: ConnectionGate = field(default_factory=lambda: ConnectionGate(32, 8))
+    # Larger instances are refused; read from the PDUs, never held in memory.
+    max_instance_bytes: int = 8 << 30
+    max_pdu: int = 0
 
     def __post_init__(self) -> None:
         # Where instances are recorded: statement by statement on PostgreSQL.
@@ -74,6 +83,9 @@ def handle_requested(event: Event, ctx: ScpContext) -> None:
     except Exception:
         log.exception("association not admitted: admission could not be decided")
         reason = REJECT_UNVERIFIED
+    if reason is None and not ctx.gate.admit(event.assoc):
+        log.warning("association rejected: all %d slots are held", ctx.gate.max_associations)
+        reason = REJECT_NO_SLOT
     if reason is None:
         SCP_ASSOCIATIONS.labels("accepted").inc()
         return
@@ -121,11 +133,12 @@ def _refusal(event: Event, ctx: ScpContext) -> tuple[int, int, int] | None:
     return None
 
 
-def handle_connection_open(event: Event) -> None:
+def handle_connection_open(event: Event, ctx: ScpContext) -> None:
     tune(event.assoc.dul.socket)
+    spool.spool_to(event.assoc, ctx.storage.incoming(), ctx.max_instance_bytes, ctx.max_pdu)
 
 
-def handle_store(event: Event, ctx: ScpContext) -> int:
+def handle_store(event: Event, ctx: ScpContext) -> int | Dataset:
     """Store, correlate, record; answer success only once file and row are durable."""
     started = time.monotonic()
     started_ns = time.time_ns()
@@ -135,23 +148,45 @@ def handle_store(event: Event, ctx: ScpContext) -> int:
     return status
 
 
-def _store(event: Event, ctx: ScpContext, started_ns: int) -> tuple[int, str]:
+def _store(event: Event, ctx: ScpContext, started_ns: int) -> tuple[int | Dataset, str]:
     request = event.request
-    assert isinstance(request, C_STORE) and request.DataSet is not None
+    assert isinstance(request, C_STORE)
+    # pynetdicom wrote the data set to this file in our temp folder as it
+    # arrived; it must be gone (stored or removed) when this returns.
+    received = Path(event.dataset_path)
+    try:
+        return _store_received(event, ctx, received, started_ns)
+    finally:
+        received.unlink(missing_ok=True)
+
+
+def _store_received(
+    event: Event, ctx: ScpContext, received: Path, started_ns: int
+) -> tuple[int | Dataset, str]:
+    request = event.request
+    assert isinstance(request, C_STORE)
     if ctx.probe_ae_title and event.assoc.requestor.ae_title.strip() == ctx.probe_ae_title:
         return Status.REFUSED_NOT_AUTHORIZED, "refused"
-    raw = request.DataSet.getvalue()
+    spooled = request._dataset_file
+    if isinstance(spooled, spool.SpoolFile) and spooled.failure is not None:
+        log.error("C-STORE of %s not received: %s", request.AffectedSOPInstanceUID, spooled.failure)
+        return Status.OUT_OF_RESOURCES, "out_of_resources"
     try:
-        facts = read_facts(event, raw)
+        if isinstance(spooled, spool.SpoolFile) and spooled.overflowed:
+            # Only the first bytes were kept: the size is what was counted.
+            with received.open("rb") as handle:
+                size = spooled.written - data_set_offset(handle)
+            raise InstanceRefused(Status.OUT_OF_RESOURCES, too_large(size, ctx.max_instance_bytes))
+        facts = read_facts(event, received, ctx.max_instance_bytes)
     except InstanceRefused as refused:
         log.warning("C-STORE of %s refused: %s", request.AffectedSOPInstanceUID, refused)
-        return refused.status, "refused"
+        return _answer(refused.status, refused.reason), "refused"
     try:
-        stored = ctx.storage.store(
+        stored = ctx.storage.store_file(
             facts.study_instance_uid,
             facts.series_instance_uid,
             facts.sop_instance_uid,
-            event.encoded_dataset(include_meta=True),
+            received,
         )
     except UnsafeUid as exc:
         log.warning("C-STORE refused: %s", exc)
@@ -168,10 +203,19 @@ def _store(event: Event, ctx: ScpContext, started_ns: int) -> tuple[int, str]:
         # and the PACS is told to try again.
         log.error("C-STORE of %s not recorded: %s", facts.sop_instance_uid, exc)
         return Status.OUT_OF_RESOURCES, "out_of_resources"
-    RECEIVED_BYTES.inc(len(raw))
+    ctx.storage.settle(stored)
+    RECEIVED_BYTES.inc(facts.size)
     if job_ids and tracing.enabled():
         _trace_store(ctx, facts, job_ids, started_ns)
     return Status.SUCCESS, ("stored" if job_ids else "orphan")
+
+
+def _answer(status: int, comment: str) -> Dataset:
+    """A status with its Error Comment (a LO: 64 characters at most)."""
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = comment[:64]
+    return answer
 
 
 def _trace_store(
@@ -219,18 +263,10 @@ def _record_with_one_reconnect(
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
     except BaseException:
-        _discard_unrecorded(stored)
+        ctx.storage.discard(stored)
         raise
     if recorded.late:
         # Rare: an instance after its job was reconciled. In a transaction.
         with ctx.sessions() as session, session.begin():
             reopen_late(session, recorded.late)
     return recorded.job_ids
-
-
-def _discard_unrecorded(stored: StoredFile) -> None:
-    """Remove a file whose row was not committed, if this C-STORE wrote it: without
-    its row it counts for nothing, and the PACS sends it again. Bytes that were
-    there already belong to an earlier record and stay."""
-    if stored.created:
-        stored.path.unlink(missing_ok=True)

@@ -13,14 +13,17 @@ from typing import Any, cast
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom.model import VERIFICATION_SOP_CLASS
 from qrfarm.errors import ProxyHeaderError
+from qrfarm.models import OrphanInstance, ReceivedInstance
 from qrfarm.nodes.hosts import HostPatterns, Resolver, check_host_pattern, peer_address
 from qrfarm.storage import InstanceStorage
 
 from . import proxy_protocol
+from .gate import ConnectionGate
 from .handlers import (
     ScpContext,
     handle_connection_open,
@@ -46,6 +49,8 @@ class ReusePortServer(ThreadedAssociationServer):
     # Where connections begin with a PROXY protocol v2 header (HAProxy's
     # send-proxy-v2): their client's address stands for the proxy's.
     proxies: HostPatterns | None = None
+    # Slots and per-host caps (None: pynetdicom's own thread count only).
+    gate: ConnectionGate | None = None
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # In the connection's own thread: a proxy slow with its header holds
@@ -59,7 +64,19 @@ class ReusePortServer(ThreadedAssociationServer):
                 return
             if source is not None:  # None: the proxy's own health check
                 client_address = source
-        super().finish_request(request, client_address)
+        if self.gate is None:
+            super().finish_request(request, client_address)
+            return
+        with self.gate.accepting:  # counted and started one at a time
+            if not self.gate.accepts_connection(client_address[0], self.active_associations):
+                log.warning(
+                    "connection from %s closed: %d from there are not associated yet",
+                    client_address[0],
+                    self.gate.max_pending_per_host,
+                )
+                self.shutdown_request(request)
+                return
+            super().finish_request(request, client_address)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -127,7 +144,10 @@ class StorageScp:
         port: int = 11113,
         max_associations: int = 32,
         late_window_s: float = 3600.0,
-        max_pdu: int = 0,
+        max_pdu: int = 1 << 20,
+        max_instance_bytes: int = 8 << 30,
+        associate_timeout_s: float = 5.0,
+        max_pending_per_host: int = 8,
         probe_ae_title: str | None = None,
         listen_fd: int | None = None,
         proxy_protocol_from: Sequence[str] = (),
@@ -142,8 +162,16 @@ class StorageScp:
         self.proxy_protocol_from = [
             check_host_pattern(p, "PROXY protocol source") for p in proxy_protocol_from
         ]
+        self.associate_timeout_s = associate_timeout_s
         self.context = ScpContext(
-            storage, sessions, KnownNodes(sessions), late_window_s, probe_ae_title=probe_ae_title
+            storage,
+            sessions,
+            KnownNodes(sessions),
+            late_window_s,
+            probe_ae_title=probe_ae_title,
+            gate=ConnectionGate(max_associations, max_pending_per_host),
+            max_instance_bytes=max_instance_bytes,
+            max_pdu=max_pdu,
         )
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -154,14 +182,14 @@ class StorageScp:
         pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
         pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = True
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_associations = self.max_associations
+        # pynetdicom counts every connection's thread against this, admitted or
+        # not: the gate counts slots instead, taken only on admission.
+        ae.maximum_associations = 1 << 16
         ae.maximum_pdu_size = self.max_pdu
-        # A thread per association lingers a moment after release; the limit
-        # counts threads, so a short network timeout keeps it honest.
         ae.network_timeout = 60
-        # A connection that never asks for an association holds a slot until
-        # this runs out: short, so that probes cannot lock real PACS out long.
-        ae.acse_timeout = 10
+        # A connection must ask for an association within this (pynetdicom's
+        # ARTIM timer runs on it), or it is closed.
+        ae.acse_timeout = self.associate_timeout_s
         ae.add_supported_context(VERIFICATION_SOP_CLASS)
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
@@ -171,10 +199,11 @@ class StorageScp:
     def start(self) -> int:
         """Listen and serve in a background thread; return the port bound."""
         handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, handle_connection_open),
+            (evt.EVT_CONN_OPEN, handle_connection_open, [self.context]),
             (evt.EVT_REQUESTED, handle_requested, [self.context]),
             (evt.EVT_C_STORE, handle_store, [self.context]),
         ]
+        self._recover()
         ae = self._ae()
         server_class: type[ReusePortServer] = ReusePortServer
         if self.listen_fd is not None:
@@ -186,6 +215,7 @@ class StorageScp:
         server = ae.make_server(
             (self.host, self.port), evt_handlers=handlers, server_class=server_class
         )
+        cast(ReusePortServer, server).gate = self.context.gate
         if self.proxy_protocol_from:
             cast(ReusePortServer, server).proxies = HostPatterns.parse(
                 self.proxy_protocol_from, Resolver()
@@ -200,6 +230,27 @@ class StorageScp:
         self.port = int(server.server_address[1])
         log.info("storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
         return self.port
+
+    def _recover(self) -> None:
+        """Sweep what SCP processes killed on this storage left: temp files, and
+        files linked to their final name whose row was never committed."""
+
+        def is_recorded(relative: str) -> bool:
+            with self.context.sessions() as session:
+                return bool(
+                    session.scalar(
+                        select(
+                            or_(
+                                exists().where(ReceivedInstance.file_path == relative),
+                                exists().where(OrphanInstance.file_path == relative),
+                            )
+                        )
+                    )
+                )
+
+        removed = self.context.storage.recover(is_recorded)
+        if removed:
+            log.warning("removed %d files a killed SCP stored without their rows", removed)
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Refuse new associations, let the ones in flight finish, then close."""

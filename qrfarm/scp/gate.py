@@ -1,0 +1,56 @@
+"""Who may hold the SCP's threads: slots for admitted associations, and a cap on
+connections from one host that have not been admitted (yet).
+
+pynetdicom's ``maximum_associations`` counts association threads, and a
+thread begins with the TCP connection: connections that never send an
+A-ASSOCIATE-RQ would fill every slot until their timeout, and lock the PACS
+out. Here a slot is taken only when an association is admitted (its calling
+AE and host known), so anonymous connections never hold one; they are capped
+per host instead, and closed when they have not asked within the associate
+timeout (pynetdicom's ARTIM timer, which runs on ``acse_timeout``).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from pynetdicom.association import Association
+
+
+class ConnectionGate:
+    def __init__(self, max_associations: int, max_pending_per_host: int) -> None:
+        self.max_associations = max_associations
+        self.max_pending_per_host = max_pending_per_host
+        self._admitted: weakref.WeakSet[Association] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        # Held while a connection is counted and its association thread started.
+        self.accepting = threading.Lock()
+
+    def _holding(self) -> list[Association]:
+        return [
+            a
+            for a in self._admitted
+            if a.is_alive() and not (a.is_released or a.is_aborted or a.is_rejected)
+        ]
+
+    def admit(self, assoc: Association) -> bool:
+        """Take a slot for an admitted association; False when none is free."""
+        with self._lock:
+            if len(self._holding()) >= self.max_associations:
+                return False
+            self._admitted.add(assoc)
+            return True
+
+    def pending_from(self, host: str, associations: list[Association]) -> int:
+        """Connections from ``host`` not admitted (yet), among the server's."""
+        with self._lock:
+            admitted = set(self._admitted)
+        return sum(
+            1
+            for a in associations
+            if a not in admitted and a.requestor.address == host and a.is_alive()
+        )
+
+    def accepts_connection(self, host: str, associations: list[Association]) -> bool:
+        return self.pending_from(host, associations) < self.max_pending_per_host
