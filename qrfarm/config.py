@@ -230,10 +230,6 @@ def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
-
-
 def broker_config(settings: Settings) -> tuple[str, dict[str, Any]]:
     """The Celery broker URL and transport options both producers and workers use."""
     if settings.broker_url:

@@ -102,23 +102,3 @@ def release_lost_message_ids(session: Session) -> int:
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-def begin_move_attempt(
-    session: Session,
-    job: Job,
-    calling_ae: str,
-    *,
-    worker: str | None = None,
-    task_id: str | None = None,
-    late_window_s: float = 3600.0,
-) -> Attempt:
-    """A new attempt of a move job, with its Message ID reserved; commit before sending."""
-    number = (
-        session.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job.id)) or 0
-    ) + 1
-    attempt = Attempt(job_id=job.id, number=number, worker=worker, task_id=task_id, called_ae=None)
-    session.add(attempt)
-    session.flush()
-    allocate_message_id(session, attempt, calling_ae, late_window_s=late_window_s)
-    return attempt

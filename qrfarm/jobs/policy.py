@@ -10,7 +10,8 @@ from dataclasses import dataclass
 class JobPolicy:
     max_attempts: int = 5
     backoff_base_s: float = 2.0
-    # Back-off stays well below Redis's visibility timeout (1 h), see DESIGN.
+    # Back-off stays well below Redis's visibility timeout (1 h): retries are
+    # rows in the database, re-sent by the scheduler, never long countdowns.
     backoff_cap_s: float = 300.0
     lease_ttl_s: float = 60.0
     # Some PACS answer success before their C-STOREs are done: wait this long
@@ -34,6 +35,7 @@ class JobPolicy:
     late_window_s: float = 3600.0
 
     def backoff(self, attempt: int) -> float:
-        """Exponential back-off with full jitter for the ``attempt``-th retry."""
+        """Exponential back-off with equal jitter for the ``attempt``-th retry: between
+        half the ceiling and the ceiling, so a retry never comes at once."""
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** max(0, attempt - 1))
         return random.uniform(ceiling / 2, ceiling)

@@ -62,7 +62,8 @@ class DeliveryPolicy:
         )
 
     def backoff(self, attempt: int) -> float:
-        """Full jitter: a receiver back from an outage is not hit by every sender at once."""
+        """Exponential back-off with equal jitter (between half the ceiling and the
+        ceiling): senders spread out after a receiver's outage, and none retries at once."""
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
 

@@ -1,6 +1,6 @@
 """The database of record: SQLAlchemy 2.x models, engines, Alembic migrations.
 
-Imports only :mod:`qrfarm.config` of qrfarm.
+Imports nothing of qrfarm: SQLAlchemy and Alembic only.
 """
 
 from .base import Base, table, utcnow
@@ -16,7 +16,6 @@ from .integration import (
     WebhookDelivery,
 )
 from .jobs import (
-    ACTIVE_STATES,
     ENDED_STATES,
     Attempt,
     DimseResponse,
@@ -32,7 +31,6 @@ from .nodes import NodeProfile, NodeRecord
 from .session import make_engine, session_factory
 
 __all__ = [
-    "ACTIVE_STATES",
     "ENDED_STATES",
     "PREFETCH_ENDED",
     "ApiToken",

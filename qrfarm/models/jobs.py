@@ -38,7 +38,6 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.RECONCILING)
 # StrEnum members: "completed" in ENDED_STATES holds for the plain string too.
 ENDED_STATES = frozenset(
     {JobState.COMPLETED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED}

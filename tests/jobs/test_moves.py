@@ -6,8 +6,10 @@ import datetime as dt
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.jobs.moves import allocate_message_id, begin_move_attempt, release_message_id
-from qrfarm.models import Attempt, Job, MoveMessageId, utcnow
+from qrfarm.jobs.leases import claim
+from qrfarm.jobs.moves import allocate_message_id, release_message_id
+from qrfarm.jobs.policy import JobPolicy
+from qrfarm.models import Attempt, MoveMessageId, utcnow
 
 from .conftest import add_job
 
@@ -16,7 +18,11 @@ def begin(sessions: sessionmaker[Session], calling_ae: str = "QRFARM") -> tuple[
     """A new attempt of a new move job; (attempt id, its Message ID)."""
     job_id = add_job(sessions)
     with sessions() as session, session.begin():
-        attempt = begin_move_attempt(session, session.get_one(Job, job_id), calling_ae)
+        # As the runner does: claim the job (an attempt), then reserve its Message ID.
+        claimed = claim(session, job_id, "test-worker", JobPolicy())
+        assert claimed is not None
+        attempt = session.get_one(Attempt, claimed[0].attempt_id)
+        allocate_message_id(session, attempt, calling_ae)
         assert attempt.message_id is not None
         return attempt.id, attempt.message_id
 

@@ -11,9 +11,11 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.jobs.moves import begin_move_attempt
+from qrfarm.jobs.leases import claim
+from qrfarm.jobs.moves import allocate_message_id
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
-from qrfarm.models import Job, JobKind, JobState, NodeRecord
+from qrfarm.jobs.policy import JobPolicy
+from qrfarm.models import Attempt, Job, JobKind, JobState, NodeRecord
 from qrfarm.scp import StorageScp
 from qrfarm.storage import InstanceStorage
 from tests.conftest import CALLING_AE, QRFARM_SCP_AE
@@ -52,11 +54,15 @@ class Db:
                 identifier=identifier.to_json_dict(),
                 node_id=self.node_id(node),
                 destination=destination,
-                state=JobState.RUNNING,
+                state=JobState.QUEUED,
             )
             session.add(job)
             session.flush()
-            attempt = begin_move_attempt(session, job, CALLING_AE)
+            # As the runner does: claim it (running, an attempt), reserve a Message ID.
+            claimed = claim(session, job.id, "test-worker", JobPolicy())
+            assert claimed is not None
+            attempt = session.get_one(Attempt, claimed[0].attempt_id)
+            allocate_message_id(session, attempt, CALLING_AE)
             job_id, message_id = job.id, attempt.message_id
         with self.sessions() as session:
             job = session.get_one(Job, job_id)
