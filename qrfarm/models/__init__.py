@@ -1,6 +1,6 @@
 """The database of record: SQLAlchemy 2.x models, engines, Alembic migrations.
 
-Imports nothing of qrfarm: SQLAlchemy and Alembic only.
+Imports nothing of qrfarm outside this package: SQLAlchemy and Alembic only.
 """
 
 from .base import Base, table, utcnow
