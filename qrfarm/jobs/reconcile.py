@@ -49,7 +49,7 @@ def expected_uids(session: Session, job_id: int) -> set[str]:
 def all_arrived(session: Session, job: Job) -> bool:
     """Whether waiting longer can change nothing: everything expected (or reported) is here."""
     recorded = recorded_uids(session, job.id)
-    if job.expected_count is not None:
+    if job.expected_count:  # an empty list tells nothing: the counts decide
         return expected_uids(session, job.id) <= recorded
     reported = (job.reported_completed or 0) + (job.reported_warning or 0)
     return len(recorded) >= reported
@@ -59,7 +59,7 @@ def finalize(session: Session, job: Job, policy: JobPolicy | None = None) -> Non
     """End a ``reconciling`` job as completed, partial or cancelled; with a
     ``policy`` that retries partial jobs, one with instances missing (and
     attempts left) is queued again for exactly those instead."""
-    claim_orphans(session, job)
+    claim_orphans(session, job, (policy or JobPolicy()).late_window_s)
     session.flush()
     recorded = recorded_uids(session, job.id)
     job.recorded_count = len(recorded)
@@ -71,9 +71,15 @@ def finalize(session: Session, job: Job, policy: JobPolicy | None = None) -> Non
     missing = expected - recorded
     failed = {uid for uid in job.failed_uids if uid not in recorded}
     reported = (job.reported_completed or 0) + (job.reported_warning or 0)
-    reported_failed = job.reported_failed or 0
+    # Failures the PACS named and that arrived after all (a retry, a resend)
+    # are resolved; a failure it only counted is not.
+    reported_failed = max(0, (job.reported_failed or 0) - len(set(job.failed_uids) & recorded))
     job.missing_uids = sorted(missing | failed)
-    if not missing and not failed and reported_failed == 0 and len(recorded) >= reported:
+    # Completeness is decided by content where a find named it: every
+    # expected instance held. Only without that list do the PACS's counts
+    # decide (its completed count may include instances added since the find).
+    enough = len(recorded) >= reported or (bool(expected) and not missing)
+    if not missing and not failed and reported_failed == 0 and enough:
         transition(job, JobState.COMPLETED)
         job.error = None
         RECONCILIATIONS.labels("completed").inc()

@@ -292,3 +292,22 @@ def reopen_late(session: Session, job_ids: list[int]) -> None:
         select(Job).where(Job.id.in_(job_ids), Job.state.in_(_REOPENED_BY_LATE)).with_for_update()
     ):
         reopen_for_late_arrival(session, job)
+
+
+def file_is_recorded(connection: Connection, study_uid: str, file_path: str) -> bool:
+    """Whether any row (a job's or an orphan's) points to this stored file."""
+    return bool(
+        connection.execute(
+            select(
+                exists().where(
+                    _RECEIVED.c.study_instance_uid == study_uid,
+                    _RECEIVED.c.file_path == file_path,
+                )
+                | exists().where(
+                    _ORPHANS.c.study_instance_uid == study_uid,
+                    _ORPHANS.c.file_path == file_path,
+                )
+            )
+        ).scalar()
+    )
+

@@ -292,7 +292,7 @@ def _retry_still_missing(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> lis
         job = fenced(session, taken)
         if job is None:
             return []
-        claim_orphans(session, job)
+        claim_orphans(session, job, deps.policy.late_window_s)
         session.flush()
         held = recorded_uids(session, job.id)
     return [uid for uid in snap.retry_uids if uid not in held]

@@ -48,21 +48,26 @@ def _values(identifier: dict[str, Any], tag: str) -> list[str]:
 
 
 def outside_identifier(level: str, identifier: dict[str, Any], keys: InstanceKeys) -> str | None:
-    """Why the instance lies outside a retrieve identifier (DICOM JSON); None if inside."""
+    """Why the instance lies outside a retrieve identifier (DICOM JSON); None if inside.
+
+    The UIDs from the study down to the level decide. Patient ID only decides
+    a PATIENT-level retrieve: above that level the UIDs are unique on their
+    own, and PACS coerce Patient IDs on the way out (to an enterprise ID, or
+    padded with spaces that are not significant in LO)."""
     if level not in _LEVELS:
         return f"the move's level {level!r} is not a retrieve level"
     for key_level, tag, name in _KEYS[: _LEVELS.index(level) + 1]:
-        wanted = _values(identifier, tag)
+        if key_level == "PATIENT" and level != "PATIENT":
+            continue
+        wanted = [v.strip() for v in _values(identifier, tag)]
         value = keys.value(key_level)
         if not wanted:
             if key_level == level:
                 return f"the move's identifier has no {name}"
             continue
         if value is None:
-            if key_level == level:
-                return f"its {name} is not known"
-            continue  # a key above the level: the UIDs below decide
-        if value not in wanted:
+            return f"its {name} is not known"
+        if value.strip() not in wanted:
             return f"its {name} is not one the move asked for"
     return None
 
@@ -76,8 +81,9 @@ def outside_move(
     """Why the instance does not belong to a move; None when it does.
 
     ``expected``: the SOP Instance UIDs an IMAGE-level find named, or None
-    when the move has no such list."""
+    when the move has no such list. An empty list tells nothing (a PACS that
+    answers IMAGE-level finds with no match): the identifier decides alone."""
     reason = outside_identifier(level, identifier, keys)
-    if reason is None and expected is not None and keys.sop_instance_uid not in expected:
+    if reason is None and expected and keys.sop_instance_uid not in expected:
         reason = f"it is not among the {len(expected)} instance(s) the move expects"
     return reason

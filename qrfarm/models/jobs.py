@@ -111,6 +111,9 @@ class Job(Base):
 
     __table_args__ = (
         Index("ix_jobs_state_node", "state", "node_id"),
+        # The moves of a node still receiving or ended within the late window:
+        # looked up for each instance that names no originator.
+        Index("ix_jobs_node_state_ended", "node_id", "state", "ended_at"),
         Index("ix_jobs_state_next_attempt", "state", "next_attempt_at"),
     )
 

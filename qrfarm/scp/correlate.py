@@ -55,32 +55,36 @@ _MOVE_OF = (
 _EXPECTED_OF = select(ExpectedInstance.sop_instance_uid).where(
     ExpectedInstance.job_id == bindparam("job_id")
 )
-# The moves of the sending PACS that may still receive: running, reconciling,
-# waiting for a retry, or ended within the late window; each with whether an
-# IMAGE-level find told it to expect this very instance. One round trip.
-_RECEIVING_MOVES = select(
-    Job.id,
-    Job.level,
-    Job.identifier,
-    Job.expected_count,
-    exists()
-    .where(
-        ExpectedInstance.job_id == Job.id,
-        ExpectedInstance.sop_instance_uid == bindparam("sop_instance_uid"),
-    )
-    .label("expected"),
-).where(
+# The moves of the sending PACS that may still receive: running,
+# reconciling or waiting for a retry (read for each instance: a move that
+# has just begun must be seen at once)...
+_ACTIVE_MOVES = select(Job.id, Job.level, Job.identifier, Job.expected_count).where(
     Job.kind == JobKind.MOVE,
     Job.node_id.in_(bindparam("node_ids", expanding=True)),
+    # One IN on state (an index range per state), then the queued ones narrowed.
+    Job.state.in_((JobState.RUNNING, JobState.RECONCILING, JobState.QUEUED)),
     or_(
-        Job.state.in_((JobState.RUNNING, JobState.RECONCILING)),
-        and_(Job.state == JobState.QUEUED, Job.attempt_count > 0),
-        and_(
-            Job.state.in_((JobState.COMPLETED, JobState.PARTIAL)),
-            Job.ended_at >= bindparam("cutoff"),
-        ),
+        Job.state != JobState.QUEUED,
+        and_(Job.attempt_count > 0, Job.updated_at >= bindparam("cutoff")),
     ),
 )
+# ...and those ended within the late window (read about once a second: a
+# PACS with many moves just ended would otherwise cost them all per instance).
+_ENDED_MOVES = select(Job.id, Job.level, Job.identifier, Job.expected_count).where(
+    Job.kind == JobKind.MOVE,
+    Job.node_id.in_(bindparam("node_ids", expanding=True)),
+    Job.state.in_((JobState.COMPLETED, JobState.PARTIAL)),
+    Job.ended_at >= bindparam("cutoff"),
+)
+_IS_EXPECTED = select(
+    exists().where(
+        ExpectedInstance.job_id == bindparam("job_id"),
+        ExpectedInstance.sop_instance_uid == bindparam("sop_instance_uid"),
+    )
+)
+_STUDY_TAG = "0020000D"
+# Jobs whose late arrivals are still theirs (FAILED and CANCELLED ones are not).
+_LATE_STATES = (JobState.COMPLETED, JobState.PARTIAL)
 
 
 @dataclass(frozen=True)
@@ -96,20 +100,79 @@ class _MoveOf:
     seen_at: float
 
 
-class OriginatorCache:
-    """Recent answers to "which move has this Message ID": the instances of a
-    move all name the same one, so the database is asked about once a move,
-    and the move's expected list is read once.
+_Move = tuple[int, str, dict[str, Any], int | None]  # id, level, identifier, expected count
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """The ended moves of some nodes, by the study UIDs their identifiers name
+    (those naming none, PATIENT-level retrieves, under "")."""
+
+    by_study: dict[str, list[_Move]]
+    loaded_at: float
+
+    def of_study(self, study_uid: str) -> list[_Move]:
+        return self.by_study.get(study_uid, []) + self.by_study.get("", [])
+
+
+def _by_study(moves: list[_Move]) -> dict[str, list[_Move]]:
+    index: dict[str, list[_Move]] = {}
+    for move in moves:
+        element = move[2].get(_STUDY_TAG) or {}
+        for study in {str(v) for v in element.get("Value", []) if v} or {""}:
+            index.setdefault(study, []).append(move)
+    return index
+
+
+class MoveCache:
+    """Recent answers to "which move has this Message ID" and "which moves of
+    this PACS may still receive", per SCP process.
+
+    The instances of a move all name the same Message ID, so the database is
+    asked about once a move, and the move's expected list is read once. The
+    moves of a PACS ended within the late window are read at most about once
+    a second (an instance that matches no move reads them again if they are
+    older than a tenth of a second): a PACS with many moves just ended costs
+    a query a second, not all of them per instance. Running moves are read
+    for each instance.
 
     Safe for a few seconds: an ID is handed out again only after the late
     window has passed since its move ended, an expected list once known does
     not change, and a job's end matters only against the late window.
     """
 
-    def __init__(self, ttl_s: float = 2.0) -> None:
+    def __init__(self, ttl_s: float = 2.0, receiving_ttl_s: float = 1.0) -> None:
         self.ttl_s = ttl_s
+        self.receiving_ttl_s = receiving_ttl_s
         self._moves: dict[tuple[str, int], _MoveOf] = {}
+        self._ended: dict[frozenset[int], _Ended] = {}
         self._lock = threading.Lock()
+
+    def ended(
+        self,
+        connection: Connection,
+        node_ids: frozenset[int],
+        cutoff: dt.datetime,
+        study_uid: str,
+        max_age_s: float | None = None,
+    ) -> list[_Move]:
+        """The moves of these nodes ended within the late window that may hold
+        an instance of ``study_uid``; read again when older than ``max_age_s``."""
+        now = time.monotonic()
+        limit = self.receiving_ttl_s if max_age_s is None else max_age_s
+        with self._lock:
+            cached = self._ended.get(node_ids)
+        if cached is None or now - cached.loaded_at >= limit:
+            rows = connection.execute(
+                _ENDED_MOVES, {"node_ids": sorted(node_ids), "cutoff": cutoff}
+            ).all()
+            moves = [(row.id, row.level, row.identifier, row.expected_count) for row in rows]
+            cached = _Ended(_by_study(moves), now)
+            with self._lock:
+                if len(self._ended) > 1_000:
+                    self._ended.clear()
+                self._ended[node_ids] = cached
+        return cached.of_study(study_uid)
 
     def lookup(self, connection: Connection, ae_title: str, message_id: int) -> _MoveOf | None:
         key = (ae_title, message_id)
@@ -124,7 +187,9 @@ class OriginatorCache:
         if row is None:
             return None  # not cached: the move may be about to begin
         expected = None
-        if row.expected_count is not None:
+        if cached is not None and cached.job_id == row.job_id and cached.expected is not None:
+            expected = cached.expected  # once known, a move's list does not change
+        elif row.expected_count:
             expected = frozenset(connection.execute(_EXPECTED_OF, {"job_id": row.job_id}).scalars())
         move = _MoveOf(
             row.job_id,
@@ -158,16 +223,15 @@ def correlate(
     facts: InstanceFacts,
     nodes: list[KnownNode],
     late_window_s: float,
-    originators: OriginatorCache | None = None,
+    cache: MoveCache | None = None,
 ) -> Correlation:
-    node_ids = {n.id for n in nodes}
+    node_ids = frozenset(n.id for n in nodes)
     cutoff = utcnow() - dt.timedelta(seconds=late_window_s)
-    claimed, refusal = _by_originator(
-        connection, facts, node_ids, cutoff, originators or OriginatorCache(ttl_s=0)
-    )
+    cache = cache or MoveCache(ttl_s=0, receiving_ttl_s=0)
+    claimed, refusal = _by_originator(connection, facts, node_ids, cutoff, cache)
     if claimed is not None and refusal is None:
         return Correlation([Match(claimed, MatchedBy.ORIGINATOR)])
-    matches = _by_uids(connection, facts, node_ids, cutoff)
+    matches = _by_uids(connection, facts, node_ids, cutoff, cache)
     if matches:
         return Correlation(matches)
     return Correlation([], claimed_job_id=claimed, refusal=refusal)
@@ -176,15 +240,15 @@ def correlate(
 def _by_originator(
     connection: Connection,
     facts: InstanceFacts,
-    node_ids: set[int],
+    node_ids: frozenset[int],
     cutoff: dt.datetime,
-    originators: OriginatorCache,
+    cache: MoveCache,
 ) -> tuple[int | None, str | None]:
     """The move the originator names (if any), and why the instance is not
     its own (None: it is)."""
     if not facts.originator_ae or not facts.originator_message_id:
         return None, None
-    move = originators.lookup(connection, facts.originator_ae, facts.originator_message_id)
+    move = cache.lookup(connection, facts.originator_ae, facts.originator_message_id)
     if move is None:
         return None, None
     if move.released_at is not None and move.released_at < cutoff:
@@ -196,29 +260,55 @@ def _by_originator(
     refusal = outside_move(move.level, move.identifier, move.expected, _keys(facts))
     if refusal is not None:
         return move.job_id, refusal
-    if move.state in ENDED_STATES and (move.ended_at is None or move.ended_at < cutoff):
-        return move.job_id, "the move it names ended before the late window"
+    if move.state in ENDED_STATES:
+        if move.state not in _LATE_STATES:
+            return move.job_id, f"the move it names has ended {move.state.value}"
+        if move.ended_at is None or move.ended_at < cutoff:
+            return move.job_id, "the move it names ended before the late window"
     return move.job_id, None
 
 
 def _by_uids(
-    connection: Connection, facts: InstanceFacts, node_ids: set[int], cutoff: dt.datetime
+    connection: Connection,
+    facts: InstanceFacts,
+    node_ids: frozenset[int],
+    cutoff: dt.datetime,
+    cache: MoveCache,
 ) -> list[Match]:
     if not node_ids:
         return []
-    jobs = connection.execute(
-        _RECEIVING_MOVES,
-        {
-            "node_ids": sorted(node_ids),
-            "sop_instance_uid": facts.sop_instance_uid,
-            "cutoff": cutoff,
-        },
-    ).all()
+    parameters = {"node_ids": sorted(node_ids), "cutoff": cutoff}
+    active = [
+        (row.id, row.level, row.identifier, row.expected_count)
+        for row in connection.execute(_ACTIVE_MOVES, parameters)
+    ]
+    study = facts.study_instance_uid
+    moves = active + cache.ended(connection, node_ids, cutoff, study)
+    matches = _matching(connection, facts, moves)
+    if not matches:
+        # A move ended since the list was read may be the one: read it again
+        # (unless just read), so that orphans stay rare and cheap.
+        fresh = active + cache.ended(connection, node_ids, cutoff, study, max_age_s=0.1)
+        matches = _matching(connection, facts, fresh)
+    return matches
+
+
+def _matching(
+    connection: Connection,
+    facts: InstanceFacts,
+    moves: list[_Move],
+) -> list[Match]:
+    """The moves whose identifier holds the instance and, where an IMAGE-level
+    find named what to expect, whose list names it."""
     keys = _keys(facts)
     return [
         Match(job_id, MatchedBy.UIDS)
-        for job_id, level, identifier, expected_count, expected in jobs
-        # An expected list known: only what it names; else the identifier decides.
+        for job_id, level, identifier, expected_count in moves
         if outside_move(level, identifier, None, keys) is None
-        and (expected_count is None or expected)
+        and (
+            not expected_count
+            or connection.execute(
+                _IS_EXPECTED, {"job_id": job_id, "sop_instance_uid": facts.sop_instance_uid}
+            ).scalar()
+        )
     ]

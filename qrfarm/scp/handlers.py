@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.dicom import Status, rejection
 from qrfarm.dicom.sockets import tune
 from qrfarm.errors import InstanceRefused, StorageError, StorageFull, UnsafeUid
-from qrfarm.jobs.recording import InstanceFacts, record, reopen_late
+from qrfarm.jobs.recording import InstanceFacts, file_is_recorded, record, reopen_late
 from qrfarm.models import Job
 from qrfarm.models.session import statement_engine
 from qrfarm.observability import tracing
@@ -31,7 +31,7 @@ from qrfarm.observability.metrics import (
 from qrfarm.storage import InstanceStorage, StoredFile
 
 from . import spool
-from .correlate import OriginatorCache, correlate
+from .correlate import MoveCache, correlate
 from .facts import data_set_offset, read_facts, too_large
 from .gate import ConnectionGate
 from .known_nodes import Admission, KnownNode, KnownNodes
@@ -56,7 +56,7 @@ class ScpContext:
     draining: ThreadEvent = field(default_factory=ThreadEvent)
     # The farm's own health probe: admitted for C-ECHO, refused any C-STORE.
     probe_ae_title: str | None = None
-    originators: OriginatorCache = field(default_factory=OriginatorCache)
+    moves: MoveCache = field(default_factory=MoveCache)
     gate: ConnectionGate = field(default_factory=lambda: ConnectionGate(32, 8))
     # Larger instances are refused; read from the PDUs, never held in memory.
     max_instance_bytes: int = 8 << 30
@@ -66,7 +66,7 @@ class ScpContext:
         # Where instances are recorded: statement by statement on PostgreSQL.
         self.engine: Engine = self.sessions.kw["bind"]
         self.record_engine = statement_engine(self.engine)
-        self.originators.ttl_s = min(self.originators.ttl_s, self.late_window_s / 2)
+        self.moves.ttl_s = min(self.moves.ttl_s, self.late_window_s / 2)
 
     def close(self) -> None:
         """Close the connections made for recording (when they are the SCP's own)."""
@@ -238,6 +238,23 @@ def _trace_store(
         span.end()
 
 
+def discard_unrecorded(
+    engine: Engine, storage: InstanceStorage, stored: StoredFile, study_uid: str, relative: str
+) -> None:
+    """The row was not committed: remove the file this store created, unless a
+    record committed meanwhile points to it (the same bytes, received at once
+    on another association, found it in place and recorded it)."""
+    if stored.created:
+        try:
+            with engine.connect() as connection:
+                if file_is_recorded(connection, study_uid, relative):
+                    storage.settle(stored)
+                    return
+        except SQLAlchemyError:
+            pass  # out of reach: no other record could have committed either
+    storage.discard(stored)
+
+
 def _record_with_one_reconnect(
     ctx: ScpContext,
     facts: InstanceFacts,
@@ -255,7 +272,7 @@ def _record_with_one_reconnect(
             try:
                 with ctx.record_engine.connect() as connection, connection.begin():
                     correlation = correlate(
-                        connection, facts, nodes, ctx.late_window_s, ctx.originators
+                        connection, facts, nodes, ctx.late_window_s, ctx.moves
                     )
                     recorded = record(connection, facts, stored, relative, correlation)
                 break
@@ -263,7 +280,7 @@ def _record_with_one_reconnect(
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
     except BaseException:
-        ctx.storage.discard(stored)
+        discard_unrecorded(ctx.engine, ctx.storage, stored, facts.study_instance_uid, relative)
         raise
     if recorded.late:
         # Rare: an instance after its job was reconciled. In a transaction.

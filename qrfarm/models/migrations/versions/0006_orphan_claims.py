@@ -20,14 +20,19 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     """An orphan names the move it claimed (by its originator) and why it was refused;
-    orphans are found by study when a move later asks for them."""
+    orphans are found by study when a move later asks for them; a node's moves by
+    state and end, for the instances that name no originator."""
     with op.batch_alter_table("orphan_instances", schema=None) as batch_op:
         batch_op.add_column(sa.Column("claimed_job_id", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("refusal", sa.String(length=255), nullable=True))
         batch_op.create_index("ix_orphan_instances_study", ["study_instance_uid"], unique=False)
+    op.create_index(
+        "ix_jobs_node_state_ended", "jobs", ["node_id", "state", "ended_at"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_node_state_ended", table_name="jobs")
     with op.batch_alter_table("orphan_instances", schema=None) as batch_op:
         batch_op.drop_index("ix_orphan_instances_study")
         batch_op.drop_column("refusal")
