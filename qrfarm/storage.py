@@ -130,8 +130,9 @@ class InstanceStorage:
         )
 
     def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> StoredFile:
-        """Write ``data`` (a Part-10 file) where these bytes of the instance belong;
-        settled at once (see :meth:`store_file` for the rules)."""
+        """Write ``data`` (a Part-10 file) where these bytes of the instance belong
+        (see :meth:`store_file` for the rules); :meth:`settle` it once its row
+        is committed, or :meth:`discard` it."""
         fd, temp = tempfile.mkstemp(dir=self.incoming(), prefix="rx-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -139,9 +140,7 @@ class InstanceStorage:
         except OSError as exc:
             Path(temp).unlink(missing_ok=True)
             raise _storage_error(exc, sop_uid) from exc
-        stored = self.store_file(study_uid, series_uid, sop_uid, Path(temp))
-        self.settle(stored)
-        return StoredFile(stored.path, stored.size, stored.created, stored.differs_from_first)
+        return self.store_file(study_uid, series_uid, sop_uid, Path(temp))
 
     def store_file(self, study_uid: str, series_uid: str, sop_uid: str, temp: Path) -> StoredFile:
         """Store the Part-10 file at ``temp`` (in :meth:`incoming`): linked, never

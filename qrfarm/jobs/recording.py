@@ -310,4 +310,3 @@ def file_is_recorded(connection: Connection, study_uid: str, file_path: str) -> 
             )
         ).scalar()
     )
-

@@ -12,13 +12,14 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Status, rejection
 from qrfarm.dicom.sockets import tune
 from qrfarm.errors import InstanceRefused, StorageError, StorageFull, UnsafeUid
-from qrfarm.jobs.recording import InstanceFacts, file_is_recorded, record, reopen_late
+from qrfarm.jobs.ingest import record_stored
+from qrfarm.jobs.recording import InstanceFacts
 from qrfarm.models import Job
 from qrfarm.models.session import statement_engine
 from qrfarm.observability import tracing
@@ -28,13 +29,13 @@ from qrfarm.observability.metrics import (
     STORE_SECONDS,
     STORES,
 )
-from qrfarm.storage import InstanceStorage, StoredFile
+from qrfarm.storage import InstanceStorage
 
 from . import spool
 from .correlate import MoveCache, correlate
 from .facts import data_set_offset, read_facts, too_large
 from .gate import ConnectionGate
-from .known_nodes import Admission, KnownNode, KnownNodes
+from .known_nodes import Admission, KnownNodes
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +195,21 @@ def _store_received(
     except (StorageFull, StorageError) as exc:
         log.error("C-STORE of %s not stored: %s", facts.sop_instance_uid, exc)
         return Status.OUT_OF_RESOURCES, "out_of_resources"
-    relative = str(stored.path.relative_to(ctx.storage.root))
     nodes = ctx.known_nodes.for_calling_ae(facts.calling_ae)
     try:
-        job_ids = _record_with_one_reconnect(ctx, facts, stored, relative, nodes)
+        job_ids = record_stored(
+            ctx.record_engine,
+            ctx.sessions,
+            ctx.storage,
+            facts,
+            stored,
+            lambda connection: correlate(connection, facts, nodes, ctx.late_window_s, ctx.moves),
+        )
     except SQLAlchemyError as exc:
         # The file is whole on disk; without its row it counts for nothing,
         # and the PACS is told to try again.
         log.error("C-STORE of %s not recorded: %s", facts.sop_instance_uid, exc)
         return Status.OUT_OF_RESOURCES, "out_of_resources"
-    ctx.storage.settle(stored)
     RECEIVED_BYTES.inc(facts.size)
     if job_ids and tracing.enabled():
         _trace_store(ctx, facts, job_ids, started_ns)
@@ -236,54 +242,3 @@ def _trace_store(
             },
         )
         span.end()
-
-
-def discard_unrecorded(
-    engine: Engine, storage: InstanceStorage, stored: StoredFile, study_uid: str, relative: str
-) -> None:
-    """The row was not committed: remove the file this store created, unless a
-    record committed meanwhile points to it (the same bytes, received at once
-    on another association, found it in place and recorded it)."""
-    if stored.created:
-        try:
-            with engine.connect() as connection:
-                if file_is_recorded(connection, study_uid, relative):
-                    storage.settle(stored)
-                    return
-        except SQLAlchemyError:
-            pass  # out of reach: no other record could have committed either
-    storage.discard(stored)
-
-
-def _record_with_one_reconnect(
-    ctx: ScpContext,
-    facts: InstanceFacts,
-    stored: StoredFile,
-    relative: str,
-    nodes: list[KnownNode],
-) -> list[int]:
-    """Correlate and record; once more on a fresh connection if the pooled one turned
-    out dead (the engine does not ping before each use: one round trip less per
-    instance). On PostgreSQL each write is one statement that commits itself
-    (the row and its job's count together), so an instance of a known move
-    costs one round trip."""
-    try:
-        for attempt in (1, 2):
-            try:
-                with ctx.record_engine.connect() as connection, connection.begin():
-                    correlation = correlate(
-                        connection, facts, nodes, ctx.late_window_s, ctx.moves
-                    )
-                    recorded = record(connection, facts, stored, relative, correlation)
-                break
-            except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
-    except BaseException:
-        discard_unrecorded(ctx.engine, ctx.storage, stored, facts.study_instance_uid, relative)
-        raise
-    if recorded.late:
-        # Rare: an instance after its job was reconciled. In a transaction.
-        with ctx.sessions() as session, session.begin():
-            reopen_late(session, recorded.late)
-    return recorded.job_ids

@@ -1,4 +1,5 @@
-"""Where a C-GET's instances go: the farm's storage, one row per job and instance."""
+"""Where a C-GET's instances go: the farm's storage, one row per job and instance,
+recorded as the storage SCP records (:func:`qrfarm.jobs.ingest.record_stored`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from qrfarm.dicom import InstanceSink, Status, StoreRequest
 from qrfarm.dicom.identifiers import is_valid_uid
 from qrfarm.dicom.sinks import check_whole
 from qrfarm.errors import StorageError, StorageFull
-from qrfarm.jobs.recording import Correlation, InstanceFacts, Match, record, reopen_late
+from qrfarm.jobs.ingest import record_stored
+from qrfarm.jobs.recording import Correlation, InstanceFacts, Match
 from qrfarm.models import MatchedBy
 from qrfarm.storage import InstanceStorage
 
@@ -57,17 +59,14 @@ class GetStore:
                 size=stored.size,
             )
             try:
-                with self.engine.begin() as connection:
-                    recorded = record(
-                        connection,
-                        facts,
-                        stored,
-                        str(stored.path.relative_to(self.storage.root)),
-                        Correlation([Match(job_id, MatchedBy.GET)]),
-                    )
-                if recorded.late:
-                    with self.sessions() as session, session.begin():
-                        reopen_late(session, recorded.late)
+                record_stored(
+                    self.engine,
+                    self.sessions,
+                    self.storage,
+                    facts,
+                    stored,
+                    lambda _: Correlation([Match(job_id, MatchedBy.GET)]),
+                )
             except SQLAlchemyError as exc:
                 log.error("C-GET instance %s not recorded: %s", request.sop_instance_uid, exc)
                 return Status.OUT_OF_RESOURCES

@@ -9,11 +9,11 @@ from pathlib import Path
 from pydicom import dcmread
 
 from qrfarm.dicom import Level, Root, build_retrieve_identifier
+from qrfarm.jobs.ingest import discard_unrecorded
 from qrfarm.jobs.reconcile import finalize
 from qrfarm.models import ExpectedInstance, Job, JobState, MatchedBy, ReceivedInstance
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.scp import StorageScp
-from qrfarm.scp.handlers import discard_unrecorded
 from qrfarm.storage import InstanceStorage
 from tests.conftest import CALLING_AE
 
