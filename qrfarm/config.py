@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     retry_partial: bool = True
     scheduler_interval_s: float = Field(default=2.0, gt=0)
     redispatch_after_s: float = Field(default=120.0, gt=0)
+    # The audit trail: rows older than this many days are removed by the
+    # scheduler (0: kept for ever). Six years by default, as HIPAA keeps records.
+    audit_retention_days: int = Field(default=2190, ge=0)
     # Webhooks: the shared secret their HMAC-SHA256 signature uses (a job with
     # a callback URL is refused while it is unset), and how long to keep trying.
     webhook_secret: SecretStr | None = None

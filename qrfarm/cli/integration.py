@@ -13,6 +13,7 @@ from ..config import Settings
 from ..jobs import prefetch as prefetches
 from ..jobs.submit import SubmitRules
 from ..observability import metrics
+from ..workflow import audit
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, print_json, run
 from .farm import JsonOpt, database, dispatcher
 
@@ -40,17 +41,58 @@ def api() -> None:
     run(action, service="api")
 
 
+ScopeOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--scope",
+        "-s",
+        help="read (jobs, results, instances, nodes, prefetches), submit (jobs, prefetches, "
+        "cancel, retry) or admin (nodes, rules, the audit trail); repeatable.",
+    ),
+]
+
+
 @token_app.command("create")
-def token_create(name: Annotated[str, typer.Argument(help="Who the token is for.")]) -> None:
-    """Issue a token; it is printed once and only its hash is kept."""
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who the token is for.")], scope: ScopeOpt
+) -> None:
+    """Issue a token with its scopes; it is printed once and only its hash is kept."""
     from ..api import tokens
 
     def action(settings: Settings) -> int:
         engine, sessions = database(settings)
         with sessions() as session, session.begin():
-            token = tokens.issue(session, name)
+            token = tokens.issue(session, name, scope)
+            audit.record(
+                session,
+                audit.os_user(),
+                audit.Event("token.create", "C", detail=f"token {name}: {' '.join(scope)}"),
+            )
         engine.dispose()
         out.print(token, highlight=False)
+        return EXIT_OK
+
+    run(action)
+
+
+@token_app.command("scope")
+def token_scope(
+    name: Annotated[str, typer.Argument(help="The token's name.")], scope: ScopeOpt
+) -> None:
+    """Replace a token's scopes (the token's text stays the same)."""
+    from ..api import tokens
+
+    def action(settings: Settings) -> int:
+        engine, sessions = database(settings)
+        with sessions() as session, session.begin():
+            stored = tokens.set_scopes(session, name, scope)
+            audit.record(
+                session,
+                audit.os_user(),
+                audit.Event("token.scope", "U", detail=f"token {name}: {stored}"),
+            )
+        engine.dispose()
+        out.print(f"token {name}: {stored}", highlight=False)
         return EXIT_OK
 
     run(action)
@@ -65,6 +107,9 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")])
         engine, sessions = database(settings)
         with sessions() as session, session.begin():
             tokens.revoke(session, name)
+            audit.record(
+                session, audit.os_user(), audit.Event("token.revoke", "D", detail=f"token {name}")
+            )
         engine.dispose()
         out.print(f"token {name} revoked", highlight=False)
         return EXIT_OK
@@ -74,16 +119,17 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")])
 
 @token_app.command("list")
 def token_list() -> None:
-    """The tokens issued, and whether each is revoked."""
+    """The tokens issued, their scopes, and whether each is revoked."""
     from ..api import tokens
 
     def action(settings: Settings) -> int:
         engine, sessions = database(settings)
-        table = Table("name", "created", "revoked")
+        table = Table("name", "scopes", "created", "revoked")
         with sessions() as session:
             for row in tokens.listing(session):
                 revoked = row.revoked_at.isoformat(" ", "seconds") if row.revoked_at else ""
-                table.add_row(row.name, row.created_at.isoformat(" ", "seconds"), revoked)
+                created = row.created_at.isoformat(" ", "seconds")
+                table.add_row(row.name, row.scopes, created, revoked)
         engine.dispose()
         out.print(table)
         return EXIT_OK

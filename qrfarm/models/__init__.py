@@ -3,6 +3,7 @@
 Imports nothing of qrfarm outside this package: SQLAlchemy and Alembic only.
 """
 
+from .audit import AuditEvent
 from .base import Base, table, utcnow
 from .instances import MatchedBy, OrphanInstance, ReceivedInstance
 from .integration import (
@@ -35,6 +36,7 @@ __all__ = [
     "PREFETCH_ENDED",
     "ApiToken",
     "Attempt",
+    "AuditEvent",
     "Base",
     "DeliveryState",
     "DimseResponse",

@@ -21,6 +21,8 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # What it may do: scope names separated by spaces (read, submit, admin).
+    scopes: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None]
 
@@ -121,6 +123,9 @@ class Prefetch(Base):
     selected: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     callback_url: Mapped[str | None] = mapped_column(String(2048))
     external_reference: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # A digest of the message that started it (an HL7 order): a resend under the
+    # same control ID must carry the same content.
+    trigger_digest: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[dt.datetime | None]

@@ -35,9 +35,9 @@ class ApiFarm:
         headers = {"Authorization": f"Bearer {token or self.token}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, trust_env=False)
 
-    def issue(self, name: str) -> str:
+    def issue(self, name: str, scopes: tuple[str, ...] = tokens.ALL_SCOPES) -> str:
         with self.farm.client.sessions() as session, session.begin():
-            return tokens.issue(session, name)
+            return tokens.issue(session, name, scopes)
 
     def revoke(self, name: str) -> None:
         with self.farm.client.sessions() as session, session.begin():

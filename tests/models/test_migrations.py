@@ -118,3 +118,30 @@ def test_upgrade_keeps_each_node_admitted_from_where_it_was(kind: str, tmp_path:
         ("open", True),
     ]
     assert all(hosts in ("[]", []) for _, _, hosts in rows)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_upgrade_gives_existing_tokens_read_and_submit_but_not_admin(
+    kind: str, tmp_path: Path
+) -> None:
+    # Before 0008 every token could do everything, nodes and rules included;
+    # the tokens already issued keep what a workflow engine does, and admin
+    # is granted again only explicitly.
+    from sqlalchemy import text
+
+    with database_url(kind, tmp_path) as url:
+        upgrade(url, "0007")
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO api_tokens (name, token_hash, created_at) "
+                    "VALUES ('ris', :hash, '2026-01-01')"
+                ),
+                {"hash": "0" * 64},
+            )
+        upgrade(url)
+        with engine.connect() as connection:
+            scopes = connection.execute(text("SELECT scopes FROM api_tokens")).scalar_one()
+        engine.dispose()
+    assert scopes.split() == ["read", "submit"]
