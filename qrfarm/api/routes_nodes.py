@@ -9,15 +9,17 @@ from fastapi import APIRouter, Path, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import object_session
 
-from qrfarm.dicom import Connection, Node, Operation, StatusCategory, Timeouts, qr_contexts
+from qrfarm.dicom import Connection, Operation, StatusCategory, Timeouts, qr_contexts
 from qrfarm.errors import Conflict, NotFound, QrfarmError
 from qrfarm.jobs import profiles
-from qrfarm.jobs.nodes import NodeSpec, upsert_node
+from qrfarm.jobs.nodes import NodeSpec, node_of, upsert_node
 from qrfarm.jobs.nodes import remove_node as remove_registered_node
 from qrfarm.models import NodeRecord
 
 from .deps import Context, Db
 from .schemas import UNREADABLE_BODY, EchoOut, ErrorOut, NodeCreate, NodeIn, NodeOut
+from .scopes import needs
+from .tokens import Scope
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 Name = Annotated[str, Path(min_length=1, max_length=64)]
@@ -37,6 +39,10 @@ def _out(row: NodeRecord) -> dict[str, Any]:
         "store_ae_titles": list(row.store_ae_titles or []),
         "store_hosts": list(row.store_hosts or []),
         "any_store_host": row.any_store_host,
+        "tls": row.tls,
+        "tls_ca_file": row.tls_ca_file,
+        "tls_cert_file": row.tls_cert_file,
+        "tls_key_file": row.tls_key_file,
     }
 
 
@@ -60,13 +66,17 @@ def _save(ctx: Context, db: Db, name: str, body: NodeIn) -> NodeRecord:
             list(body.store_ae_titles),
             store_hosts=list(body.store_hosts),
             any_store_host=body.any_store_host,
+            tls=body.tls,
+            tls_ca_file=body.tls_ca_file,
+            tls_cert_file=body.tls_cert_file,
+            tls_key_file=body.tls_key_file,
         ),
     )
     db.commit()
     return row
 
 
-@router.get("", response_model=list[NodeOut])
+@router.get("", response_model=list[NodeOut], **needs(Scope.READ))
 def list_nodes(db: Db) -> list[dict[str, Any]]:
     return [_out(r) for r in db.scalars(select(NodeRecord).order_by(NodeRecord.name))]
 
@@ -76,6 +86,7 @@ def list_nodes(db: Db) -> list[dict[str, Any]]:
     status_code=status.HTTP_201_CREATED,
     response_model=NodeOut,
     responses={**UNREADABLE_BODY, 409: {"model": ErrorOut}},
+    **needs(Scope.ADMIN, ("node.add", "C")),
 )
 def add_node(body: NodeCreate, ctx: Context, db: Db, response: Response) -> dict[str, Any]:
     """Register a node; a name already taken is a conflict (change it with PUT)."""
@@ -86,12 +97,17 @@ def add_node(body: NodeCreate, ctx: Context, db: Db, response: Response) -> dict
     return _out(row)
 
 
-@router.get("/{name}", response_model=NodeOut, responses=NOT_FOUND)
+@router.get("/{name}", response_model=NodeOut, responses=NOT_FOUND, **needs(Scope.READ))
 def read_node(name: Name, db: Db) -> dict[str, Any]:
     return _out(_row(db, name))
 
 
-@router.put("/{name}", response_model=NodeOut, responses={**UNREADABLE_BODY, **NOT_FOUND})
+@router.put(
+    "/{name}",
+    response_model=NodeOut,
+    responses={**UNREADABLE_BODY, **NOT_FOUND},
+    **needs(Scope.ADMIN, ("node.change", "U")),
+)
 def change_node(name: Name, body: NodeIn, ctx: Context, db: Db) -> dict[str, Any]:
     """Change a node's address, limits or store AE titles."""
     _row(db, name)
@@ -102,6 +118,7 @@ def change_node(name: Name, body: NodeIn, ctx: Context, db: Db) -> dict[str, Any
     "/{name}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, 409: {"model": ErrorOut}},
+    **needs(Scope.ADMIN, ("node.remove", "D")),
 )
 def remove_node(name: Name, db: Db) -> Response:
     """Remove a node no job refers to (jobs keep their node: the record stays whole)."""
@@ -118,11 +135,12 @@ def remove_node(name: Name, db: Db) -> Response:
         **NOT_FOUND,
         502: {"model": EchoOut, "description": "No association could be made; why."},
     },
+    **needs(Scope.READ),
 )
 def echo_node(name: Name, ctx: Context, db: Db, response: Response) -> dict[str, Any]:
     """C-ECHO the node; 502 when no association can be made, with the reason."""
     row = _row(db, name)
-    node = Node(row.ae_title, row.host, row.port)
+    node = node_of(row)
     ctx.settings.check_target(node.host)
     started = time.monotonic()
     timeouts = Timeouts(

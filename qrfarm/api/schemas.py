@@ -169,6 +169,12 @@ class NodeIn(BaseModel):
     # its own host. any_store_host: from any address (a PACS behind NAT).
     store_hosts: list[str] = Field(default=[], max_length=32)
     any_store_host: bool = False
+    # TLS for every association with it: the CA to trust (null: the system's
+    # trust store), our certificate and key if it asks; paths on the workers.
+    tls: bool = False
+    tls_ca_file: str | None = Field(default=None, max_length=1024)
+    tls_cert_file: str | None = Field(default=None, max_length=1024)
+    tls_key_file: str | None = Field(default=None, max_length=1024)
 
 
 class NodeCreate(NodeIn):
@@ -260,7 +266,8 @@ class CheckOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
-    checks: dict[str, CheckOut]
+    # Only for a caller with a valid token: what is down, and why.
+    checks: dict[str, CheckOut] | None = None
 
 
 class ErrorDetail(BaseModel):

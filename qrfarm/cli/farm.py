@@ -19,14 +19,25 @@ from ..dicom import Connection, Node, Operation, StatusCategory, qr_contexts
 from ..errors import DatabaseNotReady, UnknownNode
 from ..jobs import prefetch, profiles
 from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
-from ..jobs.nodes import NodeSpec, remove_node, upsert_node
+from ..jobs.nodes import NodeSpec, node_of, remove_node, upsert_node
 from ..jobs.submit import SubmitRules
 from ..jobs.sweeper import sweep
 from ..jobs.webhooks import DeliveryPolicy, deliver_due
 from ..models import NodeRecord, make_engine, session_factory
 from ..models.migrate import is_current
 from ..observability import metrics
-from .common import EXIT_FAILURE, EXIT_OK, app, out, print_json, run
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CaOpt,
+    CertOpt,
+    KeyOpt,
+    TlsOpt,
+    app,
+    out,
+    print_json,
+    run,
+)
 from .probe import heartbeat_path
 from .supervisor import child_command
 
@@ -76,8 +87,13 @@ def node_add(
             help="Admit its AE titles from any address (a PACS behind NAT): no host check.",
         ),
     ] = False,
+    tls: TlsOpt = False,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
 ) -> None:
-    """Register (or change) a PACS node."""
+    """Register (or change) a PACS node (--tls: every job and echo to it over TLS; without
+    --tls-ca the system's trust store is used)."""
 
     def action(settings: Settings) -> int:
         node = Node.parse(address, max_associations=max_associations)
@@ -95,10 +111,14 @@ def node_add(
                     list(store_ae or []),
                     store_hosts=list(store_host or []),
                     any_store_host=any_host,
+                    tls=tls,
+                    tls_ca_file=str(tls_ca.resolve()) if tls_ca else None,
+                    tls_cert_file=str(tls_cert.resolve()) if tls_cert else None,
+                    tls_key_file=str(tls_key.resolve()) if tls_key else None,
                 ),
             )
         engine.dispose()
-        out.print(f"node {name}: {node}", highlight=False)
+        out.print(f"node {name}: {node}{' (TLS)' if tls else ''}", highlight=False)
         return EXIT_OK
 
     run(action)
@@ -212,7 +232,7 @@ def node_echo(name: Annotated[str, typer.Argument(help="The node's name.")]) -> 
         engine.dispose()
         if row is None:
             raise UnknownNode(f"node {name!r} is not registered")
-        node = Node(row.ae_title, row.host, row.port)
+        node = node_of(row)
         settings.check_target(node.host)
         with Connection.open(
             node, qr_contexts([Operation.ECHO]), calling_ae=settings.ae_title

@@ -168,6 +168,9 @@ def register_configured_nodes(settings: Settings, sessions: sessionmaker[Session
                     store_hosts=list(node.store_hosts),
                     any_store_host=node.any_store_host,
                     tls=node.tls,
+                    tls_ca_file=str(node.tls_ca_file) if node.tls_ca_file else None,
+                    tls_cert_file=str(node.tls_cert_file) if node.tls_cert_file else None,
+                    tls_key_file=str(node.tls_key_file) if node.tls_key_file else None,
                 ),
             )
 

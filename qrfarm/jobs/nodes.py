@@ -1,14 +1,16 @@
-"""Registering PACS nodes in the database (the settings file's, or added by hand)."""
+"""Registering PACS nodes in the database (the settings file's, or added by hand),
+and the Node every part of the farm reaches one through (its TLS included)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from qrfarm.dicom.node import Node, validate_ae_title
-from qrfarm.errors import Conflict, UnknownNode
+from qrfarm.dicom.node import Node, TlsSettings, validate_ae_title
+from qrfarm.errors import Conflict, InvalidNode, UnknownNode
 from qrfarm.models import Job, NodeRecord
 from qrfarm.nodes.hosts import check_host_pattern
 
@@ -25,12 +27,21 @@ class NodeSpec:
     # empty: ``host``. ``any_store_host``: from anywhere (a PACS behind NAT).
     store_hosts: list[str] = field(default_factory=list)
     any_store_host: bool = False
+    # TLS: the CA to trust (None: the system's trust store; verification is
+    # never off for a registered node), our certificate and key if it asks.
     tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
 
 def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     """Create or update the node named ``spec.name``; validated like any Node."""
     Node(spec.ae_title, spec.host, spec.port, max_associations=spec.max_associations)
+    if not spec.tls and (spec.tls_ca_file or spec.tls_cert_file or spec.tls_key_file):
+        raise InvalidNode(f"node {spec.name!r}: TLS files given but TLS is off")
+    if spec.tls_key_file and not spec.tls_cert_file:
+        raise InvalidNode(f"node {spec.name!r}: a TLS key needs its certificate")
     store_titles = [validate_ae_title(t, "store AE title") for t in spec.store_ae_titles]
     store_hosts = [check_host_pattern(h) for h in spec.store_hosts]
     row = session.scalar(select(NodeRecord).where(NodeRecord.name == spec.name))
@@ -45,8 +56,33 @@ def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     row.store_hosts = store_hosts
     row.any_store_host = spec.any_store_host
     row.tls = spec.tls
+    row.tls_ca_file = spec.tls_ca_file
+    row.tls_cert_file = spec.tls_cert_file
+    row.tls_key_file = spec.tls_key_file
     session.flush()
     return row
+
+
+def tls_of(row: NodeRecord) -> TlsSettings | None:
+    """The node's TLS settings, or None when it is reached over plain TCP."""
+    if not row.tls:
+        return None
+    return TlsSettings(
+        ca_file=Path(row.tls_ca_file) if row.tls_ca_file else None,
+        cert_file=Path(row.tls_cert_file) if row.tls_cert_file else None,
+        key_file=Path(row.tls_key_file) if row.tls_key_file else None,
+    )
+
+
+def node_of(row: NodeRecord, max_associations: int | None = None) -> Node:
+    """The Node a registered node is reached through: address, TLS and limit."""
+    return Node(
+        row.ae_title,
+        row.host,
+        row.port,
+        tls=tls_of(row),
+        max_associations=row.max_associations if max_associations is None else max_associations,
+    )
 
 
 def remove_node(session: Session, name: str) -> None:

@@ -61,6 +61,7 @@ from .dispatch import RUN_JOB, Dispatcher, node_queue
 from .expected import ExpectedAlongside, SpareConnections, find_and_store, store_expected
 from .leases import Claim, claim, fenced
 from .moves import allocate_message_id, release_message_id
+from .nodes import node_of
 from .orphans import claim_orphans
 from .policy import JobPolicy
 from .reconcile import all_arrived, finalize, recorded_uids
@@ -178,7 +179,7 @@ def _snapshot(session: Session, job: Job, policy: JobPolicy) -> _Snapshot:
         root=Root(job.root),
         level=Level(job.level),
         identifier=Dataset.from_json(job.identifier),
-        node=Node(row.ae_title, row.host, row.port, max_associations=limit),
+        node=node_of(row, limit),
         destination=job.destination,
         retry_uids=list(job.retry_uids or []),
         expected_known=job.expected_count is not None,

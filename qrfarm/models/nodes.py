@@ -30,6 +30,12 @@ class NodeRecord(Base):
     store_hosts: Mapped[list[str]] = mapped_column(JSON, default=list)
     any_store_host: Mapped[bool] = mapped_column(Boolean, default=False)
     tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    # With tls: the CA to trust (none: the system's trust store) and the farm's
+    # own certificate and key for a PACS that asks for one; paths as every
+    # worker sees them (qrfarm.jobs.nodes.node_of builds the Node from them).
+    tls_ca_file: Mapped[str | None] = mapped_column(String(1024))
+    tls_cert_file: Mapped[str | None] = mapped_column(String(1024))
+    tls_key_file: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
