@@ -150,6 +150,22 @@ class Settings(BaseSettings):
     # The REST API (qrfarm api, part of qrfarm serve).
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
+    # Request bodies past this are answered 413 before anything reads them
+    # further or parses them, token or not (by Content-Length, or by counting a
+    # chunked body as it streams): the largest body a route takes, a node or a
+    # prefetch rule, is a few KiB.
+    api_max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # Requests per second each token may make on average, and how many it may
+    # make at once (a token bucket per token; anonymous callers have one per
+    # address). Kept in Redis when the farm has one (permits_redis_url), so
+    # every API process spends from the same bucket; else in the process.
+    # 0: no limit.
+    api_rate_per_s: float = Field(default=20.0, ge=0)
+    api_rate_burst: int = Field(default=100, ge=1)
+    # The farm's metrics without a token on a port of their own, for a scraper
+    # on an internal network (bound to metrics_host); /metrics on the API
+    # port always needs a token. Unset: only that.
+    api_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # The HL7 v2 MLLP listener (qrfarm hl7): which stored prefetch rule an
     # order or scheduling message starts, by message type ("ORM^O01"), and
     # the rule for any other supported type.

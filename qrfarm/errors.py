@@ -260,6 +260,14 @@ class FieldError(PermanentError, ValueError):
         self.rule = rule
 
 
+class BodyTooLarge(PermanentError):
+    """A request body went past the API's limit; it was answered 413 and not read further."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
 class UnusableHl7Message(PermanentError):
     """An HL7 message qrfarm cannot act on; ``code`` is the NAK's acknowledgement code."""
 

@@ -6,12 +6,12 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
 from qrfarm import __version__
-from qrfarm.config import Settings, broker_config
+from qrfarm.config import Settings, broker_config, permits_redis_url
 from qrfarm.jobs.dispatch import Dispatcher, celery_dispatcher
 from qrfarm.jobs.submit import SubmitRules
 from qrfarm.models import make_engine, session_factory
 
-from . import errors, health, metrics, routes_jobs, routes_nodes, routes_prefetch
+from . import errors, health, limits, metrics, routes_jobs, routes_nodes, routes_prefetch
 from .deps import ApiContext, require_token
 from .schemas import ErrorOut
 
@@ -54,4 +54,13 @@ def create_app(
         metrics.router,
     ):
         app.include_router(router, **protected)  # type: ignore[arg-type]
+    # Added last, so outermost: a flood is refused before its body is looked
+    # at, and a body past the limit before anything parses it or checks a token.
+    app.add_middleware(limits.BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(
+        limits.RateLimit,
+        rate_per_s=settings.api_rate_per_s,
+        burst=settings.api_rate_burst,
+        redis_url=permits_redis_url(settings),
+    )
     return app

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
+from fastapi.security import HTTPAuthorizationCredentials
 from kombu.connection import Connection as BrokerConnection
 from sqlalchemy import text
 
@@ -13,8 +14,9 @@ from qrfarm.errors import QrfarmError
 from qrfarm.health import echo_storage_scp
 from qrfarm.models.migrate import is_current
 
-from .deps import ApiContext, Context
+from .deps import ApiContext, Context, bearer
 from .schemas import HealthOut
+from .tokens import authenticate
 
 router = APIRouter(tags=["health"])
 PROBE_TIMEOUT_S = 3.0
@@ -55,9 +57,15 @@ def check_scp(ctx: ApiContext) -> tuple[bool, str]:
     "/health",
     response_model=HealthOut,
     responses={503: {"model": HealthOut, "description": "Something is not usable."}},
+    response_model_exclude_none=True,
 )
-def health(ctx: Context, response: Response) -> dict[str, Any]:
-    """No token needed: for load balancers and probes. 503 when any part is down."""
+def health(
+    ctx: Context,
+    response: Response,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> dict[str, Any]:
+    """No token needed: for load balancers and probes, up (200) or down (503).
+    Which part is down, and why, only with a valid token."""
     checks = {
         name: dict(zip(("ok", "detail"), check(ctx), strict=True))
         for name, check in (
@@ -69,4 +77,9 @@ def health(ctx: Context, response: Response) -> dict[str, Any]:
     healthy = all(c["ok"] for c in checks.values())
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return {"status": "ok" if healthy else "degraded", "checks": checks}
+    answer: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        with ctx.sessions() as db:
+            if authenticate(db, credentials.credentials) is not None:
+                answer["checks"] = checks
+    return answer

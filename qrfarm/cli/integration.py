@@ -27,12 +27,20 @@ app.add_typer(rule_app, name="prefetch-rule")
 def api() -> None:
     """Serve the REST API (QRFARM_API_HOST, QRFARM_API_PORT)."""
     import uvicorn
+    from prometheus_client import start_http_server
 
     from ..api.app import create_app
 
     def action(settings: Settings) -> int:
         engine, _ = database(settings)
         application = create_app(settings, engine=engine)
+        if settings.api_metrics_port is not None:
+            # The farm's metrics without a token, on their own port only.
+            start_http_server(
+                settings.api_metrics_port,
+                addr=settings.metrics_host,
+                registry=application.state.qrfarm.metrics,
+            )
         out.print(f"qrfarm API on http://{settings.api_host}:{settings.api_port}", highlight=False)
         uvicorn.run(application, host=settings.api_host, port=settings.api_port, log_level="info")
         engine.dispose()
