@@ -98,6 +98,15 @@ class Settings(BaseSettings):
     # (HAProxy's send-proxy-v2): addresses, networks or names. Connections
     # from them must begin with it; the PACS's own address is admitted.
     scp_proxy_protocol_from: Annotated[list[str], NoDecode] = []
+    # DICOM TLS on a port of its own beside scp_port (unset: none), for PACS
+    # that store over TLS: the SCP's certificate chain and key (both needed).
+    # With a CA file every peer must present a client certificate that CA
+    # signed; without, any TLS peer connects and is admitted, as on the plain
+    # port, by AE title and host.
+    scp_tls_port: int | None = Field(default=None, ge=0, le=65535)
+    scp_tls_cert_file: Path | None = None
+    scp_tls_key_file: Path | None = None
+    scp_tls_ca_file: Path | None = None
     # Storage SCP processes sharing one listening socket (qrfarm scp
     # --processes): one per core spreads many associations over the cores,
     # past one process's GIL.

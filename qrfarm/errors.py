@@ -49,6 +49,11 @@ class InvalidNode(PermanentError, ValueError):
     """A node description (AE title, host, port, TLS files) is not usable."""
 
 
+class InvalidTlsSettings(PermanentError, ValueError):
+    """A listener's TLS settings (the storage SCP's, the API's) are incomplete or
+    their files cannot be loaded: the service does not start without them."""
+
+
 class TargetNotAllowed(PermanentError):
     """The host is outside the outbound allow-list of the settings."""
 

@@ -25,6 +25,7 @@ from ..observability import metrics
 from ..sandbox.pacs import Behaviour, SandboxPacs
 from ..sandbox.synthetic import generate_corpus
 from ..scp import StorageScp
+from ..scp import tls as scp_tls
 from ..storage import InstanceStorage
 from .common import EXIT_OK, app, out, run
 from .farm import database
@@ -227,6 +228,12 @@ def scp(
             probe_ae_title=settings.probe_ae_title,
             listen_fd=listen_fd,
             proxy_protocol_from=settings.scp_proxy_protocol_from,
+            tls_port=settings.scp_tls_port,
+            tls_context=None
+            if settings.scp_tls_port is None
+            else scp_tls.server_context(
+                settings.scp_tls_cert_file, settings.scp_tls_key_file, settings.scp_tls_ca_file
+            ),
         )
         if settings.metrics_port is not None and not child:
             metrics.serve(settings.metrics_port, settings.metrics_host)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from qrfarm.models import OrphanInstance, ReceivedInstance
 from qrfarm.nodes.hosts import HostPatterns, Resolver, check_host_pattern, peer_address
 from qrfarm.storage import InstanceStorage
 
-from . import proxy_protocol
+from . import proxy_protocol, tls
 from .gate import ConnectionGate
 from .handlers import (
     ScpContext,
@@ -51,6 +52,10 @@ class ReusePortServer(ThreadedAssociationServer):
     proxies: HostPatterns | None = None
     # Slots and per-host caps (None: pynetdicom's own thread count only).
     gate: ConnectionGate | None = None
+    # DICOM TLS: every connection shakes hands (after any PROXY header) within
+    # this many seconds, or is closed.
+    tls_context: ssl.SSLContext | None = None
+    tls_handshake_timeout_s: float = 5.0
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # In the connection's own thread: a proxy slow with its header holds
@@ -64,6 +69,13 @@ class ReusePortServer(ThreadedAssociationServer):
                 return
             if source is not None:  # None: the proxy's own health check
                 client_address = source
+        if self.tls_context is not None:
+            wrapped = tls.handshake(
+                request, self.tls_context, self.tls_handshake_timeout_s, client_address[0]
+            )
+            if wrapped is None:
+                return
+            request = wrapped
         if self.gate is None:
             super().finish_request(request, client_address)
             return
@@ -151,6 +163,8 @@ class StorageScp:
         probe_ae_title: str | None = None,
         listen_fd: int | None = None,
         proxy_protocol_from: Sequence[str] = (),
+        tls_port: int | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
@@ -173,7 +187,11 @@ class StorageScp:
             max_instance_bytes=max_instance_bytes,
             max_pdu=max_pdu,
         )
+        # A second listener on tls_port, same handlers and slots, speaking TLS.
+        self.tls_port = tls_port
+        self.tls_context = tls_context
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
 
     def _ae(self) -> AE:
@@ -212,16 +230,16 @@ class StorageScp:
                 type[ReusePortServer],
                 type("HandedDownSocketServer", (ReusePortServer,), {"listen_fd": self.listen_fd}),
             )
-        server = ae.make_server(
-            (self.host, self.port), evt_handlers=handlers, server_class=server_class
-        )
-        cast(ReusePortServer, server).gate = self.context.gate
-        if self.proxy_protocol_from:
-            cast(ReusePortServer, server).proxies = HostPatterns.parse(
-                self.proxy_protocol_from, Resolver()
-            )
-        # AE.start_server keeps its servers in this list, and shutdown() expects it.
-        ae._servers.append(server)
+        server = self._listen(ae, handlers, self.port, server_class)
+        if self.tls_context is not None and self.tls_port is not None:
+            # Its own SO_REUSEPORT socket in each process, as --processes share it.
+            self._tls_server = self._listen(ae, handlers, self.tls_port, ReusePortServer)
+            cast(ReusePortServer, self._tls_server).tls_context = self.tls_context
+            self.tls_port = int(self._tls_server.server_address[1])
+            threading.Thread(
+                target=self._tls_server.serve_forever, name="storage-scp-tls", daemon=True
+            ).start()
+            log.info("storage SCP %s: TLS on %s:%d", self.ae_title, self.host, self.tls_port)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name="storage-scp", daemon=True
@@ -230,6 +248,20 @@ class StorageScp:
         self.port = int(server.server_address[1])
         log.info("storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
         return self.port
+
+    def _listen(
+        self, ae: AE, handlers: list[Any], port: int, server_class: type[ReusePortServer]
+    ) -> ThreadedAssociationServer:
+        server = ae.make_server((self.host, port), evt_handlers=handlers, server_class=server_class)
+        cast(ReusePortServer, server).gate = self.context.gate
+        cast(ReusePortServer, server).tls_handshake_timeout_s = self.associate_timeout_s
+        if self.proxy_protocol_from:
+            cast(ReusePortServer, server).proxies = HostPatterns.parse(
+                self.proxy_protocol_from, Resolver()
+            )
+        # AE.start_server keeps its servers in this list, and shutdown() expects it.
+        ae._servers.append(server)
+        return server
 
     def _recover(self) -> None:
         """Sweep what SCP processes killed on this storage left: temp files, and
@@ -254,23 +286,24 @@ class StorageScp:
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Refuse new associations, let the ones in flight finish, then close."""
-        server = self._server
-        if server is None:
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        if not servers:
             return
         self.context.draining.set()
-        server.shutdown()  # stops accepting and closes the listening socket
+        for server in servers:
+            server.shutdown()  # stops accepting and closes the listening socket
         deadline = time.monotonic() + drain_timeout
         # Only associations that are established have stores in flight; a
         # connection that never asked for one (a port probe) is not waited for.
         while time.monotonic() < deadline and any(
-            a.is_established for a in server.active_associations
+            a.is_established for server in servers for a in server.active_associations
         ):
             time.sleep(0.05)
-        for assoc in server.active_associations:
+        for assoc in [a for server in servers for a in server.active_associations]:
             if assoc.is_established:
                 log.warning("aborting an association still open after %.0f s", drain_timeout)
             assoc.abort(block=False)
-        self._server = None
+        self._server = self._tls_server = None
         self.context.close()
 
     def serve(self, on_ready: Callable[[], None] | None = None) -> None:
