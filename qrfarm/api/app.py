@@ -11,11 +11,25 @@ from qrfarm.jobs.dispatch import Dispatcher, celery_dispatcher
 from qrfarm.jobs.submit import SubmitRules
 from qrfarm.models import make_engine, session_factory
 
-from . import errors, health, limits, metrics, routes_jobs, routes_nodes, routes_prefetch
+from . import (
+    auditing,
+    errors,
+    health,
+    limits,
+    metrics,
+    routes_audit,
+    routes_jobs,
+    routes_nodes,
+    routes_prefetch,
+)
 from .deps import ApiContext, require_token
 from .schemas import ErrorOut
+from .scopes import check_declared
 
-UNAUTHORIZED = {401: {"model": ErrorOut, "description": "Missing, unknown or revoked token."}}
+UNAUTHORIZED = {
+    401: {"model": ErrorOut, "description": "Missing, unknown or revoked token."},
+    403: {"model": ErrorOut, "description": "The token lacks the scope the route needs."},
+}
 
 
 def create_app(
@@ -51,9 +65,12 @@ def create_app(
         routes_jobs.router,
         routes_nodes.router,
         routes_prefetch.router,
+        routes_audit.router,
         metrics.router,
     ):
         app.include_router(router, **protected)  # type: ignore[arg-type]
+    check_declared(app)
+    auditing.install(app)
     # Added last, so outermost: a flood is refused before its body is looked
     # at, and a body past the limit before anything parses it or checks a token.
     app.add_middleware(limits.BodyLimit, max_bytes=settings.api_max_body_bytes)

@@ -15,7 +15,7 @@ from qrfarm.config import Settings
 from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.submit import SubmitRules
 
-from .tokens import authenticate
+from .tokens import authenticate, scopes_of
 
 
 @dataclass
@@ -49,9 +49,14 @@ bearer = HTTPBearer(auto_error=False, description="A token from `qrfarm token cr
 
 def require_token(
     ctx: Context,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
-    """The token's name; 401 for a missing, unknown or revoked token, before anything runs."""
+    """The token's name; 401 for a missing, unknown or revoked token, before anything runs.
+
+    The name and the token's scopes are kept on ``request.state`` (``token_name``,
+    ``token_scopes``) for the scope check and the audit trail.
+    """
     unauthorized = HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
         detail="a valid bearer token is required",
@@ -63,4 +68,6 @@ def require_token(
         row = authenticate(db, credentials.credentials)
         if row is None:
             raise unauthorized
+        request.state.token_name = row.name
+        request.state.token_scopes = scopes_of(row)
         return row.name

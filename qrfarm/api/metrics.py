@@ -29,6 +29,8 @@ from qrfarm.models import (
 )
 
 from .deps import Context
+from .scopes import needs
+from .tokens import Scope
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ def registry_for(sessions: sessionmaker[Session], redis_url: str | None) -> Coll
     "/metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
+    **needs(Scope.READ),
 )
 def metrics(ctx: Context) -> Response:
     registry: CollectorRegistry = ctx.metrics

@@ -17,6 +17,8 @@ from qrfarm.models import FindResult, Job, JobKind, JobState, NodeRecord, Receiv
 from .deps import Context, Db
 from .dicom_json import keys_from_dicom_json
 from .schemas import UNREADABLE_BODY, CancelOut, ErrorOut, InstanceOut, JobIn, JobOut, Page
+from .scopes import needs
+from .tokens import Scope
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -50,6 +52,7 @@ def reference_of(body_reference: str | None, idempotency_key: str | None) -> str
         **UNREADABLE_BODY,
         200: {"model": JobOut, "description": "The job made before with this key."},
     },
+    **needs(Scope.SUBMIT, ("job.submit", "C")),
 )
 def create_job(
     body: JobIn, ctx: Context, response: Response, idempotency_key: IdempotencyKey = None
@@ -94,7 +97,7 @@ def create_job(
         return job_summary(db, job_id)
 
 
-@router.get("", response_model=Page[JobOut])
+@router.get("", response_model=Page[JobOut], **needs(Scope.READ, ("job.list", "R")))
 def list_jobs(
     db: Db,
     state: JobState | None = None,
@@ -135,7 +138,12 @@ def _naive_utc(value: dt.datetime, name: str) -> dt.datetime:
     return value
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses=NOT_FOUND,
+    **needs(Scope.READ, ("job.read", "R")),
+)
 def read_job(job_id: JobId, db: Db) -> dict[str, Any]:
     """State, counts, progress, every attempt with every response, failed and missing UIDs."""
     return job_summary(db, job_id)
@@ -145,6 +153,7 @@ def read_job(job_id: JobId, db: Db) -> dict[str, Any]:
     "/{job_id}/results",
     response_model=Page[dict[str, Any]],
     responses={**NOT_FOUND, 409: {"model": ErrorOut}},
+    **needs(Scope.READ, ("job.results.read", "R")),
 )
 def job_results(job_id: JobId, db: Db, limit: Limit = 100, offset: Offset = 0) -> dict[str, Any]:
     """A find job's answers as DICOM JSON, in the order they came."""
@@ -162,7 +171,12 @@ def job_results(job_id: JobId, db: Db, limit: Limit = 100, offset: Offset = 0) -
     return {"items": list(rows), "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/{job_id}/instances", response_model=Page[InstanceOut], responses=NOT_FOUND)
+@router.get(
+    "/{job_id}/instances",
+    response_model=Page[InstanceOut],
+    responses=NOT_FOUND,
+    **needs(Scope.READ, ("job.instances.read", "R")),
+)
 def job_instances(job_id: JobId, db: Db, limit: Limit = 100, offset: Offset = 0) -> dict[str, Any]:
     """The instances recorded for the job, in the order they arrived."""
     _job(db, job_id)
@@ -197,11 +211,27 @@ def job_instances(job_id: JobId, db: Db, limit: Limit = 100, offset: Offset = 0)
     status_code=status.HTTP_202_ACCEPTED,
     response_model=CancelOut,
     responses=NOT_FOUND,
+    **needs(Scope.SUBMIT, ("job.cancel", "U")),
 )
 def cancel_job(job_id: JobId, ctx: Context) -> dict[str, Any]:
     """Cancel: a queued job ends at once; a running one gets C-CANCEL and ends with what came."""
     state = control.cancel(ctx.sessions, job_id)
     return {"id": job_id, "state": state.value}
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={**NOT_FOUND, 409: {"model": ErrorOut}},
+    **needs(Scope.SUBMIT, ("job.retry", "U")),
+)
+def retry_job(job_id: JobId, ctx: Context) -> dict[str, Any]:
+    """Send a partial or failed job back to the queue; a partial retrieve asks only for
+    what is missing. 409 for a job in any other state."""
+    control.retry(ctx.sessions, job_id, ctx.dispatcher, ctx.settings.max_attempts)
+    with ctx.sessions() as db:
+        return job_summary(db, job_id, responses=False)
 
 
 def _job(db: Db, job_id: int) -> Job:

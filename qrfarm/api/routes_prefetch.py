@@ -14,6 +14,8 @@ from qrfarm.models import Prefetch
 from .deps import Context, Db
 from .routes_jobs import IdempotencyKey, reference_of
 from .schemas import UNREADABLE_BODY, ErrorOut, PrefetchIn, PrefetchOut, RuleOut
+from .scopes import needs
+from .tokens import Scope
 
 router = APIRouter(tags=["prefetch"])
 RuleName = Annotated[str, Path(min_length=1, max_length=64)]
@@ -29,6 +31,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
         **UNREADABLE_BODY,
         200: {"model": PrefetchOut, "description": "The prefetch made before."},
     },
+    **needs(Scope.SUBMIT, ("prefetch.start", "C")),
 )
 def start_prefetch(
     body: PrefetchIn,
@@ -81,23 +84,35 @@ def start_prefetch(
         return prefetch.prefetch_summary(db, prefetch_id)
 
 
-@router.get("/prefetch/{prefetch_id}", response_model=PrefetchOut, responses=NOT_FOUND)
+@router.get(
+    "/prefetch/{prefetch_id}",
+    response_model=PrefetchOut,
+    responses=NOT_FOUND,
+    **needs(Scope.READ, ("prefetch.read", "R")),
+)
 def read_prefetch(prefetch_id: PrefetchId, db: Db) -> dict[str, Any]:
     """The prefetch: its state (the sum of its jobs'), the priors chosen, its jobs."""
     return prefetch.prefetch_summary(db, prefetch_id)
 
 
-@router.get("/prefetch-rules", response_model=list[RuleOut])
+@router.get("/prefetch-rules", response_model=list[RuleOut], **needs(Scope.READ))
 def list_rules(db: Db) -> list[dict[str, Any]]:
     return [{"name": n, "rule": r} for n, r in prefetch.list_rules(db).items()]
 
 
-@router.get("/prefetch-rules/{name}", response_model=RuleOut, responses=NOT_FOUND)
+@router.get(
+    "/prefetch-rules/{name}", response_model=RuleOut, responses=NOT_FOUND, **needs(Scope.READ)
+)
 def read_rule(name: RuleName, db: Db) -> dict[str, Any]:
     return {"name": name, "rule": prefetch.load_rule(db, name)}
 
 
-@router.put("/prefetch-rules/{name}", response_model=RuleOut, responses=UNREADABLE_BODY)
+@router.put(
+    "/prefetch-rules/{name}",
+    response_model=RuleOut,
+    responses=UNREADABLE_BODY,
+    **needs(Scope.ADMIN, ("rule.save", "U")),
+)
 def save_rule(name: RuleName, rule: prefetch.Rule, db: Db) -> dict[str, Any]:
     """Store (or replace) a named rule; prefetches under way keep the rule they began with."""
     prefetch.save_rule(db, name, rule)
@@ -106,7 +121,10 @@ def save_rule(name: RuleName, rule: prefetch.Rule, db: Db) -> dict[str, Any]:
 
 
 @router.delete(
-    "/prefetch-rules/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND
+    "/prefetch-rules/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NOT_FOUND,
+    **needs(Scope.ADMIN, ("rule.delete", "D")),
 )
 def delete_rule(name: RuleName, db: Db) -> Response:
     prefetch.delete_rule(db, name)
