@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     # The REST API (qrfarm api, part of qrfarm serve).
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
+    # HTTPS: the API's certificate chain and key (both, or neither: plain
+    # HTTP, for loopback or behind a TLS proxy).
+    api_tls_cert_file: Path | None = None
+    api_tls_key_file: Path | None = None
     # Request bodies past this are answered 413 before anything reads them
     # further or parses them, token or not (by Content-Length, or by counting a
     # chunked body as it streams): the largest body a route takes, a node or a

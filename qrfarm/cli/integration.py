@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from ..config import Settings
+from ..errors import InvalidTlsSettings
 from ..jobs import prefetch as prefetches
 from ..jobs.submit import SubmitRules
 from ..observability import metrics
@@ -25,13 +28,15 @@ app.add_typer(rule_app, name="prefetch-rule")
 
 @app.command()
 def api() -> None:
-    """Serve the REST API (QRFARM_API_HOST, QRFARM_API_PORT)."""
+    """Serve the REST API (QRFARM_API_HOST, QRFARM_API_PORT; HTTPS with
+    QRFARM_API_TLS_CERT_FILE and QRFARM_API_TLS_KEY_FILE)."""
     import uvicorn
     from prometheus_client import start_http_server
 
     from ..api.app import create_app
 
     def action(settings: Settings) -> int:
+        tls = api_tls_files(settings)  # checked before anything starts
         engine, _ = database(settings)
         application = create_app(settings, engine=engine)
         if settings.api_metrics_port is not None:
@@ -41,12 +46,38 @@ def api() -> None:
                 addr=settings.metrics_host,
                 registry=application.state.qrfarm.metrics,
             )
-        out.print(f"qrfarm API on http://{settings.api_host}:{settings.api_port}", highlight=False)
-        uvicorn.run(application, host=settings.api_host, port=settings.api_port, log_level="info")
+        scheme = "https" if tls else "http"
+        out.print(
+            f"qrfarm API on {scheme}://{settings.api_host}:{settings.api_port}", highlight=False
+        )
+        uvicorn.run(
+            application,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="info",
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
+        )
         engine.dispose()
         return EXIT_OK
 
     run(action, service="api")
+
+
+def api_tls_files(settings: Settings) -> tuple[Path, Path] | None:
+    """The API's certificate chain and key for HTTPS, checked readable; None: plain HTTP."""
+    cert, key = settings.api_tls_cert_file, settings.api_tls_key_file
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise InvalidTlsSettings(
+            "HTTPS needs both QRFARM_API_TLS_CERT_FILE and QRFARM_API_TLS_KEY_FILE"
+        )
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidTlsSettings(f"the API's TLS files cannot be loaded: {exc}") from exc
+    return cert, key
 
 
 ScopeOpt = Annotated[
