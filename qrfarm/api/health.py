@@ -54,6 +54,21 @@ def check_scp(ctx: ApiContext) -> tuple[bool, str]:
 
 
 @router.get(
+    "/ready",
+    responses={503: {"description": "Not ready: its database cannot be used."}},
+)
+def ready(ctx: Context, response: Response) -> dict[str, str]:
+    """Readiness (the Kubernetes probe, `qrfarm probe api`): whether this API can
+    serve, which needs its database at the current schema and nothing else; no
+    token, no details. The storage SCPs are other processes with probes of their
+    own, and a broker outage only delays dispatch (a submit is recorded)."""
+    ok, _ = check_database(ctx)
+    if not ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"status": "ready" if ok else "not ready"}
+
+
+@router.get(
     "/health",
     response_model=HealthOut,
     responses={503: {"model": HealthOut, "description": "Something is not usable."}},

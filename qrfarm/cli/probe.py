@@ -55,7 +55,8 @@ def probe_worker(settings: Settings) -> str:
 
 
 def probe_api(settings: Settings, live: bool) -> str:
-    url = f"http://{local_address(settings.api_host)}:{settings.api_port}/health"
+    # Its readiness route: the database, not the SCPs or the broker (other services).
+    url = f"http://{local_address(settings.api_host)}:{settings.api_port}/ready"
     response = httpx.get(url, timeout=PROBE_TIMEOUT_S, trust_env=False)
     if not live and response.status_code != 200:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")

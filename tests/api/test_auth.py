@@ -1,4 +1,5 @@
-"""Every route but /health refuses a missing, wrong or revoked token, and touches nothing."""
+"""Every route but the probes (/health, /ready) refuses a missing, wrong or revoked
+token, and touches nothing."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def operations(api: ApiFarm) -> list[tuple[str, str]]:
         (method, path)
         for path, methods in schema["paths"].items()
         for method in methods
-        if path != "/health"
+        if path not in ("/health", "/ready")  # probes: no token
     ]
 
 

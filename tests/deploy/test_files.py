@@ -80,7 +80,7 @@ def test_every_kubernetes_manifest_validates_against_the_schemas() -> None:
                 checked += 1
         for patch in spec.get("patches", []):
             assert (folder / patch["path"]).exists(), f"{kustomization}: {patch} does not exist"
-    assert checked == 18  # every resource of base and overlay, the CRD aside
+    assert checked == 23  # every resource of base and overlay, the CRD aside
 
 
 def test_patches_and_autoscaling_name_what_the_base_defines() -> None:
@@ -100,7 +100,7 @@ def test_patches_and_autoscaling_name_what_the_base_defines() -> None:
         if doc["kind"] == "ScaledObject"
     ]
     assert ("Deployment", scaled["spec"]["scaleTargetRef"]["name"]) in base
-    assert scaled["spec"]["triggers"][0]["type"] == "redis"
+    assert scaled["spec"]["triggers"][0]["type"] == "prometheus"
 
 
 def test_the_storage_scps_see_the_real_address_of_each_pacs() -> None:
