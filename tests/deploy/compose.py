@@ -1,11 +1,13 @@
-"""The compose file as docker-compose itself resolves it (anchors, .env.example),
-and its services' commands and environment turned into loopback processes."""
+"""The compose file as docker-compose itself resolves it (anchors, and
+.env.example with the secrets an operator adds to it)."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,36 @@ def docker_compose() -> str:
     return found
 
 
-def compose_config(*args: str) -> subprocess.CompletedProcess[str]:
+# What .env.example leaves for the operator to fill in: no working default.
+OPERATOR_SECRETS = ("POSTGRES_PASSWORD", "QRFARM_WEBHOOK_SECRET")
+
+
+def operator_env(**values: str) -> str:
+    """.env.example as an operator completes it: each secret given its own value."""
+    chosen = {name: secrets.token_urlsafe(24) for name in OPERATOR_SECRETS}
+    chosen.update(values)
+    lines = [
+        line
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.partition("=")[0].strip() not in chosen
+    ]
+    return "\n".join([*lines, *(f"{name}={value}" for name, value in chosen.items())]) + "\n"
+
+
+def compose_config(*args: str, env_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` with the operator's .env (by default: .env.example completed)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".env") as env_file:
+        env_file.write(operator_env() if env_text is None else env_text)
+        env_file.flush()
+        return _config(env_file.name, *args)
+
+
+def _config(env_file: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             docker_compose(),
             "--env-file",
-            str(ENV_EXAMPLE),
+            env_file,
             "-f",
             str(COMPOSE_FILE),
             *args,
