@@ -15,17 +15,21 @@ A job sent twice is harmless: the claim lets only one attempt run.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from qrfarm.errors import BrokerUnavailable
 from qrfarm.models import Job, JobState, NodeRecord, utcnow
 
-from .dispatch import Dispatcher, send_run_jobs
+from .dispatch import RUN_JOB, Dispatcher, node_queue
 from .moves import release_lost_message_ids
 from .policy import JobPolicy
 from .reconcile import finalize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,7 +47,6 @@ def sweep(
     report = SweepReport()
     now = utcnow()
     stale = now - dt.timedelta(seconds=policy.redispatch_after_s)
-    to_send: list[tuple[int, str]] = []
     with sessions() as session, session.begin():
         report.released_message_ids = release_lost_message_ids(session)
         for job in session.scalars(
@@ -85,9 +88,18 @@ def sweep(
             .order_by(Job.priority.desc(), Job.id)
             .with_for_update(of=Job, skip_locked=True)
         ).all()
-        for job, node_name in rows:
+        # Sent while their rows are locked, and stamped only once sent: a
+        # reader never sees a job as dispatched while the broker is refusing
+        # it, and a second scheduler skips the rows. A crash after a send
+        # and before the commit sends that job again later: harmless, the
+        # claim lets one attempt run.
+        for index, (job, node_name) in enumerate(rows):
+            try:
+                dispatcher.send(RUN_JOB, [job.id], node_queue(node_name))
+            except BrokerUnavailable as exc:
+                report.pending = [pending.id for pending, _ in rows[index:]]
+                log.warning("jobs %s due, not sent: %s", report.pending, exc)
+                break
             job.dispatched_at = now
-            to_send.append((job.id, node_name))
-    report.pending = send_run_jobs(sessions, dispatcher, to_send)
-    report.dispatched = [job_id for job_id, _ in to_send if job_id not in report.pending]
+            report.dispatched.append(job.id)
     return report
