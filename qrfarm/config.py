@@ -17,6 +17,8 @@ that nothing in the protocol layer can be pointed elsewhere by accident.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import os
@@ -149,13 +151,24 @@ class Settings(BaseSettings):
     # The audit trail: rows older than this many days are removed by the
     # scheduler (0: kept for ever). Six years by default, as HIPAA keeps records.
     audit_retention_days: int = Field(default=2190, ge=0)
-    # Webhooks: the shared secret their HMAC-SHA256 signature uses (a job with
-    # a callback URL is refused while it is unset), and how long to keep trying.
+    # Webhooks: the Standard Webhooks secret that signs them ("whsec_" and a
+    # base64 key; a job with a callback URL is refused while it is unset), and
+    # how long to keep trying. Their hosts pass allowed_hosts, stricter for
+    # addresses inside (qrfarm.notify.targets).
     webhook_secret: SecretStr | None = None
     webhook_max_attempts: int = Field(default=12, ge=1)
     webhook_backoff_base_s: float = Field(default=2.0, gt=0)
     webhook_backoff_cap_s: float = Field(default=600.0, gt=0)
+    # Connecting, and each read and write; the deadline bounds a whole
+    # attempt, resolution included; at most this much of an answer is read.
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_deadline_s: float = Field(default=30.0, gt=0)
+    webhook_max_response_bytes: int = Field(default=64 << 10, ge=1)
+    # Attempts under way at once, in all and per receiver (scheme, host, port).
+    webhook_concurrency: int = Field(default=16, ge=1)
+    webhook_per_destination: int = Field(default=2, ge=1)
+    # CA certificates for https receivers; unset: the system's.
+    webhook_ca_file: Path | None = None
     # The REST API (qrfarm api, part of qrfarm serve).
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
@@ -204,6 +217,23 @@ class Settings(BaseSettings):
         # The environment gives "127.0.0.1,10.0.0.0/8"; a TOML file gives a list.
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # "whsec_" and the key in base64, 24 to 64 bytes, as Standard Webhooks has it.
+        if value is not None:
+            text = value.get_secret_value()
+            try:
+                key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+            except binascii.Error:
+                key = b""
+            if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
+                raise ValueError(
+                    "a webhook secret is 'whsec_' and a base64 key of 24 to 64 bytes"
+                    " (qrfarm webhook-secret prints a new one)"
+                )
         return value
 
     @field_validator("nodes", mode="before")

@@ -273,6 +273,11 @@ class BodyTooLarge(PermanentError):
         self.limit = limit
 
 
+class ResentWithOtherContent(PermanentError):
+    """A message or request reuses the reference (an HL7 control ID) of an earlier
+    one but says something else: refused, never taken as the earlier one."""
+
+
 class UnusableHl7Message(PermanentError):
     """An HL7 message qrfarm cannot act on; ``code`` is the NAK's acknowledgement code."""
 

@@ -22,9 +22,10 @@ from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
 from ..jobs.nodes import NodeSpec, node_of, remove_node, upsert_node
 from ..jobs.submit import SubmitRules
 from ..jobs.sweeper import sweep
-from ..jobs.webhooks import DeliveryPolicy, deliver_due
 from ..models import NodeRecord, make_engine, session_factory
 from ..models.migrate import is_current
+from ..notify.delivery import DeliveryPolicy, deliver_due, run_deliveries
+from ..notify.signing import new_secret
 from ..observability import metrics
 from .common import (
     EXIT_FAILURE,
@@ -344,6 +345,12 @@ def scheduler(
     run(action, service="scheduler")
 
 
+@app.command("webhook-secret")
+def webhook_secret() -> None:
+    """Print a new webhook signing secret (for QRFARM_WEBHOOK_SECRET, and the receivers)."""
+    typer.echo(new_secret())
+
+
 def _start_webhook_delivery(
     settings: Settings, sessions: sessionmaker[Session], stop: threading.Event, once: bool
 ) -> threading.Thread | None:
@@ -353,16 +360,11 @@ def _start_webhook_delivery(
         return None
 
     def loop() -> None:
-        while True:
-            try:
-                report = deliver_due(sessions, policy)
-                if report.delivered or report.gave_up:
-                    log.info("webhooks: delivered %s, gave up %s", report.delivered, report.gave_up)
-            except Exception:
-                # A database hiccup: the outbox keeps everything; try next round.
-                log.exception("webhook delivery round failed")
-            if once or stop.wait(min(1.0, settings.scheduler_interval_s)):
-                return
+        if once:
+            report = deliver_due(sessions, policy)
+            log.info("webhooks: delivered %s, gave up %s", report.delivered, report.gave_up)
+        else:
+            run_deliveries(sessions, policy, stop)
 
     thread = threading.Thread(target=loop, name="webhooks", daemon=True)
     thread.start()

@@ -22,13 +22,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.config import Settings
-from qrfarm.errors import PermanentError, UnusableHl7Message
+from qrfarm.errors import PermanentError, ResentWithOtherContent, UnusableHl7Message
 from qrfarm.jobs import prefetch
 from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.submit import SubmitRules
 from qrfarm.observability.metrics import HL7_MESSAGES
+from qrfarm.workflow import audit
+from qrfarm.workflow.audit import FAILED, REFUSED, SUCCESS
 
-from .messages import ACCEPT, ERROR, REJECT, acknowledge, acknowledge_raw, read
+from .messages import ACCEPT, ERROR, REJECT, Trigger, acknowledge, acknowledge_raw, read
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1 << 20
@@ -40,6 +42,11 @@ def _ack_code(reply: str) -> str:
         if segment.startswith("MSA") and len(segment) > 4:
             return segment[4:].split(segment[3], 1)[0]
     return "unknown"
+
+
+def _host(peer: object) -> str | None:
+    """The address of a peer as asyncio gives it (host, port[, ...])."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
 
 
 def decode(block: bytes) -> str:
@@ -60,17 +67,28 @@ class Hl7Service:
     def rule_for(self, message_type: str) -> str | None:
         return self.settings.hl7_rules.get(message_type) or self.settings.hl7_default_rule
 
-    def process(self, text: str) -> str:
-        """The acknowledgement for one message; starts its prefetch when it can."""
+    def process(self, text: str, peer: str | None = None) -> str:
+        """The acknowledgement for one message; starts its prefetch when it can.
+
+        Every message answered is written to the audit trail: the sender
+        (MSH-3^MSH-4) and its address ``peer``, the patient, the outcome.
+        """
+        trigger: Trigger | None = None
         try:
             trigger = read(text)
+            reply, outcome, detail = self._act(trigger)
         except UnusableHl7Message as exc:
             log.warning("HL7 message refused (%s): %s", exc.code, exc.reason)
-            return acknowledge_raw(text, exc.code, exc.reason)
+            reply, outcome, detail = acknowledge_raw(text, exc.code, exc.reason), FAILED, exc.reason
+        self._audit(trigger, peer, outcome, detail)
+        return reply
+
+    def _act(self, trigger: Trigger) -> tuple[str, str, str]:
+        """The acknowledgement, the audit outcome and what the audit row says."""
         rule_name = self.rule_for(trigger.message_type)
         if rule_name is None:
             reason = f"no prefetch rule is configured for {trigger.message_type}"
-            return acknowledge(trigger, ERROR, reason)
+            return acknowledge(trigger, ERROR, reason), FAILED, reason
         try:
             with self.sessions() as db:
                 rule = prefetch.load_rule(db, rule_name)
@@ -85,19 +103,46 @@ class Hl7Service:
                     external_reference=(
                         f"hl7:{trigger.sending_application}:{trigger.control_id}"[:255]
                     ),
+                    trigger_digest=trigger.digest,
                 ),
                 self.dispatcher,
                 self.rules,
             )
+        except ResentWithOtherContent as exc:
+            # The control ID of an order already taken, with other content: a
+            # sender's bug or a forgery; neither replaces the order.
+            log.warning("HL7 %s %s: %s", trigger.message_type, trigger.control_id, exc)
+            return acknowledge(trigger, ERROR, str(exc)), REFUSED, str(exc)
         except PermanentError as exc:
             log.warning("HL7 %s %s: %s", trigger.message_type, trigger.control_id, exc)
-            return acknowledge(trigger, ERROR, str(exc))
+            return acknowledge(trigger, ERROR, str(exc)), FAILED, str(exc)
         except SQLAlchemyError as exc:
-            log.error("HL7 %s: database error %s", trigger.control_id, exc)
-            return acknowledge(trigger, ERROR, "the database is not available; send again later")
+            log.error("HL7 %s: database error %s", trigger.control_id, type(exc).__name__)
+            reason = "the database is not available; send again later"
+            return acknowledge(trigger, ERROR, reason), FAILED, reason
         # The prefetch row holds the patient; the log names only the message.
         log.info("HL7 %s %s: prefetch %d", trigger.message_type, trigger.control_id, prefetch_id)
-        return acknowledge(trigger, ACCEPT, f"prefetch {prefetch_id}")
+        return (
+            acknowledge(trigger, ACCEPT, f"prefetch {prefetch_id}"),
+            SUCCESS,
+            f"prefetch {prefetch_id}",
+        )
+
+    def _audit(self, trigger: Trigger | None, peer: str | None, outcome: str, detail: str) -> None:
+        if trigger is not None:
+            actor = audit.Actor("hl7", trigger.sender or "unnamed sender", peer)
+            what = f"{trigger.message_type} {trigger.control_id}: {detail}"
+            patient, study = trigger.patient_id, trigger.study_instance_uid
+        else:
+            actor = audit.Actor("hl7", "unreadable message", peer)
+            what, patient, study = detail, None, None
+        event = audit.Event(
+            "hl7.order", audit.CREATE, outcome, patient_key=patient, study_uid=study, detail=what
+        )
+        try:
+            audit.write(self.sessions, actor, event)
+        except SQLAlchemyError as exc:
+            log.error("HL7 audit row not written: %s", type(exc).__name__)
 
     async def serve_connection(self, reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -110,7 +155,7 @@ class Hl7Service:
                 except (InvalidBlockError, ValueError) as exc:
                     reply = acknowledge_raw("", REJECT, f"not an MLLP block: {exc}")
                 else:
-                    reply = await asyncio.to_thread(self.process, decode(block))
+                    reply = await asyncio.to_thread(self.process, decode(block), _host(peer))
                 HL7_MESSAGES.labels(_ack_code(reply)).inc()
                 writer.writeblock(reply.encode("utf-8"))
                 await writer.drain()

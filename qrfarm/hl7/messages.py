@@ -10,6 +10,7 @@ ZDS-1, where present.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 
 import hl7
@@ -30,6 +31,26 @@ class Trigger:
     patient_id: str
     accession_number: str | None
     study_instance_uid: str | None
+    # MSH-4, and a digest of the whole message but MSH-7 (its time, which a
+    # sender may renew when it sends the same message again).
+    sending_facility: str = ""
+    digest: str = ""
+
+    @property
+    def sender(self) -> str:
+        """MSH-3^MSH-4: who sent it, as the audit trail names it."""
+        return f"{self.sending_application}^{self.sending_facility}".rstrip("^")
+
+
+def content_digest(text: str) -> str:
+    """SHA-256 of a message's segments (CR-separated, as read), MSH-7 left out."""
+    segments = [s.rstrip() for s in text.split("\r") if s.strip()]
+    if segments and segments[0].startswith("MSH") and len(segments[0]) > 3:
+        fields = segments[0].split(segments[0][3])
+        if len(fields) > 6:
+            fields[6] = ""
+        segments[0] = segments[0][3].join(fields)
+    return hashlib.sha256("\r".join(segments).encode("utf-8")).hexdigest()
 
 
 def _field(message: hl7.Message, segment: str, field: int, component: int = 1) -> str | None:
@@ -77,6 +98,8 @@ def read(text: str) -> Trigger:
         patient_id=patient_id,
         accession_number=accession,
         study_instance_uid=study_uid,
+        sending_facility=str(msh(4)).strip() if len(msh) > 4 else "",
+        digest=content_digest(text),
     )
 
 

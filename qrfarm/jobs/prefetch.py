@@ -33,7 +33,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Level
-from qrfarm.errors import InvalidIdentifier, NoSuchPrefetch, NoSuchRule, PermanentError
+from qrfarm.errors import (
+    InvalidIdentifier,
+    NoSuchPrefetch,
+    NoSuchRule,
+    PermanentError,
+    ResentWithOtherContent,
+)
 from qrfarm.models import (
     ENDED_STATES,
     PREFETCH_ENDED,
@@ -146,6 +152,9 @@ class PrefetchRequest:
     current_study_uid: str | None = None
     callback_url: str | None = None
     external_reference: str | None = None
+    # A digest of the message that asked (an HL7 order): the same reference
+    # again must come with the same digest.
+    trigger_digest: str | None = None
 
 
 def _find_request(node: str, patient_id: str) -> JobRequest:
@@ -166,7 +175,8 @@ def start(
 ) -> int:
     """Record a prefetch and its find jobs, then send them; returns its id.
 
-    With an ``external_reference`` already used, that prefetch is returned.
+    With an ``external_reference`` already used, that prefetch is returned,
+    unless its trigger digest differs (ResentWithOtherContent).
     """
     # The patient ID is matched exactly: a wildcard would fetch other patients.
     if any(c in request.patient_id for c in "*?\\"):
@@ -181,7 +191,7 @@ def start(
         )
     try:
         with sessions() as session, session.begin():
-            existing = _existing(session, request.external_reference)
+            existing = _existing(session, request)
             if existing is not None:
                 return existing
             prefetch = Prefetch(
@@ -193,6 +203,7 @@ def start(
                 state=PrefetchState.SEARCHING,
                 callback_url=request.callback_url,
                 external_reference=request.external_reference,
+                trigger_digest=request.trigger_digest,
                 selected=[],
             )
             session.add(prefetch)
@@ -206,7 +217,7 @@ def start(
             prefetch_id = prefetch.id
     except IntegrityError:
         with sessions() as session:
-            existing = _existing(session, request.external_reference)
+            existing = _existing(session, request)
         if existing is None:
             raise
         return existing
@@ -214,10 +225,21 @@ def start(
     return prefetch_id
 
 
-def _existing(session: Session, reference: str | None) -> int | None:
+def _existing(session: Session, request: PrefetchRequest) -> int | None:
+    reference = request.external_reference
     if not reference:
         return None
-    return session.scalar(select(Prefetch.id).where(Prefetch.external_reference == reference))
+    row = session.execute(
+        select(Prefetch.id, Prefetch.trigger_digest).where(Prefetch.external_reference == reference)
+    ).first()
+    if row is None:
+        return None
+    if request.trigger_digest is not None and row.trigger_digest != request.trigger_digest:
+        raise ResentWithOtherContent(
+            f"{reference} was received before with different content (prefetch {row.id}); "
+            "a new order needs a new control ID"
+        )
+    return int(row.id)
 
 
 # --- advancing ---------------------------------------------------------------

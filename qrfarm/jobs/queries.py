@@ -11,7 +11,30 @@ from qrfarm.errors import NoSuchJob
 from qrfarm.models import Attempt, DimseResponse, FindResult, Job, JobKind, JobState, NodeRecord
 
 from .dispatch import DISPATCH_PENDING_NOTE
-from .notify import job_outcome
+
+
+def job_outcome(job: Job, node_name: str | None) -> dict[str, Any]:
+    """What a job is and how it ended: the core of its summary and of its webhook."""
+    return {
+        "id": job.id,
+        "kind": job.kind.value,
+        "state": job.state.value,
+        "node": node_name,
+        "level": job.level,
+        "destination": job.destination,
+        "external_reference": job.external_reference,
+        "expected": job.expected_count,
+        "reported": {
+            "completed": job.reported_completed,
+            "failed": job.reported_failed,
+            "warning": job.reported_warning,
+        },
+        "recorded": job.recorded_count,
+        "failed_uids": list(job.failed_uids or []),
+        "missing_uids": list(job.missing_uids or []),
+        "error": job.error,
+        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+    }
 
 
 def job_state(session: Session, job_id: int) -> JobState:

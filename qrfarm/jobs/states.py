@@ -13,9 +13,9 @@ from sqlalchemy.orm import object_session
 
 from qrfarm.errors import IllegalTransition
 from qrfarm.models import ENDED_STATES, Job, JobState, utcnow
+from qrfarm.notify.outbox import notify_job_ended
 
 from .announce import announce_ended
-from .notify import notify_job_ended
 
 Q, RUN, REC = JobState.QUEUED, JobState.RUNNING, JobState.RECONCILING
 DONE, PART, FAIL, CANC = (

@@ -15,10 +15,10 @@ from qrfarm.dicom.identifiers import KeyValue
 from qrfarm.dicom.node import validate_ae_title
 from qrfarm.errors import InvalidIdentifier, UnknownNode
 from qrfarm.models import Job, JobKind, JobState, NodeRecord, utcnow
+from qrfarm.notify.targets import validate_callback_url
 from qrfarm.observability.tracing import current_traceparent, tracer
 
 from .dispatch import Dispatcher, send_run_jobs
-from .notify import validate_callback_url
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class SubmitRules:
     check_target: Callable[[str], None] | None = None
     default_max_attempts: int = 5
     webhooks_enabled: bool = False
+    # The outbound allow-list callback hosts pass (stricter for addresses
+    # inside: qrfarm.notify.targets); "*" still refuses those.
+    webhook_hosts: tuple[str, ...] = ("*",)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SubmitRules:
@@ -55,6 +58,7 @@ class SubmitRules:
             check_target=settings.check_target,
             default_max_attempts=settings.max_attempts,
             webhooks_enabled=settings.webhook_secret is not None,
+            webhook_hosts=tuple(settings.allowed_hosts),
         )
 
 
@@ -102,7 +106,7 @@ def new_job(
     if request.callback_url is not None:
         validate_callback_url(
             request.callback_url,
-            check_target=rules.check_target,
+            allowed_hosts=rules.webhook_hosts,
             secret_configured=rules.webhooks_enabled,
         )
     node = session.scalar(select(NodeRecord).where(NodeRecord.name == request.node))

@@ -18,7 +18,8 @@ from qrfarm.api import tokens
 from tests.farm.conftest import Farm, make_farm
 from tests.peers.ports import free_port, wait_for_port
 
-WEBHOOK_SECRET = "shared-secret-for-tests"
+# "whsec_" and a base64 key, as Standard Webhooks has it.
+WEBHOOK_SECRET = "whsec_cXJmYXJtLXRlc3RzLXdlYmhvb2stc2lnbmluZy1rZXkh"
 
 
 @dataclass

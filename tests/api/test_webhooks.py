@@ -1,5 +1,6 @@
 """Webhooks: one correctly signed delivery per finished job, retried until a
-receiver that was down comes back, every attempt recorded."""
+receiver that was down comes back, every attempt recorded; callbacks aimed
+inwards refused by the API where they enter."""
 
 from __future__ import annotations
 
@@ -9,14 +10,6 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from qrfarm.jobs.webhooks import (
-    DELIVERY_HEADER,
-    EVENT_HEADER,
-    SIGNATURE_HEADER,
-    DeliveryPolicy,
-    deliver_due,
-    verify,
-)
 from qrfarm.models import (
     DeliveryState,
     WebhookAttempt,
@@ -25,6 +18,8 @@ from qrfarm.models import (
     session_factory,
     upgrade,
 )
+from qrfarm.notify.delivery import EVENT_HEADER, DeliveryPolicy, deliver_due
+from qrfarm.notify.signing import ID_HEADER, new_secret, verify
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port
 
@@ -87,11 +82,13 @@ def test_one_signed_delivery_per_finished_job(
     for delivery in receiver.deliveries:
         headers = {k.lower(): v for k, v in delivery.headers.items()}
         assert delivery.path == "/hooks/qrfarm"
-        assert verify(WEBHOOK_SECRET.encode(), delivery.body, headers[SIGNATURE_HEADER.lower()])
-        assert not verify(b"another secret", delivery.body, headers[SIGNATURE_HEADER.lower()])
+        assert verify(WEBHOOK_SECRET, headers, delivery.body)
+        assert not verify(new_secret(), headers, delivery.body)
         assert headers[EVENT_HEADER.lower()] == "job.ended"
-        assert headers[DELIVERY_HEADER.lower()].isdigit()
+        assert headers[ID_HEADER].startswith("msg_")
         assert delivery.json()["job"]["state"] == "completed"
+        # Ids, states and counts; never the identifier's patient keys.
+        assert b"P00" not in delivery.body
     assert sorted(d.json()["job"]["id"] for d in receiver.deliveries) == sorted(ids)
 
 
@@ -139,7 +136,9 @@ def test_a_delivery_gives_up_after_its_attempts_and_says_so(tmp_path: Path) -> N
                 event="job.ended", url=f"http://127.0.0.1:{free_port()}/hook", body="{}"
             )
         )
-    policy = DeliveryPolicy(secret=b"s", max_attempts=2, timeout_s=2)
+    policy = DeliveryPolicy(
+        secret=new_secret(), allowed_hosts=("127.0.0.1",), max_attempts=2, timeout_s=2
+    )
     for _ in range(2):
         report = deliver_due(sessions, policy)
         with sessions() as session, session.begin():
@@ -152,3 +151,25 @@ def test_a_delivery_gives_up_after_its_attempts_and_says_so(tmp_path: Path) -> N
         assert session.query(WebhookAttempt).count() == 2
     assert deliver_due(sessions, policy).delivered == []
     engine.dispose()
+
+
+def test_callbacks_aimed_inwards_are_refused_where_they_enter(api_farm: ApiFarm) -> None:
+    """The farm allows 127.0.0.1 (QRFARM_ALLOWED_HOSTS=127.0.0.1) and nothing
+    else inside: a job's or a prefetch's callback elsewhere inside gets 422
+    naming the address class. Only checked, never contacted."""
+    refused = {
+        "http://169.254.169.254/latest/meta-data/": "a cloud metadata address",
+        "http://10.0.0.1/hook": "a private address",
+        "http://localhost:9/hook": "a loopback address",  # a name, not the listed address
+        "http://[::1]:9/hook": "a loopback address",
+    }
+    with api_farm.http() as http:
+        for url, named in refused.items():
+            job = {"kind": "find", "node": "nowhere", "level": "STUDY", "keys": {"PatientID": "P1"}}
+            response = http.post("/jobs", json={**job, "callback_url": url})
+            assert response.status_code == 422, response.text
+            (error,) = response.json()["detail"]
+            assert error["loc"] == ["body", "callback_url"] and named in error["msg"], error
+            prefetch = {"patient_id": "P1", "rule": {"nodes": ["nowhere"]}, "callback_url": url}
+            response = http.post("/prefetch", json=prefetch)
+            assert response.status_code == 422 and named in response.text, response.text

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.jobs.prefetch import Rule, save_rule
 from qrfarm.models import (
+    AuditEvent,
     Job,
     JobKind,
     NodeRecord,
@@ -368,3 +369,54 @@ def test_sigterm_stops_the_listener_while_a_sender_keeps_its_connection_open(
         # The listener now serves this connection, waiting for its next message.
         assert msa(hl7.parse(answer[1:-2].decode()))[0] == "AE"
         assert stopped(running) == 0, running.log_text()
+
+
+# --- the audit trail and resends -------------------------------------------------
+
+
+def audit_rows(listener: Listener, patient_id: str) -> list[AuditEvent]:
+    with listener.sessions() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.patient_key == patient_id)
+                .order_by(AuditEvent.id)
+            )
+        )
+
+
+def test_an_order_is_recorded_in_the_audit_trail_with_sender_and_address(
+    listener: Listener,
+) -> None:
+    (ack,) = send(listener, orm("ORD-4001", "PAT-4001", "ACC-4001"))
+    assert msa(ack)[0] == "AA"
+    (prefetch,) = prefetches_of(listener, "PAT-4001")
+    (row,) = audit_rows(listener, "PAT-4001")
+    assert (row.action, row.action_code, row.outcome) == ("hl7.order", "C", "success")
+    assert (row.actor_kind, row.actor, row.source) == ("hl7", "RIS^HOSP", LOCALHOST)
+    assert row.detail is not None
+    assert "ORD-4001" in row.detail and f"prefetch {prefetch.id}" in row.detail
+
+
+def test_a_resend_with_other_content_gets_ae_and_an_audit_row_and_changes_nothing(
+    listener: Listener,
+) -> None:
+    original = orm("ORD-5001", "PAT-5001", "ACC-5001")
+    (first,) = send(listener, original)
+    assert msa(first)[0] == "AA"
+    (prefetch,) = prefetches_of(listener, "PAT-5001")
+    # Only the time of the message (MSH-7) differs: still the same order.
+    (retimed,) = send(listener, original.replace("20240102030405", "20240102030999"))
+    assert msa(retimed) == msa(first)
+    with starts_nothing(listener):
+        # A real order's sender and control ID, another patient.
+        (forged,) = send(listener, orm("ORD-5001", "PAT-5002", "ACC-5001"))
+    code, answered, text = msa(forged)
+    assert (code, answered) == ("AE", "ORD-5001")
+    assert "ORD-5001" in text and "different content" in text
+    assert [p.id for p in prefetches_of(listener, "PAT-5001")] == [prefetch.id]
+    assert prefetches_of(listener, "PAT-5002") == []
+    (row,) = audit_rows(listener, "PAT-5002")
+    assert (row.action, row.outcome, row.actor) == ("hl7.order", "refused", "RIS^HOSP")
+    assert row.detail is not None and "different content" in row.detail
+    assert "PAT-5002" not in listener.log_text()
