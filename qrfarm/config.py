@@ -199,6 +199,24 @@ class Settings(BaseSettings):
     hl7_port: int = Field(default=2575, ge=0, le=65535)
     hl7_rules: dict[str, str] = {}
     hl7_default_rule: str | None = None
+    # Who may send: addresses and CIDR networks of the senders (a RIS, an
+    # interface engine); a connection from elsewhere is closed before a byte
+    # is read. "*" admits any (the listener binds to loopback by default).
+    hl7_allowed_sources: Annotated[list[str], NoDecode] = ["*"]
+    # A connection that sends nothing (or no whole message) for this long is
+    # closed: senders keep connections open between messages and reconnect,
+    # and an idle one must not hold a slot for ever.
+    hl7_idle_timeout_s: float = Field(default=300.0, gt=0)
+    # Connections open at once, in all and from one address; one past either
+    # is closed at once, so one sender cannot take every slot.
+    hl7_max_connections: int = Field(default=64, ge=1)
+    hl7_max_connections_per_source: int = Field(default=8, ge=1)
+    # MLLP over TLS: the listener's certificate chain and key (both, or
+    # neither: plain MLLP). With a CA file, senders must present a client
+    # certificate that CA signed.
+    hl7_tls_cert_file: Path | None = None
+    hl7_tls_key_file: Path | None = None
+    hl7_tls_ca_file: Path | None = None
     # Observability: JSON log lines, this process's Prometheus metrics on a
     # port (unset: not served; the API serves the farm's at /metrics), and
     # an OTLP/HTTP endpoint for traces (OTEL_EXPORTER_OTLP_ENDPOINT works too).
@@ -211,7 +229,9 @@ class Settings(BaseSettings):
     network_timeout: float = 60.0
     connect_timeout: float = 10.0
 
-    @field_validator("allowed_hosts", "scp_proxy_protocol_from", mode="before")
+    @field_validator(
+        "allowed_hosts", "scp_proxy_protocol_from", "hl7_allowed_sources", mode="before"
+    )
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         # The environment gives "127.0.0.1,10.0.0.0/8"; a TOML file gives a list.

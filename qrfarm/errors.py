@@ -278,6 +278,10 @@ class ResentWithOtherContent(PermanentError):
     one but says something else: refused, never taken as the earlier one."""
 
 
+class InvalidHl7Settings(PermanentError, ValueError):
+    """The HL7 listener's allow-list or TLS settings are not usable: it does not start."""
+
+
 class UnusableHl7Message(PermanentError):
     """An HL7 message qrfarm cannot act on; ``code`` is the NAK's acknowledgement code."""
 

@@ -30,6 +30,7 @@ from qrfarm.observability.metrics import HL7_MESSAGES
 from qrfarm.workflow import audit
 from qrfarm.workflow.audit import FAILED, REFUSED, SUCCESS
 
+from .guards import Guards
 from .messages import ACCEPT, ERROR, REJECT, Trigger, acknowledge, acknowledge_raw, read
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,16 @@ class Hl7Service:
         try:
             while True:
                 try:
-                    block = await reader.readblock()
+                    # Idle: nothing, or no whole message, for this long.
+                    async with asyncio.timeout(self.settings.hl7_idle_timeout_s):
+                        block = await reader.readblock()
+                except TimeoutError:
+                    log.info(
+                        "HL7 connection from %s closed: idle for %g s",
+                        peer,
+                        self.settings.hl7_idle_timeout_s,
+                    )
+                    return
                 except asyncio.IncompleteReadError:
                     return  # the sender closed the connection
                 except (InvalidBlockError, ValueError) as exc:
@@ -166,13 +176,16 @@ class Hl7Service:
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         connections: set[asyncio.Task[None]] = set()
+        guards = Guards(self.settings)  # bad allow-list or TLS files: no start
 
         async def serve(reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
             connections.add(task)
             try:
-                await self.serve_connection(reader, writer)
+                async with guards.admitted(writer) as admitted:
+                    if admitted:
+                        await self.serve_connection(reader, writer)
             except asyncio.CancelledError:
                 pass  # stopping: a message cut off gets no ACK and is sent again
             finally:
