@@ -58,6 +58,18 @@ class TargetNotAllowed(PermanentError):
     """The host is outside the outbound allow-list of the settings."""
 
 
+class WebhookTargetRefused(TargetNotAllowed):
+    """A webhook host that is, or resolves to, an address of a class refused
+    unless listed (loopback, private, link-local, cloud metadata, ...)."""
+
+    def __init__(self, host: str, address: str, address_class: str, hint: str) -> None:
+        where = host if host == address else f"{host!r}, which resolves to {address},"
+        super().__init__(f"webhook host {where} is {address_class}; {hint}")
+        self.host = host
+        self.address = address
+        self.address_class = address_class
+
+
 class PresentationContextError(PermanentError):
     """Too many contexts asked for, or the peer accepted none for an operation."""
 

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Level
 from qrfarm.errors import (
+    InvalidCallback,
     InvalidIdentifier,
     NoSuchPrefetch,
     NoSuchRule,
@@ -54,10 +55,11 @@ from qrfarm.models import (
     ReceivedInstance,
     utcnow,
 )
+from qrfarm.notify.outbox import notify_prefetch_ended
+from qrfarm.notify.targets import validate_callback_url
 
 from . import priors
 from .dispatch import Dispatcher
-from .notify import notify_prefetch_ended, validate_callback_url
 from .submit import JobRequest, SubmitRules, new_job, send_jobs
 
 RETURN_KEYS = (
@@ -86,6 +88,11 @@ class Rule(BaseModel):
     max_studies: int = Field(default=3, ge=1, le=100, description="How many priors, newest first.")
     max_age_days: int | None = Field(
         default=None, ge=1, le=36500, description="How far back; unset: no limit."
+    )
+    webhook_patient_keys: bool = Field(
+        default=False,
+        description="Put the patient ID, accession and chosen studies in the prefetch's"
+        " webhook body (an https callback only); otherwise it carries ids, states and counts.",
     )
 
     @field_validator("nodes", "modalities", "body_parts")
@@ -186,9 +193,15 @@ def start(
     if request.callback_url is not None:
         validate_callback_url(
             request.callback_url,
-            check_target=rules.check_target,
+            allowed_hosts=rules.webhook_hosts,
             secret_configured=rules.webhooks_enabled,
         )
+        if request.rule.webhook_patient_keys and not request.callback_url.startswith("https://"):
+            raise InvalidCallback(
+                request.callback_url,
+                "the rule puts patient keys in the webhook (webhook_patient_keys):"
+                " the callback must be https",
+            )
     try:
         with sessions() as session, session.begin():
             existing = _existing(session, request)
