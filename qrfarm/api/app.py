@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
@@ -31,6 +33,18 @@ UNAUTHORIZED = {
     403: {"model": ErrorOut, "description": "The token lacks the scope the route needs."},
 }
 
+# Any route, before its body is parsed or its token checked (qrfarm.api.limits).
+LIMITED: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorOut, "description": "The body is larger than the limit."},
+    429: {
+        "model": ErrorOut,
+        "description": "The token's (or address's) rate limit is reached.",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}
+        },
+    },
+}
+
 
 def create_app(
     settings: Settings, *, engine: Engine | None = None, dispatcher: Dispatcher | None = None
@@ -45,6 +59,7 @@ def create_app(
         version=__version__,
         description="Submit DICOM find, get and move jobs; prefetch prior studies; "
         "be told when they have arrived.",
+        responses=LIMITED,
     )
     app.state.qrfarm = ApiContext(
         settings=settings,
