@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 from sqlalchemy import Engine, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import Settings, broker_config
@@ -27,6 +28,7 @@ from ..models.migrate import is_current
 from ..notify.delivery import DeliveryPolicy, deliver_due, run_deliveries
 from ..notify.signing import new_secret
 from ..observability import metrics
+from ..workflow import audit
 from .common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -101,6 +103,7 @@ def node_add(
         settings.check_target(node.host)
         engine, sessions = database(settings)
         with sessions() as session, session.begin():
+            known = session.scalar(select(NodeRecord.id).where(NodeRecord.name == name))
             upsert_node(
                 session,
                 NodeSpec(
@@ -117,6 +120,12 @@ def node_add(
                     tls_cert_file=str(tls_cert.resolve()) if tls_cert else None,
                     tls_key_file=str(tls_key.resolve()) if tls_key else None,
                 ),
+            )
+            change = audit.Event("node.change", "U") if known else audit.Event("node.add", "C")
+            audit.record(
+                session,
+                audit.os_user(),
+                audit.Event(change.action, change.action_code, node=name, detail=str(node)),
             )
         engine.dispose()
         out.print(f"node {name}: {node}{' (TLS)' if tls else ''}", highlight=False)
@@ -215,6 +224,7 @@ def node_remove(name: Annotated[str, typer.Argument(help="The node's name.")]) -
         engine, sessions = database(settings)
         with sessions() as session, session.begin():
             remove_node(session, name)
+            audit.record(session, audit.os_user(), audit.Event("node.remove", "D", node=name))
         engine.dispose()
         out.print(f"node {name} removed", highlight=False)
         return EXIT_OK
@@ -334,6 +344,7 @@ def scheduler(
             changed = prefetch.advance_all(sessions, send, rules)
             if changed:
                 log.info("prefetches advanced: %s", changed)
+            _audit_round(sessions, settings, report.dispatched, report.finalized, changed)
             if once or stop.wait(settings.scheduler_interval_s):
                 break
         stop.set()
@@ -349,6 +360,35 @@ def scheduler(
 def webhook_secret() -> None:
     """Print a new webhook signing secret (for QRFARM_WEBHOOK_SECRET, and the receivers)."""
     typer.echo(new_secret())
+
+
+def _audit_round(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    dispatched: list[int],
+    finalized: list[int],
+    advanced: list[int],
+) -> None:
+    """What the round changed, in the audit trail; rows past the retention removed."""
+    actor = audit.scheduler()
+    try:
+        with sessions() as session, session.begin():
+            for job_ids, action, code in (
+                (dispatched, "job.dispatch", audit.EXECUTE),
+                (finalized, "job.finalize", audit.UPDATE),
+            ):
+                for job_id in job_ids:
+                    objects = audit.job_objects(session, job_id)
+                    audit.record(session, actor, audit.Event(action, code, **objects))
+            for prefetch_id in advanced:
+                objects = audit.prefetch_objects(session, prefetch_id)
+                audit.record(session, actor, audit.Event("prefetch.advance", "U", **objects))
+        removed = audit.purge(sessions, settings.audit_retention_days)
+    except SQLAlchemyError as exc:
+        log.error("audit rows of the round not written: %s", type(exc).__name__)
+        return
+    if removed:
+        log.info("audit trail: %d row(s) past the retention removed", removed)
 
 
 def _start_webhook_delivery(

@@ -221,6 +221,9 @@ def rule_set(
         engine, sessions = database(settings)
         with sessions() as session, session.begin():
             prefetches.save_rule(session, name, rule)
+            audit.record(
+                session, audit.os_user(), audit.Event("rule.save", "U", detail=f"rule {name}")
+            )
         engine.dispose()
         out.print(f"rule {name}: {rule.model_dump_json()}", highlight=False)
         return EXIT_OK
@@ -278,6 +281,13 @@ def prefetch(
             ),
             dispatcher(settings),
             SubmitRules.from_settings(settings),
+        )
+        audit.write(
+            sessions,
+            audit.os_user(),
+            audit.Event(
+                "prefetch.start", "C", patient_key=patient_id, detail=f"prefetch {prefetch_id}"
+            ),
         )
         (err if as_json else out).print(f"prefetch {prefetch_id} started", highlight=False)
         code = EXIT_OK

@@ -15,6 +15,7 @@ from ..jobs import control
 from ..jobs.queries import find_results, job_summary, list_jobs
 from ..jobs.submit import JobRequest, SubmitRules, submit
 from ..models import ENDED_STATES, JobKind, JobState
+from .audit import note_job
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, print_json, run
 from .farm import JsonOpt, database, dispatcher
 
@@ -127,6 +128,7 @@ def job_show(
         with sessions() as session:
             summary = job_summary(session, job_id)
             answers = find_results(session, job_id) if results else None
+        note_job(sessions, "job.results.read" if results else "job.read", "R", job_id)
         engine.dispose()
         if as_json or results:
             print_json(answers if results else summary)
@@ -178,6 +180,7 @@ def job_cancel(job_id: Annotated[int, typer.Argument(help="The job's id.")]) -> 
     def action(settings: Settings) -> int:
         engine, sessions = database(settings)
         state = control.cancel(sessions, job_id)
+        note_job(sessions, "job.cancel", "U", job_id)
         engine.dispose()
         out.print(f"job {job_id}: {state.value}, cancel asked for", highlight=False)
         return EXIT_OK
@@ -195,6 +198,7 @@ def job_retry(
     def action(settings: Settings) -> int:
         engine, sessions = database(settings)
         control.retry(sessions, job_id, dispatcher(settings), settings.max_attempts)
+        note_job(sessions, "job.retry", "U", job_id)
         out.print(f"job {job_id} queued again", highlight=False)
         code = EXIT_OK
         if wait:
@@ -217,6 +221,7 @@ def queue_job(settings: Settings, request: JobRequest, wait: bool, as_json: bool
     """
     engine, sessions = database(settings)
     job_id = submit(sessions, request, dispatcher(settings), SubmitRules.from_settings(settings))
+    note_job(sessions, "job.submit", "C", job_id)
     (err if as_json else out).print(f"job {job_id} queued", highlight=False)
     with sessions() as session:
         summary = job_summary(session, job_id, responses=False)

@@ -46,6 +46,10 @@ class CliFarm:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return qrfarm(*args, env=self.env)
 
+    def farm_run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """The command with settings of its own on top of the farm's."""
+        return qrfarm(*args, env={**self.env, **env})
+
 
 @pytest.fixture(scope="module")
 def cli_farm(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus) -> Iterator[CliFarm]:
