@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -34,9 +35,15 @@ def docker_compose() -> str:
 OPERATOR_SECRETS = ("POSTGRES_PASSWORD", "QRFARM_WEBHOOK_SECRET")
 
 
+def webhook_secret() -> str:
+    """A Standard Webhooks secret: "whsec_" and a random key in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 def operator_env(**values: str) -> str:
     """.env.example as an operator completes it: each secret given its own value."""
     chosen = {name: secrets.token_urlsafe(24) for name in OPERATOR_SECRETS}
+    chosen["QRFARM_WEBHOOK_SECRET"] = webhook_secret()
     chosen.update(values)
     lines = [
         line

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .compose import webhook_secret
 from .kustomize import (
     KUBERNETES,
     Doc,
@@ -43,7 +44,7 @@ def operator_secrets(tree: Path) -> dict[str, str]:
             f"postgresql+psycopg://qrfarm:{secrets.token_urlsafe(16)}@db.example:5432/qrfarm"
         ),
         "QRFARM_BROKER_URL": f"redis://:{secrets.token_urlsafe(16)}@redis.example:6379/0",
-        "QRFARM_WEBHOOK_SECRET": secrets.token_urlsafe(32),
+        "QRFARM_WEBHOOK_SECRET": webhook_secret(),
     }
     text = "".join(f"{key}={value}\n" for key, value in values.items())
     (tree / PRODUCTION / SECRETS_FILE).write_text(text)
@@ -224,9 +225,15 @@ def test_network_policies_select_every_pod_and_open_only_dicom_and_the_api(
             "qrfarm-hl7": set(),
             "qrfarm-migrate": set(),
         }, overlay
-        # Prometheus scrapes the metrics ports from inside the cluster.
-        for name in ("qrfarm-scp", "qrfarm-worker"):
-            assert 9100 in ingress(docs, pods(docs)[name])[1], (overlay, name)
+        # Prometheus scrapes the metrics ports from inside the cluster (the
+        # API's own, without a token, where the autoscaler's query is read).
+        for name in ("qrfarm-scp", "qrfarm-worker", "qrfarm-api"):
+            pod = pods(docs)[name]
+            port = int(pod["metadata"]["annotations"]["prometheus.io/port"])
+            assert port in ingress(docs, pod)[1], (overlay, name)
+        [api] = pods(docs)["qrfarm-api"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in api["env"]}
+        assert env["QRFARM_API_METRICS_PORT"] == "9100", overlay
 
 
 def scaled_object(docs: list[Doc]) -> Doc:

@@ -18,6 +18,7 @@ import pytest
 
 from tests.api.conftest import ApiFarm, start_api
 from tests.farm.conftest import make_farm
+from tests.peers.ports import free_port
 from tests.postgres_cluster import run_own_postgres
 
 from .kustomize import KUBERNETES, Doc, render
@@ -25,8 +26,11 @@ from .kustomize import KUBERNETES, Doc, render
 
 @pytest.fixture
 def api_alone(tmp_path: Path, qrfarm_scp_port: int) -> Iterator[ApiFarm]:
-    """Redis, PostgreSQL and the API; no SCP, no worker."""
+    """Redis, PostgreSQL and the API (its metrics on their own port, as the
+    Deployment has it); no SCP, no worker."""
     with make_farm("redis-postgresql", tmp_path, qrfarm_scp_port) as farm:
+        farm.env["QRFARM_API_METRICS_PORT"] = str(free_port())
+        farm.env["QRFARM_METRICS_HOST"] = "127.0.0.1"
         yield start_api(farm)
 
 
@@ -97,7 +101,9 @@ def test_the_worker_autoscaler_reads_metrics_the_api_exports(api_alone: ApiFarm)
     with api_alone.http() as http:
         node = {"name": "pacs7", "ae_title": "PACS7", "host": "127.0.0.1", "port": 104}
         assert http.post("/nodes", json=node).status_code == 201
-        exported = http.get("/metrics").text
+    # Read as Prometheus reads it: the API's metrics port, no token.
+    metrics_url = f"http://127.0.0.1:{api_alone.farm.env['QRFARM_API_METRICS_PORT']}/metrics"
+    exported = httpx.get(metrics_url, trust_env=False, timeout=30).text
     for name in names:
         assert f"# TYPE {name} " in exported, name
     # Every node's queue is counted, this one's as well.
