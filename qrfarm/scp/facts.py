@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import struct
 import zlib
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -109,21 +110,58 @@ def _inflate_checked(handle: BinaryIO, max_bytes: int) -> bytes:
     return bytes(header)
 
 
+@dataclass(frozen=True)
+class StoreRequest:
+    """What a C-STORE request and its association say, whichever path received it."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    context_abstract_syntax: str  # the SOP class its presentation context was negotiated for
+    transfer_syntax: str
+    calling_ae: str
+    called_ae: str
+    peer_host: str | None
+    originator_ae: str | None
+    originator_message_id: int | None
+
+    @classmethod
+    def of_event(cls, event: Event) -> StoreRequest:
+        request = event.request
+        assert isinstance(request, C_STORE)
+        originator = request.MoveOriginatorApplicationEntityTitle
+        originator_id = request.MoveOriginatorMessageID
+        address = event.assoc.requestor.address
+        return cls(
+            sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+            context_abstract_syntax=str(event.context.abstract_syntax),
+            transfer_syntax=str(event.context.transfer_syntax),
+            calling_ae=str(event.assoc.requestor.ae_title).strip(),
+            called_ae=str(event.assoc.acceptor.ae_title).strip(),
+            peer_host=str(address) if address else None,
+            originator_ae=str(originator).strip() if originator else None,
+            originator_message_id=int(originator_id) if originator_id is not None else None,
+        )
+
+
 def read_facts(event: Event, path: Path, max_bytes: int) -> InstanceFacts:
-    """The facts of a C-STORE whose data set pynetdicom wrote to ``path``;
-    InstanceRefused, with the status to answer, if not acceptable."""
-    request = event.request
-    assert isinstance(request, C_STORE)
-    sop_class = str(request.AffectedSOPClassUID or "")
-    sop_uid = str(request.AffectedSOPInstanceUID or "")
-    offered_as = str(event.context.abstract_syntax)
+    """The facts of a C-STORE whose data set pynetdicom wrote to ``path``."""
+    return facts_of(StoreRequest.of_event(event), path, max_bytes)
+
+
+def facts_of(request: StoreRequest, path: Path, max_bytes: int) -> InstanceFacts:
+    """The facts of a C-STORE whose data set was written to ``path`` (a Part-10
+    file); InstanceRefused, with the status to answer, if not acceptable."""
+    sop_class = request.sop_class_uid
+    sop_uid = request.sop_instance_uid
+    offered_as = request.context_abstract_syntax
     if sop_class != offered_as:
         # The association negotiated this context for another SOP class.
         raise InstanceRefused(
             Status.SOP_CLASS_NOT_SUPPORTED,
             f"{sop_class} sent on a context for {offered_as}",
         )
-    syntax = UID(str(event.context.transfer_syntax))
+    syntax = UID(request.transfer_syntax)
     try:
         with path.open("rb") as handle:
             offset = data_set_offset(handle)
@@ -157,9 +195,6 @@ def read_facts(event: Event, path: Path, max_bytes: int) -> InstanceFacts:
             f"data set is {dataset_class or '?'} / {dataset_sop or '?'}, "
             f"request says {sop_class} / {sop_uid}",
         )
-    originator = request.MoveOriginatorApplicationEntityTitle
-    originator_id = request.MoveOriginatorMessageID
-    address = event.assoc.requestor.address
     return InstanceFacts(
         sop_class_uid=sop_class,
         sop_instance_uid=sop_uid,
@@ -167,11 +202,11 @@ def read_facts(event: Event, path: Path, max_bytes: int) -> InstanceFacts:
         series_instance_uid=series,
         patient_id=patient_id,
         transfer_syntax=str(syntax),
-        calling_ae=str(event.assoc.requestor.ae_title).strip(),
-        called_ae=str(event.assoc.acceptor.ae_title).strip(),
-        peer_host=str(address) if address else None,
-        originator_ae=str(originator).strip() if originator else None,
-        originator_message_id=int(originator_id) if originator_id is not None else None,
+        calling_ae=request.calling_ae,
+        called_ae=request.called_ae,
+        peer_host=request.peer_host,
+        originator_ae=request.originator_ae,
+        originator_message_id=request.originator_message_id,
         size=size,
     )
 

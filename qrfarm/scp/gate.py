@@ -14,27 +14,38 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import Protocol
 
 from pynetdicom.association import Association
+
+
+class SlotHolder(Protocol):
+    """What holds a slot: a pynetdicom association, or one of the asyncio path's."""
+
+    is_released: bool
+    is_aborted: bool
+    is_rejected: bool
+
+    def is_alive(self) -> bool: ...
 
 
 class ConnectionGate:
     def __init__(self, max_associations: int, max_pending_per_host: int) -> None:
         self.max_associations = max_associations
         self.max_pending_per_host = max_pending_per_host
-        self._admitted: weakref.WeakSet[Association] = weakref.WeakSet()
+        self._admitted: weakref.WeakSet[SlotHolder] = weakref.WeakSet()
         self._lock = threading.Lock()
         # Held while a connection is counted and its association thread started.
         self.accepting = threading.Lock()
 
-    def _holding(self) -> list[Association]:
+    def _holding(self) -> list[SlotHolder]:
         return [
             a
             for a in self._admitted
             if a.is_alive() and not (a.is_released or a.is_aborted or a.is_rejected)
         ]
 
-    def admit(self, assoc: Association) -> bool:
+    def admit(self, assoc: SlotHolder) -> bool:
         """Take a slot for an admitted association; False when none is free."""
         with self._lock:
             if len(self._holding()) >= self.max_associations:

@@ -25,25 +25,18 @@ from qrfarm.models.session import statement_engine
 from qrfarm.observability import tracing
 from qrfarm.observability.metrics import (
     RECEIVED_BYTES,
-    SCP_ASSOCIATIONS,
     STORE_SECONDS,
     STORES,
 )
 from qrfarm.storage import InstanceStorage
 
-from . import spool
+from . import admission, spool
 from .correlate import MoveCache, correlate
-from .facts import data_set_offset, read_facts, too_large
+from .facts import StoreRequest, data_set_offset, facts_of, too_large
 from .gate import ConnectionGate
-from .known_nodes import Admission, KnownNodes
+from .known_nodes import KnownNodes
 
 log = logging.getLogger(__name__)
-
-REJECT_UNKNOWN_CALLING_AE = rejection.UNKNOWN_CALLING_AE
-REJECT_UNKNOWN_CALLED_AE = rejection.UNKNOWN_CALLED_AE
-REJECT_UNVERIFIED = rejection.UNVERIFIED_CALLING_AE  # transient: the database is out of reach
-REJECT_SHUTTING_DOWN = rejection.LOCAL_LIMIT_EXCEEDED  # transient: try again elsewhere
-REJECT_NO_SLOT = rejection.LOCAL_LIMIT_EXCEEDED  # transient: every slot is held
 
 
 @dataclass
@@ -76,62 +69,19 @@ class ScpContext:
 
 
 def handle_requested(event: Event, ctx: ScpContext) -> None:
-    """Admit or reject an association before negotiation: the called AE title must
-    be ours, the calling AE title a known node's, from that node's hosts. Fails
-    closed: whatever goes wrong here rejects (transiently), never admits."""
-    try:
-        reason = _refusal(event, ctx)
-    except Exception:
-        log.exception("association not admitted: admission could not be decided")
-        reason = REJECT_UNVERIFIED
-    if reason is None and not ctx.gate.admit(event.assoc):
-        log.warning("association rejected: all %d slots are held", ctx.gate.max_associations)
-        reason = REJECT_NO_SLOT
-    if reason is None:
-        SCP_ASSOCIATIONS.labels("accepted").inc()
-        return
-    SCP_ASSOCIATIONS.labels("rejected").inc()
-    rejection.reject(event, reason)
-
-
-def _refusal(event: Event, ctx: ScpContext) -> tuple[int, int, int] | None:
-    """Why the association is refused (an A-ASSOCIATE-RJ reason), or None to admit."""
+    """Admit or reject an association before negotiation (``admission.admit``)."""
     request = event.assoc.requestor.primitive
     assert request is not None
-    calling_ae = str(request.calling_ae_title).strip()
-    called_ae = str(request.called_ae_title).strip()
-    host = event.assoc.requestor.address
-    if ctx.draining.is_set():
-        return REJECT_SHUTTING_DOWN
-    ours = str(event.assoc.acceptor.ae_title).strip()
-    if called_ae != ours:
-        log.warning(
-            "association from %s at %s rejected: it called %r, not %r",
-            calling_ae,
-            host,
-            called_ae,
-            ours,
-        )
-        return REJECT_UNKNOWN_CALLED_AE
-    if calling_ae == ctx.probe_ae_title:
-        SCP_ASSOCIATIONS.labels("probe").inc()
-        return None
-    admission = ctx.known_nodes.admission(calling_ae, host)
-    if admission is Admission.UNKNOWN:
-        log.warning(
-            "association from %s at %s rejected: no known node has that AE title at that host",
-            calling_ae,
-            host,
-        )
-        return REJECT_UNKNOWN_CALLING_AE
-    if admission is Admission.UNVERIFIED:
-        log.warning(
-            "association from %s at %s rejected for now: the known nodes cannot be read",
-            calling_ae,
-            host,
-        )
-        return REJECT_UNVERIFIED
-    return None
+    reason = admission.admit(
+        ctx,
+        str(request.calling_ae_title),
+        str(request.called_ae_title),
+        str(event.assoc.acceptor.ae_title),
+        event.assoc.requestor.address,
+        event.assoc,
+    )
+    if reason is not None:
+        rejection.reject(event, reason)
 
 
 def handle_connection_open(event: Event, ctx: ScpContext) -> None:
@@ -141,46 +91,57 @@ def handle_connection_open(event: Event, ctx: ScpContext) -> None:
 
 def handle_store(event: Event, ctx: ScpContext) -> int | Dataset:
     """Store, correlate, record; answer success only once file and row are durable."""
+    request = event.request
+    assert isinstance(request, C_STORE)
+    # pynetdicom wrote the data set to this file in our temp folder as it
+    # arrived; it must be gone (stored or removed) when this returns.
+    spooled = request._dataset_file
+    return store_spooled(
+        ctx,
+        StoreRequest.of_event(event),
+        Path(event.dataset_path),
+        spooled if isinstance(spooled, spool.SpoolFile) else None,
+    )
+
+
+def store_spooled(
+    ctx: ScpContext, request: StoreRequest, received: Path, spooled: spool.SpoolFile | None
+) -> int | Dataset:
+    """The answer to a C-STORE whose data set is in ``received`` (a Part-10 file
+    in the storage root's temp folder, removed here whatever the outcome), on
+    either receive path: stored, correlated and recorded before success."""
     started = time.monotonic()
     started_ns = time.time_ns()
-    status, outcome = _store(event, ctx, started_ns)
+    try:
+        status, outcome = _store_received(ctx, request, received, spooled, started_ns)
+    finally:
+        received.unlink(missing_ok=True)
     STORES.labels(outcome).inc()
     STORE_SECONDS.observe(time.monotonic() - started)
     return status
 
 
-def _store(event: Event, ctx: ScpContext, started_ns: int) -> tuple[int | Dataset, str]:
-    request = event.request
-    assert isinstance(request, C_STORE)
-    # pynetdicom wrote the data set to this file in our temp folder as it
-    # arrived; it must be gone (stored or removed) when this returns.
-    received = Path(event.dataset_path)
-    try:
-        return _store_received(event, ctx, received, started_ns)
-    finally:
-        received.unlink(missing_ok=True)
-
-
 def _store_received(
-    event: Event, ctx: ScpContext, received: Path, started_ns: int
+    ctx: ScpContext,
+    request: StoreRequest,
+    received: Path,
+    spooled: spool.SpoolFile | None,
+    started_ns: int,
 ) -> tuple[int | Dataset, str]:
-    request = event.request
-    assert isinstance(request, C_STORE)
-    if ctx.probe_ae_title and event.assoc.requestor.ae_title.strip() == ctx.probe_ae_title:
+    if ctx.probe_ae_title and request.calling_ae == ctx.probe_ae_title:
         return Status.REFUSED_NOT_AUTHORIZED, "refused"
-    spooled = request._dataset_file
-    if isinstance(spooled, spool.SpoolFile) and spooled.failure is not None:
-        log.error("C-STORE of %s not received: %s", request.AffectedSOPInstanceUID, spooled.failure)
+    if spooled is not None and spooled.failure is not None:
+        log.error("C-STORE of %s not received: %s", request.sop_instance_uid, spooled.failure)
         return Status.OUT_OF_RESOURCES, "out_of_resources"
     try:
-        if isinstance(spooled, spool.SpoolFile) and spooled.overflowed:
+        if spooled is not None and spooled.overflowed:
             # Only the first bytes were kept: the size is what was counted.
             with received.open("rb") as handle:
                 size = spooled.written - data_set_offset(handle)
             raise InstanceRefused(Status.OUT_OF_RESOURCES, too_large(size, ctx.max_instance_bytes))
-        facts = read_facts(event, received, ctx.max_instance_bytes)
+        facts = facts_of(request, received, ctx.max_instance_bytes)
     except InstanceRefused as refused:
-        log.warning("C-STORE of %s refused: %s", request.AffectedSOPInstanceUID, refused)
+        log.warning("C-STORE of %s refused: %s", request.sop_instance_uid, refused)
         return _answer(refused.status, refused.reason), "refused"
     try:
         stored = ctx.storage.store_file(

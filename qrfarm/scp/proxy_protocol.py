@@ -27,6 +27,7 @@ FAMILY_TCP4 = 0x11
 FAMILY_TCP6 = 0x21
 _TCP4 = struct.Struct("!4s4sHH")  # source, destination addresses, then ports
 _TCP6 = struct.Struct("!16s16sHH")
+PREFIX_BYTES = _HEADER.size  # what says how long the rest of the header is
 # How long a proxy may take to send its header before the connection is closed.
 HEADER_TIMEOUT_S = 5.0
 
@@ -38,19 +39,28 @@ def read_header(sock: socket.socket, timeout_s: float = HEADER_TIMEOUT_S) -> tup
     previous = sock.gettimeout()
     sock.settimeout(timeout_s)
     try:
-        signature, version_command, family, length = _HEADER.unpack(
-            _read_exactly(sock, _HEADER.size)
-        )
-        if signature != SIGNATURE:
-            raise ProxyHeaderError("no PROXY protocol v2 signature")
-        if version_command >> 4 != VERSION_2:
-            raise ProxyHeaderError(f"PROXY protocol version {version_command >> 4}, not 2")
+        command, family, length = parse_prefix(_read_exactly(sock, _HEADER.size))
         body = _read_exactly(sock, length)  # addresses, then TLVs (not used)
     except OSError as exc:  # socket.timeout included
         raise ProxyHeaderError(f"PROXY header not read: {exc}") from exc
     finally:
         sock.settimeout(previous)
-    command = version_command & 0x0F
+    return client_of(command, family, body)
+
+
+def parse_prefix(head: bytes) -> tuple[int, int, int]:
+    """The command, address family and length of the rest, from the header's
+    first PREFIX_BYTES bytes. Raises ProxyHeaderError."""
+    signature, version_command, family, length = _HEADER.unpack(head)
+    if signature != SIGNATURE:
+        raise ProxyHeaderError("no PROXY protocol v2 signature")
+    if version_command >> 4 != VERSION_2:
+        raise ProxyHeaderError(f"PROXY protocol version {version_command >> 4}, not 2")
+    return version_command & 0x0F, family, length
+
+
+def client_of(command: int, family: int, body: bytes) -> tuple[str, int] | None:
+    """The client's (address, port) from the rest of the header; None as for read_header."""
     if command == COMMAND_LOCAL:
         return None
     if command != COMMAND_PROXY:
