@@ -2,6 +2,11 @@
 
 Nothing is made at import time; an entry point makes the engine, and a
 forked process disposes what it inherited (``engine.dispose(close=False)``).
+
+Bound parameters hold patient data (IDs, names, C-FIND answers): every engine
+keeps them out of its errors (``hide_parameters``), and a PostgreSQL error
+loses its DETAIL line (``Key (patient_id)=(P001) already exists``) from its
+message; the driver's ``diag`` still has it for code that asks.
 """
 
 from __future__ import annotations
@@ -19,14 +24,30 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
     parsed = make_url(url)
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
         _configure_sqlite(engine)
-        return engine
+        return _without_values_in_errors(engine)
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    return _without_values_in_errors(create_engine(url, **kwargs))
+
+
+def _without_values_in_errors(engine: Engine) -> Engine:
+    @event.listens_for(engine, "handle_error")
+    def _drop_detail(context: Any) -> None:
+        # The driver's error, and SQLAlchemy's, whose text was made from it.
+        for error in (context.original_exception, context.sqlalchemy_exception):
+            if error is None or not error.args or not isinstance(error.args[0], str):
+                continue
+            lines = error.args[0].splitlines()
+            kept = [line for line in lines if not line.startswith("DETAIL:")]
+            if len(kept) != len(lines):
+                error.args = ("\n".join(kept), *error.args[1:])
+
+    return engine
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -63,11 +84,14 @@ def statement_engine(engine: Engine) -> Engine:
         return engine
     # An engine of its own, its connections in autocommit for good: switching
     # a pooled connection's isolation level at each checkout costs time.
-    return create_engine(
-        engine.url,
-        isolation_level="AUTOCOMMIT",
-        pool_size=engine.pool.size(),  # type: ignore[attr-defined]
-        pool_pre_ping=False,
+    return _without_values_in_errors(
+        create_engine(
+            engine.url,
+            isolation_level="AUTOCOMMIT",
+            pool_size=engine.pool.size(),  # type: ignore[attr-defined]
+            pool_pre_ping=False,
+            hide_parameters=True,
+        )
     )
 
 

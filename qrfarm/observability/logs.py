@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,6 +29,24 @@ class ContextFilter(logging.Filter):
         for name, var in (("job_id", _job_id), ("node", _node), ("task_id", _task_id)):
             if not hasattr(record, name):
                 setattr(record, name, var.get())
+        return True
+
+
+_QUOTED = re.compile(r"b?'[^'\n]*'|b?\"[^\"\n]*\"")
+
+
+class ValueFilter(logging.Filter):
+    """Takes the values out of pydicom's messages and warnings.
+
+    pydicom quotes the value it complains of (``Invalid value for VR DA:
+    '1960-01-01'.``), a PACS's answer or a file's, so patient data: the
+    quoted text is replaced, the VR and the complaint stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pydicom") or record.name == "py.warnings":
+            record.msg = _QUOTED.sub("'…'", record.getMessage())
+            record.args = None
         return True
 
 
@@ -54,6 +73,9 @@ def configure(level: int, *, json: bool) -> None:
     """Set up the root logger once, at an entry point."""
     handler = logging.StreamHandler()
     handler.addFilter(ContextFilter())
+    handler.addFilter(ValueFilter())
+    # Python warnings (pydicom's about invalid values) go through the filter too.
+    logging.captureWarnings(True)
     if json:
         handler.setFormatter(
             JsonFormatter(
