@@ -42,7 +42,10 @@ def session(ctx: Context) -> Iterator[Session]:
         yield db
 
 
-Db = Annotated[Session, Depends(session)]
+# Closed when the route function returns, before the answer is sent: on
+# SQLite every transaction takes the write lock (BEGIN IMMEDIATE), and the
+# audit row written after the answer must not wait for this one.
+Db = Annotated[Session, Depends(session, scope="function")]
 
 bearer = HTTPBearer(auto_error=False, description="A token from `qrfarm token create`.")
 

@@ -14,9 +14,11 @@ from tests.farm.conftest import make_farm
 from .conftest import ApiFarm, start_api
 
 
-@pytest.fixture
-def api(tmp_path: Path, qrfarm_scp_port: int) -> Iterator[ApiFarm]:
-    with make_farm("redis-postgresql", tmp_path, qrfarm_scp_port) as farm:
+@pytest.fixture(params=["redis-postgresql", "embedded"])
+def api(request: pytest.FixtureRequest, tmp_path: Path, qrfarm_scp_port: int) -> Iterator[ApiFarm]:
+    """On PostgreSQL, and on SQLite, where every transaction takes the write lock:
+    the row written after the answer must not wait for the route's own."""
+    with make_farm(request.param, tmp_path, qrfarm_scp_port) as farm:
         yield start_api(farm)
 
 

@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy import create_engine
 
 from qrfarm.api.app import create_app
-from qrfarm.api.tokens import issue
+from qrfarm.api.tokens import ALL_SCOPES, issue
 from qrfarm.config import Settings
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.jobs.prefetch import Rule, save_rule
@@ -126,7 +126,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         engine = make_engine(url)
         try:
             with session_factory(engine)() as db:
-                token = issue(db, "fuzz")
+                token = issue(db, "fuzz", ALL_SCOPES)
                 upsert_node(db, NodeSpec(NODE, "PACS1", "127.0.0.1", free_port()))
                 save_rule(db, RULE, Rule(nodes=[NODE], modalities=["CT"], max_studies=2))
                 db.commit()
