@@ -10,3 +10,8 @@ export QRFARM_ALLOWED_HOSTS=127.0.0.1
 .venv/bin/mypy
 .venv/bin/lint-imports
 .venv/bin/pytest "$@"
+# The storage SCP's tests once more on its asyncio receive path (the whole
+# suite ran them on the default one).
+if [ "$#" -eq 0 ]; then
+    QRFARM_SCP_RECEIVE_PATH=asyncio .venv/bin/pytest tests/scp
+fi

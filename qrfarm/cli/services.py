@@ -228,6 +228,7 @@ def scp(
             probe_ae_title=settings.probe_ae_title,
             listen_fd=listen_fd,
             proxy_protocol_from=settings.scp_proxy_protocol_from,
+            receive_path=settings.scp_receive_path,
             tls_port=settings.scp_tls_port,
             tls_context=None
             if settings.scp_tls_port is None

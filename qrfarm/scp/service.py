@@ -24,6 +24,7 @@ from qrfarm.nodes.hosts import HostPatterns, Resolver, check_host_pattern, peer_
 from qrfarm.storage import InstanceStorage
 
 from . import proxy_protocol, tls
+from .aio import AioStorageServer
 from .gate import ConnectionGate
 from .handlers import (
     ScpContext,
@@ -34,6 +35,10 @@ from .handlers import (
 from .known_nodes import KnownNodes
 
 log = logging.getLogger(__name__)
+# Which receive path serves associations: "pynetdicom" (its AssociationServer,
+# threads per association) or "asyncio" (qrfarm.scp.aio, one event loop).
+RECEIVE_PATHS = ("pynetdicom", "asyncio")
+DEFAULT_RECEIVE_PATH = "pynetdicom"
 # With siblings on one socket: how long a process lets them take a new
 # connection first, per association it is serving already.
 ACCEPT_DELAY_PER_ASSOCIATION_S = 0.002
@@ -165,7 +170,11 @@ class StorageScp:
         proxy_protocol_from: Sequence[str] = (),
         tls_port: int | None = None,
         tls_context: ssl.SSLContext | None = None,
+        receive_path: str | None = None,
     ) -> None:
+        self.receive_path = receive_path or DEFAULT_RECEIVE_PATH
+        if self.receive_path not in RECEIVE_PATHS:
+            raise ValueError(f"receive path {self.receive_path!r}, not one of {RECEIVE_PATHS}")
         self.ae_title = ae_title
         self.host = host
         self.port = port
@@ -193,6 +202,7 @@ class StorageScp:
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
+        self._aio: AioStorageServer | None = None
 
     def _ae(self) -> AE:
         # Identifiers hold patient data; private SOP classes must be stored too.
@@ -222,6 +232,8 @@ class StorageScp:
             (evt.EVT_C_STORE, handle_store, [self.context]),
         ]
         self._recover()
+        if self.receive_path == "asyncio":
+            return self._start_aio()
         ae = self._ae()
         server_class: type[ReusePortServer] = ReusePortServer
         if self.listen_fd is not None:
@@ -247,6 +259,26 @@ class StorageScp:
         self._thread.start()
         self.port = int(server.server_address[1])
         log.info("storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
+        return self.port
+
+    def _start_aio(self) -> int:
+        proxies = None
+        if self.proxy_protocol_from:
+            proxies = HostPatterns.parse(self.proxy_protocol_from, Resolver())
+        server = AioStorageServer(
+            self.context,
+            ae_title=self.ae_title,
+            host=self.host,
+            associate_timeout_s=self.associate_timeout_s,
+            proxies=proxies,
+        )
+        server.start()
+        self._aio = server
+        self.port = server.listen(self.port, listen_fd=self.listen_fd)
+        if self.tls_context is not None and self.tls_port is not None:
+            self.tls_port = server.listen(self.tls_port, tls=self.tls_context)
+            log.info("storage SCP %s: TLS on %s:%d", self.ae_title, self.host, self.tls_port)
+        log.info("storage SCP %s listening on %s:%d (asyncio)", self.ae_title, self.host, self.port)
         return self.port
 
     def _listen(
@@ -286,6 +318,12 @@ class StorageScp:
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Refuse new associations, let the ones in flight finish, then close."""
+        if self._aio is not None:
+            self.context.draining.set()
+            self._aio.stop(drain_timeout)
+            self._aio = None
+            self.context.close()
+            return
         servers = [s for s in (self._server, self._tls_server) if s is not None]
         if not servers:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from qrfarm.jobs.moves import allocate_message_id
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.jobs.policy import JobPolicy
 from qrfarm.models import Attempt, Job, JobKind, JobState, NodeRecord
-from qrfarm.scp import StorageScp
+from qrfarm.scp import StorageScp, service
 from qrfarm.storage import InstanceStorage
 from tests.conftest import CALLING_AE, QRFARM_SCP_AE
 from tests.databases import database_url, migrated
@@ -30,6 +31,15 @@ NODES = [
     NodeSpec("sender", "STORESCU", "127.0.0.1", 104, store_ae_titles=["STORESCU2"]),
     NodeSpec("sandbox", "SANDBOX", "127.0.0.1", 11112),
 ]
+
+
+@pytest.fixture(autouse=True)
+def receive_path(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The SCP's receive path under test: QRFARM_SCP_RECEIVE_PATH selects it for
+    the SCPs made here and, through the settings, for SCP processes started."""
+    path = os.environ.get("QRFARM_SCP_RECEIVE_PATH") or service.DEFAULT_RECEIVE_PATH
+    monkeypatch.setattr(service, "DEFAULT_RECEIVE_PATH", path)
+    return path
 
 
 @dataclass

@@ -1,0 +1,386 @@
+"""One connection on the asyncio path: PROXY header, A-ASSOCIATE, then the
+storage service until A-RELEASE, A-ABORT, the idle timer or a drain.
+
+Each association does one operation at a time (the window is refused), so a
+connection is a plain loop: read a PDU, and when a message is whole, answer
+it before reading on. A data set goes to its temp file as its fragments
+arrive, gathered into writes of about a MiB; memory per association is a PDU
+and that buffer, whatever the instance size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.presentation import PresentationContext
+
+from qrfarm.errors import ProxyHeaderError
+from qrfarm.nodes.hosts import peer_address
+
+from .. import admission, proxy_protocol
+from ..facts import StoreRequest
+from ..handlers import store_spooled
+from ..spool import META_ALLOWANCE, MIN_PDU_READ, SpoolFile
+from . import messages, negotiation
+
+if TYPE_CHECKING:
+    from .server import AioStorageServer
+
+log = logging.getLogger(__name__)
+
+WRITE_CHUNK = 1 << 20  # fragments are gathered into writes of this size
+
+
+class ProtocolError(Exception):
+    """The peer broke the upper layer protocol: the association is aborted."""
+
+    def __init__(self, message: str, reason: int = messages.ABORT_UNEXPECTED_PDU) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Incoming:
+    """A C-STORE whose data set is arriving: its request and its temp file."""
+
+    def __init__(
+        self, request: C_STORE, context_id: int, context: PresentationContext, spool: SpoolFile
+    ) -> None:
+        self.request = request
+        self.context_id = context_id
+        self.context = context
+        self.spool = spool
+        self.buffer = bytearray()
+
+    def write(self, data: memoryview) -> None:
+        self.buffer += data
+        if len(self.buffer) >= WRITE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.spool.write(bytes(self.buffer))
+            self.buffer.clear()
+
+    def discard(self) -> None:
+        with suppress(OSError):
+            self.spool.close()
+        Path(self.spool.name).unlink(missing_ok=True)
+
+
+class Connection:
+    """The association of one TCP connection; holds a slot (the gate's duck
+    type of an association) from admission until it ends."""
+
+    def __init__(
+        self,
+        server: AioStorageServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.server = server
+        self.tls = tls
+        self.ctx = server.ctx
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername") or ("", 0)
+        self.host = str(peer[0])
+        self.is_established = False
+        self.is_released = False
+        self.is_aborted = False
+        self.is_rejected = False
+        self.closed = False
+        self.calling_ae = ""
+        self.called_ae = ""
+        self.peer_max_pdu = 0
+        self.contexts: dict[int, PresentationContext] = {}
+        self.command = bytearray()
+        self.incoming: Incoming | None = None
+        self.read_limit = max(self.ctx.max_pdu, MIN_PDU_READ) if self.ctx.max_pdu else 1 << 30
+
+    def is_alive(self) -> bool:
+        return not self.closed
+
+    async def run(self) -> None:
+        try:
+            if await self._associate():
+                await self._serve()
+        except ProtocolError as exc:
+            log.warning("association from %s at %s aborted: %s", self.calling_ae, self.host, exc)
+            self._abort(exc.reason)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
+            if self.is_established:
+                log.warning(
+                    "association from %s at %s ended without release: %s",
+                    self.calling_ae,
+                    self.host,
+                    exc,
+                )
+            self.is_aborted = True
+        finally:
+            if self.incoming is not None:
+                self.incoming.discard()
+                self.incoming = None
+            self.closed = True
+            self.writer.close()
+
+    async def _associate(self) -> bool:
+        """PROXY header, TLS, and an A-ASSOCIATE-RQ answered, all within the
+        associate timeout (ARTIM); True once the association is established."""
+        pending = False
+        try:
+            async with asyncio.timeout(self.server.associate_timeout_s):
+                if not await self._proxy_header():
+                    return False
+                if self.tls is not None and not await self._start_tls(self.tls):
+                    return False
+                if not self.server.take_pending(self.host):
+                    log.warning(
+                        "connection from %s closed: %d from there are not associated yet",
+                        self.host,
+                        self.ctx.gate.max_pending_per_host,
+                    )
+                    return False
+                pending = True
+                pdu_type, pdu = await self._read_pdu()
+        except TimeoutError:
+            log.warning("connection from %s closed: no association asked for in time", self.host)
+            return False
+        finally:
+            if pending:
+                self.server.release_pending(self.host)
+        if pdu_type != messages.ASSOCIATE_RQ:
+            raise ProtocolError(f"PDU type {pdu_type:#04x} before A-ASSOCIATE-RQ")
+        try:
+            request = negotiation.Request.decode(pdu)
+        except Exception as exc:
+            raise ProtocolError(
+                f"A-ASSOCIATE-RQ not understood: {exc}", messages.ABORT_INVALID_PDU_PARAMETER
+            ) from exc
+        self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
+        self.peer_max_pdu = request.peer_max_pdu
+        # Admission may read the known nodes from the database: off the loop.
+        reason = await self.server.blocking(
+            admission.admit,
+            self.ctx,
+            request.calling_ae,
+            request.called_ae,
+            self.server.ae_title,
+            self.host,
+            self,
+        )
+        if reason is not None:
+            self.is_rejected = True
+            self.writer.write(negotiation.reject(reason))
+            await self.writer.drain()
+            return False
+        accepted = negotiation.accept(request, self.server.supported, self.ctx.max_pdu)
+        # Worded as pynetdicom logs it, so that logs read alike on both paths.
+        log.info("Accepting Association from %s at %s", self.calling_ae, self.host)
+        self.contexts = accepted.contexts
+        self.writer.write(accepted.pdu)
+        self.is_established = True
+        return True
+
+    async def _proxy_header(self) -> bool:
+        """The client's address from a PROXY v2 header, when the peer is a proxy."""
+        proxies = self.server.proxies
+        if proxies is None or not proxies.admits(peer_address(self.host)):
+            return True
+        try:
+            head = await self.reader.readexactly(proxy_protocol.PREFIX_BYTES)
+            command, family, length = proxy_protocol.parse_prefix(head)
+            source = proxy_protocol.client_of(
+                command, family, await self.reader.readexactly(length)
+            )
+        except (ProxyHeaderError, asyncio.IncompleteReadError) as exc:
+            log.warning("connection from proxy %s closed: %s", self.host, exc)
+            return False
+        if source is not None:  # None: the proxy's own health check
+            self.host = source[0]
+        return True
+
+    async def _start_tls(self, tls: ssl.SSLContext) -> bool:
+        """The handshake, on this connection only. Called before anything is
+        awaited on a connection without a PROXY header, so that no byte of
+        the handshake has been read as plain data yet."""
+        try:
+            await self.writer.start_tls(tls)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.warning("TLS connection from %s closed: %s", self.host, exc)
+            return False
+        return True
+
+    async def _read_pdu(self) -> tuple[int, bytes]:
+        head = await self.reader.readexactly(messages.PDU_HEADER.size)
+        pdu_type, length = messages.PDU_HEADER.unpack(head)
+        if length > self.read_limit:
+            # Never read into memory: the connection ends instead.
+            raise ConnectionError(f"a PDU of {length} bytes announced, {self.read_limit} accepted")
+        return pdu_type, head + await self.reader.readexactly(length)
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.server.idle_timeout_s):
+                    pdu_type, pdu = await self._read_pdu()
+            except TimeoutError:
+                log.warning(
+                    "association from %s at %s aborted: idle for %.0f s",
+                    self.calling_ae,
+                    self.host,
+                    self.server.idle_timeout_s,
+                )
+                self._abort()
+                return
+            self._quickack()
+            if pdu_type == messages.P_DATA:
+                for message in self._p_data(memoryview(pdu)[messages.PDU_HEADER.size :]):
+                    await message
+            elif pdu_type == messages.RELEASE_RQ:
+                self.writer.write(messages.release_response())
+                await self.writer.drain()
+                self.is_released = True
+                return
+            elif pdu_type == messages.ABORT:
+                self.is_aborted = True
+                return
+            else:
+                raise ProtocolError(f"unexpected PDU type {pdu_type:#04x}")
+
+    def _p_data(self, body: memoryview) -> list[asyncio.Task[None]]:
+        """Take the PDVs of one P-DATA-TF; the answers of the messages it completed."""
+        answers: list[asyncio.Task[None]] = []
+        offset = 0
+        while offset < len(body):
+            if offset + messages.PDV_HEADER.size > len(body):
+                raise ProtocolError("PDV item cut short", messages.ABORT_INVALID_PDU_PARAMETER)
+            length, context_id, control = messages.PDV_HEADER.unpack_from(body, offset)
+            end = offset + 4 + length
+            if length < 2 or end > len(body):
+                raise ProtocolError("PDV item length wrong", messages.ABORT_INVALID_PDU_PARAMETER)
+            data = body[offset + messages.PDV_HEADER.size : end]
+            offset = end
+            if control & 1:
+                if self.incoming is not None:
+                    raise ProtocolError("a command fragment inside a data set")
+                self.command += data
+                if control & 2:
+                    self._command(context_id)
+            else:
+                incoming = self.incoming
+                if incoming is None or context_id != incoming.context_id:
+                    raise ProtocolError("a data set fragment without its command")
+                incoming.write(data)
+                if control & 2:
+                    self.incoming = None
+                    answers.append(asyncio.ensure_future(self._store(incoming)))
+        return answers
+
+    def _command(self, context_id: int) -> None:
+        """A whole command set: C-ECHO answered at once, a C-STORE's temp file
+        opened for its data set."""
+        encoded = bytes(self.command)
+        self.command.clear()
+        context = self.contexts.get(context_id)
+        if context is None:
+            raise ProtocolError(
+                f"a command on presentation context {context_id}, not accepted",
+                messages.ABORT_INVALID_PDU_PARAMETER,
+            )
+        try:
+            command = messages.command_set(encoded)
+            field = int(command.CommandField)
+            has_data_set = int(command.CommandDataSetType) != messages.NO_DATA_SET
+            is_store = field == messages.C_STORE_RQ_FIELD
+            request = messages.store_request(command) if is_store else None
+        except Exception as exc:
+            raise ProtocolError(
+                f"command set not understood: {exc}", messages.ABORT_INVALID_PDU_PARAMETER
+            ) from exc
+        if field == messages.C_ECHO_RQ_FIELD and not has_data_set:
+            echo = messages.echo_request(command)
+            self.writer.write(messages.echo_response(echo, context_id, self.peer_max_pdu))
+            return
+        if request is None or not has_data_set:
+            raise ProtocolError(f"command {field:#06x} is not a service of this SCP")
+        spool = SpoolFile(self.ctx.storage.incoming(), self.ctx.max_instance_bytes + META_ALLOWANCE)
+        spool.write(_file_meta(request, context))
+        self.incoming = Incoming(request, context_id, context, spool)
+
+    async def _store(self, incoming: Incoming) -> None:
+        """Store, correlate and record off the loop; answer once that is done."""
+        try:
+            incoming.flush()
+            incoming.spool.close()
+        except OSError as exc:
+            incoming.spool.failure = incoming.spool.failure or exc
+        request = incoming.request
+        originator = request.MoveOriginatorApplicationEntityTitle
+        originator_id = request.MoveOriginatorMessageID
+        store_request = StoreRequest(
+            sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+            context_abstract_syntax=str(incoming.context.abstract_syntax),
+            transfer_syntax=str(incoming.context.transfer_syntax[0]),
+            calling_ae=self.calling_ae,
+            called_ae=self.server.ae_title,
+            peer_host=self.host or None,
+            originator_ae=str(originator).strip() if originator else None,
+            originator_message_id=int(originator_id) if originator_id is not None else None,
+        )
+        answer = await self.server.blocking(
+            store_spooled, self.ctx, store_request, Path(incoming.spool.name), incoming.spool
+        )
+        self.writer.write(
+            messages.store_response(request, answer, incoming.context_id, self.peer_max_pdu)
+        )
+
+    def _quickack(self) -> None:
+        # Re-armed after each read (the kernel drops it): a sender that
+        # leaves Nagle on is not held up by our delayed ACKs.
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+            with suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+    def _abort(self, reason: int | None = None) -> None:
+        self.is_aborted = True
+        with suppress(Exception):
+            self.writer.write(messages.abort(reason))
+
+    def abort(self) -> None:
+        """End the association now (a drain that ran out of time)."""
+        self._abort()
+        self.writer.close()
+
+
+def _file_meta(request: C_STORE, context: PresentationContext) -> bytes:
+    """Preamble and file meta, as pynetdicom writes them ahead of a spooled
+    data set (the file is stored as is, and read back by its offset)."""
+    out = DicomBytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    try:
+        write_file_meta_info(
+            out,
+            create_file_meta(
+                sop_class_uid=UID(str(request.AffectedSOPClassUID)),
+                sop_instance_uid=UID(str(request.AffectedSOPInstanceUID)),
+                transfer_syntax=context.transfer_syntax[0],
+            ),
+        )
+    except Exception:  # noqa: BLE001 (whatever the UIDs hold)
+        # Not a Part-10 file then: the data set is refused as not understood.
+        return b""
+    return out.getvalue()

@@ -1,0 +1,123 @@
+"""A-ASSOCIATE negotiation as the acceptor, with pynetdicom's items and tables.
+
+Contexts are negotiated as pynetdicom's unrestricted storage service does
+(every storage SOP class it knows, private and unknown ones too, in the
+first transfer syntax proposed; Verification in any), so that both receive
+paths accept the same associations. Role selection is answered as pynetdicom
+answers it; an asynchronous operations window is refused cleanly by
+answering (1, 1): one operation at a time, as on pynetdicom's path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from pydicom.uid import UID
+from pynetdicom import (
+    ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts,
+)
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    AsynchronousOperationsWindowNegotiation,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, build_context, negotiate_unrestricted
+
+from qrfarm.dicom.model import VERIFICATION_SOP_CLASS
+
+APPLICATION_CONTEXT_NAME = UID("1.2.840.10008.3.1.1.1")
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """What the SCP accepts: Verification and every storage SOP class, in every syntax."""
+    contexts = [build_context(VERIFICATION_SOP_CLASS, ALL_TRANSFER_SYNTAXES)]
+    for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
+        contexts.append(build_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES))
+    return contexts
+
+
+@dataclass
+class Request:
+    """An A-ASSOCIATE-RQ as the SCP reads it."""
+
+    primitive: A_ASSOCIATE
+    calling_ae: str
+    called_ae: str
+    peer_max_pdu: int  # 0: no limit
+
+    @classmethod
+    def decode(cls, pdu: bytes) -> Request:
+        rq = A_ASSOCIATE_RQ()
+        rq.decode(pdu)
+        primitive = rq.to_primitive()
+        return cls(
+            primitive,
+            str(primitive.calling_ae_title).strip(),
+            str(primitive.called_ae_title).strip(),
+            int(primitive.maximum_length_received or 0),
+        )
+
+
+@dataclass
+class Accepted:
+    """The A-ASSOCIATE-AC to send, and the contexts it accepted by ID."""
+
+    pdu: bytes
+    contexts: dict[int, PresentationContext]
+
+
+def accept(request: Request, supported: list[PresentationContext], max_pdu: int) -> Accepted:
+    """Negotiate ``request`` against ``supported``; ``max_pdu`` is the longest
+    P-DATA the SCP takes (announced as its Maximum Length)."""
+    rq = request.primitive
+    items = rq.user_information
+    roles = {
+        cast(UID, item.sop_class_uid): (item.scu_role, item.scp_role)
+        for item in items
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+    }
+    result, reply_roles = negotiate_unrestricted(
+        rq.presentation_context_definition_list, supported, roles
+    )
+    ac = A_ASSOCIATE()
+    ac.application_context_name = APPLICATION_CONTEXT_NAME
+    ac.calling_ae_title = rq.calling_ae_title
+    ac.called_ae_title = rq.called_ae_title
+    ac.result = 0x00
+    ac.result_source = 0x01
+    ac.presentation_context_definition_results_list = result
+    length = MaximumLengthNotification()
+    length.maximum_length_received = max_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+    user_information: list[object] = [length, implementation, version, *reply_roles]
+    if any(isinstance(item, AsynchronousOperationsWindowNegotiation) for item in items):
+        window = AsynchronousOperationsWindowNegotiation()
+        window.maximum_number_operations_invoked = 1
+        window.maximum_number_operations_performed = 1
+        user_information.append(window)
+    ac.user_information = user_information  # type: ignore[assignment]
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(ac)
+    accepted = {cast(int, cx.context_id): cx for cx in result if cx.result == 0x00}
+    return Accepted(pdu.encode(), accepted)
+
+
+def reject(reason: tuple[int, int, int]) -> bytes:
+    """An A-ASSOCIATE-RJ with (result, source, diagnostic)."""
+    rj = A_ASSOCIATE()
+    rj.result, rj.result_source, rj.diagnostic = reason
+    pdu = A_ASSOCIATE_RJ()
+    pdu.from_primitive(rj)
+    return pdu.encode()
