@@ -4,16 +4,16 @@ record is reconciled on what is held, never on what a move did not bring."""
 from __future__ import annotations
 
 import datetime as dt
-from types import SimpleNamespace
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.jobs import runner
+from qrfarm.jobs import attempt_end
 from qrfarm.jobs.leases import Claim, claim
 from qrfarm.jobs.orphans import claim_orphans
 from qrfarm.jobs.policy import JobPolicy
 from qrfarm.jobs.reconcile import finalize
+from qrfarm.jobs.worker_deps import RunnerDeps
 from qrfarm.models import Job, JobState, NodeRecord, OrphanInstance, ReceivedInstance, utcnow
 
 from .conftest import add_job, expect, load, receive
@@ -21,8 +21,8 @@ from .conftest import add_job, expect, load, receive
 POLICY = JobPolicy(reconcile_grace_s=0.0)
 
 
-def _deps(sessions: sessionmaker[Session]) -> runner.RunnerDeps:
-    return runner.RunnerDeps(
+def _deps(sessions: sessionmaker[Session]) -> RunnerDeps:
+    return RunnerDeps(
         sessions=sessions,
         connections=None,  # type: ignore[arg-type]  # no DICOM on these paths
         get_recorder=None,  # type: ignore[arg-type]
@@ -85,10 +85,9 @@ def test_a_retry_whose_failed_instance_arrived_meanwhile_ends_completed(
     expect(sessions, job_id, ["1.2.3.1.1", "1.2.3.1.2"])
     receive(sessions, job_id, ["1.2.3.1.1", "1.2.3.1.2"])
     taken = _claim(sessions, job_id)
-    snap = SimpleNamespace(retry_uids=["1.2.3.1.2"])
     deps = _deps(sessions)
-    assert runner._retry_still_missing(deps, taken, snap) == []  # type: ignore[arg-type]
-    runner._reconcile_held(deps, taken)
+    assert attempt_end.retry_still_missing(deps, taken, ["1.2.3.1.2"]) == []
+    attempt_end.reconcile_held(deps, taken)
     job = load(sessions, job_id)
     assert job.state is JobState.COMPLETED, (job.state, job.error, job.missing_uids)
 
@@ -102,8 +101,7 @@ def test_orphans_claimed_before_a_retry_are_counted(sessions: sessionmaker[Sessi
     expect(sessions, job_id, ["1.2.3.1.1", "1.2.3.1.2"])
     _orphan(sessions, "1.2.3.1.1")
     taken = _claim(sessions, job_id)
-    snap = SimpleNamespace(retry_uids=["1.2.3.1.1", "1.2.3.1.2"])
-    missing = runner._retry_still_missing(_deps(sessions), taken, snap)  # type: ignore[arg-type]
+    missing = attempt_end.retry_still_missing(_deps(sessions), taken, ["1.2.3.1.1", "1.2.3.1.2"])
     assert missing == ["1.2.3.1.2"]
     assert load(sessions, job_id).recorded_count == _rows(sessions, job_id) == 1
 
