@@ -89,6 +89,17 @@ def handle_connection_open(event: Event, ctx: ScpContext) -> None:
     spool.spool_to(event.assoc, ctx.storage.incoming(), ctx.max_instance_bytes, ctx.max_pdu)
 
 
+def handle_connection_close(event: Event) -> None:
+    """Remove the temp file of a data set cut short (an abort, a dropped
+    connection): pynetdicom leaves it, and it would stay until the next start.
+    Runs in the thread that decodes P-DATA, so the message is not growing."""
+    message = event.assoc.dimse.message
+    spooled = None if message is None else message._data_set_file
+    if isinstance(spooled, spool.SpoolFile):
+        spooled.close()
+        Path(spooled.name).unlink(missing_ok=True)
+
+
 def handle_store(event: Event, ctx: ScpContext) -> int | Dataset:
     """Store, correlate, record; answer success only once file and row are durable."""
     request = event.request

@@ -28,6 +28,7 @@ from .aio import AioStorageServer
 from .gate import ConnectionGate
 from .handlers import (
     ScpContext,
+    handle_connection_close,
     handle_connection_open,
     handle_requested,
     handle_store,
@@ -228,6 +229,7 @@ class StorageScp:
         """Listen and serve in a background thread; return the port bound."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, handle_connection_open, [self.context]),
+            (evt.EVT_CONN_CLOSE, handle_connection_close),
             (evt.EVT_REQUESTED, handle_requested, [self.context]),
             (evt.EVT_C_STORE, handle_store, [self.context]),
         ]

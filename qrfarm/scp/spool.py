@@ -50,7 +50,7 @@ class SpoolFile:
         # so; raised here, it would abort the association instead.
         self.failure: OSError | None = None
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.written += len(data)
         if self.written > self.limit:
             self.overflowed = True  # the rest is counted, not kept: refused anyway

@@ -4,7 +4,7 @@ storage service until A-RELEASE, A-ABORT, the idle timer or a drain.
 Each association does one operation at a time (the window is refused), so a
 connection is a plain loop: read a PDU, and when a message is whole, answer
 it before reading on. A data set goes to its temp file as its fragments
-arrive, gathered into writes of about a MiB; memory per association is a PDU
+arrive, gathered into writes of 256 KiB; memory per association is a PDU
 and that buffer, whatever the instance size.
 """
 
@@ -39,7 +39,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WRITE_CHUNK = 1 << 20  # fragments are gathered into writes of this size
+# Fragments are gathered into writes of this size: small enough that an
+# instance is mostly on disk while its last PDUs still arrive (the sender
+# keeps filling the socket buffer meanwhile), large enough for few syscalls.
+WRITE_CHUNK = 256 << 10
+# How long a connection over its host's cap of waiting ones has to ask.
+OVER_CAP_GRACE_S = 1.0
 
 
 class ProtocolError(Exception):
@@ -69,7 +74,8 @@ class Incoming:
 
     def flush(self) -> None:
         if self.buffer:
-            self.spool.write(bytes(self.buffer))
+            with memoryview(self.buffer) as view:  # released before the buffer is reused
+                self.spool.write(view)
             self.buffer.clear()
 
     def discard(self) -> None:
@@ -140,22 +146,29 @@ class Connection:
         associate timeout (ARTIM); True once the association is established."""
         pending = False
         try:
-            async with asyncio.timeout(self.server.associate_timeout_s):
+            async with asyncio.timeout(self.server.associate_timeout_s) as artim:
                 if not await self._proxy_header():
                     return False
                 if self.tls is not None and not await self._start_tls(self.tls):
                     return False
-                if not self.server.take_pending(self.host):
-                    log.warning(
-                        "connection from %s closed: %d from there are not associated yet",
-                        self.host,
-                        self.ctx.gate.max_pending_per_host,
-                    )
-                    return False
-                pending = True
+                pending = self.server.take_pending(self.host)
+                if not pending:
+                    # Over the host's cap: a peer opening many associations at
+                    # once asks at once; an idle one is closed within the grace.
+                    grace = asyncio.get_running_loop().time() + OVER_CAP_GRACE_S
+                    artim.reschedule(min(artim.when() or grace, grace))
                 pdu_type, pdu = await self._read_pdu()
         except TimeoutError:
-            log.warning("connection from %s closed: no association asked for in time", self.host)
+            if pending:
+                log.warning(
+                    "connection from %s closed: no association asked for in time", self.host
+                )
+            else:
+                log.warning(
+                    "connection from %s closed: %d from there are not associated yet",
+                    self.host,
+                    self.ctx.gate.max_pending_per_host,
+                )
             return False
         finally:
             if pending:

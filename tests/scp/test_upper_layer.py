@@ -1,0 +1,240 @@
+"""The upper layer as peers speak it, on whichever receive path is under test
+(QRFARM_SCP_RECEIVE_PATH): every transfer syntax storescu proposes, PDU sizes
+from 4 KiB to 128 KiB, many associations and contexts at once, negotiation
+items the SCP answers, and peers that abort mid-data set or never speak."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, build_role
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+from sqlalchemy import func, select
+
+from qrfarm.models import OrphanInstance
+from qrfarm.sandbox.synthetic import Corpus
+from qrfarm.scp import StorageScp
+from qrfarm.storage import InstanceStorage
+from tests.conftest import QRFARM_SCP_AE
+from tests.peers import dataset_bytes, peer_env, require_peer
+from tests.peers.dcmtk import STORESCU
+
+from .conftest import Db
+
+DCMCJPEG = "/usr/bin/dcmcjpeg"
+DCMCRLE = "/usr/bin/dcmcrle"
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def storescu(port: int, files: list[Path], *options: str) -> None:
+    require_peer(STORESCU)
+    sent = subprocess.run(
+        [STORESCU, *options, "-aet", "STORESCU", "-aec", QRFARM_SCP_AE, "127.0.0.1", str(port)]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        env=peer_env(),
+        timeout=300,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+
+def recorded(db: Db) -> int:
+    with db.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(OrphanInstance)) or 0)
+
+
+def stored_syntaxes(storage_root: Path) -> set[str]:
+    return {
+        str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        for path in storage_root.rglob("*.dcm")
+    }
+
+
+def ct_files(corpus: Corpus, count: int) -> list[Path]:
+    return [i.path for i in corpus.instances if i.modality == "CT"][:count]
+
+
+@pytest.mark.parametrize(
+    ("option", "syntax"),
+    [
+        ("-xe", ExplicitVRLittleEndian),
+        # storescu sends these files (explicit little endian) as they are
+        # when offered both: the big endian context is proposed, not used.
+        ("-xb", ExplicitVRLittleEndian),
+        ("-xi", ImplicitVRLittleEndian),
+        ("-xd", DeflatedExplicitVRLittleEndian),
+    ],
+)
+def test_storescu_in_every_uncompressed_syntax_it_proposes(
+    db: Db, scp: StorageScp, storage_root: Path, corpus: Corpus, option: str, syntax: str
+) -> None:
+    files = ct_files(corpus, 3)
+    storescu(scp.port, files, option)
+    assert recorded(db) == len(files)
+    assert stored_syntaxes(storage_root) == {syntax}
+
+
+@pytest.mark.parametrize(
+    ("tool", "options", "propose", "syntax"),
+    [
+        (DCMCJPEG, ["+e1"], "-xs", JPEGLosslessSV1),
+        (DCMCJPEG, ["+eb"], "-xy", JPEGBaseline8Bit),
+        (DCMCRLE, [], "-xr", RLELossless),
+    ],
+)
+def test_storescu_with_compressed_instances(
+    db: Db,
+    scp: StorageScp,
+    storage_root: Path,
+    corpus: Corpus,
+    tmp_path: Path,
+    tool: str,
+    options: list[str],
+    propose: str,
+    syntax: str,
+) -> None:
+    require_peer(tool)
+    files = []
+    for n, source in enumerate(ct_files(corpus, 2)):
+        target = tmp_path / f"{n}.dcm"
+        subprocess.run([tool, *options, str(source), str(target)], check=True, env=peer_env())
+        files.append(target)
+    # Proposes the files' own (compressed) syntax, as a PACS holding them would.
+    storescu(scp.port, files, propose)
+    assert recorded(db) == len(files)
+    assert stored_syntaxes(storage_root) == {syntax}
+
+
+@pytest.mark.parametrize("max_pdu", [4096, 16384, 131072])
+def test_storescu_at_pdu_sizes_from_4_kib_to_128_kib(
+    db: Db, scp: StorageScp, corpus: Corpus, max_pdu: int
+) -> None:
+    files = ct_files(corpus, 5)
+    storescu(scp.port, files, "--max-pdu", str(max_pdu), "--max-send-pdu", str(max_pdu))
+    assert recorded(db) == len(files)
+
+
+def test_sixteen_associations_at_once(db: Db, scp: StorageScp, corpus: Corpus) -> None:
+    files = [i.path for i in corpus.instances][:64]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: storescu(scp.port, files[n::16]), range(16)))
+    assert recorded(db) == len(files)
+
+
+def test_several_contexts_on_one_association(db: Db, scp: StorageScp, corpus: Corpus) -> None:
+    by_class: dict[str, Path] = {}
+    for instance in corpus.instances:
+        by_class.setdefault(instance.modality, instance.path)
+    assert len(by_class) > 1, "the corpus holds one modality only"
+    storescu(scp.port, list(by_class.values()))
+    assert recorded(db) == len(by_class)
+
+
+def test_an_association_request_with_128_contexts(scp: StorageScp) -> None:
+    ae = AE(ae_title="STORESCU")
+    for context in AllStoragePresentationContexts[:127]:
+        assert context.abstract_syntax is not None
+        ae.add_requested_context(context.abstract_syntax)
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=QRFARM_SCP_AE)
+    try:
+        assert assoc.is_established
+        assert len(assoc.accepted_contexts) == 128
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+
+
+def test_role_selection_and_an_asynchronous_window_are_answered(
+    db: Db, scp: StorageScp, corpus: Corpus
+) -> None:
+    instance = next(i for i in corpus.instances if i.modality == "CT")
+    ds = dcmread(instance.path)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    window = AsynchronousOperationsWindowNegotiation()
+    window.maximum_number_operations_invoked = 5
+    window.maximum_number_operations_performed = 5
+    role = build_role(ds.SOPClassUID, scu_role=True, scp_role=False)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=QRFARM_SCP_AE, ext_neg=[window, role])
+    try:
+        assert assoc.is_established
+        # Refused cleanly: one operation at a time.
+        assert assoc.acceptor.asynchronous_operations == (1, 1)
+        assert assoc.send_c_store(ds).Status == 0
+    finally:
+        assoc.release()
+    assert recorded(db) == 1
+
+
+def test_a_peer_that_aborts_mid_data_set_leaves_nothing(
+    db: Db, scp: StorageScp, storage_root: Path, corpus: Corpus
+) -> None:
+    instance = next(i for i in corpus.instances if i.modality == "CT")
+    ds = dcmread(instance.path)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=QRFARM_SCP_AE)
+    assert assoc.is_established
+    context = assoc.accepted_contexts[0]
+    assert context.context_id is not None
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = BytesIO(dataset_bytes(instance.path.read_bytes()))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    pdus = [P_DATA_TF(p).encode() for p in message.encode_msg(context.context_id, 4096)]
+    assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+    raw = assoc.dul.socket.socket
+    for pdu in pdus[: len(pdus) // 2]:  # the command and half the data set
+        raw.sendall(pdu)
+    time.sleep(0.2)
+    assoc.abort()
+    # The SCP goes on serving, and kept nothing of the cut-short instance.
+    others = [i.path for i in corpus.instances if i.sop_uid != instance.sop_uid][:2]
+    storescu(scp.port, others)
+    assert recorded(db) == 2
+    assert not list(storage_root.rglob("*.part"))
+    assert not scp.context.storage.path_for(
+        instance.study_uid, instance.series_uid, instance.sop_uid
+    ).exists()
+
+
+def test_a_peer_that_connects_and_never_speaks_is_closed(db: Db, storage_root: Path) -> None:
+    scp = StorageScp(
+        db.sessions,
+        InstanceStorage(storage_root),
+        ae_title=QRFARM_SCP_AE,
+        port=0,
+        associate_timeout_s=0.5,
+    )
+    port = scp.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as silent:
+            # Closed by the SCP (not by our timeout): the read ends with no bytes.
+            assert silent.recv(1) == b""
+    finally:
+        scp.stop(drain_timeout=5)
