@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.presentation import PresentationContext
 
@@ -32,7 +31,7 @@ from .. import admission, proxy_protocol
 from ..facts import StoreRequest
 from ..handlers import store_spooled
 from ..spool import META_ALLOWANCE, MIN_PDU_READ, SpoolFile
-from . import messages, negotiation
+from . import encoding, messages, negotiation
 
 if TYPE_CHECKING:
     from .server import AioStorageServer
@@ -59,7 +58,11 @@ class Incoming:
     """A C-STORE whose data set is arriving: its request and its temp file."""
 
     def __init__(
-        self, request: C_STORE, context_id: int, context: PresentationContext, spool: SpoolFile
+        self,
+        request: messages.StoreCommand,
+        context_id: int,
+        context: PresentationContext,
+        spool: SpoolFile,
     ) -> None:
         self.request = request
         self.context_id = context_id
@@ -74,9 +77,10 @@ class Incoming:
 
     def flush(self) -> None:
         if self.buffer:
-            with memoryview(self.buffer) as view:  # released before the buffer is reused
-                self.spool.write(view)
-            self.buffer.clear()
+            # A new buffer, not this one cleared: a failed write's traceback
+            # (kept as the spool's failure) may still hold a view of it.
+            self.spool.write(memoryview(self.buffer))
+            self.buffer = bytearray()
 
     def discard(self) -> None:
         with suppress(OSError):
@@ -317,7 +321,7 @@ class Connection:
             field = int(command.CommandField)
             has_data_set = int(command.CommandDataSetType) != messages.NO_DATA_SET
             is_store = field == messages.C_STORE_RQ_FIELD
-            request = messages.store_request(command) if is_store else None
+            request = messages.StoreCommand.of(command) if is_store else None
         except Exception as exc:
             raise ProtocolError(
                 f"command set not understood: {exc}", messages.ABORT_INVALID_PDU_PARAMETER
@@ -340,18 +344,16 @@ class Connection:
         except OSError as exc:
             incoming.spool.failure = incoming.spool.failure or exc
         request = incoming.request
-        originator = request.MoveOriginatorApplicationEntityTitle
-        originator_id = request.MoveOriginatorMessageID
         store_request = StoreRequest(
-            sop_class_uid=str(request.AffectedSOPClassUID or ""),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+            sop_class_uid=request.sop_class_uid,
+            sop_instance_uid=request.sop_instance_uid,
             context_abstract_syntax=str(incoming.context.abstract_syntax),
             transfer_syntax=str(incoming.context.transfer_syntax[0]),
             calling_ae=self.calling_ae,
             called_ae=self.server.ae_title,
             peer_host=self.host or None,
-            originator_ae=str(originator).strip() if originator else None,
-            originator_message_id=int(originator_id) if originator_id is not None else None,
+            originator_ae=request.originator_ae,
+            originator_message_id=request.originator_message_id,
         )
         answer = await self.server.blocking(
             store_spooled, self.ctx, store_request, Path(incoming.spool.name), incoming.spool
@@ -379,18 +381,22 @@ class Connection:
         self.writer.close()
 
 
-def _file_meta(request: C_STORE, context: PresentationContext) -> bytes:
+def _file_meta(request: messages.StoreCommand, context: PresentationContext) -> bytes:
     """Preamble and file meta, as pynetdicom writes them ahead of a spooled
     data set (the file is stored as is, and read back by its offset)."""
+    syntax = str(context.transfer_syntax[0])
+    fast = encoding.file_meta(request.sop_class_uid, request.sop_instance_uid, syntax)
+    if fast is not None:
+        return fast
     out = DicomBytesIO()
-    out.write(b"\x00" * 128 + b"DICM")
+    out.write(encoding.PREAMBLE)
     try:
         write_file_meta_info(
             out,
             create_file_meta(
-                sop_class_uid=UID(str(request.AffectedSOPClassUID)),
-                sop_instance_uid=UID(str(request.AffectedSOPInstanceUID)),
-                transfer_syntax=context.transfer_syntax[0],
+                sop_class_uid=UID(request.sop_class_uid),
+                sop_instance_uid=UID(request.sop_instance_uid),
+                transfer_syntax=UID(syntax),
             ),
         )
     except Exception:  # noqa: BLE001 (whatever the UIDs hold)
