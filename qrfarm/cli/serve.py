@@ -65,10 +65,13 @@ def serve(
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # Addresses only: what precedes "@" in a URL may be a password.
+        broker = (settings.broker_url or "embedded").split("@")[-1]
+        scheme = "https" if settings.api_tls_cert_file else "http"
         out.print(
             f"qrfarm serving: SCP {settings.scp_ae_title} on {settings.scp_host}:"
             f"{settings.scp_port}, database {settings.database_url.split('@')[-1]}, "
-            f"broker {settings.broker_url or 'embedded'}, API http://{settings.api_host}:"
+            f"broker {broker}, API {scheme}://{settings.api_host}:"
             f"{settings.api_port} (pid {os.getpid()})",
             highlight=False,
         )

@@ -127,3 +127,18 @@ def test_a_child_failing_at_start_three_times_stops_serve_with_its_error(tmp_pat
     assert code != 0, text
     assert "REST API" in text and "3 times" in text, text
     assert "address already in use" in text.lower(), text
+
+
+def test_serve_names_the_broker_by_its_address_never_its_password(tmp_path: Path) -> None:
+    scp_port, api_port = free_port(), free_port()
+    env = _serve_env(tmp_path, scp_port, api_port)
+    env["QRFARM_BROKER_URL"] = f"redis://:broker-s3cret@127.0.0.1:{free_port()}/0"
+    log = tmp_path / "serve.log"
+    with serving(tmp_path, env, log) as process:
+        deadline = time.monotonic() + UP_WITHIN_S
+        while "qrfarm serving" not in log.read_text(errors="replace"):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    text = log.read_text(errors="replace")
+    assert "broker 127.0.0.1:" in text, text
+    assert "broker-s3cret" not in text, text
