@@ -8,7 +8,9 @@ receiver, each a fresh process with empty storage for every measurement:
 - ``orthanc``: /usr/sbin/Orthanc, own configuration, its defaults otherwise
   (SyncStorageArea true: fsync per file, SQLite index);
 - ``qrfarm``: ``qrfarm scp`` on PostgreSQL, scp_fsync true (durable file and
-  committed row before each answer).
+  committed row before each answer), on pynetdicom's receive path;
+- ``qrfarm-asyncio``: the same on its asyncio receive path
+  (``scp_receive_path = "asyncio"``).
 
 Each is measured with one association (one storescu) and four at once (four
 storescu processes, a quarter of the files each), with the tools as packaged
@@ -69,7 +71,7 @@ BENCH_DB_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{BENCH_DB}"
 UID_ROOT = "1.2.826.0.1.3680043.10.1234.77."  # under the project's synthetic root
 SERIES_SIZE = 100
 
-RECEIVERS = ("storescp", "pynetdicom", "orthanc", "qrfarm")
+RECEIVERS = ("storescp", "pynetdicom", "orthanc", "qrfarm", "qrfarm-asyncio")
 # Not run by default: the bare SCP re-arming TCP_QUICKACK (what as-packaged senders need).
 EXTRA_RECEIVERS = ("pynetdicom-quickack",)
 DATASETS = ("ct", "tiny")
@@ -476,9 +478,12 @@ class QrfarmReceiver:
             self.profiler.stop()
 
 
-def qrfarm_config(workdir: Path, port: int, processes: int = 1) -> Path:
+def qrfarm_config(
+    workdir: Path, port: int, processes: int = 1, receive_path: str = "pynetdicom"
+) -> Path:
     text = f"""\
 database_url = "{BENCH_DB_URL}"
+scp_receive_path = "{receive_path}"
 storage_root = "{workdir / "storage"}"
 scp_host = "{LOCALHOST}"
 scp_port = {port}
@@ -518,13 +523,14 @@ def start_qrfarm(
     profile_to: Path | None = None,
     timings_to: Path | None = None,
     processes: int = 1,
+    receive_path: str = "pynetdicom",
 ) -> QrfarmReceiver:
     del mode  # qrfarm sets TCP_NODELAY on its sockets itself, whatever the environment
     _pg_admin(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)", f"CREATE DATABASE {BENCH_DB}")
     port = free_port()
     # One process under the profiler or the step timers: they follow one pid.
     diagnosed = profile_to is not None or timings_to is not None
-    config = qrfarm_config(workdir, port, 1 if diagnosed else processes)
+    config = qrfarm_config(workdir, port, 1 if diagnosed else processes, receive_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRFARM_")}
     env["QRFARM_CONFIG"] = str(config)
     cli = [sys.executable, "-m", "qrfarm.cli"]
@@ -685,6 +691,15 @@ def start_receiver(
         return start_qrfarm(
             workdir, mode, profile_to=profile_to, timings_to=timings_to, processes=qrfarm_processes
         )
+    if name == "qrfarm-asyncio":
+        return start_qrfarm(
+            workdir,
+            mode,
+            profile_to=profile_to,
+            timings_to=timings_to,
+            processes=qrfarm_processes,
+            receive_path="asyncio",
+        )
     raise BenchError(f"unknown receiver {name}")
 
 
@@ -702,7 +717,7 @@ def measure_once(
         tempfile.mkdtemp(prefix=f"{name}-{data.name}-{associations}-{mode}-", dir=scratch)
     )
     profile_to = timings_to = None
-    if name == "qrfarm":
+    if name.startswith("qrfarm"):
         key = (data.name, associations, mode)
         profile_to = qrfarm_options.path(qrfarm_options.profile_dir, *key)
         timings_to = qrfarm_options.path(qrfarm_options.timings_dir, *key)
@@ -823,6 +838,20 @@ def ratios(results: Sequence[Measurement]) -> dict[str, float | None]:
                 out[f"c.{ds}.qrfarm/{other} ({n} assoc, packaged)"] = ratio(
                     results, ("qrfarm", ds, n, "packaged"), (other, ds, n, "packaged")
                 )
+    # The asyncio receive path against pynetdicom's, and against the issue's marks.
+    for ds in DATASETS:
+        for n in ASSOCIATIONS:
+            for mode in MODES:
+                out[f"d.{ds}.qrfarm-asyncio/qrfarm ({n} assoc, {mode})"] = ratio(
+                    results, ("qrfarm-asyncio", ds, n, mode), ("qrfarm", ds, n, mode)
+                )
+        for other in ("pynetdicom", "orthanc"):
+            out[f"d.{ds}.qrfarm-asyncio/{other} (1 assoc, nodelay)"] = ratio(
+                results, ("qrfarm-asyncio", ds, 1, "nodelay"), (other, ds, 1, "nodelay")
+            )
+        out[f"d.{ds}.qrfarm-asyncio 4 assoc/1 assoc (nodelay)"] = ratio(
+            results, ("qrfarm-asyncio", ds, 4, "nodelay"), ("qrfarm-asyncio", ds, 1, "nodelay")
+        )
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # instance is mostly on disk while its last PDUs still arrive (the sender
 # keeps filling the socket buffer meanwhile), large enough for few syscalls.
 WRITE_CHUNK = 256 << 10
+RAW_POLL_S = 0.002
 # How long a connection over its host's cap of waiting ones has to ask.
 OVER_CAP_GRACE_S = 1.0
 
@@ -215,23 +216,44 @@ class Connection:
         proxies = self.server.proxies
         if proxies is None or not proxies.admits(peer_address(self.host)):
             return True
+        # Before TLS the header is read from the socket itself, exactly: the
+        # stream would read ahead into the handshake, which TLS then misses.
+        read = self._read_exactly_raw if self.tls is not None else self.reader.readexactly
+        transport = self.writer.transport
+        if self.tls is not None and isinstance(transport, asyncio.Transport):
+            transport.pause_reading()  # before anything is awaited
         try:
-            head = await self.reader.readexactly(proxy_protocol.PREFIX_BYTES)
+            head = await read(proxy_protocol.PREFIX_BYTES)
             command, family, length = proxy_protocol.parse_prefix(head)
-            source = proxy_protocol.client_of(
-                command, family, await self.reader.readexactly(length)
-            )
-        except (ProxyHeaderError, asyncio.IncompleteReadError) as exc:
+            source = proxy_protocol.client_of(command, family, await read(length))
+        except (ProxyHeaderError, asyncio.IncompleteReadError, OSError) as exc:
             log.warning("connection from proxy %s closed: %s", self.host, exc)
             return False
         if source is not None:  # None: the proxy's own health check
             self.host = source[0]
         return True
 
+    async def _read_exactly_raw(self, size: int) -> bytes:
+        # The transport owns the descriptor (the loop will not wait on it for
+        # us): poll it. Once per proxied TLS connection; the header is
+        # usually there at the first try.
+        sock: socket.socket = self.writer.transport._sock  # type: ignore[attr-defined]
+        data = bytearray()
+        while len(data) < size:
+            try:
+                chunk = sock.recv(size - len(data))
+            except BlockingIOError:
+                await asyncio.sleep(RAW_POLL_S)
+                continue
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(data), size)
+            data += chunk
+        return bytes(data)
+
     async def _start_tls(self, tls: ssl.SSLContext) -> bool:
         """The handshake, on this connection only. Called before anything is
-        awaited on a connection without a PROXY header, so that no byte of
-        the handshake has been read as plain data yet."""
+        read through the stream (a PROXY header is read from the socket), so
+        that no byte of the handshake has been taken as plain data."""
         try:
             await self.writer.start_tls(tls)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
@@ -261,7 +283,6 @@ class Connection:
                 )
                 self._abort()
                 return
-            self._quickack()
             if pdu_type == messages.P_DATA:
                 for message in self._p_data(memoryview(pdu)[messages.PDU_HEADER.size :]):
                     await message
@@ -361,14 +382,6 @@ class Connection:
         self.writer.write(
             messages.store_response(request, answer, incoming.context_id, self.peer_max_pdu)
         )
-
-    def _quickack(self) -> None:
-        # Re-armed after each read (the kernel drops it): a sender that
-        # leaves Nagle on is not held up by our delayed ACKs.
-        sock = self.writer.get_extra_info("socket")
-        if sock is not None and hasattr(socket, "TCP_QUICKACK"):
-            with suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
     def _abort(self, reason: int | None = None) -> None:
         self.is_aborted = True

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qrfarm.nodes.hosts import HostPatterns
 
@@ -30,6 +30,36 @@ T = TypeVar("T")
 
 IDLE_TIMEOUT_S = 60.0  # as pynetdicom's network_timeout on the other path
 BACKLOG = 64
+
+
+class QuickAckProtocol(asyncio.StreamReaderProtocol):
+    """A stream protocol that acknowledges every segment it reads at once.
+
+    DCMTK writes a PDU's header and body in two writes; with Nagle on at the
+    sender the body waits for the header's ACK, which a receiver in delayed
+    ACK mode sends some 40 ms late. The kernel leaves quick ACK mode on its
+    own, so it is re-armed after every read, as on the pynetdicom path.
+    """
+
+    _socket: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._socket = transport.get_extra_info("socket")
+        if self._socket is not None:
+            with suppress(OSError):
+                self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _quickack(self._socket)
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        _quickack(self._socket)
+
+
+def _quickack(sock: Any) -> None:
+    if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+        with suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 class AioStorageServer:
@@ -88,15 +118,16 @@ class AioStorageServer:
         """Listen on ``port`` (or the handed-down socket); the port bound."""
         sock = _listening_socket(self.host, port, listen_fd)
 
-        async def serve() -> asyncio.Server:
+        def protocol() -> QuickAckProtocol:
             # TLS is started by each connection (after any PROXY header, within
             # the associate timeout), where a failed handshake can be logged.
-            return await asyncio.start_server(
-                functools.partial(self._accepted, tls=tls),
-                sock=sock,
-                backlog=BACKLOG,
-                limit=1 << 20,
+            reader = asyncio.StreamReader(limit=1 << 20, loop=self.loop)
+            return QuickAckProtocol(
+                reader, functools.partial(self._accepted, tls=tls), loop=self.loop
             )
+
+        async def serve() -> asyncio.Server:
+            return await self.loop.create_server(protocol, sock=sock, backlog=BACKLOG)
 
         server = asyncio.run_coroutine_threadsafe(serve(), self.loop).result()
         self._servers.append(server)
@@ -109,10 +140,6 @@ class AioStorageServer:
         *,
         tls: ssl.SSLContext | None,
     ) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = Connection(self, reader, writer, tls)
         self.connections.add(connection)
         try:
