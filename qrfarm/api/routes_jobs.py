@@ -10,8 +10,9 @@ from sqlalchemy import func, select
 
 from qrfarm.errors import Conflict, FieldError, NoSuchJob, UnknownNode
 from qrfarm.jobs import control
+from qrfarm.jobs.prefetch import HL7_REFERENCE_PREFIX
 from qrfarm.jobs.queries import job_summary
-from qrfarm.jobs.submit import JobRequest, existing_job, submit
+from qrfarm.jobs.submit import JobRequest, existing_job, same_request, submit
 from qrfarm.models import FindResult, Job, JobKind, JobState, NodeRecord, ReceivedInstance
 
 from .deps import Context, Db
@@ -41,7 +42,15 @@ def reference_of(body_reference: str | None, idempotency_key: str | None) -> str
         raise FieldError(
             ["header", "Idempotency-Key"], "differs from the body's external_reference"
         )
-    return body_reference or idempotency_key
+    reference = body_reference or idempotency_key
+    if reference and reference.startswith(HL7_REFERENCE_PREFIX):
+        # The HL7 listener's references (sender and control ID): an API caller
+        # must not take an order's place, or read it back by its reference.
+        raise FieldError(
+            ["header", "Idempotency-Key"],
+            f"references beginning {HL7_REFERENCE_PREFIX!r} are the HL7 listener's",
+        )
+    return reference
 
 
 @router.post(
@@ -86,6 +95,10 @@ def create_job(
     with ctx.sessions() as db:
         earlier = existing_job(db, reference)
         if earlier is not None:
+            # Only the same request gets its job back: a reference is not a
+            # key to other callers' jobs.
+            if not same_request(db, earlier, request):
+                raise Conflict(f"reference {reference!r} was used for another request")
             response.status_code = status.HTTP_200_OK
             return job_summary(db, earlier)
     try:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response, status
 from sqlalchemy import select
 
-from qrfarm.errors import FieldError, InvalidIdentifier, NoSuchRule, UnknownNode
+from qrfarm.errors import Conflict, FieldError, InvalidIdentifier, NoSuchRule, UnknownNode
 from qrfarm.jobs import prefetch
 from qrfarm.models import Prefetch
 
@@ -55,10 +55,17 @@ def start_prefetch(
             except NoSuchRule as exc:
                 raise FieldError(["body", "rule_name"], str(exc)) from exc
         if reference:
-            earlier = db.scalar(select(Prefetch.id).where(Prefetch.external_reference == reference))
+            earlier = db.scalar(select(Prefetch).where(Prefetch.external_reference == reference))
             if earlier is not None:
+                # Only the same request gets its prefetch back (see POST /jobs).
+                if (earlier.patient_id, earlier.rule_name, earlier.current_accession) != (
+                    body.patient_id,
+                    body.rule_name if body.rule is None else earlier.rule_name,
+                    body.current_accession,
+                ):
+                    raise Conflict(f"reference {reference!r} was used for another request")
                 response.status_code = status.HTTP_200_OK
-                return prefetch.prefetch_summary(db, earlier)
+                return prefetch.prefetch_summary(db, earlier.id)
     try:
         prefetch_id = prefetch.start(
             ctx.sessions,

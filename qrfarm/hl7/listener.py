@@ -102,7 +102,9 @@ class Hl7Service:
                     current_accession=trigger.accession_number,
                     current_study_uid=trigger.study_instance_uid,
                     external_reference=(
-                        f"hl7:{trigger.sending_application}:{trigger.control_id}"[:255]
+                        f"{prefetch.HL7_REFERENCE_PREFIX}{trigger.sending_application}:{trigger.control_id}"[
+                            :255
+                        ]
                     ),
                     trigger_digest=trigger.digest,
                 ),

@@ -150,6 +150,11 @@ def delete_rule(session: Session, name: str) -> None:
 # --- starting ----------------------------------------------------------------
 
 
+# External references of prefetches the HL7 listener starts ("hl7:" sender
+# ":" control ID); no API caller may use one.
+HL7_REFERENCE_PREFIX = "hl7:"
+
+
 @dataclass(frozen=True)
 class PrefetchRequest:
     patient_id: str

@@ -13,7 +13,7 @@ from qrfarm.config import Settings
 from qrfarm.dicom import Level, Root, build_query_identifier, build_retrieve_identifier
 from qrfarm.dicom.identifiers import KeyValue
 from qrfarm.dicom.node import validate_ae_title
-from qrfarm.errors import InvalidIdentifier, UnknownNode
+from qrfarm.errors import FieldError, InvalidIdentifier, UnknownNode
 from qrfarm.models import Job, JobKind, JobState, NodeRecord, utcnow
 from qrfarm.notify.targets import validate_callback_url
 from qrfarm.observability.tracing import current_traceparent, tracer
@@ -82,6 +82,43 @@ def existing_job(session: Session, external_reference: str | None) -> int | None
     return session.scalar(select(Job.id).where(Job.external_reference == external_reference))
 
 
+def same_request(session: Session, job_id: int, request: JobRequest) -> bool:
+    """Whether the job made before under a reference was made for this very request."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return False
+    node = session.get(NodeRecord, job.node_id)
+    try:
+        identifier = identifier_for(request)
+    except InvalidIdentifier:
+        return False
+    return (
+        job.kind is request.kind
+        and node is not None
+        and node.name == request.node
+        and job.level == request.level.value
+        and job.root == request.root.value
+        and job.identifier == identifier
+        and job.callback_url == request.callback_url
+        and (request.destination is None or job.destination == request.destination)
+    )
+
+
+def check_destination(session: Session, destination: str, farm_scp: str) -> None:
+    """A move goes to the farm's own storage SCP or to a registered node (nodes
+    are an admin's to add): a submitter cannot send studies to any AE title a
+    PACS happens to know."""
+    if destination == farm_scp:
+        return
+    if session.scalar(select(NodeRecord.id).where(NodeRecord.ae_title == destination).limit(1)):
+        return
+    raise FieldError(
+        ["body", "destination"],
+        f"{destination} is neither the farm's storage SCP ({farm_scp}) nor the AE title "
+        "of a registered node; an admin registers destinations (qrfarm node add)",
+    )
+
+
 def new_job(
     session: Session,
     request: JobRequest,
@@ -103,6 +140,7 @@ def new_job(
         destination = validate_ae_title(
             request.destination or rules.default_destination, "move destination"
         )
+        check_destination(session, destination, rules.default_destination)
     if request.callback_url is not None:
         validate_callback_url(
             request.callback_url,

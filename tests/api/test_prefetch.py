@@ -146,6 +146,13 @@ def test_the_last_three_cts_are_moved_except_the_one_already_held(
             headers={"Idempotency-Key": "order-4711"},
         )
         assert again.status_code == 200 and again.json()["id"] == response.json()["id"]
+        # Another patient under the same key: refused, the earlier prefetch not shown.
+        other = http.post(
+            "/prefetch",
+            json={"patient_id": "SOMEONE-ELSE", "rule_name": "last-three-cts"},
+            headers={"Idempotency-Key": "order-4711"},
+        )
+        assert other.status_code == 409 and PATIENT not in other.text, other.text
     summary = wait_prefetch(api_farm, response.json()["id"])
 
     assert summary["state"] == "completed", summary

@@ -103,6 +103,13 @@ def test_nodes_jobs_results_instances_health_and_metrics(
     again = http.post("/jobs", json=body, headers={"Idempotency-Key": "ris-order-17"})
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["id"] == again.json()["id"]
+    # The key is not a key to the job: another request under it is refused,
+    # and an HL7 order's reference cannot be taken or read back.
+    other = {**body, "keys": {"PatientID": "P002"}}
+    taken = http.post("/jobs", json=other, headers={"Idempotency-Key": "ris-order-17"})
+    assert taken.status_code == 409 and "another request" in taken.text, taken.text
+    hl7 = http.post("/jobs", json=body, headers={"Idempotency-Key": "hl7:RIS:MSG1001"})
+    assert hl7.status_code == 422 and "HL7 listener" in hl7.text, hl7.text
     wait_ended(http, first.json()["id"])
 
     # Listing by state, node, reference and time.

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Level
-from qrfarm.errors import InvalidIdentifier, QrfarmError, UnknownNode
+from qrfarm.errors import FieldError, InvalidIdentifier, QrfarmError, UnknownNode
 from qrfarm.jobs.dispatch import RUN_JOB, node_queue
 from qrfarm.jobs.submit import JobRequest, SubmitRules, submit
 from qrfarm.models import Job, JobKind, JobState
@@ -114,3 +114,23 @@ def test_the_same_external_reference_gives_the_same_job_and_one_message(
     first = submit(sessions, request, sent, RULES)
     assert submit(sessions, request, sent, RULES) == first
     assert len(sent.messages) == 1
+
+
+def test_a_move_goes_only_to_the_farms_scp_or_a_registered_node(
+    sessions: sessionmaker[Session], node: str
+) -> None:
+    """A submitter cannot send studies to any AE title the PACS knows: only to
+    the farm's own storage SCP, or to a node an admin registered."""
+    study = {"StudyInstanceUID": "1.2.3"}
+    before = jobs(sessions)
+    with pytest.raises(FieldError, match="ELSEWHERE is neither the farm's storage SCP"):
+        submit(
+            sessions,
+            JobRequest(JobKind.MOVE, node, Level.STUDY, keys=study, destination="ELSEWHERE"),
+            Sent(),
+            RULES,
+        )
+    assert jobs(sessions) == before
+    for destination in (None, "QRFARMSCP", "PACS"):  # PACS: node "pacs"'s AE title
+        request = JobRequest(JobKind.MOVE, node, Level.STUDY, keys=study, destination=destination)
+        assert submit(sessions, request, Sent(), RULES)
