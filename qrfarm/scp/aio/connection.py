@@ -18,10 +18,6 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
-from pynetdicom.dsutils import create_file_meta
 from pynetdicom.presentation import PresentationContext
 
 from qrfarm.errors import ProxyHeaderError
@@ -31,17 +27,14 @@ from .. import admission, proxy_protocol
 from ..facts import StoreRequest
 from ..handlers import store_spooled
 from ..spool import META_ALLOWANCE, MIN_PDU_READ, SpoolFile
-from . import encoding, messages, negotiation
+from . import messages, negotiation
+from .incoming import Incoming, file_meta
 
 if TYPE_CHECKING:
     from .server import AioStorageServer
 
 log = logging.getLogger(__name__)
 
-# Fragments are gathered into writes of this size: small enough that an
-# instance is mostly on disk while its last PDUs still arrive (the sender
-# keeps filling the socket buffer meanwhile), large enough for few syscalls.
-WRITE_CHUNK = 256 << 10
 RAW_POLL_S = 0.002
 # How long a connection over its host's cap of waiting ones has to ask.
 OVER_CAP_GRACE_S = 1.0
@@ -53,40 +46,6 @@ class ProtocolError(Exception):
     def __init__(self, message: str, reason: int = messages.ABORT_UNEXPECTED_PDU) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class Incoming:
-    """A C-STORE whose data set is arriving: its request and its temp file."""
-
-    def __init__(
-        self,
-        request: messages.StoreCommand,
-        context_id: int,
-        context: PresentationContext,
-        spool: SpoolFile,
-    ) -> None:
-        self.request = request
-        self.context_id = context_id
-        self.context = context
-        self.spool = spool
-        self.buffer = bytearray()
-
-    def write(self, data: memoryview) -> None:
-        self.buffer += data
-        if len(self.buffer) >= WRITE_CHUNK:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buffer:
-            # A new buffer, not this one cleared: a failed write's traceback
-            # (kept as the spool's failure) may still hold a view of it.
-            self.spool.write(memoryview(self.buffer))
-            self.buffer = bytearray()
-
-    def discard(self) -> None:
-        with suppress(OSError):
-            self.spool.close()
-        Path(self.spool.name).unlink(missing_ok=True)
 
 
 class Connection:
@@ -354,7 +313,7 @@ class Connection:
         if request is None or not has_data_set:
             raise ProtocolError(f"command {field:#06x} is not a service of this SCP")
         spool = SpoolFile(self.ctx.storage.incoming(), self.ctx.max_instance_bytes + META_ALLOWANCE)
-        spool.write(_file_meta(request, context))
+        spool.write(file_meta(request, context))
         self.incoming = Incoming(request, context_id, context, spool)
 
     async def _store(self, incoming: Incoming) -> None:
@@ -392,27 +351,3 @@ class Connection:
         """End the association now (a drain that ran out of time)."""
         self._abort()
         self.writer.close()
-
-
-def _file_meta(request: messages.StoreCommand, context: PresentationContext) -> bytes:
-    """Preamble and file meta, as pynetdicom writes them ahead of a spooled
-    data set (the file is stored as is, and read back by its offset)."""
-    syntax = str(context.transfer_syntax[0])
-    fast = encoding.file_meta(request.sop_class_uid, request.sop_instance_uid, syntax)
-    if fast is not None:
-        return fast
-    out = DicomBytesIO()
-    out.write(encoding.PREAMBLE)
-    try:
-        write_file_meta_info(
-            out,
-            create_file_meta(
-                sop_class_uid=UID(request.sop_class_uid),
-                sop_instance_uid=UID(request.sop_instance_uid),
-                transfer_syntax=UID(syntax),
-            ),
-        )
-    except Exception:  # noqa: BLE001 (whatever the UIDs hold)
-        # Not a Part-10 file then: the data set is refused as not understood.
-        return b""
-    return out.getvalue()

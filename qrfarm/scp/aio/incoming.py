@@ -1,0 +1,80 @@
+"""A C-STORE's data set on its way to disk: its temp file, written as the
+fragments arrive, behind the file meta pynetdicom would write."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from pathlib import Path
+
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.presentation import PresentationContext
+
+from ..spool import SpoolFile
+from . import encoding
+from .messages import StoreCommand
+
+# Fragments are gathered into writes of this size: small enough that an
+# instance is mostly on disk while its last PDUs still arrive (the sender
+# keeps filling the socket buffer meanwhile), large enough for few syscalls.
+WRITE_CHUNK = 256 << 10
+
+
+class Incoming:
+    """A C-STORE whose data set is arriving: its request and its temp file."""
+
+    def __init__(
+        self,
+        request: StoreCommand,
+        context_id: int,
+        context: PresentationContext,
+        spool: SpoolFile,
+    ) -> None:
+        self.request = request
+        self.context_id = context_id
+        self.context = context
+        self.spool = spool
+        self.buffer = bytearray()
+
+    def write(self, data: memoryview) -> None:
+        self.buffer += data
+        if len(self.buffer) >= WRITE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            # A new buffer, not this one cleared: a failed write's traceback
+            # (kept as the spool's failure) may still hold a view of it.
+            self.spool.write(memoryview(self.buffer))
+            self.buffer = bytearray()
+
+    def discard(self) -> None:
+        with suppress(OSError):
+            self.spool.close()
+        Path(self.spool.name).unlink(missing_ok=True)
+
+
+def file_meta(request: StoreCommand, context: PresentationContext) -> bytes:
+    """Preamble and file meta, as pynetdicom writes them ahead of a spooled
+    data set (the file is stored as is, and read back by its offset)."""
+    syntax = str(context.transfer_syntax[0])
+    fast = encoding.file_meta(request.sop_class_uid, request.sop_instance_uid, syntax)
+    if fast is not None:
+        return fast
+    out = DicomBytesIO()
+    out.write(encoding.PREAMBLE)
+    try:
+        write_file_meta_info(
+            out,
+            create_file_meta(
+                sop_class_uid=UID(request.sop_class_uid),
+                sop_instance_uid=UID(request.sop_instance_uid),
+                transfer_syntax=UID(syntax),
+            ),
+        )
+    except Exception:  # noqa: BLE001 (whatever the UIDs hold)
+        # Not a Part-10 file then: the data set is refused as not understood.
+        return b""
+    return out.getvalue()
