@@ -41,10 +41,27 @@ PRIVATE = tuple(
 )
 
 
+# IPv6 forms that carry an IPv4 address in their last 32 bits and reach it
+# through a translator: NAT64 (RFC 6052, also its local-use prefix), SIIT's
+# IPv4-translated form, and the deprecated IPv4-compatible form.
+_EMBEDDING = tuple(
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
+)
+# Deprecated site-local unicast (RFC 3879): as private as fc00::/7.
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+
+
 def _plain(address: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 address as the IPv4 address it reaches."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+    """An IPv6 address that carries an IPv4 one (mapped, NAT64, translated,
+    compatible, 6to4) as the IPv4 address it reaches."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address.ipv4_mapped is not None:
         return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in network for network in _EMBEDDING) and int(address) > 1:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
 
 
@@ -61,7 +78,7 @@ def address_class(address: IPAddress) -> str | None:
         return "a link-local address"
     if address.is_multicast:
         return "a multicast address"
-    if any(address in network for network in PRIVATE):
+    if any(address in network for network in PRIVATE) or address in _SITE_LOCAL:
         return "a private address"
     if not address.is_global:
         return "a reserved address"

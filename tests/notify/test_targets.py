@@ -41,6 +41,13 @@ def refusal(url: str, allowed: list[str]) -> str:
         ("http://169.254.10.10/hook", "a link-local address"),
         ("http://192.168.1.20/hook", "a private address"),
         ("http://mixed.test/hook", "a private address"),
+        # IPv6 forms that reach an IPv4 address through a translator.
+        ("http://[64:ff9b::a9fe:a9fe]/hook", "a cloud metadata address"),  # NAT64
+        ("http://[::a9fe:a9fe]/hook", "a cloud metadata address"),  # IPv4-compatible
+        ("http://[2002:a9fe:a9fe::]/hook", "a cloud metadata address"),  # 6to4
+        ("http://[::ffff:0:7f00:2]/hook", "a loopback address"),  # SIIT
+        ("http://[64:ff9b::a00:1]/hook", "a private address"),  # NAT64 of 10.0.0.1
+        ("http://[fec0::1]/hook", "a private address"),  # site-local
     ],
 )
 def test_inward_addresses_are_refused_naming_their_class(
