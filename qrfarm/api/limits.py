@@ -183,6 +183,11 @@ class RedisBuckets:
         return float(wait)
 
 
+def address_key(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"addr:{client[0] if client else 'unknown'}"
+
+
 def bucket_key(scope: Scope) -> str:
     """The caller a request is counted against: its bearer token (by digest,
     never the text), else its address."""
@@ -190,8 +195,7 @@ def bucket_key(scope: Scope) -> str:
     scheme, _, credentials = authorization.partition(b" ")
     if scheme.lower() == b"bearer" and credentials.strip():
         return "token:" + hashlib.sha256(credentials.strip()).hexdigest()[:32]
-    client = scope.get("client")
-    return f"addr:{client[0] if client else 'unknown'}"
+    return address_key(scope)
 
 
 class RateLimit:
@@ -206,6 +210,21 @@ class RateLimit:
         self.local = LocalBuckets(rate_per_s, burst)
         self.shared = RedisBuckets(redis_url, rate_per_s, burst) if redis_url else None
         self._shared_failed_at: float | None = None
+        # Token digests answered other than 401 lately (bounded: cleared when full).
+        self.accepted: set[str] = set()
+
+    def _noting_accepted(self, key: str, send: Send) -> Send:
+        if not key.startswith("token:") or key in self.accepted:
+            return send
+
+        async def noting(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 401:
+                if len(self.accepted) >= 10_000:
+                    self.accepted.clear()
+                self.accepted.add(key)
+            await send(message)
+
+        return noting
 
     async def _wait(self, key: str) -> float:
         if self.shared is not None:
@@ -228,9 +247,15 @@ class RateLimit:
         if scope["type"] != "http" or self.rate <= 0:
             await self.app(scope, receive, send)
             return
-        wait = await self._wait(bucket_key(scope))
+        key = bucket_key(scope)
+        wait = await self._wait(key)
+        if wait <= 0 and key.startswith("token:") and key not in self.accepted:
+            # A token not yet seen accepted also takes from a bucket of its
+            # address kept for unproven tokens: otherwise each invented token
+            # would bring a full bucket of its own.
+            wait = await self._wait("unproven:" + address_key(scope))
         if wait <= 0:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._noting_accepted(key, send))
             return
         retry_after = max(1, math.ceil(wait))
         detail = (

@@ -197,3 +197,23 @@ def test_a_page_larger_than_the_maximum_is_refused_naming_it(farm: Farm) -> None
     (error,) = refused.json()["detail"]
     assert error["loc"] == ["query", "limit"]
     assert "1000" in error["msg"]
+
+
+def test_invented_tokens_share_their_address_bucket(farm: Farm) -> None:
+    """A new bearer text per request does not bring a new bucket each time: tokens
+    not yet seen accepted count against their address as well."""
+    farm.env["QRFARM_API_RATE_PER_S"] = "0.01"
+    farm.env["QRFARM_API_RATE_BURST"] = "5"
+    api = start_api(farm)
+    with api.http() as http:  # a real token, proven on its first answer
+        assert http.get("/nodes").status_code == 200
+    with httpx.Client(base_url=api.url, trust_env=False, timeout=30) as anonymous:
+        codes = [
+            anonymous.get("/nodes", headers={"Authorization": f"Bearer invented-{n}"}).status_code
+            for n in range(8)
+        ]
+    # The real token's first answer took one from that bucket too.
+    assert codes[:4] == [401] * 4, codes
+    assert codes[4:] == [429] * 4, codes
+    with api.http() as http:  # the proven token is still served
+        assert http.get("/nodes").status_code == 200
