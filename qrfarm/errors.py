@@ -99,6 +99,15 @@ class ProxyHeaderError(PermanentError):
     """A connection from a proxy did not begin with a valid PROXY protocol v2 header."""
 
 
+class UpperLayerViolation(PermanentError):
+    """A peer broke the DICOM upper layer protocol: its association is aborted
+    with ``reason`` (an A-ABORT reason of PS3.8 9.3.8; 0x02: unexpected PDU)."""
+
+    def __init__(self, message: str, reason: int = 0x02) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class AssociationAborted(RetriableError):
     """The association ended with A-ABORT or a dropped connection mid-exchange."""
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from pynetdicom.presentation import PresentationContext
 
-from qrfarm.errors import ProxyHeaderError
+from qrfarm.errors import ProxyHeaderError, UpperLayerViolation
 from qrfarm.nodes.hosts import peer_address
 
 from .. import admission, proxy_protocol
@@ -38,14 +38,6 @@ log = logging.getLogger(__name__)
 RAW_POLL_S = 0.002
 # How long a connection over its host's cap of waiting ones has to ask.
 OVER_CAP_GRACE_S = 1.0
-
-
-class ProtocolError(Exception):
-    """The peer broke the upper layer protocol: the association is aborted."""
-
-    def __init__(self, message: str, reason: int = messages.ABORT_UNEXPECTED_PDU) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class Connection:
@@ -86,7 +78,7 @@ class Connection:
         try:
             if await self._associate():
                 await self._serve()
-        except ProtocolError as exc:
+        except UpperLayerViolation as exc:
             log.warning("association from %s at %s aborted: %s", self.calling_ae, self.host, exc)
             self._abort(exc.reason)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
@@ -138,11 +130,11 @@ class Connection:
             if pending:
                 self.server.release_pending(self.host)
         if pdu_type != messages.ASSOCIATE_RQ:
-            raise ProtocolError(f"PDU type {pdu_type:#04x} before A-ASSOCIATE-RQ")
+            raise UpperLayerViolation(f"PDU type {pdu_type:#04x} before A-ASSOCIATE-RQ")
         try:
             request = negotiation.Request.decode(pdu)
         except Exception as exc:
-            raise ProtocolError(
+            raise UpperLayerViolation(
                 f"A-ASSOCIATE-RQ not understood: {exc}", messages.ABORT_INVALID_PDU_PARAMETER
             ) from exc
         self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
@@ -254,7 +246,7 @@ class Connection:
                 self.is_aborted = True
                 return
             else:
-                raise ProtocolError(f"unexpected PDU type {pdu_type:#04x}")
+                raise UpperLayerViolation(f"unexpected PDU type {pdu_type:#04x}")
 
     def _p_data(self, body: memoryview) -> list[asyncio.Task[None]]:
         """Take the PDVs of one P-DATA-TF; the answers of the messages it completed."""
@@ -262,23 +254,27 @@ class Connection:
         offset = 0
         while offset < len(body):
             if offset + messages.PDV_HEADER.size > len(body):
-                raise ProtocolError("PDV item cut short", messages.ABORT_INVALID_PDU_PARAMETER)
+                raise UpperLayerViolation(
+                    "PDV item cut short", messages.ABORT_INVALID_PDU_PARAMETER
+                )
             length, context_id, control = messages.PDV_HEADER.unpack_from(body, offset)
             end = offset + 4 + length
             if length < 2 or end > len(body):
-                raise ProtocolError("PDV item length wrong", messages.ABORT_INVALID_PDU_PARAMETER)
+                raise UpperLayerViolation(
+                    "PDV item length wrong", messages.ABORT_INVALID_PDU_PARAMETER
+                )
             data = body[offset + messages.PDV_HEADER.size : end]
             offset = end
             if control & 1:
                 if self.incoming is not None:
-                    raise ProtocolError("a command fragment inside a data set")
+                    raise UpperLayerViolation("a command fragment inside a data set")
                 self.command += data
                 if control & 2:
                     self._command(context_id)
             else:
                 incoming = self.incoming
                 if incoming is None or context_id != incoming.context_id:
-                    raise ProtocolError("a data set fragment without its command")
+                    raise UpperLayerViolation("a data set fragment without its command")
                 incoming.write(data)
                 if control & 2:
                     self.incoming = None
@@ -292,7 +288,7 @@ class Connection:
         self.command.clear()
         context = self.contexts.get(context_id)
         if context is None:
-            raise ProtocolError(
+            raise UpperLayerViolation(
                 f"a command on presentation context {context_id}, not accepted",
                 messages.ABORT_INVALID_PDU_PARAMETER,
             )
@@ -303,7 +299,7 @@ class Connection:
             is_store = field == messages.C_STORE_RQ_FIELD
             request = messages.StoreCommand.of(command) if is_store else None
         except Exception as exc:
-            raise ProtocolError(
+            raise UpperLayerViolation(
                 f"command set not understood: {exc}", messages.ABORT_INVALID_PDU_PARAMETER
             ) from exc
         if field == messages.C_ECHO_RQ_FIELD and not has_data_set:
@@ -311,7 +307,7 @@ class Connection:
             self.writer.write(messages.echo_response(echo, context_id, self.peer_max_pdu))
             return
         if request is None or not has_data_set:
-            raise ProtocolError(f"command {field:#06x} is not a service of this SCP")
+            raise UpperLayerViolation(f"command {field:#06x} is not a service of this SCP")
         spool = SpoolFile(self.ctx.storage.incoming(), self.ctx.max_instance_bytes + META_ALLOWANCE)
         spool.write(file_meta(request, context))
         self.incoming = Incoming(request, context_id, context, spool)
