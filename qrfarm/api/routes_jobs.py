@@ -60,6 +60,7 @@ def reference_of(body_reference: str | None, idempotency_key: str | None) -> str
     responses={
         **UNREADABLE_BODY,
         200: {"model": JobOut, "description": "The job made before with this key."},
+        409: {"model": ErrorOut, "description": "The key was used for another request."},
     },
     **needs(Scope.SUBMIT, ("job.submit", "C")),
 )

@@ -30,6 +30,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
     responses={
         **UNREADABLE_BODY,
         200: {"model": PrefetchOut, "description": "The prefetch made before."},
+        409: {"model": ErrorOut, "description": "The key was used for another request."},
     },
     **needs(Scope.SUBMIT, ("prefetch.start", "C")),
 )
