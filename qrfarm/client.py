@@ -23,13 +23,14 @@ from .dicom import Level, Root
 from .dicom.identifiers import KeyValue
 from .errors import DatabaseNotReady, WaitTimedOut
 from .jobs import control
-from .jobs import prefetch as prefetches
 from .jobs.announce import can_listen, wait_for_end
 from .jobs.dispatch import Dispatcher, celery_dispatcher
 from .jobs.queries import find_results, job_state, job_summary
 from .jobs.submit import JobRequest, SubmitRules, submit
 from .models import ENDED_STATES, JobKind, make_engine, session_factory
 from .models.migrate import is_current
+from .workflow import prefetch as prefetches
+from .workflow import rules as prefetch_rules
 
 
 class Client:
@@ -132,7 +133,7 @@ class Client:
     def prefetch(
         self,
         patient_id: str,
-        rule: str | prefetches.Rule,
+        rule: str | prefetch_rules.Rule,
         *,
         current_accession: str | None = None,
         callback_url: str | None = None,
@@ -140,7 +141,7 @@ class Client:
     ) -> int:
         """Fetch a patient's priors by a stored rule's name or a Rule; the prefetch's id."""
         with self.sessions() as session:
-            chosen = prefetches.load_rule(session, rule) if isinstance(rule, str) else rule
+            chosen = prefetch_rules.load_rule(session, rule) if isinstance(rule, str) else rule
         return prefetches.start(
             self.sessions,
             prefetches.PrefetchRequest(

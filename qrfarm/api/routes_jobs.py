@@ -10,10 +10,10 @@ from sqlalchemy import func, select
 
 from qrfarm.errors import Conflict, FieldError, NoSuchJob, UnknownNode
 from qrfarm.jobs import control
-from qrfarm.jobs.prefetch import HL7_REFERENCE_PREFIX
 from qrfarm.jobs.queries import job_summary
 from qrfarm.jobs.submit import JobRequest, existing_job, same_request, submit
 from qrfarm.models import FindResult, Job, JobKind, JobState, NodeRecord, ReceivedInstance
+from qrfarm.workflow.prefetch import HL7_REFERENCE_PREFIX
 
 from .deps import Context, Db
 from .dicom_json import keys_from_dicom_json

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Path, Response, status
 from sqlalchemy import select
 
 from qrfarm.errors import Conflict, FieldError, InvalidIdentifier, NoSuchRule, UnknownNode
-from qrfarm.jobs import prefetch
 from qrfarm.models import Prefetch
+from qrfarm.workflow import prefetch
+from qrfarm.workflow import rules as prefetch_rules
 
 from .deps import Context, Db
 from .routes_jobs import IdempotencyKey, reference_of
@@ -52,7 +53,7 @@ def start_prefetch(
         else:
             assert body.rule_name is not None
             try:
-                rule = prefetch.load_rule(db, body.rule_name)
+                rule = prefetch_rules.load_rule(db, body.rule_name)
             except NoSuchRule as exc:
                 raise FieldError(["body", "rule_name"], str(exc)) from exc
         if reference:
@@ -105,14 +106,14 @@ def read_prefetch(prefetch_id: PrefetchId, db: Db) -> dict[str, Any]:
 
 @router.get("/prefetch-rules", response_model=list[RuleOut], **needs(Scope.READ))
 def list_rules(db: Db) -> list[dict[str, Any]]:
-    return [{"name": n, "rule": r} for n, r in prefetch.list_rules(db).items()]
+    return [{"name": n, "rule": r} for n, r in prefetch_rules.list_rules(db).items()]
 
 
 @router.get(
     "/prefetch-rules/{name}", response_model=RuleOut, responses=NOT_FOUND, **needs(Scope.READ)
 )
 def read_rule(name: RuleName, db: Db) -> dict[str, Any]:
-    return {"name": name, "rule": prefetch.load_rule(db, name)}
+    return {"name": name, "rule": prefetch_rules.load_rule(db, name)}
 
 
 @router.put(
@@ -121,9 +122,9 @@ def read_rule(name: RuleName, db: Db) -> dict[str, Any]:
     responses=UNREADABLE_BODY,
     **needs(Scope.ADMIN, ("rule.save", "U")),
 )
-def save_rule(name: RuleName, rule: prefetch.Rule, db: Db) -> dict[str, Any]:
+def save_rule(name: RuleName, rule: prefetch_rules.Rule, db: Db) -> dict[str, Any]:
     """Store (or replace) a named rule; prefetches under way keep the rule they began with."""
-    prefetch.save_rule(db, name, rule)
+    prefetch_rules.save_rule(db, name, rule)
     db.commit()
     return {"name": name, "rule": rule}
 
@@ -135,6 +136,6 @@ def save_rule(name: RuleName, rule: prefetch.Rule, db: Db) -> dict[str, Any]:
     **needs(Scope.ADMIN, ("rule.delete", "D")),
 )
 def delete_rule(name: RuleName, db: Db) -> Response:
-    prefetch.delete_rule(db, name)
+    prefetch_rules.delete_rule(db, name)
     db.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -7,8 +7,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from qrfarm.dicom import Level, Root
-from qrfarm.jobs.prefetch import Rule
 from qrfarm.models import JobKind
+from qrfarm.workflow.rules import Rule
 
 KeyValue = str | list[str] | None
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..config import Settings, broker_config
 from ..dicom import Connection, Node, Operation, StatusCategory, qr_contexts
 from ..errors import DatabaseNotReady, UnknownNode
-from ..jobs import prefetch, profiles
+from ..jobs import profiles
 from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
 from ..jobs.nodes import NodeSpec, node_of, remove_node, upsert_node
 from ..jobs.submit import SubmitRules
@@ -28,7 +28,7 @@ from ..models.migrate import is_current
 from ..notify.delivery import DeliveryPolicy, deliver_due, run_deliveries
 from ..notify.signing import new_secret
 from ..observability import metrics
-from ..workflow import audit
+from ..workflow import audit, prefetch
 from .common import (
     EXIT_FAILURE,
     EXIT_OK,

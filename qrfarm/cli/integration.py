@@ -13,10 +13,11 @@ from rich.table import Table
 
 from ..config import Settings
 from ..errors import InvalidTlsSettings
-from ..jobs import prefetch as prefetches
 from ..jobs.submit import SubmitRules
 from ..observability import metrics
 from ..workflow import audit
+from ..workflow import prefetch as prefetches
+from ..workflow import rules as prefetch_rules
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, print_json, run
 from .farm import JsonOpt, database, dispatcher
 
@@ -195,8 +196,8 @@ def _rule(
     body_parts: list[str] | None,
     max_studies: int,
     max_age_days: int | None,
-) -> prefetches.Rule:
-    return prefetches.Rule(
+) -> prefetch_rules.Rule:
+    return prefetch_rules.Rule(
         nodes=list(nodes or []),
         modalities=list(modalities or []),
         body_parts=list(body_parts or []),
@@ -220,7 +221,7 @@ def rule_set(
         rule = _rule(node, modality, body_part, max_studies, max_age_days)
         engine, sessions = database(settings)
         with sessions() as session, session.begin():
-            prefetches.save_rule(session, name, rule)
+            prefetch_rules.save_rule(session, name, rule)
             audit.record(
                 session, audit.os_user(), audit.Event("rule.save", "U", detail=f"rule {name}")
             )
@@ -238,7 +239,7 @@ def rule_list() -> None:
     def action(settings: Settings) -> int:
         engine, sessions = database(settings)
         with sessions() as session:
-            rules = prefetches.list_rules(session)
+            rules = prefetch_rules.list_rules(session)
         engine.dispose()
         for name, rule in rules.items():
             out.print(f"{name}: {rule.model_dump_json()}", highlight=False)
@@ -270,7 +271,7 @@ def prefetch(
         engine, sessions = database(settings)
         with sessions() as session:
             chosen = (
-                prefetches.load_rule(session, rule)
+                prefetch_rules.load_rule(session, rule)
                 if rule
                 else _rule(node, modality, body_part, max_studies, max_age_days)
             )

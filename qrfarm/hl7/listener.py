@@ -23,11 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.config import Settings
 from qrfarm.errors import PermanentError, ResentWithOtherContent, UnusableHl7Message
-from qrfarm.jobs import prefetch
 from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.submit import SubmitRules
 from qrfarm.observability.metrics import HL7_MESSAGES
-from qrfarm.workflow import audit
+from qrfarm.workflow import audit, prefetch
+from qrfarm.workflow import rules as prefetch_rules
 from qrfarm.workflow.audit import FAILED, REFUSED, SUCCESS
 
 from .guards import Guards
@@ -92,7 +92,7 @@ class Hl7Service:
             return acknowledge(trigger, ERROR, reason), FAILED, reason
         try:
             with self.sessions() as db:
-                rule = prefetch.load_rule(db, rule_name)
+                rule = prefetch_rules.load_rule(db, rule_name)
             prefetch_id = prefetch.start(
                 self.sessions,
                 prefetch.PrefetchRequest(

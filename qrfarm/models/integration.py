@@ -80,7 +80,7 @@ class PrefetchRule(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    # The rule's fields as qrfarm.jobs.prefetch.Rule holds them.
+    # The rule's fields as qrfarm.workflow.rules.Rule holds them.
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -37,8 +37,8 @@ from qrfarm.api.app import create_app
 from qrfarm.api.tokens import ALL_SCOPES, issue
 from qrfarm.config import Settings
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
-from qrfarm.jobs.prefetch import Rule, save_rule
 from qrfarm.models import make_engine, session_factory, upgrade
+from qrfarm.workflow.rules import Rule, save_rule
 from tests.databases import postgres_database
 from tests.peers.ports import free_port
 

@@ -33,7 +33,6 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
-from qrfarm.jobs.prefetch import Rule, save_rule
 from qrfarm.models import (
     AuditEvent,
     Job,
@@ -45,6 +44,7 @@ from qrfarm.models import (
     session_factory,
     upgrade,
 )
+from qrfarm.workflow.rules import Rule, save_rule
 from tests.peers.ports import LOCALHOST, accepts_connections, free_port, wait_for_port
 
 from .test_messages import message, msh, obr

@@ -31,9 +31,9 @@ import pytest
 from sqlalchemy import select
 
 from qrfarm.jobs.nodes import NodeSpec
-from qrfarm.jobs.prefetch import Rule, save_rule
 from qrfarm.models import PREFETCH_ENDED, Prefetch
 from qrfarm.sandbox.synthetic import Corpus
+from qrfarm.workflow.rules import Rule, save_rule
 from tests.api.conftest import WEBHOOK_SECRET, ApiFarm, WebhookReceiver
 from tests.farm.conftest import Farm, make_farm
 from tests.peers.orthanc import OrthancPeer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from qrfarm.jobs import priors
+from qrfarm.workflow import priors
 
 
 def answer(

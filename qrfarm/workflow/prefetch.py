@@ -8,7 +8,7 @@ failed``:
 2. detailing, only where needed: a PACS that leaves ModalitiesInStudy out of
    its STUDY-level answers (DCMTK's dcmqrscp) gets a SERIES-level find per
    candidate study, for the modalities a rule that names some must know;
-3. then the priors are picked (:mod:`qrfarm.jobs.priors`): a study found on
+3. then the priors are picked (:mod:`qrfarm.workflow.priors`): a study found on
    several nodes is taken from the first; the rule's modalities and body
    parts, not older than its limit, newest first, at most its number of
    studies, never the study being ordered. A study already fully held is
@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,10 +36,11 @@ from qrfarm.errors import (
     InvalidCallback,
     InvalidIdentifier,
     NoSuchPrefetch,
-    NoSuchRule,
     PermanentError,
     ResentWithOtherContent,
 )
+from qrfarm.jobs.dispatch import Dispatcher
+from qrfarm.jobs.submit import JobRequest, SubmitRules, new_job, send_jobs
 from qrfarm.models import (
     ENDED_STATES,
     PREFETCH_ENDED,
@@ -50,7 +50,6 @@ from qrfarm.models import (
     JobState,
     NodeRecord,
     Prefetch,
-    PrefetchRule,
     PrefetchState,
     ReceivedInstance,
     utcnow,
@@ -59,8 +58,7 @@ from qrfarm.notify.outbox import notify_prefetch_ended
 from qrfarm.notify.targets import validate_callback_url
 
 from . import priors
-from .dispatch import Dispatcher
-from .submit import JobRequest, SubmitRules, new_job, send_jobs
+from .rules import Rule
 
 RETURN_KEYS = (
     "StudyDate",
@@ -70,81 +68,6 @@ RETURN_KEYS = (
     "ModalitiesInStudy",
     "NumberOfStudyRelatedInstances",
 )
-
-
-class Rule(BaseModel):
-    """Which priors a prefetch fetches."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    nodes: list[str] = Field(min_length=1, description="Nodes to search, in order of preference.")
-    modalities: list[str] = Field(
-        default=[], description="Wanted modalities (any of them in the study); empty: any."
-    )
-    body_parts: list[str] = Field(
-        default=[],
-        description="Wanted body parts, matched in the study description; empty: any.",
-    )
-    max_studies: int = Field(default=3, ge=1, le=100, description="How many priors, newest first.")
-    max_age_days: int | None = Field(
-        default=None, ge=1, le=36500, description="How far back; unset: no limit."
-    )
-    webhook_patient_keys: bool = Field(
-        default=False,
-        description="Put the patient ID, accession and chosen studies in the prefetch's"
-        " webhook body (an https callback only); otherwise it carries ids, states and counts.",
-    )
-
-    @field_validator("nodes", "modalities", "body_parts")
-    @classmethod
-    def _clean(cls, values: list[str]) -> list[str]:
-        cleaned = [v.strip() for v in values]
-        if any(not v or len(v) > 64 for v in cleaned):
-            raise ValueError("entries must be 1 to 64 characters")
-        return cleaned
-
-    @field_validator("modalities")
-    @classmethod
-    def _modality_codes(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not value.isascii() or not value.replace("_", "").isalnum() or len(value) > 16:
-                raise ValueError(f"{value!r} is not a modality code (CS, e.g. CT, MR)")
-        return [v.upper() for v in values]
-
-
-# --- stored rules ------------------------------------------------------------
-
-
-def save_rule(session: Session, name: str, rule: Rule) -> PrefetchRule:
-    if not name or len(name) > 64:
-        raise PermanentError("a rule name has 1 to 64 characters")
-    row = session.scalar(select(PrefetchRule).where(PrefetchRule.name == name))
-    if row is None:
-        row = PrefetchRule(name=name, definition=rule.model_dump())
-        session.add(row)
-    else:
-        row.definition = rule.model_dump()
-    session.flush()
-    return row
-
-
-def load_rule(session: Session, name: str) -> Rule:
-    row = session.scalar(select(PrefetchRule).where(PrefetchRule.name == name))
-    if row is None:
-        raise NoSuchRule(f"no prefetch rule named {name!r}")
-    return Rule.model_validate(row.definition)
-
-
-def list_rules(session: Session) -> dict[str, Rule]:
-    rows = session.scalars(select(PrefetchRule).order_by(PrefetchRule.name))
-    return {row.name: Rule.model_validate(row.definition) for row in rows}
-
-
-def delete_rule(session: Session, name: str) -> None:
-    row = session.scalar(select(PrefetchRule).where(PrefetchRule.name == name))
-    if row is None:
-        raise NoSuchRule(f"no prefetch rule named {name!r}")
-    session.delete(row)
 
 
 # --- starting ----------------------------------------------------------------
@@ -528,13 +451,8 @@ def prefetch_summary(session: Session, prefetch_id: int) -> dict[str, Any]:
 
 __all__ = [
     "PrefetchRequest",
-    "Rule",
     "advance",
     "advance_all",
-    "delete_rule",
-    "list_rules",
-    "load_rule",
     "prefetch_summary",
-    "save_rule",
     "start",
 ]

@@ -1,0 +1,24 @@
+"""batches, priorities and time windows
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-07 10:00:00.000000
+
+RESERVED: filled in by the change that needs it.
+"""
+
+from collections.abc import Sequence
+
+# revision identifiers, used by Alembic.
+revision: str = "0013"
+down_revision: str | Sequence[str] | None = "0012"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

@@ -1,0 +1,82 @@
+"""Prefetch rules: which priors a prefetch fetches, stored by name."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from qrfarm.errors import NoSuchRule, PermanentError
+from qrfarm.models import PrefetchRule
+
+
+class Rule(BaseModel):
+    """Which priors a prefetch fetches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: list[str] = Field(min_length=1, description="Nodes to search, in order of preference.")
+    modalities: list[str] = Field(
+        default=[], description="Wanted modalities (any of them in the study); empty: any."
+    )
+    body_parts: list[str] = Field(
+        default=[],
+        description="Wanted body parts, matched in the study description; empty: any.",
+    )
+    max_studies: int = Field(default=3, ge=1, le=100, description="How many priors, newest first.")
+    max_age_days: int | None = Field(
+        default=None, ge=1, le=36500, description="How far back; unset: no limit."
+    )
+    webhook_patient_keys: bool = Field(
+        default=False,
+        description="Put the patient ID, accession and chosen studies in the prefetch's"
+        " webhook body (an https callback only); otherwise it carries ids, states and counts.",
+    )
+
+    @field_validator("nodes", "modalities", "body_parts")
+    @classmethod
+    def _clean(cls, values: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in values]
+        if any(not v or len(v) > 64 for v in cleaned):
+            raise ValueError("entries must be 1 to 64 characters")
+        return cleaned
+
+    @field_validator("modalities")
+    @classmethod
+    def _modality_codes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value.isascii() or not value.replace("_", "").isalnum() or len(value) > 16:
+                raise ValueError(f"{value!r} is not a modality code (CS, e.g. CT, MR)")
+        return [v.upper() for v in values]
+
+
+def save_rule(session: Session, name: str, rule: Rule) -> PrefetchRule:
+    if not name or len(name) > 64:
+        raise PermanentError("a rule name has 1 to 64 characters")
+    row = session.scalar(select(PrefetchRule).where(PrefetchRule.name == name))
+    if row is None:
+        row = PrefetchRule(name=name, definition=rule.model_dump())
+        session.add(row)
+    else:
+        row.definition = rule.model_dump()
+    session.flush()
+    return row
+
+
+def load_rule(session: Session, name: str) -> Rule:
+    row = session.scalar(select(PrefetchRule).where(PrefetchRule.name == name))
+    if row is None:
+        raise NoSuchRule(f"no prefetch rule named {name!r}")
+    return Rule.model_validate(row.definition)
+
+
+def list_rules(session: Session) -> dict[str, Rule]:
+    rows = session.scalars(select(PrefetchRule).order_by(PrefetchRule.name))
+    return {row.name: Rule.model_validate(row.definition) for row in rows}
+
+
+def delete_rule(session: Session, name: str) -> None:
+    row = session.scalar(select(PrefetchRule).where(PrefetchRule.name == name))
+    if row is None:
+        raise NoSuchRule(f"no prefetch rule named {name!r}")
+    session.delete(row)
