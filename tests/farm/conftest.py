@@ -31,7 +31,17 @@ from tests.conftest import QRFARM_SCP_AE
 from tests.databases import postgres_database
 from tests.peers.ports import wait_for_port
 
-REDIS_URL = os.environ.get("QRFARM_TEST_REDIS", "redis://127.0.0.1:6379/9")
+
+def _farm_redis_url() -> str:
+    """The machine's Redis, one database per test process: a farm flushes its
+    database at start and end, so parallel test processes (pytest-xdist's
+    gw0, gw1, ...) each get their own."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    number = int(worker.removeprefix("gw") or 0) if worker.startswith("gw") else 0
+    return f"redis://127.0.0.1:6379/{9 + number % 4}"
+
+
+REDIS_URL = os.environ.get("QRFARM_TEST_REDIS") or _farm_redis_url()
 
 
 @dataclass
