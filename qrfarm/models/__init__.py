@@ -5,6 +5,7 @@ Imports nothing of qrfarm outside this package: SQLAlchemy and Alembic only.
 
 from .audit import AuditEvent
 from .base import Base, table, utcnow
+from .forwarding import FarmRelay, Forward, ForwardedInstance, ForwardOptions, Pseudonym
 from .instances import MatchedBy, OrphanInstance, ReceivedInstance
 from .integration import (
     PREFETCH_ENDED,
@@ -41,7 +42,11 @@ __all__ = [
     "DeliveryState",
     "DimseResponse",
     "ExpectedInstance",
+    "FarmRelay",
     "FindResult",
+    "Forward",
+    "ForwardOptions",
+    "ForwardedInstance",
     "Job",
     "JobKind",
     "JobState",
@@ -53,6 +58,7 @@ __all__ = [
     "Prefetch",
     "PrefetchRule",
     "PrefetchState",
+    "Pseudonym",
     "ReceivedInstance",
     "WebhookAttempt",
     "WebhookDelivery",

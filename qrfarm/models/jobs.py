@@ -26,6 +26,8 @@ class JobKind(enum.StrEnum):
     FIND = "find"
     GET = "get"
     MOVE = "move"
+    # C-STORE of what another job holds to the job's node (qrfarm.delivery).
+    FORWARD = "forward"
 
 
 class JobState(enum.StrEnum):
