@@ -30,11 +30,13 @@ from .jobs import (
 )
 from .migrate import upgrade
 from .nodes import NodeProfile, NodeRecord
+from .retrievals import RETRIEVAL_ENDED, Retrieval, RetrievalState
 from .session import make_engine, session_factory
 
 __all__ = [
     "ENDED_STATES",
     "PREFETCH_ENDED",
+    "RETRIEVAL_ENDED",
     "ApiToken",
     "Attempt",
     "AuditEvent",
@@ -60,6 +62,8 @@ __all__ = [
     "PrefetchState",
     "Pseudonym",
     "ReceivedInstance",
+    "Retrieval",
+    "RetrievalState",
     "WebhookAttempt",
     "WebhookDelivery",
     "make_engine",

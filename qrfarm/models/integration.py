@@ -126,6 +126,14 @@ class Prefetch(Base):
     # A digest of the message that started it (an HL7 order): a resend under the
     # same control ID must carry the same content.
     trigger_digest: Mapped[str | None] = mapped_column(String(64))
+    # Every identifier of the patient, with its assigning authority
+    # ({"id", "issuer"}): each node is searched with the one of its own.
+    patient_identifiers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Node name -> why it was not searched, or what of its answers was left out.
+    node_notes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # The order it was started for (sender and placer/filler order number): a
+    # later message of that order (XO, CA, DC) finds it by this.
+    order_key: Mapped[str | None] = mapped_column(String(255), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[dt.datetime | None]

@@ -73,6 +73,18 @@ class Job(Base):
     prefetch_id: Mapped[int | None] = mapped_column(
         ForeignKey("prefetches.id", ondelete="SET NULL"), index=True
     )
+    # The batch this job is a row of (qrfarm.workflow.batches).
+    batch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="SET NULL"), index=True
+    )
+    # Not started before this time (UTC); and why a queued job waits, when it
+    # is held (its node's bulk window, its not_before, the node's cap).
+    not_before: Mapped[dt.datetime | None]
+    wait_reason: Mapped[str | None] = mapped_column(String(255))
+    # The retrieve by accession or patient this job is a step of.
+    retrieval_id: Mapped[int | None] = mapped_column(
+        ForeignKey("retrievals.id", ondelete="SET NULL"), index=True
+    )
     reported_completed: Mapped[int | None] = mapped_column(Integer)
     reported_failed: Mapped[int | None] = mapped_column(Integer)
     reported_warning: Mapped[int | None] = mapped_column(Integer)

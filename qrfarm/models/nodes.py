@@ -36,6 +36,13 @@ class NodeRecord(Base):
     tls_ca_file: Mapped[str | None] = mapped_column(String(1024))
     tls_cert_file: Mapped[str | None] = mapped_column(String(1024))
     tls_key_file: Mapped[str | None] = mapped_column(String(1024))
+    # The assigning authority (Issuer of Patient ID) of the patient IDs it
+    # holds; unset: not said. A patient ID is only ever looked up on a node
+    # with the identifier of the node's own authority (qrfarm.workflow.identity).
+    patient_id_issuer: Mapped[str | None] = mapped_column(String(64))
+    # Whether its C-FINDs match on Issuer of Patient ID: "yes", "no", or
+    # "auto" (once it has answered with the attribute filled in).
+    issuer_matching: Mapped[str] = mapped_column(String(8), default="auto")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
