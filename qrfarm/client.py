@@ -12,7 +12,7 @@ print(summary["state"], summary["recorded"], summary["missing_uids"])
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import Engine
@@ -25,9 +25,9 @@ from .errors import DatabaseNotReady, WaitTimedOut
 from .jobs import control
 from .jobs.announce import can_listen, wait_for_end
 from .jobs.dispatch import Dispatcher, celery_dispatcher
-from .jobs.queries import find_results, job_state, job_summary
+from .jobs.queries import find_results, job_state, job_summary, list_jobs
 from .jobs.submit import JobRequest, SubmitRules, submit
-from .models import ENDED_STATES, JobKind, make_engine, session_factory
+from .models import ENDED_STATES, JobKind, JobState, make_engine, session_factory
 from .models.migrate import is_current
 from .workflow import prefetch as prefetches
 from .workflow import rules as prefetch_rules
@@ -122,12 +122,44 @@ class Client:
             raise WaitTimedOut(f"job {job_id} is still {summary['state']} after {timeout} s")
         return summary
 
+    def progress(
+        self, job_id: int, *, timeout: float | None = None, poll_s: float = 0.25
+    ) -> Iterator[dict[str, Any]]:
+        """The job's summary (without responses) each time its state, its progress
+        (the latest pending response's counts, written by its worker about once a
+        second) or its recorded count changes; the last one yielded is the job as
+        it ended, or as it was when ``timeout`` ran out.
+
+        What ``--wait`` shows as its progress bar and the console streams to
+        the browser.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: tuple[Any, ...] | None = None
+        while True:
+            summary = self.status(job_id)
+            now = (summary["state"], summary["recorded"], *summary["progress"].values())
+            if now != seen:
+                seen = now
+                yield summary
+            if summary["state"] in ENDED_STATES:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(poll_s)
+
+    def jobs(self, *, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest jobs, newest first (summaries without responses)."""
+        with self.sessions() as session:
+            return list_jobs(session, state=state, limit=limit)
+
     def _has_ended(self, job_id: int) -> bool:
         # The state alone while waiting: the whole summary costs several queries.
         with self.sessions() as session:
             return job_state(session, job_id) in ENDED_STATES
 
     def cancel(self, job_id: int) -> str:
+        """Ask for the job to stop: a queued one ends at once, a running one gets
+        C-CANCEL from its worker; the job's state now."""
         return control.cancel(self.sessions, job_id).value
 
     def prefetch(
@@ -161,6 +193,8 @@ class Client:
             return prefetches.prefetch_summary(session, prefetch_id)
 
     def retry(self, job_id: int) -> None:
+        """Send a partial or failed job back to the queue (a partial retrieve asks
+        only for what is missing); NotRetriable for a job in another state."""
         control.retry(self.sessions, job_id, self.dispatcher, self.settings.max_attempts)
 
 

@@ -1,4 +1,5 @@
-"""The farm: nodes, workers, the scheduler (jobs and their state: qrfarm.cli.jobs)."""
+"""The farm: nodes, workers, the scheduler (its loop: qrfarm.scheduler; jobs and their
+state: qrfarm.cli.jobs)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,11 @@ import logging
 import os
 import socket
 import sys
-import threading
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from sqlalchemy import Engine, inspect, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import Settings, broker_config
@@ -22,13 +21,14 @@ from ..jobs import profiles
 from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
 from ..jobs.nodes import NodeSpec, node_of, remove_node, upsert_node
 from ..jobs.submit import SubmitRules
-from ..jobs.sweeper import sweep
 from ..models import NodeRecord, make_engine, session_factory
 from ..models.migrate import is_current
-from ..notify.delivery import DeliveryPolicy, deliver_due, run_deliveries
+from ..notify.delivery import DeliveryPolicy
 from ..notify.signing import new_secret
 from ..observability import metrics
-from ..workflow import audit, prefetch
+from ..scheduler import SchedulerSetup
+from ..scheduler import run as run_scheduler
+from ..workflow import audit
 from .common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -325,31 +325,19 @@ def scheduler(
 
     def action(settings: Settings) -> int:
         engine, sessions = database(settings)
-        send = dispatcher(settings)
-        policy = policy_from(settings)
-        rules = SubmitRules.from_settings(settings)
-        stop = threading.Event()
-        deliveries = _start_webhook_delivery(settings, sessions, stop, once)
+        setup = SchedulerSetup(
+            sessions=sessions,
+            dispatcher=dispatcher(settings),
+            policy=policy_from(settings),
+            rules=SubmitRules.from_settings(settings),
+            interval_s=settings.scheduler_interval_s,
+            audit_retention_days=settings.audit_retention_days,
+            heartbeat=heartbeat_path(settings),
+            deliveries=DeliveryPolicy.from_settings(settings),
+        )
         if settings.metrics_port is not None and not once:
             metrics.serve(settings.metrics_port, settings.metrics_host)
-        heartbeat = heartbeat_path(settings)
-        heartbeat.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            heartbeat.touch()  # what `qrfarm probe scheduler` reads
-            report = sweep(sessions, send, policy)
-            if report.dispatched or report.finalized:
-                log.info("sweep: sent %s, finalized %s", report.dispatched, report.finalized)
-            if report.pending:
-                log.warning("sweep: broker unreachable, %d job(s) pending", len(report.pending))
-            changed = prefetch.advance_all(sessions, send, rules)
-            if changed:
-                log.info("prefetches advanced: %s", changed)
-            _audit_round(sessions, settings, report.dispatched, report.finalized, changed)
-            if once or stop.wait(settings.scheduler_interval_s):
-                break
-        stop.set()
-        if deliveries is not None:
-            deliveries.join()
+        run_scheduler(setup, once=once)
         engine.dispose()
         return EXIT_OK
 
@@ -360,55 +348,6 @@ def scheduler(
 def webhook_secret() -> None:
     """Print a new webhook signing secret (for QRFARM_WEBHOOK_SECRET, and the receivers)."""
     typer.echo(new_secret())
-
-
-def _audit_round(
-    sessions: sessionmaker[Session],
-    settings: Settings,
-    dispatched: list[int],
-    finalized: list[int],
-    advanced: list[int],
-) -> None:
-    """What the round changed, in the audit trail; rows past the retention removed."""
-    actor = audit.scheduler()
-    try:
-        with sessions() as session, session.begin():
-            for job_ids, action, code in (
-                (dispatched, "job.dispatch", audit.EXECUTE),
-                (finalized, "job.finalize", audit.UPDATE),
-            ):
-                for job_id in job_ids:
-                    objects = audit.job_objects(session, job_id)
-                    audit.record(session, actor, audit.Event(action, code, **objects))
-            for prefetch_id in advanced:
-                objects = audit.prefetch_objects(session, prefetch_id)
-                audit.record(session, actor, audit.Event("prefetch.advance", "U", **objects))
-        removed = audit.purge(sessions, settings.audit_retention_days)
-    except SQLAlchemyError as exc:
-        log.error("audit rows of the round not written: %s", type(exc).__name__)
-        return
-    if removed:
-        log.info("audit trail: %d row(s) past the retention removed", removed)
-
-
-def _start_webhook_delivery(
-    settings: Settings, sessions: sessionmaker[Session], stop: threading.Event, once: bool
-) -> threading.Thread | None:
-    """Deliver webhooks on their own thread: a slow receiver never delays a sweep."""
-    policy = DeliveryPolicy.from_settings(settings)
-    if policy is None:
-        return None
-
-    def loop() -> None:
-        if once:
-            report = deliver_due(sessions, policy)
-            log.info("webhooks: delivered %s, gave up %s", report.delivered, report.gave_up)
-        else:
-            run_deliveries(sessions, policy, stop)
-
-    thread = threading.Thread(target=loop, name="webhooks", daemon=True)
-    thread.start()
-    return thread
 
 
 __all__ = ["database", "dispatcher"]

@@ -11,12 +11,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..client import Client
 from ..config import Settings
 from ..errors import InvalidTlsSettings
 from ..jobs.submit import SubmitRules
 from ..observability import metrics
 from ..workflow import audit
-from ..workflow import prefetch as prefetches
 from ..workflow import rules as prefetch_rules
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, print_json, run
 from .farm import JsonOpt, database, dispatcher
@@ -268,23 +268,14 @@ def prefetch(
     import time
 
     def action(settings: Settings) -> int:
-        engine, sessions = database(settings)
-        with sessions() as session:
-            chosen = (
-                prefetch_rules.load_rule(session, rule)
-                if rule
-                else _rule(node, modality, body_part, max_studies, max_age_days)
-            )
-        prefetch_id = prefetches.start(
-            sessions,
-            prefetches.PrefetchRequest(
-                patient_id=patient_id, rule=chosen, rule_name=rule, current_accession=accession
-            ),
-            dispatcher(settings),
-            SubmitRules.from_settings(settings),
+        client = Client.from_settings(settings)
+        prefetch_id = client.prefetch(
+            patient_id,
+            rule or _rule(node, modality, body_part, max_studies, max_age_days),
+            current_accession=accession,
         )
         audit.write(
-            sessions,
+            client.sessions,
             audit.os_user(),
             audit.Event(
                 "prefetch.start", "C", patient_key=patient_id, detail=f"prefetch {prefetch_id}"
@@ -292,12 +283,10 @@ def prefetch(
         )
         (err if as_json else out).print(f"prefetch {prefetch_id} started", highlight=False)
         code = EXIT_OK
-        with sessions() as session:
-            summary = prefetches.prefetch_summary(session, prefetch_id)
+        summary = client.prefetch_status(prefetch_id)
         while wait and not summary["ended"]:
             time.sleep(0.5)
-            with sessions() as session:
-                summary = prefetches.prefetch_summary(session, prefetch_id)
+            summary = client.prefetch_status(prefetch_id)
         if wait:
             code = {"completed": EXIT_OK, "partial": EXIT_WARNING}.get(
                 summary["state"], EXIT_FAILURE
@@ -306,7 +295,7 @@ def prefetch(
             print_json(summary)
         elif wait:
             out.print_json(json.dumps(summary))
-        engine.dispose()
+        client.close()
         return code
 
     run(action)

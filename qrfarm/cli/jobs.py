@@ -1,23 +1,22 @@
 """Queued jobs: submitting one from find/get/move, following it, showing, listing,
-cancelling and retrying jobs. With ``--json`` each prints one JSON document."""
+cancelling and retrying jobs, all through qrfarm.client.Client (the producer's
+API, which the REST API's console uses too). With ``--json`` each prints one
+JSON document."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy.orm import Session, sessionmaker
 
+from ..client import Client
 from ..config import Settings
-from ..jobs import control
-from ..jobs.queries import find_results, job_summary, list_jobs
-from ..jobs.submit import JobRequest, SubmitRules, submit
-from ..models import ENDED_STATES, JobKind, JobState
+from ..jobs.submit import JobRequest
+from ..models import JobKind, JobState
 from .audit import note_job
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_WARNING, app, err, out, print_json, run
-from .farm import JsonOpt, database, dispatcher
+from .farm import JsonOpt
 
 EXIT_FOR_STATE = {
     "completed": EXIT_OK,
@@ -28,11 +27,11 @@ EXIT_FOR_STATE = {
 NOT_REPORTED = "not reported"
 
 
-def follow(sessions: sessionmaker[Session], job_id: int, *, timeout: float | None = None) -> str:
+def follow(client: Client, job_id: int, *, timeout: float | None = None) -> str:
     """Show a job's progress (on stderr) until it ends; returns its final state."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    deadline = None if timeout is None else time.monotonic() + timeout
+    state = "queued"
     with Progress(
         TextColumn("job {task.fields[job]} {task.fields[state]}"),
         BarColumn(),
@@ -40,19 +39,14 @@ def follow(sessions: sessionmaker[Session], job_id: int, *, timeout: float | Non
         console=err,
         transient=True,
     ) as progress:
-        task = progress.add_task("job", total=None, job=job_id, state="queued")
-        while True:
-            with sessions() as session:
-                summary = job_summary(session, job_id, responses=False)
+        task = progress.add_task("job", total=None, job=job_id, state=state)
+        for summary in client.progress(job_id, timeout=timeout):
             p = summary["progress"]
             done = sum(p[k] or 0 for k in ("completed", "failed", "warning"))
             total = done + (p["remaining"] or 0) if p["remaining"] is not None else None
-            progress.update(task, state=summary["state"], completed=done, total=total)
-            if summary["state"] in ENDED_STATES:
-                return str(summary["state"])
-            if deadline is not None and time.monotonic() > deadline:
-                return str(summary["state"])
-            time.sleep(0.25)
+            state = str(summary["state"])
+            progress.update(task, state=state, completed=done, total=total)
+    return state
 
 
 def count_text(value: int | None) -> str:
@@ -124,12 +118,11 @@ def job_show(
     """A job: state, counts, every response of every attempt, missing UIDs."""
 
     def action(settings: Settings) -> int:
-        engine, sessions = database(settings)
-        with sessions() as session:
-            summary = job_summary(session, job_id)
-            answers = find_results(session, job_id) if results else None
-        note_job(sessions, "job.results.read" if results else "job.read", "R", job_id)
-        engine.dispose()
+        client = Client.from_settings(settings)
+        summary = client.status(job_id, responses=True)
+        answers = client.results(job_id) if results else None
+        note_job(client.sessions, "job.results.read" if results else "job.read", "R", job_id)
+        client.close()
         if as_json or results:
             print_json(answers if results else summary)
         else:
@@ -149,10 +142,9 @@ def jobs_list(
     """The latest jobs."""
 
     def action(settings: Settings) -> int:
-        engine, sessions = database(settings)
-        with sessions() as session:
-            rows = list_jobs(session, state=state, limit=limit)
-        engine.dispose()
+        client = Client.from_settings(settings)
+        rows = client.jobs(state=state, limit=limit)
+        client.close()
         if as_json:
             print_json(rows)
             return EXIT_OK
@@ -178,11 +170,11 @@ def job_cancel(job_id: Annotated[int, typer.Argument(help="The job's id.")]) -> 
     """Cancel a job: a queued one ends at once, a running one gets C-CANCEL."""
 
     def action(settings: Settings) -> int:
-        engine, sessions = database(settings)
-        state = control.cancel(sessions, job_id)
-        note_job(sessions, "job.cancel", "U", job_id)
-        engine.dispose()
-        out.print(f"job {job_id}: {state.value}, cancel asked for", highlight=False)
+        client = Client.from_settings(settings)
+        state = client.cancel(job_id)
+        note_job(client.sessions, "job.cancel", "U", job_id)
+        client.close()
+        out.print(f"job {job_id}: {state}, cancel asked for", highlight=False)
         return EXIT_OK
 
     run(action)
@@ -196,17 +188,16 @@ def job_retry(
     """Retry a partial or failed job; a partial retrieve asks only for what is missing."""
 
     def action(settings: Settings) -> int:
-        engine, sessions = database(settings)
-        control.retry(sessions, job_id, dispatcher(settings), settings.max_attempts)
-        note_job(sessions, "job.retry", "U", job_id)
+        client = Client.from_settings(settings)
+        client.retry(job_id)
+        note_job(client.sessions, "job.retry", "U", job_id)
         out.print(f"job {job_id} queued again", highlight=False)
         code = EXIT_OK
         if wait:
-            state = follow(sessions, job_id)
-            with sessions() as session:
-                print_job(job_summary(session, job_id, responses=False))
+            state = follow(client, job_id)
+            print_job(client.status(job_id))
             code = EXIT_FOR_STATE[state]
-        engine.dispose()
+        client.close()
         return code
 
     run(action)
@@ -219,28 +210,23 @@ def queue_job(settings: Settings, request: JobRequest, wait: bool, as_json: bool
     ``wait``, a find's answers (DICOM JSON, as a direct find prints them) or
     a retrieve's job as it ended.
     """
-    engine, sessions = database(settings)
-    job_id = submit(sessions, request, dispatcher(settings), SubmitRules.from_settings(settings))
-    note_job(sessions, "job.submit", "C", job_id)
+    client = Client.from_settings(settings)
+    job_id = client.submit(request)
+    note_job(client.sessions, "job.submit", "C", job_id)
     (err if as_json else out).print(f"job {job_id} queued", highlight=False)
-    with sessions() as session:
-        summary = job_summary(session, job_id, responses=False)
-    if summary["note"]:
-        err.print(f"[yellow]job {job_id}: {summary['note']}[/]", highlight=False)
     code = EXIT_OK
     if wait:
-        state = follow(sessions, job_id)
+        state = follow(client, job_id)
         code = EXIT_FOR_STATE[state]
-        with sessions() as session:
-            if as_json and request.kind is JobKind.FIND:
-                print_json(find_results(session, job_id))
-            elif as_json:
-                print_json(job_summary(session, job_id))
-            else:
-                print_job(job_summary(session, job_id, responses=False))
+        if as_json and request.kind is JobKind.FIND:
+            print_json(client.results(job_id))
+        elif as_json:
+            print_json(client.status(job_id, responses=True))
+        else:
+            print_job(client.status(job_id))
     elif as_json:
-        print_json(summary)
-    engine.dispose()
+        print_json(client.status(job_id))
+    client.close()
     return code
 
 
