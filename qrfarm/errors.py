@@ -253,6 +253,20 @@ class NoSuchRule(PermanentError, LookupError):
     """No prefetch rule of that name is stored."""
 
 
+class InvalidRule(PermanentError, ValueError):
+    """A prefetch rule, or what an order gives it for prior selection, breaks
+    the rule's schema (named in the message)."""
+
+
+class NoSuchRetrieval(PermanentError, LookupError):
+    """No retrieve by accession, patient or study has that id."""
+
+
+class InvalidRetrieval(PermanentError, ValueError):
+    """A retrieve by accession, patient or study asked for wrongly: none or
+    several of them given, a wildcard, a bad date range (named in the message)."""
+
+
 class ChildFailedAtStart(QrfarmError):
     """A supervised child process (a part of `qrfarm serve`) failed the same
     way each time it was started: starting it again cannot help."""

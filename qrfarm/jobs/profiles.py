@@ -29,7 +29,16 @@ ANSWERS_BEFORE_STORING = "answers_before_storing"
 SENDS_PENDING = "sends_pending"
 OMITS_COUNTS = "omits_counts"
 SUPPORTS_GET = "supports_get"
-TRAITS = (SENDS_MOVE_ORIGINATOR, ANSWERS_BEFORE_STORING, SENDS_PENDING, OMITS_COUNTS, SUPPORTS_GET)
+# Fills in Issuer of Patient ID in its C-FIND answers (so it can match on it).
+ANSWERS_ISSUER = "answers_issuer_of_patient_id"
+TRAITS = (
+    SENDS_MOVE_ORIGINATOR,
+    ANSWERS_BEFORE_STORING,
+    SENDS_PENDING,
+    OMITS_COUNTS,
+    SUPPORTS_GET,
+    ANSWERS_ISSUER,
+)
 # Kept beside the traits in ``observations`` (no column of its own):
 # {"at_ms": when the node last refused an association, epoch milliseconds}.
 LAST_REFUSAL = "association_refusal"

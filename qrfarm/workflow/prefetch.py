@@ -57,18 +57,9 @@ from qrfarm.models import (
 from qrfarm.notify.outbox import notify_prefetch_ended
 from qrfarm.notify.targets import validate_callback_url
 
-from . import priors
+from . import patient_finds, priors
+from .identity import PatientIdentifier
 from .rules import Rule
-
-RETURN_KEYS = (
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "StudyDescription",
-    "ModalitiesInStudy",
-    "NumberOfStudyRelatedInstances",
-)
-
 
 # --- starting ----------------------------------------------------------------
 
@@ -90,16 +81,11 @@ class PrefetchRequest:
     # A digest of the message that asked (an HL7 order): the same reference
     # again must come with the same digest.
     trigger_digest: str | None = None
-
-
-def _find_request(node: str, patient_id: str) -> JobRequest:
-    return JobRequest(
-        JobKind.FIND,
-        node,
-        Level.STUDY,
-        keys={"PatientID": patient_id},
-        return_keys=RETURN_KEYS,
-    )
+    # Every identifier of the patient with its authority (HL7 PID-3 whole);
+    # empty: ``patient_id`` alone, its authority not said.
+    identifiers: tuple[PatientIdentifier, ...] = ()
+    # The order it is for (qrfarm.workflow.orders): XO, CA and DC find it by this.
+    order_key: str | None = None
 
 
 def start(
@@ -149,13 +135,15 @@ def start(
             )
             session.add(prefetch)
             session.flush()
-            job_ids = [
-                new_job(
-                    session, _find_request(node, request.patient_id), rules, prefetch_id=prefetch.id
-                ).id
-                for node in request.rule.nodes
-            ]
+            job_ids = patient_finds.start_finds(session, prefetch, request.rule.nodes, rules)
+            if not job_ids:
+                # No node holds an identifier of this patient: said, not guessed.
+                reasons = "; ".join(f"{n}: {r}" for n, r in prefetch.node_notes.items())
+                _end(session, prefetch, PrefetchState.FAILED, f"no node searched ({reasons})")
             prefetch_id = prefetch.id
+                patient_identifiers=[i.model_dump() for i in request.identifiers]
+                or [PatientIdentifier(id=request.patient_id).model_dump()],
+                order_key=request.order_key,
     except IntegrityError:
         with sessions() as session:
             existing = _existing(session, request)
@@ -261,7 +249,7 @@ def _searched(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[
     candidates = [
         study
         for study in priors.merge(
-            (node_names[j.node_id], _answers(session, j.id))
+            (node_names[j.node_id], patient_finds.patient_answers(session, prefetch, j))
             for j in finds
             if j.state is JobState.COMPLETED
         )
@@ -456,3 +444,6 @@ __all__ = [
     "prefetch_summary",
     "start",
 ]
+        "patient_identifiers": prefetch.patient_identifiers,
+        "node_notes": prefetch.node_notes,
+        "order_key": prefetch.order_key,

@@ -9,6 +9,11 @@ from sqlalchemy.orm import Session
 from qrfarm.errors import NoSuchRule, PermanentError
 from qrfarm.models import PrefetchRule
 
+from .conditions import Condition, check_field
+
+# ORC-1 codes a rule may start (or update) a prefetch on; CA and DC always cancel.
+STARTING_ORDER_CONTROLS = ("NW", "XO")
+
 
 class Rule(BaseModel):
     """Which priors a prefetch fetches."""
@@ -26,6 +31,28 @@ class Rule(BaseModel):
     max_studies: int = Field(default=3, ge=1, le=100, description="How many priors, newest first.")
     max_age_days: int | None = Field(
         default=None, ge=1, le=36500, description="How far back; unset: no limit."
+    )
+    when: list[Condition] = Field(
+        default=[],
+        max_length=20,
+        description="Conditions on an HL7 order's fields, all to be met for it to start a"
+        " prefetch (e.g. patient_class none_of [I]); an order that does not is acknowledged"
+        " and starts nothing.",
+    )
+    order_controls: list[str] = Field(
+        default=["NW"],
+        min_length=1,
+        description="ORC-1 codes that start or update a prefetch (NW, XO); CA and DC cancel it.",
+    )
+    modality_from: str | None = Field(
+        default=None,
+        description="A field whose value (the ordered modality, e.g. modality) replaces"
+        " modalities, when the order has one.",
+    )
+    body_part_from: str | None = Field(
+        default=None,
+        description="A field whose value (e.g. body_part) replaces body_parts, when the order"
+        " has one.",
     )
     webhook_patient_keys: bool = Field(
         default=False,
@@ -48,6 +75,23 @@ class Rule(BaseModel):
             if not value.isascii() or not value.replace("_", "").isalnum() or len(value) > 16:
                 raise ValueError(f"{value!r} is not a modality code (CS, e.g. CT, MR)")
         return [v.upper() for v in values]
+
+    @field_validator("order_controls")
+    @classmethod
+    def _order_controls(cls, values: list[str]) -> list[str]:
+        codes = [v.strip().upper() for v in values]
+        for code in codes:
+            if code not in STARTING_ORDER_CONTROLS:
+                raise ValueError(
+                    f"{code!r} cannot start a prefetch: order controls are"
+                    f" {' or '.join(STARTING_ORDER_CONTROLS)} (CA and DC always cancel)"
+                )
+        return codes
+
+    @field_validator("modality_from", "body_part_from")
+    @classmethod
+    def _field(cls, value: str | None) -> str | None:
+        return None if value is None else check_field(value)
 
 
 def save_rule(session: Session, name: str, rule: Rule) -> PrefetchRule:
