@@ -26,7 +26,7 @@ from qrfarm.errors import PermanentError, ResentWithOtherContent, UnusableHl7Mes
 from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.submit import SubmitRules
 from qrfarm.observability.metrics import HL7_MESSAGES
-from qrfarm.workflow import audit, prefetch
+from qrfarm.workflow import audit, orders, prefetch
 from qrfarm.workflow import rules as prefetch_rules
 from qrfarm.workflow.audit import FAILED, REFUSED, SUCCESS
 
@@ -84,33 +84,58 @@ class Hl7Service:
         self._audit(trigger, peer, outcome, detail)
         return reply
 
-    def _act(self, trigger: Trigger) -> tuple[str, str, str]:
-        """The acknowledgement, the audit outcome and what the audit row says."""
+    def _order(self, trigger: Trigger) -> orders.Outcome | str:
+        """What the order's control code asks (qrfarm.workflow.orders); a text
+        when it cannot be done (answered AE)."""
+        control = trigger.order_control
+        if control in orders.CANCELLING:
+            if trigger.order_key is None:
+                return "nothing to cancel: the message names no order (ORC-2, ORC-3, accession)"
+            reason = f"cancelled by order control {control}"
+            return orders.Outcome(
+                cancelled=orders.cancel_order(
+                    self.sessions, trigger.order_key, trigger.identifiers, reason
+                )
+            )
+        if control not in prefetch_rules.STARTING_ORDER_CONTROLS:
+            return orders.Outcome(ignored=f"order control {control} acknowledged, nothing done")
         rule_name = self.rule_for(trigger.message_type)
         if rule_name is None:
-            reason = f"no prefetch rule is configured for {trigger.message_type}"
-            return acknowledge(trigger, ERROR, reason), FAILED, reason
-        try:
-            with self.sessions() as db:
-                rule = prefetch_rules.load_rule(db, rule_name)
-            prefetch_id = prefetch.start(
-                self.sessions,
-                prefetch.PrefetchRequest(
-                    patient_id=trigger.patient_id,
-                    rule=rule,
-                    rule_name=rule_name,
-                    current_accession=trigger.accession_number,
-                    current_study_uid=trigger.study_instance_uid,
-                    external_reference=(
-                        f"{prefetch.HL7_REFERENCE_PREFIX}{trigger.sending_application}:{trigger.control_id}"[
-                            :255
-                        ]
-                    ),
-                    trigger_digest=trigger.digest,
-                ),
-                self.dispatcher,
-                self.rules,
+            return f"no prefetch rule is configured for {trigger.message_type}"
+        with self.sessions() as db:
+            rule = prefetch_rules.load_rule(db, rule_name)
+        if control not in rule.order_controls:
+            return orders.Outcome(
+                ignored=f"order control {control} acknowledged: rule {rule_name} does not act on it"
             )
+        skipped = orders.skipped_by(rule, trigger.lookup)
+        if skipped is not None:
+            return orders.Outcome(ignored=skipped)
+        return orders.start_or_update(
+            self.sessions,
+            prefetch.PrefetchRequest(
+                patient_id=trigger.patient_id,
+                rule=orders.selection(rule, trigger.lookup),
+                rule_name=rule_name,
+                current_accession=trigger.accession_number,
+                current_study_uid=trigger.study_instance_uid,
+                external_reference=(
+                    f"{prefetch.HL7_REFERENCE_PREFIX}{trigger.sending_application}:{trigger.control_id}"[
+                        :255
+                    ]
+                ),
+                trigger_digest=trigger.digest,
+                identifiers=trigger.identifiers,
+                order_key=trigger.order_key,
+            ),
+            self.dispatcher,
+            self.rules,
+        )
+
+    def _act(self, trigger: Trigger) -> tuple[str, str, str]:
+        """The acknowledgement, the audit outcome and what the audit row says."""
+        try:
+            outcome = self._order(trigger)
         except ResentWithOtherContent as exc:
             # The control ID of an order already taken, with other content: a
             # sender's bug or a forgery; neither replaces the order.
@@ -123,13 +148,18 @@ class Hl7Service:
             log.error("HL7 %s: database error %s", trigger.control_id, type(exc).__name__)
             reason = "the database is not available; send again later"
             return acknowledge(trigger, ERROR, reason), FAILED, reason
+        if isinstance(outcome, str):
+            return acknowledge(trigger, ERROR, outcome), FAILED, outcome
         # The prefetch row holds the patient; the log names only the message.
-        log.info("HL7 %s %s: prefetch %d", trigger.message_type, trigger.control_id, prefetch_id)
-        return (
-            acknowledge(trigger, ACCEPT, f"prefetch {prefetch_id}"),
-            SUCCESS,
-            f"prefetch {prefetch_id}",
+        text = outcome.text()
+        log.info(
+            "HL7 %s %s %s: %s",
+            trigger.message_type,
+            trigger.control_id,
+            trigger.order_control,
+            text,
         )
+        return acknowledge(trigger, ACCEPT, text), SUCCESS, text
 
     def _audit(self, trigger: Trigger | None, peer: str | None, outcome: str, detail: str) -> None:
         if trigger is not None:

@@ -2,9 +2,13 @@
 
 Supported: ORM^O01 and OMI^O23 (orders) and SIU^S12 (a new appointment).
 What a prefetch needs is read from where IHE Scheduled Workflow puts it:
-the patient from PID-3 (its first identifier, ID component), the accession
-number from IPC-1, OBR-18 or ORC-3, and the Study Instance UID from IPC-3 or
-ZDS-1, where present.
+the patient from PID-3 (every repetition: the ID, CX.1, and its assigning
+authority, CX.4, by namespace ID or universal ID), the accession number from
+IPC-1, OBR-18 or ORC-3, the Study Instance UID from IPC-3 or ZDS-1, the order
+control from ORC-1 (none, as in SIU: NW) and the order from its placer or
+filler order number.
+Any other field is read by its place (``Trigger.lookup("PV1-2")``) for the
+conditions of a rule.
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ import hl7
 from hl7.exceptions import ParseException
 
 from qrfarm.errors import UnusableHl7Message
+from qrfarm.workflow.conditions import PLACE
+from qrfarm.workflow.identity import PatientIdentifier
 
 SUPPORTED = frozenset({"ORM^O01", "OMI^O23", "SIU^S12"})
+# PID-3 repetitions read at most (a patient has a few identifiers, not hundreds).
+MAX_IDENTIFIERS = 20
 ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
 
 
@@ -35,11 +43,40 @@ class Trigger:
     # sender may renew when it sends the same message again).
     sending_facility: str = ""
     digest: str = ""
+    # Every PID-3 identifier with its authority (the first is ``patient_id``).
+    identifiers: tuple[PatientIdentifier, ...] = ()
+    # ORC-1, upper case; NW for a message without ORC (a new appointment).
+    order_control: str = "NW"
+    # The order it is about: the placer order number (ORC-2, OBR-2), else the
+    # filler's (ORC-3, OBR-3), else the accession.
+    order_number: str | None = None
 
     @property
     def sender(self) -> str:
         """MSH-3^MSH-4: who sent it, as the audit trail names it."""
         return f"{self.sending_application}^{self.sending_facility}".rstrip("^")
+
+    @property
+    def order_key(self) -> str | None:
+        """Who sent it and which order: what a later XO, CA or DC names again."""
+        if not self.order_number:
+            return None
+        return f"{self.sender}:{self.order_number}"[:255]
+
+    def lookup(self, place: str) -> str | None:
+        """The value at an HL7 place (SEG-field[.component[.subcomponent]]),
+        first repetition; None when absent or empty."""
+        match = PLACE.match(place)
+        if match is None:
+            return None
+        path = f"{match['segment']}.F{match['field']}.R1.C{match['component'] or 1}"
+        if match["sub"]:
+            path += f".S{match['sub']}"
+        try:
+            value = str(self.message[path]).strip()
+        except (KeyError, IndexError, ValueError):
+            return None
+        return value or None
 
 
 def content_digest(text: str) -> str:
@@ -85,9 +122,10 @@ def read(text: str) -> Trigger:
             REJECT,
             f"message type {message_type} is not supported (only {', '.join(sorted(SUPPORTED))})",
         )
-    patient_id = _field(message, "PID", 3)
-    if not patient_id:
+    identifiers = _identifiers(message)
+    if not identifiers:
         raise UnusableHl7Message(ERROR, "PID-3 (patient identifier list) is missing or empty")
+    order_control = (_field(message, "ORC", 1) or "NW").upper()
     accession = _field(message, "IPC", 1) or _field(message, "OBR", 18) or _field(message, "ORC", 3)
     study_uid = _field(message, "IPC", 3) or _field(message, "ZDS", 1)
     return Trigger(
@@ -95,12 +133,64 @@ def read(text: str) -> Trigger:
         message_type=message_type,
         control_id=control_id,
         sending_application=str(msh(3)).strip() if len(msh) > 3 else "",
-        patient_id=patient_id,
+        patient_id=identifiers[0].id,
         accession_number=accession,
         study_instance_uid=study_uid,
         sending_facility=str(msh(4)).strip() if len(msh) > 4 else "",
         digest=content_digest(text),
+        identifiers=identifiers,
+        order_control=order_control[:2],
+        order_number=(
+            _field(message, "ORC", 2)
+            or _field(message, "OBR", 2)
+            or _field(message, "ORC", 3)
+            or _field(message, "OBR", 3)
+            or accession
+        ),
     )
+
+
+def _part(message: hl7.Message, path: str) -> str | None:
+    try:
+        value = str(message[path]).strip()
+    except (KeyError, IndexError, ValueError):
+        return None
+    return value or None
+
+
+def _identifiers(message: hl7.Message) -> tuple[PatientIdentifier, ...]:
+    """Every PID-3 repetition: CX.1 the ID, CX.4 its authority (HD: namespace ID,
+    universal ID). A repetition without an ID is skipped; a bad one refused."""
+    found = []
+    for repetition in range(1, MAX_IDENTIFIERS + 1):
+        base = f"PID.F3.R{repetition}"
+        try:
+            message[f"{base}.C1"]
+        except (KeyError, IndexError):
+            break
+        patient_id = _part(message, f"{base}.C1")
+        if not patient_id:
+            continue
+        issuer = _part(message, f"{base}.C4.S1") or _part(message, f"{base}.C4")
+        try:
+            found.append(
+                PatientIdentifier(
+                    id=patient_id, issuer=issuer, universal_id=_part(message, f"{base}.C4.S2")
+                )
+            )
+        except ValueError as exc:
+            raise UnusableHl7Message(
+                ERROR, f"PID-3 repetition {repetition} is not a usable identifier: {_reason(exc)}"
+            ) from exc
+    return tuple(found)
+
+
+def _reason(exc: ValueError) -> str:
+    """A validation error's complaint, without the value it quotes (a patient ID)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors())
+    return type(exc).__name__
 
 
 def acknowledge(trigger: Trigger, code: str, text: str | None = None) -> str:

@@ -420,3 +420,98 @@ def test_a_resend_with_other_content_gets_ae_and_an_audit_row_and_changes_nothin
     assert (row.action, row.outcome, row.actor) == ("hl7.order", "refused", "RIS^HOSP")
     assert row.detail is not None and "different content" in row.detail
     assert "PAT-5002" not in listener.log_text()
+
+
+# --- order control and rule conditions -------------------------------------------
+
+
+def order(
+    control_id: str,
+    patient_id: str,
+    *,
+    control: str = "NW",
+    placer: str = "PLACER1",
+    patient_class: str = "O",
+) -> str:
+    return message(
+        msh("ORM^O01", control_id, version="2.3.1"),
+        f"PID|1||{patient_id}^^^HOSP^MR||DOE^JOHN||19600101|M",
+        f"PV1|1|{patient_class}",
+        f"ORC|{control}|{placer}|FILLER1",
+        obr(f"ACC-{control_id}"),
+    )
+
+
+@contextmanager
+def rule_changed(listener: Listener, **changes: object) -> Iterator[None]:
+    """The listener's rule with ``changes`` for the duration (it reads the rule per order)."""
+    with listener.sessions() as session, session.begin():
+        save_rule(session, RULE, Rule(nodes=list(NODES), modalities=["CT"], **changes))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        with listener.sessions() as session, session.begin():
+            save_rule(session, RULE, Rule(nodes=list(NODES), modalities=["CT"], max_studies=3))
+
+
+def test_a_rule_condition_skips_inpatient_orders(listener: Listener) -> None:
+    with rule_changed(listener, when=[{"field": "patient_class", "none_of": ["I"]}]):
+        with starts_nothing(listener):
+            (inpatient,) = send(
+                listener, order("ORD-6001", "PAT-6001", placer="PL-6001", patient_class="I")
+            )
+        (outpatient,) = send(listener, order("ORD-6002", "PAT-6002", placer="PL-6002"))
+    assert msa(inpatient) == (
+        "AA",
+        "ORD-6001",
+        "not prefetched: the rule wants patient_class is none of I",
+    )
+    assert prefetches_of(listener, "PAT-6001") == []
+    (prefetch,) = prefetches_of(listener, "PAT-6002")
+    assert msa(outpatient) == ("AA", "ORD-6002", f"prefetch {prefetch.id}")
+
+
+def test_orc_ca_cancels_the_order_prefetch_and_its_jobs(listener: Listener) -> None:
+    (new,) = send(listener, order("ORD-7001", "PAT-7001", placer="PL-7001"))
+    (prefetch,) = prefetches_of(listener, "PAT-7001")
+    assert msa(new) == ("AA", "ORD-7001", f"prefetch {prefetch.id}")
+    assert prefetch.order_key == "RIS^HOSP:PL-7001"
+    # Another patient's cancel of the same order number touches nothing.
+    (stray,) = send(listener, order("ORD-7002", "PAT-7999", control="CA", placer="PL-7001"))
+    assert msa(stray) == ("AA", "ORD-7002", "no prefetch under way for this order")
+    with starts_nothing(listener):
+        (cancel,) = send(listener, order("ORD-7003", "PAT-7001", control="CA", placer="PL-7001"))
+    assert msa(cancel) == ("AA", "ORD-7003", f"cancelled prefetch {prefetch.id}")
+    (after,) = prefetches_of(listener, "PAT-7001")
+    assert after.state is PrefetchState.CANCELLED
+    assert after.error == "cancelled by order control CA"
+    # No worker runs: the queued finds end at once.
+    assert {job.state.value for job, _ in child_jobs(listener, prefetch.id)} == {"cancelled"}
+
+
+def test_other_order_controls_are_acknowledged_and_ignored(listener: Listener) -> None:
+    with starts_nothing(listener):
+        (status,) = send(listener, order("ORD-8001", "PAT-8001", control="SC", placer="PL-8001"))
+        # XO starts nothing unless the rule says so.
+        (changed,) = send(listener, order("ORD-8002", "PAT-8001", control="XO", placer="PL-8001"))
+    assert msa(status) == ("AA", "ORD-8001", "order control SC acknowledged, nothing done")
+    assert msa(changed) == (
+        "AA",
+        "ORD-8002",
+        f"order control XO acknowledged: rule {RULE} does not act on it",
+    )
+
+
+def test_xo_where_configured_replaces_a_changed_order(listener: Listener) -> None:
+    with rule_changed(listener, order_controls=["NW", "XO"], modality_from="OBR-4.1"):
+        (first,) = send(listener, order("ORD-9001", "PAT-9001", placer="PL-9001"))
+        (old,) = prefetches_of(listener, "PAT-9001")
+        # The same order, its procedure (and so its modality) changed.
+        changed = order("ORD-9002", "PAT-9001", control="XO", placer="PL-9001")
+        (xo,) = send(listener, changed.replace("CTCHEST^CT chest", "MR^MR knee"))
+    old_row, new_row = prefetches_of(listener, "PAT-9001")
+    assert old_row.id == old.id and old_row.state is PrefetchState.CANCELLED
+    assert old_row.error == "replaced by a changed order"
+    assert msa(xo) == ("AA", "ORD-9002", f"prefetch {new_row.id}")
+    assert (old_row.rule["modalities"], new_row.rule["modalities"]) == (["CTCHEST"], ["MR"])
+    assert msa(first)[0] == "AA"

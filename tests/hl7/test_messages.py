@@ -1,8 +1,9 @@
 """Reading order and scheduling messages, and the acknowledgements written for them.
 
-Shown: ORM^O01, OMI^O23 and SIU^S12 give the patient from PID-3 (first
-identifier, ID component), the accession number and the Study Instance UID
-from where IHE Scheduled Workflow puts them; a message that cannot be used
+Shown: ORM^O01, OMI^O23 and SIU^S12 give the patient from PID-3 (every
+identifier with its assigning authority, CX.4), the accession number and the
+Study Instance UID from where IHE Scheduled Workflow puts them, the order
+control (ORC-1) and order, and any field by its HL7 place; a message that cannot be used
 is refused with AR or AE and a reason naming what is wrong; an ACK answers
 the original control ID, and a reason carrying HL7 delimiters is escaped so
 that the ACK still parses and the reason reads back unchanged.
@@ -116,6 +117,40 @@ def test_the_patient_id_is_unescaped() -> None:
     assert trigger.patient_id == "PAT&123"
 
 
+def test_pid_3_is_read_whole_each_identifier_with_its_assigning_authority() -> None:
+    trigger = read(
+        ORM_O01.replace(
+            PID,
+            "PID|1||^^^EMPTY~PAT123^^^HOSP&1.2.40.0.1&ISO^MR~OTHER9^^^CITY^PI~NOAUTH||DOE^JOHN",
+        )
+    )
+    assert [(i.id, i.issuer, i.universal_id) for i in trigger.identifiers] == [
+        ("PAT123", "HOSP", "1.2.40.0.1"),
+        ("OTHER9", "CITY", None),
+        ("NOAUTH", None, None),
+    ]
+    assert trigger.patient_id == "PAT123"
+
+
+def test_order_control_order_and_fields_by_place() -> None:
+    trigger = read(ORM_O01.replace("ORC|NW|", "ORC|ca|").replace("PV1|1|O", "PV1|1|I"))
+    assert trigger.order_control == "CA"
+    assert trigger.order_key == "RIS^HOSP:PLACER1"
+    assert trigger.lookup("PV1-2") == "I"
+    assert trigger.lookup("OBR-4.2") == "CT chest"
+    assert trigger.lookup("OBR-4.7") is None
+    assert trigger.lookup("ZZZ-1") is None
+    assert trigger.lookup("not a place") is None
+    # No ORC (a new appointment): NW; the order number from OBR-2 when ORC-2 is
+    # empty, and the accession when no order number is given.
+    assert read(SIU_S12).order_control == "NW"
+    no_placer = read(message(msh("ORM^O01", "ORM0009"), PID, "ORC|NW", obr("ACC-9")))
+    assert no_placer.order_key == "RIS^HOSP:PLACER1"
+    bare_obr = "|".join(["OBR", "1", *[""] * 16, "ACC-10"])
+    bare = read(message(msh("ORM^O01", "ORM0010"), PID, "ORC|NW", bare_obr))
+    assert bare.order_key == "RIS^HOSP:ACC-10"
+
+
 # --- refusing ----------------------------------------------------------------
 
 
@@ -132,7 +167,15 @@ def _without_pid_3(text: str) -> str:
         pytest.param(ORM_O01.replace("|ORM0001|", "||"), REJECT, "MSH-10", id="empty-MSH-10"),
         pytest.param(ORM_O01.replace("|ORM0001|", "|  |"), REJECT, "MSH-10", id="blank-MSH-10"),
         pytest.param(_without_pid_3(ORM_O01), ERROR, "PID-3", id="PID-3-empty"),
-        pytest.param(ORM_O01.replace("PAT123^", "^"), ERROR, "PID-3", id="PID-3-first-id-empty"),
+        pytest.param(
+            ORM_O01.replace("PAT123^", "^").replace("OTHER9^", "^"),
+            ERROR,
+            "PID-3",
+            id="PID-3-every-id-empty",
+        ),
+        pytest.param(
+            ORM_O01.replace("OTHER9^", "OTH*^"), ERROR, "PID-3 repetition 2", id="PID-3-wildcard"
+        ),
         pytest.param(
             message(msh("ORM^O01", "ORM0003"), "ORC|NW|P1", obr("ACC1")),
             ERROR,
