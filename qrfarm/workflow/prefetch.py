@@ -414,6 +414,9 @@ def prefetch_summary(session: Session, prefetch_id: int) -> dict[str, Any]:
         "current_accession": prefetch.current_accession,
         "current_study_uid": prefetch.current_study_uid,
         "external_reference": prefetch.external_reference,
+        "patient_identifiers": prefetch.patient_identifiers,
+        "node_notes": prefetch.node_notes,
+        "order_key": prefetch.order_key,
         "selected": prefetch.selected,
         "studies": {
             "selected": len(prefetch.selected),
@@ -444,6 +447,3 @@ __all__ = [
     "prefetch_summary",
     "start",
 ]
-        "patient_identifiers": prefetch.patient_identifiers,
-        "node_notes": prefetch.node_notes,
-        "order_key": prefetch.order_key,
