@@ -324,3 +324,24 @@ class UnusableHl7Message(PermanentError):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class DicomWebError(QrfarmError):
+    """A DICOMweb request did not get through: the service unreachable, a
+    timeout, or an HTTP error status. Retriable for what may pass (no
+    connection, a timeout, 408, 429, 5xx), permanent otherwise."""
+
+    def __init__(self, message: str, *, status: int | None = None, transient: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retriable = transient
+
+
+class DicomWebRedirectRefused(PermanentError):
+    """A DICOMweb service answered with a redirect to another origin (scheme,
+    host or port): refused before any connection there."""
+
+
+class DicomWebResponseError(PermanentError, ValueError):
+    """A DICOMweb answer qrfarm cannot use: a multipart body that breaks the
+    rules, a part over the size limit, JSON that is not DICOM JSON."""

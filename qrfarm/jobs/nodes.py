@@ -3,6 +3,7 @@ and the Node every part of the farm reaches one through (its TLS included)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from qrfarm.dicom.node import Node, TlsSettings, validate_ae_title
+from qrfarm.dicomweb import WebService, url_host
 from qrfarm.errors import Conflict, InvalidNode, UnknownNode
 from qrfarm.models import Job, NodeRecord
 from qrfarm.nodes.hosts import check_host_pattern
@@ -33,6 +35,59 @@ class NodeSpec:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # DICOMweb: the base URL, its auth and the file holding the secret; which
+    # transport its jobs use, and which the farm sends to it by.
+    dicomweb_url: str | None = None
+    dicomweb_auth: str = "none"
+    dicomweb_username: str | None = None
+    dicomweb_secret_file: str | None = None
+    retrieve_transport: str = "dimse"
+    delivery_transport: str = "dimse"
+
+
+TRANSPORTS = ("dimse", "dicomweb")
+
+
+def _check_dicomweb(spec: NodeSpec) -> None:
+    for what, value in (
+        ("retrieve transport", spec.retrieve_transport),
+        ("delivery transport", spec.delivery_transport),
+    ):
+        if value not in TRANSPORTS:
+            choices = ", ".join(TRANSPORTS)
+            raise InvalidNode(f"node {spec.name!r}: {what} {value!r}: one of {choices}")
+    if spec.dicomweb_url is None:
+        if "dicomweb" in (spec.retrieve_transport, spec.delivery_transport):
+            raise InvalidNode(f"node {spec.name!r}: DICOMweb is its transport but it has no URL")
+        if spec.dicomweb_auth != "none" or spec.dicomweb_username or spec.dicomweb_secret_file:
+            raise InvalidNode(f"node {spec.name!r}: DICOMweb auth given without a DICOMweb URL")
+        return
+    WebService(
+        spec.dicomweb_url,
+        spec.dicomweb_auth,  # type: ignore[arg-type]  # checked by WebService
+        spec.dicomweb_username,
+        Path(spec.dicomweb_secret_file) if spec.dicomweb_secret_file else None,
+    )
+
+
+def check_node_targets(check_target: Callable[[str], None], row: NodeRecord | NodeSpec) -> None:
+    """Pass every host a node is reached at (its DIMSE host, its DICOMweb
+    URL's host) through the outbound allow-list (``Settings.check_target``)."""
+    check_target(row.host)
+    if row.dicomweb_url:
+        check_target(url_host(row.dicomweb_url))
+
+
+def web_service_of(row: NodeRecord) -> WebService | None:
+    """The node's DICOMweb service, or None when it has none."""
+    if not row.dicomweb_url:
+        return None
+    return WebService(
+        row.dicomweb_url,
+        row.dicomweb_auth,  # type: ignore[arg-type]  # checked when registered
+        row.dicomweb_username,
+        Path(row.dicomweb_secret_file) if row.dicomweb_secret_file else None,
+    )
 
 
 def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
@@ -44,6 +99,7 @@ def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
         raise InvalidNode(f"node {spec.name!r}: a TLS key needs its certificate")
     store_titles = [validate_ae_title(t, "store AE title") for t in spec.store_ae_titles]
     store_hosts = [check_host_pattern(h) for h in spec.store_hosts]
+    _check_dicomweb(spec)
     row = session.scalar(select(NodeRecord).where(NodeRecord.name == spec.name))
     if row is None:
         row = NodeRecord(name=spec.name)
@@ -59,6 +115,12 @@ def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     row.tls_ca_file = spec.tls_ca_file
     row.tls_cert_file = spec.tls_cert_file
     row.tls_key_file = spec.tls_key_file
+    row.dicomweb_url = spec.dicomweb_url
+    row.dicomweb_auth = spec.dicomweb_auth
+    row.dicomweb_username = spec.dicomweb_username
+    row.dicomweb_secret_file = spec.dicomweb_secret_file
+    row.retrieve_transport = spec.retrieve_transport
+    row.delivery_transport = spec.delivery_transport
     session.flush()
     return row
 

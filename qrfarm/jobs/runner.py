@@ -64,6 +64,7 @@ from .nodes import node_of
 from .policy import JobPolicy
 from .states import transition
 from .watch import JobWatch
+from .web_runner import run_web_job, web_snapshot
 from .worker_deps import ConnectionSource, GetRecorder, RunnerDeps
 
 # Imported from here by the worker and the tests.
@@ -96,7 +97,13 @@ def run_job(deps: RunnerDeps, job_id: int, owner: str, task_id: str | None = Non
             return
         taken, job = claimed
         learning.choose_retrieve(session, job)
-        snapshot = _snapshot(session, job, deps.policy)
+        # A node reached by DICOMweb: QIDO-RS and WADO-RS (qrfarm.jobs.web_runner).
+        web = web_snapshot(session, job)
+        if web is None:
+            snapshot = _snapshot(session, job, deps.policy)
+    if web is not None:
+        run_web_job(deps, taken, web, task_id)
+        return
     with (
         job_context(job_id, str(snapshot.node), task_id),
         tracer.start_as_current_span(

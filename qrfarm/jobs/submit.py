@@ -19,6 +19,7 @@ from qrfarm.notify.targets import validate_callback_url
 from qrfarm.observability.tracing import current_traceparent, tracer
 
 from .dispatch import Dispatcher, send_run_jobs
+from .nodes import check_node_targets
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ def new_job(
     if node is None:
         raise UnknownNode(f"node {request.node!r} is not registered (qrfarm node add)")
     if rules.check_target is not None:
-        rules.check_target(node.host)
+        # Its DIMSE host and its DICOMweb URL's host alike.
+        check_node_targets(rules.check_target, node)
     job = Job(
         kind=request.kind,
         root=request.root.value,

@@ -14,6 +14,7 @@ from qrfarm.dicom import Connection, InstanceSink, Node
 from .dispatch import Dispatcher
 from .expected import SpareConnections
 from .policy import JobPolicy
+from .web_deps import WebDeps
 
 
 class GetRecorder(Protocol):
@@ -45,3 +46,6 @@ class RunnerDeps:
     # worker holding the node's association takes it. Without one, a job
     # that waited in vain for a permit is sent by the scheduler a little later.
     dispatcher: Dispatcher | None = None
+    # Jobs on DICOMweb nodes (QIDO-RS, WADO-RS): where their instances go,
+    # the allow-list, timeouts; without it such jobs fail, naming why.
+    web: WebDeps | None = None

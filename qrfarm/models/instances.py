@@ -18,6 +18,7 @@ class MatchedBy(enum.StrEnum):
     DESTINATION = "destination"  # the called AE title leased to one move
     UIDS = "uids"  # study / series / SOP UIDs of a running move of that PACS
     GET = "get"  # arrived on the C-GET's own association
+    WADO = "wado"  # in the answer to the job's own WADO-RS request
     LATE = "late"  # an orphan matched afterwards
 
 

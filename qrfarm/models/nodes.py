@@ -43,6 +43,19 @@ class NodeRecord(Base):
     # Whether its C-FINDs match on Issuer of Patient ID: "yes", "no", or
     # "auto" (once it has answered with the attribute filled in).
     issuer_matching: Mapped[str] = mapped_column(String(8), default="auto")
+    # DICOMweb (PS3.18): the service's base URL (QIDO-RS, WADO-RS, STOW-RS
+    # below it), its auth ("none", "bearer", "basic") with a user name and
+    # the file holding the token or password (a path as every worker sees
+    # it: the secret itself is never stored, shown or logged).
+    dicomweb_url: Mapped[str | None] = mapped_column(String(2048))
+    dicomweb_auth: Mapped[str] = mapped_column(String(8), default="none")
+    dicomweb_username: Mapped[str | None] = mapped_column(String(255))
+    dicomweb_secret_file: Mapped[str | None] = mapped_column(String(1024))
+    # How jobs on it query and retrieve ("dimse": C-FIND, C-GET, C-MOVE;
+    # "dicomweb": QIDO-RS, WADO-RS), and how the farm sends to it as a
+    # destination ("dimse": C-STORE; "dicomweb": STOW-RS).
+    retrieve_transport: Mapped[str] = mapped_column(String(8), default="dimse")
+    delivery_transport: Mapped[str] = mapped_column(String(8), default="dimse")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

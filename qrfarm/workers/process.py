@@ -19,10 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.config import Settings, permits_redis_url
 from qrfarm.dicom import Node, Timeouts
+from qrfarm.dicomweb import WebTimeouts
 from qrfarm.jobs import profiles
 from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.policy import JobPolicy
 from qrfarm.jobs.runner import RunnerDeps
+from qrfarm.jobs.web_deps import WebDeps
 from qrfarm.models import make_engine, session_factory
 from qrfarm.storage import InstanceStorage
 
@@ -70,6 +72,19 @@ def runner_deps(
         calling_ae=settings.ae_title,
         policy=policy_from(settings),
         dispatcher=dispatcher,
+        web=web_deps(settings),
+    )
+
+
+def web_deps(settings: Settings) -> WebDeps:
+    """Jobs on DICOMweb nodes: the farm's storage, the outbound allow-list
+    (checked again before each job connects), the DIMSE timeouts' HTTP peers."""
+    return WebDeps(
+        storage=InstanceStorage(settings.storage_root, fsync=settings.scp_fsync),
+        check_target=settings.check_target,
+        timeouts=WebTimeouts(settings.connect_timeout, settings.network_timeout),
+        max_instance_bytes=settings.scp_max_instance_bytes,
+        farm_ae=settings.scp_ae_title,
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from tests.peers import LOCALHOST, PacsPeer, PeerProcess
 from tests.peers.ports import free_port
 
 ORTHANC_BINARIES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
+# Debian's orthanc-dicomweb package.
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 class OrthancError(RuntimeError):
@@ -98,9 +100,13 @@ class OrthancPeer(PacsPeer):
         *,
         ae_title: str = "ORTHANC",
         extra_config: Mapping[str, Any] | None = None,
+        plugins: Sequence[str] = (),
         timeout: float = 30.0,
     ) -> OrthancPeer:
-        """Write a configuration into ``workdir``, start Orthanc, wait until ready."""
+        """Write a configuration into ``workdir``, start Orthanc, wait until ready.
+
+        ``plugins``: shared libraries Orthanc loads (none by default; e.g.
+        DICOMWEB_PLUGIN, with its "DicomWeb" section in ``extra_config``)."""
         workdir.mkdir(parents=True, exist_ok=True)
         dicom_port, http_port = free_port(), free_port()
         config = orthanc_config(
@@ -111,6 +117,8 @@ class OrthancPeer(PacsPeer):
             move_destinations=move_destinations,
         )
         config.update(extra_config or {})
+        if plugins:
+            config["Plugins"] = list(plugins)
         config_path = workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         process = PeerProcess(

@@ -1,0 +1,143 @@
+"""STOW-RS: instances stored at a DICOMweb service, and proof that it holds them.
+
+What the service says is read from its answer (PS3.18 10.5.3): the
+Referenced SOP Sequence (stored; with a Warning Reason when it changed or
+coerced something) and the Failed SOP Sequence (not stored, with a Failure
+Reason), in a 200, 202, 400 or 409 answer alike. An instance in neither is
+not confirmed. :func:`held_at` then asks the service (QIDO-RS, IMAGE level)
+for the SOP Instance UIDs sent: only those it answers with are confirmed.
+
+dicomweb-client encodes one request's instances whole in memory (each data
+set, then the multipart body), so a request carries at most
+``MAX_BATCH_BYTES`` of files (one larger instance goes alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from qrfarm.errors import DicomWebResponseError
+
+from .qido import PAGE_SIZE
+from .service import WebClient, http_error
+
+MAX_BATCH_BYTES = 32 << 20
+MAX_BATCH_COUNT = 100
+# UIDs asked about in one QIDO-RS search (a UID list in the query string).
+CONFIRM_CHUNK = 50
+
+
+@dataclass
+class StowAnswer:
+    """What the service said of each SOP Instance UID sent."""
+
+    stored: set[str] = field(default_factory=set)
+    warnings: dict[str, int] = field(default_factory=dict)  # UID -> Warning Reason
+    failed: dict[str, int | None] = field(default_factory=dict)  # UID -> Failure Reason
+    http_statuses: list[int] = field(default_factory=list)
+
+
+def store(web: WebClient, files: Sequence[Path], answer: StowAnswer | None = None) -> StowAnswer:
+    """Store ``files`` (Part-10) in batches; what the service said of each."""
+    answer = answer or StowAnswer()
+    for batch in _batches(files):
+        datasets = [dcmread(path) for path in batch]
+        body = _post(web, datasets)
+        _read_answer(body, answer)
+    return answer
+
+
+def _batches(files: Sequence[Path]) -> Iterator[list[Path]]:
+    batch: list[Path] = []
+    size = 0
+    for path in files:
+        length = path.stat().st_size
+        if batch and (size + length > MAX_BATCH_BYTES or len(batch) >= MAX_BATCH_COUNT):
+            yield batch
+            batch, size = [], 0
+        batch.append(path)
+        size += length
+    if batch:
+        yield batch
+
+
+def _post(web: WebClient, datasets: Sequence[Dataset]) -> Dataset:
+    try:
+        return web.client.store_instances(datasets)
+    except requests.HTTPError as exc:
+        # 400 and 409 carry the same answer, with the failures in it.
+        response = exc.response
+        if response is not None and response.status_code in (400, 409):
+            try:
+                return Dataset.from_json(response.json())
+            except (ValueError, TypeError, KeyError):
+                pass
+        raise http_error(exc, "STOW-RS") from exc
+    except Exception as exc:
+        raise http_error(exc, "STOW-RS") from exc
+
+
+def _read_answer(body: Dataset, answer: StowAnswer) -> None:
+    if not isinstance(body, Dataset):
+        raise DicomWebResponseError("STOW-RS answered something other than a data set")
+    for item in body.get("ReferencedSOPSequence", []) or []:
+        uid = str(item.get("ReferencedSOPInstanceUID", ""))
+        if not uid:
+            continue
+        reason = item.get("WarningReason")
+        if reason is not None:
+            answer.warnings[uid] = int(reason)
+        answer.stored.add(uid)
+        answer.failed.pop(uid, None)
+    for item in body.get("FailedSOPSequence", []) or []:
+        uid = str(item.get("ReferencedSOPInstanceUID", ""))
+        if uid and uid not in answer.stored:
+            reason = item.get("FailureReason")
+            answer.failed[uid] = int(reason) if reason is not None else None
+
+
+def held_at(web: WebClient, sent: Iterable[tuple[str, str, str]]) -> set[str]:
+    """The SOP Instance UIDs among ``sent`` (study, series, SOP) that the service
+    answers an IMAGE-level QIDO-RS search with."""
+    by_study: dict[str, list[str]] = {}
+    for study, _series, sop in sent:
+        by_study.setdefault(study, []).append(sop)
+    held: set[str] = set()
+    for study, sops in sorted(by_study.items()):
+        for start in range(0, len(sops), CONFIRM_CHUNK):
+            chunk = sops[start : start + CONFIRM_CHUNK]
+            held |= _found(web, study, chunk)
+    return held
+
+
+def _found(web: WebClient, study: str, chunk: list[str]) -> set[str]:
+    wanted = set(chunk)
+    found: set[str] = set()
+    offset = 0
+    while True:
+        try:
+            page: Any = web.client.search_for_instances(
+                study_instance_uid=study,
+                search_filters={"SOPInstanceUID": ",".join(chunk)},
+                fields=["SOPInstanceUID"],
+                limit=PAGE_SIZE,
+                offset=offset,
+            )
+        except Exception as exc:
+            raise http_error(exc, "QIDO-RS check of stored instances") from exc
+        if not isinstance(page, list):
+            raise DicomWebResponseError("QIDO-RS answered something other than a JSON array")
+        for raw in page:
+            values = raw.get("00080018", {}).get("Value") if isinstance(raw, dict) else None
+            if isinstance(values, list) and values and str(values[0]) in wanted:
+                found.add(str(values[0]))
+        if len(page) != PAGE_SIZE:
+            return found
+        offset += PAGE_SIZE

@@ -1,0 +1,25 @@
+"""What a worker gives the runner for jobs on DICOMweb nodes (qrfarm.jobs.web_runner)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qrfarm.dicomweb import WebTimeouts
+from qrfarm.storage import InstanceStorage
+
+
+@dataclass(frozen=True)
+class WebDeps:
+    """What a worker gives the DICOMweb runner: where instances go, the
+    outbound allow-list, timeouts and bounds."""
+
+    storage: InstanceStorage
+    check_target: Callable[[str], None] | None = None
+    timeouts: WebTimeouts = field(default_factory=WebTimeouts)
+    max_instance_bytes: int = 8 << 30
+    # A retrieve of one resource (study, series, instance) ends by then.
+    resource_deadline_s: float = 3600.0
+    # The farm's storage SCP: the one destination a move on a DICOMweb node
+    # can have (WADO-RS brings the instances to the farm, nowhere else).
+    farm_ae: str | None = None

@@ -1,0 +1,228 @@
+"""Jobs on a DICOMweb node, run by the runner in this process against Orthanc
+with its DICOMweb plugin: a find through QIDO-RS gives the answers a C-FIND
+job on the same Orthanc gives; a retrieve through WADO-RS brings each
+instance into the farm, recorded and byte-equal to what Orthanc holds, and
+reconciled; a retry asks for exactly what is missing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select
+
+from qrfarm.client import Client
+from qrfarm.config import Settings
+from qrfarm.dicom import Level, Timeouts
+from qrfarm.jobs.nodes import NodeSpec, upsert_node
+from qrfarm.jobs.runner import RunnerDeps, run_job
+from qrfarm.models import Job, JobState, MatchedBy, ReceivedInstance, make_engine, upgrade
+from qrfarm.sandbox.synthetic import Corpus
+from qrfarm.workers.permits import FilePermits
+from qrfarm.workers.pool import AssociationPool
+from qrfarm.workers.process import runner_deps
+from tests.peers import dataset_bytes, require_peer
+from tests.peers.orthanc import DICOMWEB_PLUGIN, ORTHANC_BINARIES, OrthancPeer
+
+from .conftest import Sent
+
+DICOMWEB_CONFIG = {"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+
+
+def start_dicomweb_orthanc(workdir: Path, ae_title: str) -> OrthancPeer:
+    """An Orthanc with Debian's DICOMweb plugin on 127.0.0.1 (QIDO, WADO, STOW)."""
+    binary = require_peer(*ORTHANC_BINARIES)
+    if not Path(DICOMWEB_PLUGIN).is_file():
+        message = f"Orthanc's DICOMweb plugin not installed: {DICOMWEB_PLUGIN}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return OrthancPeer.start(
+        binary,
+        workdir,
+        {},
+        ae_title=ae_title,
+        plugins=[DICOMWEB_PLUGIN],
+        extra_config=DICOMWEB_CONFIG,
+    )
+
+
+def small_studies(corpus: Corpus) -> dict[str, list[Any]]:
+    """Two studies of a few instances each: quick to load and to retrieve."""
+    studies = sorted(
+        ((uid, found) for uid, found in corpus.studies().items() if 3 <= len(found) <= 8),
+        key=lambda pair: pair[0],
+    )
+    return dict(studies[:2])
+
+
+@pytest.fixture(scope="module")
+def web_orthanc(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
+    peer = start_dicomweb_orthanc(tmp_path_factory.mktemp("orthanc-dicomweb"), "WEBPACS")
+    try:
+        peer.load(i.path for found in small_studies(corpus).values() for i in found)
+        yield peer
+    finally:
+        peer.stop()
+
+
+@dataclass
+class WebBench:
+    client: Client
+    deps: RunnerDeps
+    settings: Settings
+    orthanc: OrthancPeer
+
+    def run(self, job_id: int) -> dict[str, Any]:
+        run_job(self.deps, job_id, "dicomweb-test")
+        return self.client.status(job_id, responses=True)
+
+
+def web_url(peer: OrthancPeer) -> str:
+    return f"http://127.0.0.1:{peer.http_port}/dicom-web"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory, web_orthanc: OrthancPeer) -> Iterator[WebBench]:
+    """One database for the module's jobs (each test reads its own jobs only)."""
+    tmp_path = tmp_path_factory.mktemp("dicomweb-bench")
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'q.db'}",
+        storage_root=tmp_path / "storage",
+        data_dir=tmp_path / "data",
+        allowed_hosts=["127.0.0.1"],
+        reconcile_grace_s=2,
+    )
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    client = Client(settings, engine, Sent())
+    pool = AssociationPool(FilePermits(settings.data_dir / "permits"), "QRFARM", Timeouts())
+    deps = runner_deps(settings, client.sessions, pool, Sent())
+    with client.sessions() as session, session.begin():
+        upsert_node(session, NodeSpec("dimse", "WEBPACS", "127.0.0.1", web_orthanc.port))
+        upsert_node(
+            session,
+            NodeSpec(
+                "web",
+                "WEBPACS",
+                "127.0.0.1",
+                web_orthanc.http_port,
+                dicomweb_url=web_url(web_orthanc),
+                retrieve_transport="dicomweb",
+            ),
+        )
+    try:
+        yield WebBench(client, deps, settings, web_orthanc)
+    finally:
+        pool.close()
+        engine.dispose()
+
+
+def answers_by_study(answers: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Each answer's returned keys (those the identifier asked for), by Study UID."""
+    return {a["0020000D"]["Value"][0]: {k: a.get(k) for k in keys} for a in answers}
+
+
+@pytest.mark.parametrize(
+    ("level", "keys"),
+    [
+        (Level.STUDY, {"PatientID": "P*"}),
+        (Level.STUDY, {"StudyDate": "20000101-20301231", "ModalitiesInStudy": ""}),
+    ],
+    ids=["wildcard", "date-range"],
+)
+def test_a_find_through_qido_rs_stores_the_answers_a_c_find_job_stores(
+    bench: WebBench, level: Level, keys: dict[str, str]
+) -> None:
+    by_dimse = bench.run(bench.client.find("dimse", level, keys))
+    by_web = bench.run(bench.client.find("web", level, keys))
+    assert by_dimse["state"] == by_web["state"] == "completed", by_web
+    dimse_answers = bench.client.results(by_dimse["id"])
+    web_answers = bench.client.results(by_web["id"])
+    assert len(web_answers) == len(dimse_answers) == 2
+    # Every key the identifier asked for, with the same value (names decoded).
+    asked = sorted(Job_identifier_keys(bench, by_web["id"]))
+    assert answers_by_study(web_answers, asked) == answers_by_study(dimse_answers, asked)
+    # QIDO-RS was asked, not C-FIND: no DIMSE response recorded for it.
+    assert by_web["attempts"][0]["responses"] == []
+
+
+def Job_identifier_keys(bench: WebBench, job_id: int) -> list[str]:  # noqa: N802
+    with bench.client.sessions() as session:
+        identifier = session.get_one(Job, job_id).identifier
+    return [tag for tag in identifier if tag != "00080052"]
+
+
+def test_a_find_at_patient_level_is_refused_over_qido_rs_naming_the_rule(bench: WebBench) -> None:
+    status = bench.run(
+        bench.client.find("web", Level.PATIENT, {"PatientID": "P*"}, root=_patient())
+    )
+    assert status["state"] == "failed"
+    assert "QIDO-RS (DICOMweb) has no PATIENT level" in status["error"]
+
+
+def _patient() -> Any:
+    from qrfarm.dicom import Root
+
+    return Root.PATIENT
+
+
+def test_a_retrieve_through_wado_rs_records_every_instance_byte_equal(
+    bench: WebBench, corpus: Corpus
+) -> None:
+    study, instances = next(iter(small_studies(corpus).items()))
+    status = bench.run(bench.client.get("web", Level.STUDY, {"StudyInstanceUID": study}))
+    assert status["state"] == "completed", status
+    assert status["expected"] == status["recorded"] == len(instances)
+    assert status["reported"]["completed"] == len(instances)
+    assert status["missing_uids"] == []
+    with bench.client.sessions() as session:
+        rows = session.scalars(
+            select(ReceivedInstance).where(ReceivedInstance.job_id == status["id"])
+        ).all()
+    assert {r.sop_instance_uid for r in rows} == {i.sop_uid for i in instances}
+    assert {r.matched_by for r in rows} == {MatchedBy.WADO}
+    for row in rows:
+        held = (bench.settings.storage_root / row.file_path).read_bytes()
+        assert dataset_bytes(held) == dataset_bytes(
+            bench.orthanc.stored_bytes(row.sop_instance_uid)
+        )
+
+
+def test_a_retry_of_a_wado_rs_retrieve_asks_for_only_the_missing_instance(
+    bench: WebBench, corpus: Corpus
+) -> None:
+    study, instances = list(small_studies(corpus).items())[1]
+    series = instances[0].series_uid
+    in_series = [i for i in instances if i.series_uid == series]
+    status = bench.run(
+        bench.client.get(
+            "web", Level.SERIES, {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        )
+    )
+    assert status["state"] == "completed", status
+    assert status["recorded"] == len(in_series)
+    # As if one instance had not come: its record gone, the job partial
+    # naming it. The retry asks WADO-RS for that instance alone.
+    lost = in_series[0].sop_uid
+    with bench.client.sessions() as session, session.begin():
+        session.execute(
+            delete(ReceivedInstance).where(
+                ReceivedInstance.job_id == status["id"], ReceivedInstance.sop_instance_uid == lost
+            )
+        )
+        job = session.get_one(Job, status["id"])
+        job.recorded_count -= 1
+        job.state = JobState.PARTIAL
+        job.missing_uids = [lost]
+    bench.client.retry(status["id"])
+    with bench.client.sessions() as session:
+        assert session.get_one(Job, status["id"]).retry_uids == [lost]
+    status = bench.run(status["id"])
+    assert status["state"] == "completed", status
+    assert status["recorded"] == len(in_series)
+    assert status["reported"]["completed"] == 1  # the retry's WADO-RS brought one instance
