@@ -132,6 +132,9 @@ def start(
                 external_reference=request.external_reference,
                 trigger_digest=request.trigger_digest,
                 selected=[],
+                patient_identifiers=[i.model_dump() for i in request.identifiers]
+                or [PatientIdentifier(id=request.patient_id).model_dump()],
+                order_key=request.order_key,
             )
             session.add(prefetch)
             session.flush()
@@ -141,9 +144,6 @@ def start(
                 reasons = "; ".join(f"{n}: {r}" for n, r in prefetch.node_notes.items())
                 _end(session, prefetch, PrefetchState.FAILED, f"no node searched ({reasons})")
             prefetch_id = prefetch.id
-                patient_identifiers=[i.model_dump() for i in request.identifiers]
-                or [PatientIdentifier(id=request.patient_id).model_dump()],
-                order_key=request.order_key,
     except IntegrityError:
         with sessions() as session:
             existing = _existing(session, request)
