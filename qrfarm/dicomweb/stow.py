@@ -41,15 +41,24 @@ class StowAnswer:
     stored: set[str] = field(default_factory=set)
     warnings: dict[str, int] = field(default_factory=dict)  # UID -> Warning Reason
     failed: dict[str, int | None] = field(default_factory=dict)  # UID -> Failure Reason
-    http_statuses: list[int] = field(default_factory=list)
 
 
-def store(web: WebClient, files: Sequence[Path], answer: StowAnswer | None = None) -> StowAnswer:
-    """Store ``files`` (Part-10) in batches; what the service said of each."""
+def store(
+    web: WebClient,
+    files: Sequence[Path],
+    *,
+    study: str | None = None,
+    answer: StowAnswer | None = None,
+) -> StowAnswer:
+    """Store ``files`` (Part-10) in batches; what the service said of each.
+
+    With ``study`` the request goes to /studies/{study}: the service then
+    refuses any instance of another study (PS3.18 10.5.1), a check of its own
+    on what is sent."""
     answer = answer or StowAnswer()
     for batch in _batches(files):
         datasets = [dcmread(path) for path in batch]
-        body = _post(web, datasets)
+        body = _post(web, datasets, study)
         _read_answer(body, answer)
     return answer
 
@@ -68,9 +77,9 @@ def _batches(files: Sequence[Path]) -> Iterator[list[Path]]:
         yield batch
 
 
-def _post(web: WebClient, datasets: Sequence[Dataset]) -> Dataset:
+def _post(web: WebClient, datasets: Sequence[Dataset], study: str | None) -> Dataset:
     try:
-        return web.client.store_instances(datasets)
+        return web.client.store_instances(datasets, study_instance_uid=study)
     except requests.HTTPError as exc:
         # 400 and 409 carry the same answer, with the failures in it.
         response = exc.response

@@ -6,10 +6,8 @@ reconciled; a retry asks for exactly what is missing."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,30 +23,11 @@ from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.workers.permits import FilePermits
 from qrfarm.workers.pool import AssociationPool
 from qrfarm.workers.process import runner_deps
-from tests.peers import dataset_bytes, require_peer
-from tests.peers.orthanc import DICOMWEB_PLUGIN, ORTHANC_BINARIES, OrthancPeer
+from tests.peers import dataset_bytes
+from tests.peers.dicomweb import dicomweb_url, start_dicomweb_orthanc
+from tests.peers.orthanc import OrthancPeer
 
 from .conftest import Sent
-
-DICOMWEB_CONFIG = {"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
-
-
-def start_dicomweb_orthanc(workdir: Path, ae_title: str) -> OrthancPeer:
-    """An Orthanc with Debian's DICOMweb plugin on 127.0.0.1 (QIDO, WADO, STOW)."""
-    binary = require_peer(*ORTHANC_BINARIES)
-    if not Path(DICOMWEB_PLUGIN).is_file():
-        message = f"Orthanc's DICOMweb plugin not installed: {DICOMWEB_PLUGIN}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return OrthancPeer.start(
-        binary,
-        workdir,
-        {},
-        ae_title=ae_title,
-        plugins=[DICOMWEB_PLUGIN],
-        extra_config=DICOMWEB_CONFIG,
-    )
 
 
 def small_studies(corpus: Corpus) -> dict[str, list[Any]]:
@@ -82,10 +61,6 @@ class WebBench:
         return self.client.status(job_id, responses=True)
 
 
-def web_url(peer: OrthancPeer) -> str:
-    return f"http://127.0.0.1:{peer.http_port}/dicom-web"
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory, web_orthanc: OrthancPeer) -> Iterator[WebBench]:
     """One database for the module's jobs (each test reads its own jobs only)."""
@@ -111,7 +86,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory, web_orthanc: OrthancPeer) ->
                 "WEBPACS",
                 "127.0.0.1",
                 web_orthanc.http_port,
-                dicomweb_url=web_url(web_orthanc),
+                dicomweb_url=dicomweb_url(web_orthanc),
                 retrieve_transport="dicomweb",
             ),
         )
