@@ -15,19 +15,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings, broker_config
-from .dicom import Level, Root
+from .dicom import Connection, Level, Operation, Root, StatusCategory, Timeouts, qr_contexts
 from .dicom.identifiers import KeyValue
-from .errors import DatabaseNotReady, WaitTimedOut
+from .errors import DatabaseNotReady, QrfarmError, UnknownNode, WaitTimedOut
 from .jobs import control
 from .jobs.announce import can_listen, wait_for_end
 from .jobs.dispatch import Dispatcher, celery_dispatcher
+from .jobs.nodes import node_of
 from .jobs.queries import find_results, job_state, job_summary, list_jobs
 from .jobs.submit import JobRequest, SubmitRules, submit
-from .models import ENDED_STATES, JobKind, JobState, make_engine, session_factory
+from .models import ENDED_STATES, JobKind, JobState, NodeRecord, make_engine, session_factory
 from .models.migrate import is_current
 from .workflow import prefetch as prefetches
 from .workflow import rules as prefetch_rules
@@ -133,17 +134,26 @@ class Client:
         What ``--wait`` shows as its progress bar and the console streams to
         the browser.
         """
+        return self.progress_many([job_id], timeout=timeout, poll_s=poll_s)
+
+    def progress_many(
+        self, job_ids: Iterable[int], *, timeout: float | None = None, poll_s: float = 0.25
+    ) -> Iterator[dict[str, Any]]:
+        """``progress`` of several jobs at once: each job's summary first, then each
+        change, until every one has ended (or ``timeout`` ran out)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        seen: tuple[Any, ...] | None = None
-        while True:
-            summary = self.status(job_id)
-            now = (summary["state"], summary["recorded"], *summary["progress"].values())
-            if now != seen:
-                seen = now
-                yield summary
-            if summary["state"] in ENDED_STATES:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
+        seen: dict[int, tuple[Any, ...]] = {}
+        live = list(dict.fromkeys(job_ids))
+        while live:
+            for job_id in list(live):
+                summary = self.status(job_id)
+                now = (summary["state"], summary["recorded"], *summary["progress"].values())
+                if seen.get(job_id) != now:
+                    seen[job_id] = now
+                    yield summary
+                if summary["state"] in ENDED_STATES:
+                    live.remove(job_id)
+            if not live or (deadline is not None and time.monotonic() >= deadline):
                 return
             time.sleep(poll_s)
 
@@ -191,6 +201,43 @@ class Client:
     def prefetch_status(self, prefetch_id: int) -> dict[str, Any]:
         with self.sessions() as session:
             return prefetches.prefetch_summary(session, prefetch_id)
+
+    def echo(self, node: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
+        """C-ECHO a registered node: status, category, ok, elapsed_ms, and ``detail``
+        (why) when no association could be made. UnknownNode if it is not registered."""
+        with self.sessions() as session:
+            row = session.scalar(select(NodeRecord).where(NodeRecord.name == node))
+            if row is None:
+                raise UnknownNode(f"node {node!r} is not registered")
+            target = node_of(row)
+        self.settings.check_target(target.host)
+        timeouts = Timeouts(
+            acse=min(self.settings.acse_timeout, timeout_s),
+            dimse=min(self.settings.dimse_timeout, timeout_s),
+            network=min(self.settings.network_timeout, timeout_s),
+            connect=min(self.settings.connect_timeout, timeout_s / 2),
+        )
+        started = time.monotonic()
+        result: dict[str, Any] = {"node": node}
+        try:
+            with Connection.open(
+                target,
+                qr_contexts([Operation.ECHO]),
+                calling_ae=self.settings.ae_title,
+                timeouts=timeouts,
+            ) as conn:
+                answer = conn.echo()
+        except QrfarmError as exc:
+            result.update(status="", category="unreachable", ok=False, detail=str(exc))
+        else:
+            result.update(
+                status=f"0x{answer.status:04X}",
+                category=answer.category.value,
+                ok=answer.category is StatusCategory.SUCCESS,
+                detail=answer.summary(),
+            )
+        result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
+        return result
 
     def retry(self, job_id: int) -> None:
         """Send a partial or failed job back to the queue (a partial retrieve asks

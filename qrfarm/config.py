@@ -195,6 +195,12 @@ class Settings(BaseSettings):
     # on an internal network (bound to metrics_host); /metrics on the API
     # port always needs a token. Unset: only that.
     api_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # The operator console (/console on the API): the key that signs its
+    # session cookies (set it when several API processes serve one console;
+    # unset: a random key per process, so sessions end when it restarts), and
+    # how long a sign-in lasts.
+    console_secret: SecretStr | None = None
+    console_session_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
     # The HL7 v2 MLLP listener (qrfarm hl7): which stored prefetch rule an
     # order or scheduling message starts, by message type ("ORM^O01"), and
     # the rule for any other supported type.

@@ -35,11 +35,14 @@ def api() -> None:
     from prometheus_client import start_http_server
 
     from ..api.app import create_app
+    from ..console import mount as mount_console
 
     def action(settings: Settings) -> int:
         tls = api_tls_files(settings)  # checked before anything starts
         engine, _ = database(settings)
         application = create_app(settings, engine=engine)
+        # The operator console on the same port, behind the same tokens.
+        mount_console(application, Client(settings, engine, application.state.qrfarm.dispatcher))
         if settings.api_metrics_port is not None:
             # The farm's metrics without a token, on their own port only.
             start_http_server(

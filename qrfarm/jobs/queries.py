@@ -74,6 +74,8 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
         },
         "attempt_count": job.attempt_count,
         "created_at": job.created_at.isoformat(),
+        # The W3C trace id of the job's spans (submit, worker, storage SCP).
+        "trace_id": _trace_id(job.trace_parent),
         "dispatch_pending": dispatch_pending,
         "note": DISPATCH_PENDING_NOTE if dispatch_pending else None,
     }
@@ -85,6 +87,12 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
             )
         ]
     return summary
+
+
+def _trace_id(trace_parent: str | None) -> str | None:
+    """The trace id of a traceparent (version-traceid-spanid-flags), if it has one."""
+    parts = (trace_parent or "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def _attempt(session: Session, attempt: Attempt) -> dict[str, Any]:
@@ -110,6 +118,7 @@ def _attempt(session: Session, attempt: Attempt) -> dict[str, Any]:
                 "failed": r.failed,
                 "warning": r.warning,
                 "error_comment": r.error_comment,
+                "offending_elements": list(r.offending_elements or []),
                 "failed_sop_instance_uids": r.failed_sop_instance_uids,
             }
             for r in rows

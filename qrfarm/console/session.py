@@ -1,0 +1,179 @@
+"""Signing in to the console: an API token, once, turned into a signed session cookie.
+
+The cookie (HttpOnly, SameSite=Strict, Secure under HTTPS, path /console)
+holds the token's row id, a CSRF token and an expiry, signed with HMAC-SHA256;
+never the token itself. Each request looks the token up again, so a revoked
+token or a changed scope takes effect at once. Every POST carries the CSRF
+token in a form field (or the X-CSRF-Token header), compared in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, Response, status
+
+from qrfarm.api.tokens import Scope, authenticate, scopes_of
+from qrfarm.models import ApiToken
+
+from .context import ConsoleContext, console_context
+
+SESSION_COOKIE = "qrfarm_console"
+LOGIN_COOKIE = "qrfarm_console_login"
+FLASH_COOKIE = "qrfarm_console_flash"
+COOKIE_PATH = "/console"
+CSRF_FIELD = "csrf"
+CSRF_HEADER = "x-csrf-token"
+
+
+class NotSignedIn(Exception):
+    """Raised by a page's dependency: the browser is sent to the sign-in page."""
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    token_id: int
+    name: str
+    scopes: frozenset[Scope]
+    csrf: str
+    client: str | None
+
+    def can(self, scope: Scope) -> bool:
+        return scope in self.scopes
+
+
+def sign(key: bytes, payload: dict[str, Any]) -> str:
+    body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode())
+    mac = hmac.new(key, body, hashlib.sha256).digest()
+    return f"{body.decode()}.{base64.urlsafe_b64encode(mac).decode()}"
+
+
+def unsign(key: bytes, value: str | None) -> dict[str, Any] | None:
+    """The payload of a cookie this console signed, or None (absent, forged, expired)."""
+    if not value or len(value) > 4096 or value.count(".") != 1:
+        return None
+    body, mac = value.split(".")
+    expected = base64.urlsafe_b64encode(hmac.new(key, body.encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(expected, mac.encode()):
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(body))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("exp"), int | float):
+        return None
+    if payload["exp"] < time.time():
+        return None
+    return payload
+
+
+def set_cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def start_session(
+    ctx: ConsoleContext, request: Request, response: Response, token: str
+) -> ApiToken | None:
+    """Check ``token`` and set the session cookie; the token's row, or None if refused."""
+    with ctx.client.sessions() as db:
+        row = authenticate(db, token)
+        if row is None:
+            return None
+        db.expunge(row)
+    payload = {
+        "tid": row.id,
+        "csrf": secrets.token_urlsafe(24),
+        "exp": int(time.time()) + ctx.session_max_age_s,
+    }
+    set_cookie(response, request, SESSION_COOKIE, sign(ctx.key, payload), ctx.session_max_age_s)
+    return row
+
+
+def end_session(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+
+
+def current_user(request: Request) -> ConsoleUser:
+    """The signed-in token, looked up again; NotSignedIn without a live one."""
+    ctx = console_context(request)
+    payload = unsign(ctx.key, request.cookies.get(SESSION_COOKIE))
+    if payload is None or not isinstance(payload.get("tid"), int):
+        raise NotSignedIn
+    with ctx.client.sessions() as db:
+        row = db.get(ApiToken, payload["tid"])
+        if row is None or row.revoked_at is not None:
+            raise NotSignedIn
+        name, scopes = row.name, scopes_of(row)
+    user = ConsoleUser(
+        payload["tid"],
+        name,
+        scopes,
+        str(payload.get("csrf", "")),
+        request.client.host if request.client else None,
+    )
+    request.state.console_user = user
+    if Scope.READ not in scopes:
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail="this token lacks the scope 'read' that the console needs",
+        )
+    return user
+
+
+User = Annotated[ConsoleUser, Depends(current_user)]
+
+
+async def _form_csrf(request: Request) -> str:
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    form = await request.form()
+    value = form.get(CSRF_FIELD)
+    return value if isinstance(value, str) else ""
+
+
+def needs(scope: Scope) -> Any:
+    """A POST's dependency: signed in, holding ``scope``, and the CSRF token sent."""
+
+    async def check(request: Request, user: User) -> ConsoleUser:
+        sent = await _form_csrf(request)
+        if not sent or not hmac.compare_digest(sent.encode(), user.csrf.encode()):
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail="the form's CSRF token is missing or wrong: reload the page",
+            )
+        if scope not in user.scopes:
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail=f"this token lacks the scope {scope.value!r} that this action needs",
+            )
+        return user
+
+    return Depends(check)
+
+
+def flash(ctx: ConsoleContext, request: Request, response: Response, text: str) -> None:
+    """A message shown once by the next page (a signed cookie of its own)."""
+    payload = {"text": text[:500], "exp": int(time.time()) + 60}
+    set_cookie(response, request, FLASH_COOKIE, sign(ctx.key, payload), 60)
+
+
+def take_flash(ctx: ConsoleContext, request: Request) -> str | None:
+    payload = unsign(ctx.key, request.cookies.get(FLASH_COOKIE))
+    text = payload.get("text") if payload else None
+    return text if isinstance(text, str) else None

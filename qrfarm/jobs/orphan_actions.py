@@ -1,0 +1,100 @@
+"""An operator's decisions on orphans (instances that matched no job): give a
+sender's instances of one study to a job, or discard them.
+
+Assigned instances become the job's records (matched ``late``, as claimed
+orphans are) and an ended job is reconciled again with them. Discarded ones
+lose their row, and their file when no job's record points to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from qrfarm.errors import Conflict, NoSuchJob, NotFound
+from qrfarm.models import Job, JobKind, MatchedBy, OrphanInstance, ReceivedInstance, table
+from qrfarm.models.session import insert_for
+
+from .orphans import _COPIED
+from .reconcile import reopen_for_late_arrival
+
+log = logging.getLogger(__name__)
+
+
+def _group(session: Session, calling_ae: str, study_uid: str) -> list[OrphanInstance]:
+    rows = list(
+        session.scalars(
+            select(OrphanInstance)
+            .where(
+                OrphanInstance.calling_ae == calling_ae,
+                OrphanInstance.study_instance_uid == study_uid,
+                OrphanInstance.matched_job_id.is_(None),
+            )
+            .order_by(OrphanInstance.received_at, OrphanInstance.id)
+            .with_for_update()
+        )
+    )
+    if not rows:
+        raise NotFound("no orphans of that calling AE title and study are left")
+    return rows
+
+
+def assign(session: Session, calling_ae: str, study_uid: str, job_id: int) -> int:
+    """Give the group's orphans to a move or get job; how many records it gained."""
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None:
+        raise NoSuchJob(f"job {job_id} does not exist")
+    if job.kind is JobKind.FIND:
+        raise Conflict(f"job {job_id} is a find; only a move or a get records instances")
+    held = set(
+        session.scalars(
+            select(ReceivedInstance.sop_instance_uid).where(ReceivedInstance.job_id == job_id)
+        )
+    )
+    rows = {}
+    for orphan in _group(session, calling_ae, study_uid):
+        orphan.matched_job_id = job_id
+        if orphan.sop_instance_uid in held or orphan.sop_instance_uid in rows:
+            continue
+        rows[orphan.sop_instance_uid] = {name: getattr(orphan, name) for name in _COPIED} | {
+            "job_id": job_id,
+            "matched_by": MatchedBy.LATE,
+        }
+    if rows:
+        session.execute(
+            insert_for(session, table(ReceivedInstance)).on_conflict_do_nothing(
+                index_elements=["job_id", "sop_instance_uid"]
+            ),
+            list(rows.values()),
+        )
+    job.recorded_count = (
+        session.scalar(select(func.count()).where(ReceivedInstance.job_id == job_id)) or 0
+    )
+    reopen_for_late_arrival(session, job)
+    log.info("job %d: %d orphan(s) assigned by an operator", job_id, len(rows))
+    return len(rows)
+
+
+def discard(session: Session, calling_ae: str, study_uid: str, storage_root: Path) -> int:
+    """Remove the group's orphans, and their files no job's record points to;
+    how many rows went."""
+    rows = _group(session, calling_ae, study_uid)
+    paths = {row.file_path for row in rows}
+    session.execute(delete(OrphanInstance).where(OrphanInstance.id.in_([r.id for r in rows])))
+    kept = set(
+        session.scalars(
+            select(ReceivedInstance.file_path).where(ReceivedInstance.file_path.in_(paths))
+        )
+    ) | set(
+        session.scalars(select(OrphanInstance.file_path).where(OrphanInstance.file_path.in_(paths)))
+    )
+    root = storage_root.resolve()
+    for path in paths - kept:
+        target = (root / path).resolve()
+        # Only files inside the storage root: a row's path is never followed out of it.
+        if target.is_relative_to(root):
+            target.unlink(missing_ok=True)
+    return len(rows)

@@ -1,0 +1,214 @@
+"""Signing in to the console and what each scope may do, in process: the API app
+with the console mounted, on an embedded database and the filesystem broker
+(no worker runs: jobs stay queued)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from qrfarm.api import tokens
+from qrfarm.api.app import create_app
+from qrfarm.client import Client
+from qrfarm.config import Settings
+from qrfarm.console import mount
+from qrfarm.console.session import SESSION_COOKIE
+from qrfarm.dicom import Level
+from qrfarm.jobs.nodes import NodeSpec, upsert_node
+from qrfarm.models import AuditEvent, upgrade
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+ACTION_BUTTONS = ("Submit", "Cancel job", "Retry job", 'id="bulk"', "Add node", "Save node")
+
+
+class Console:
+    def __init__(self, app_client: TestClient, client: Client, tokens_: dict[str, str]) -> None:
+        self.http = app_client
+        self.client = client
+        self.tokens = tokens_
+
+    def browser(self) -> TestClient:
+        return TestClient(self.http.app, base_url="http://127.0.0.1", follow_redirects=True)
+
+    def sign_in(self, who: str) -> tuple[TestClient, str]:
+        browser = self.browser()
+        form = browser.get("/console/login")
+        answer = browser.post(
+            "/console/login",
+            data={
+                "token": self.tokens[who],
+                "csrf": CSRF.findall(form.text)[0],
+                "next": "/console/jobs",
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        return browser, CSRF.findall(answer.text)[0]
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    root = tmp_path_factory.mktemp("console")
+    settings = Settings(
+        database_url=f"sqlite:///{root / 'qrfarm.db'}",
+        data_dir=root / "data",
+        storage_root=root / "storage",
+        allowed_hosts=["127.0.0.1"],
+    )
+    upgrade(settings.database_url)
+    client = Client.from_settings(settings)
+    app = create_app(settings, engine=client.engine, dispatcher=client.dispatcher)
+    mount(app, client)
+    with client.sessions() as db, db.begin():
+        issued = {
+            "admin": tokens.issue(db, "console-admin", ["read", "submit", "admin"]),
+            "reader": tokens.issue(db, "console-reader", ["read"]),
+            "submitter": tokens.issue(db, "console-submitter", ["read", "submit"]),
+        }
+        upsert_node(db, NodeSpec("pacs", "PACS", "127.0.0.1", 11112))
+    try:
+        yield Console(TestClient(app, base_url="http://127.0.0.1"), client, issued)
+    finally:
+        client.close()
+
+
+def test_pages_send_a_stranger_to_sign_in_and_refuse_an_unknown_token(console: Console) -> None:
+    browser = console.browser()
+    for path in ("/console/", "/console/jobs", "/console/nodes/pacs", "/console/orphans"):
+        answer = browser.get(path)
+        assert answer.url.path == "/console/login", path
+    form = browser.get("/console/login")
+    refused = browser.post(
+        "/console/login",
+        data={"token": "qrf_not-a-token", "csrf": CSRF.findall(form.text)[0], "next": "/"},
+    )
+    assert refused.status_code == 401
+    assert SESSION_COOKIE not in browser.cookies
+    # A sign-in form not from this console (no login cookie's nonce) is refused.
+    forged = console.browser().post(
+        "/console/login", data={"token": console.tokens["admin"], "csrf": "x", "next": "/"}
+    )
+    assert forged.status_code == 403
+
+
+def test_the_session_cookie_is_signed_http_only_and_strict(console: Console) -> None:
+    browser = console.browser()
+    form = browser.get("/console/login")
+    answer = browser.post(
+        "/console/login",
+        data={"token": console.tokens["reader"], "csrf": CSRF.findall(form.text)[0]},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    cookie = next(
+        h for h in answer.headers.get_list("set-cookie") if h.startswith(SESSION_COOKIE + "=")
+    )
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/console" in cookie
+    assert console.tokens["reader"] not in cookie
+    # A cookie changed by hand is not a session.
+    value = cookie.split(";")[0].split("=", 1)[1]
+    tampered = console.browser()
+    tampered.cookies.set(SESSION_COOKIE, value[:-4] + "AAAA", path="/console")
+    assert tampered.get("/console/jobs").url.path == "/console/login"
+
+
+def test_a_read_token_sees_no_action_and_its_forged_posts_are_refused(console: Console) -> None:
+    job_id = console.client.move("pacs", Level.STUDY, {"StudyInstanceUID": "1.2.3"})
+    browser, csrf = console.sign_in("reader")
+    for path in (
+        "/console/jobs",
+        f"/console/jobs/{job_id}",
+        "/console/nodes",
+        "/console/nodes/pacs",
+    ):
+        text = browser.get(path).text
+        assert not [b for b in ACTION_BUTTONS if b in text], path
+    # With its own valid CSRF token, a read token still may not act.
+    for path, data in (
+        (f"/console/jobs/{job_id}/cancel", {}),
+        ("/console/jobs/bulk", {"action": "cancel", "target": "filter"}),
+        ("/console/jobs", {"kind": "move", "node": "pacs", "level": "STUDY", "keys": "x=1"}),
+        ("/console/nodes", {"name": "x", "ae_title": "X", "host": "127.0.0.1", "port": "104"}),
+    ):
+        answer = browser.post(path, data={**data, "csrf": csrf})
+        assert answer.status_code == 403, (path, answer.text)
+    assert console.client.status(job_id)["state"] == "queued"
+
+
+def test_a_post_without_the_csrf_token_is_refused_whatever_the_scope(console: Console) -> None:
+    job_id = console.client.move("pacs", Level.STUDY, {"StudyInstanceUID": "1.2.4"})
+    browser, csrf = console.sign_in("admin")
+    for sent in ({}, {"csrf": "wrong"}, {"csrf": csrf[:-1]}):
+        answer = browser.post(f"/console/jobs/{job_id}/cancel", data=sent)
+        assert answer.status_code == 403, sent
+    assert console.client.status(job_id)["state"] == "queued"
+    cancelled = browser.post(f"/console/jobs/{job_id}/cancel", data={"csrf": csrf})
+    assert cancelled.status_code == 200
+    assert console.client.status(job_id)["state"] == "cancelled"
+    with console.client.sessions() as db:
+        rows = db.query(AuditEvent).filter(AuditEvent.job_id == job_id).all()
+    assert [(r.action, r.actor, r.outcome) for r in rows if r.action == "job.cancel"] == [
+        ("job.cancel", "console-admin", "success")
+    ]
+
+
+def test_submit_may_act_on_jobs_but_not_on_nodes(console: Console) -> None:
+    browser, csrf = console.sign_in("submitter")
+    text = browser.get("/console/jobs").text
+    assert "Submit" in text and "Add node" not in browser.get("/console/nodes").text
+    answer = browser.post(
+        "/console/nodes",
+        data={"csrf": csrf, "name": "x", "ae_title": "X", "host": "127.0.0.1", "port": "104"},
+    )
+    assert answer.status_code == 403
+    submitted = browser.post(
+        "/console/jobs",
+        data={
+            "csrf": csrf,
+            "kind": "move",
+            "node": "pacs",
+            "level": "STUDY",
+            "root": "study",
+            "keys": "StudyInstanceUID=1.2.5",
+        },
+    )
+    assert "queued." in submitted.text
+    refused = browser.post(
+        "/console/jobs",
+        data={
+            "csrf": csrf,
+            "kind": "move",
+            "node": "pacs",
+            "level": "STUDY",
+            "root": "study",
+            "keys": "PatientName=SECRET^PATIENT",
+        },
+    )
+    assert "Not submitted" in refused.text and "SECRET" not in refused.text
+
+
+def test_a_revoked_token_ends_its_session(console: Console) -> None:
+    with console.client.sessions() as db, db.begin():
+        token = tokens.issue(db, "console-brief", ["read"])
+    console.tokens["brief"] = token
+    browser, _ = console.sign_in("brief")
+    assert browser.get("/console/nodes").url.path == "/console/nodes"
+    with console.client.sessions() as db, db.begin():
+        tokens.revoke(db, "console-brief")
+    assert browser.get("/console/nodes").url.path == "/console/login"
+
+
+def test_static_files_are_served_and_nothing_comes_from_elsewhere(console: Console) -> None:
+    browser, _ = console.sign_in("admin")
+    for path in (
+        "/console/",
+        "/console/jobs",
+        "/console/nodes",
+        "/console/prefetch",
+        "/console/orphans",
+    ):
+        text = browser.get(path).text
+        assert not re.search(r'(src|href)="(https?:)?//', text), path
+    assert browser.get("/console/static/console.js").status_code == 200
