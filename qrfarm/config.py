@@ -56,6 +56,15 @@ class NodeSettings(BaseModel):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # DICOMweb: its base URL, auth ("none", "bearer", "basic") with a user
+    # name and the file holding the secret, and which transport its jobs
+    # ("retrieve_transport") and deliveries to it ("delivery_transport") use.
+    dicomweb_url: str | None = None
+    dicomweb_auth: Literal["none", "bearer", "basic"] = "none"
+    dicomweb_username: str | None = None
+    dicomweb_secret_file: Path | None = None
+    retrieve_transport: Literal["dimse", "dicomweb"] = "dimse"
+    delivery_transport: Literal["dimse", "dicomweb"] = "dimse"
 
 
 def _config_file() -> Path | None:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import object_session
 
 from qrfarm.dicom import Connection, Operation, StatusCategory, Timeouts, qr_contexts
+from qrfarm.dicomweb import url_host
 from qrfarm.errors import Conflict, NotFound, QrfarmError
 from qrfarm.jobs import profiles
 from qrfarm.jobs.nodes import NodeSpec, node_of, upsert_node
@@ -43,6 +44,12 @@ def _out(row: NodeRecord) -> dict[str, Any]:
         "tls_ca_file": row.tls_ca_file,
         "tls_cert_file": row.tls_cert_file,
         "tls_key_file": row.tls_key_file,
+        "dicomweb_url": row.dicomweb_url,
+        "dicomweb_auth": row.dicomweb_auth,
+        "dicomweb_username": row.dicomweb_username,
+        "dicomweb_secret_file": row.dicomweb_secret_file,
+        "retrieve_transport": row.retrieve_transport,
+        "delivery_transport": row.delivery_transport,
     }
 
 
@@ -55,6 +62,8 @@ def _row(db: Db, name: str) -> NodeRecord:
 
 def _save(ctx: Context, db: Db, name: str, body: NodeIn) -> NodeRecord:
     ctx.settings.check_target(body.host)
+    if body.dicomweb_url is not None:
+        ctx.settings.check_target(url_host(body.dicomweb_url))
     row = upsert_node(
         db,
         NodeSpec(
@@ -70,6 +79,12 @@ def _save(ctx: Context, db: Db, name: str, body: NodeIn) -> NodeRecord:
             tls_ca_file=body.tls_ca_file,
             tls_cert_file=body.tls_cert_file,
             tls_key_file=body.tls_key_file,
+            dicomweb_url=body.dicomweb_url,
+            dicomweb_auth=body.dicomweb_auth,
+            dicomweb_username=body.dicomweb_username,
+            dicomweb_secret_file=body.dicomweb_secret_file,
+            retrieve_transport=body.retrieve_transport,
+            delivery_transport=body.delivery_transport,
         ),
     )
     db.commit()

@@ -175,6 +175,19 @@ class NodeIn(BaseModel):
     tls_ca_file: str | None = Field(default=None, max_length=1024)
     tls_cert_file: str | None = Field(default=None, max_length=1024)
     tls_key_file: str | None = Field(default=None, max_length=1024)
+    # DICOMweb: base URL (http or https), auth, and the file on the workers
+    # that holds the token or password (the secret itself is never sent here).
+    dicomweb_url: str | None = Field(default=None, max_length=2048)
+    dicomweb_auth: Literal["none", "bearer", "basic"] = "none"
+    dicomweb_username: str | None = Field(default=None, max_length=255)
+    dicomweb_secret_file: str | None = Field(default=None, max_length=1024)
+    retrieve_transport: Literal["dimse", "dicomweb"] = Field(
+        default="dimse",
+        description="dimse: C-FIND, C-GET, C-MOVE; dicomweb: QIDO-RS, WADO-RS.",
+    )
+    delivery_transport: Literal["dimse", "dicomweb"] = Field(
+        default="dimse", description="dimse: C-STORE; dicomweb: STOW-RS."
+    )
 
 
 class NodeCreate(NodeIn):

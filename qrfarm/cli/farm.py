@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import Settings, broker_config
 from ..dicom import Connection, Node, Operation, StatusCategory, qr_contexts
+from ..dicomweb import url_host
 from ..errors import DatabaseNotReady, UnknownNode
 from ..jobs import profiles
 from ..jobs.dispatch import Dispatcher, celery_dispatcher, node_queue
@@ -94,6 +96,37 @@ def node_add(
     tls_ca: CaOpt = None,
     tls_cert: CertOpt = None,
     tls_key: KeyOpt = None,
+    dicomweb_url: Annotated[
+        str | None,
+        typer.Option(
+            "--dicomweb-url",
+            help="Its DICOMweb base URL (http or https; QIDO-RS, WADO-RS, STOW-RS below it).",
+        ),
+    ] = None,
+    dicomweb_auth: Annotated[
+        str, typer.Option("--dicomweb-auth", help="none, bearer or basic.")
+    ] = "none",
+    dicomweb_user: Annotated[
+        str | None, typer.Option("--dicomweb-user", help="The user name of basic auth.")
+    ] = None,
+    dicomweb_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--dicomweb-secret-file",
+            help="A file holding the bearer token or the password (read by each worker when "
+            "it connects; never stored or shown).",
+        ),
+    ] = None,
+    retrieve_via: Annotated[
+        str,
+        typer.Option(
+            "--retrieve-via", help="dimse (C-FIND, C-GET, C-MOVE) or dicomweb (QIDO-RS, WADO-RS)."
+        ),
+    ] = "dimse",
+    deliver_via: Annotated[
+        str,
+        typer.Option("--deliver-via", help="dimse (C-STORE) or dicomweb (STOW-RS)."),
+    ] = "dimse",
 ) -> None:
     """Register (or change) a PACS node (--tls: every job and echo to it over TLS; without
     --tls-ca the system's trust store is used)."""
@@ -101,6 +134,8 @@ def node_add(
     def action(settings: Settings) -> int:
         node = Node.parse(address, max_associations=max_associations)
         settings.check_target(node.host)
+        if dicomweb_url is not None:
+            settings.check_target(url_host(dicomweb_url))
         engine, sessions = database(settings)
         with sessions() as session, session.begin():
             known = session.scalar(select(NodeRecord.id).where(NodeRecord.name == name))
@@ -119,6 +154,14 @@ def node_add(
                     tls_ca_file=str(tls_ca.resolve()) if tls_ca else None,
                     tls_cert_file=str(tls_cert.resolve()) if tls_cert else None,
                     tls_key_file=str(tls_key.resolve()) if tls_key else None,
+                    dicomweb_url=dicomweb_url,
+                    dicomweb_auth=dicomweb_auth,
+                    dicomweb_username=dicomweb_user,
+                    dicomweb_secret_file=(
+                        str(dicomweb_secret_file.resolve()) if dicomweb_secret_file else None
+                    ),
+                    retrieve_transport=retrieve_via,
+                    delivery_transport=deliver_via,
                 ),
             )
             change = audit.Event("node.change", "U") if known else audit.Event("node.add", "C")

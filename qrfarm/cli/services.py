@@ -19,6 +19,7 @@ from ..dicom import (
     Node,
 )
 from ..dicom.node import validate_ae_title
+from ..dicomweb import url_host
 from ..jobs.nodes import NodeSpec, upsert_node
 from ..models import upgrade
 from ..observability import metrics
@@ -157,6 +158,8 @@ def register_configured_nodes(settings: Settings, sessions: sessionmaker[Session
     with sessions() as session, session.begin():
         for name, node in settings.nodes.items():
             settings.check_target(node.host)
+            if node.dicomweb_url is not None:
+                settings.check_target(url_host(node.dicomweb_url))
             upsert_node(
                 session,
                 NodeSpec(
@@ -172,6 +175,14 @@ def register_configured_nodes(settings: Settings, sessions: sessionmaker[Session
                     tls_ca_file=str(node.tls_ca_file) if node.tls_ca_file else None,
                     tls_cert_file=str(node.tls_cert_file) if node.tls_cert_file else None,
                     tls_key_file=str(node.tls_key_file) if node.tls_key_file else None,
+                    dicomweb_url=node.dicomweb_url,
+                    dicomweb_auth=node.dicomweb_auth,
+                    dicomweb_username=node.dicomweb_username,
+                    dicomweb_secret_file=(
+                        str(node.dicomweb_secret_file) if node.dicomweb_secret_file else None
+                    ),
+                    retrieve_transport=node.retrieve_transport,
+                    delivery_transport=node.delivery_transport,
                 ),
             )
 
