@@ -31,6 +31,7 @@ from .jobs.submit import JobRequest, SubmitRules, submit
 from .models import ENDED_STATES, JobKind, JobState, NodeRecord, make_engine, session_factory
 from .models.migrate import is_current
 from .workflow import prefetch as prefetches
+from .workflow import retrieve as retrievals
 from .workflow import rules as prefetch_rules
 
 
@@ -201,6 +202,64 @@ class Client:
     def prefetch_status(self, prefetch_id: int) -> dict[str, Any]:
         with self.sessions() as session:
             return prefetches.prefetch_summary(session, prefetch_id)
+
+    def retrieve(
+        self,
+        node: str,
+        *,
+        accession_number: str | None = None,
+        patient_id: str | None = None,
+        issuer: str | None = None,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        study_instance_uid: str | None = None,
+        destination: str | None = None,
+        priority: int = 0,
+        external_reference: str | None = None,
+    ) -> int:
+        """Retrieve by an accession number, a patient ID (and dates) or a study UID:
+        the farm finds the matching studies, then moves each as a child job; the
+        retrieval's id. No match or an ambiguous one ends it failed, saying so."""
+        return retrievals.start(
+            self.sessions,
+            retrievals.RetrieveRequest(
+                node=node,
+                accession_number=accession_number,
+                patient_id=patient_id,
+                issuer=issuer,
+                date_from=date_from,
+                date_to=date_to,
+                study_instance_uid=study_instance_uid,
+                destination=destination,
+                priority=priority,
+                external_reference=external_reference,
+            ),
+            self.dispatcher,
+            SubmitRules.from_settings(self.settings),
+        )
+
+    def retrieval(self, retrieval_id: int) -> dict[str, Any]:
+        """A retrieval's summary: what was asked, the studies found, its jobs, its error."""
+        with self.sessions() as session:
+            return retrievals.summary(session, retrieval_id)
+
+    def wait_retrieval(
+        self, retrieval_id: int, timeout: float | None = None, poll_s: float = 0.3
+    ) -> dict[str, Any]:
+        """Block until the retrieval ends; its summary. WaitTimedOut after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def ended() -> bool:
+            with self.sessions() as session:
+                return retrievals.has_ended(session, retrieval_id)
+
+        if not _poll(ended, deadline, poll_s):
+            raise WaitTimedOut(f"retrieval {retrieval_id} has not ended after {timeout} s")
+        return self.retrieval(retrieval_id)
+
+    def cancel_retrieval(self, retrieval_id: int) -> str:
+        """Cancel a retrieval and its jobs (a running move gets C-CANCEL); its state."""
+        return retrievals.cancel(self.sessions, retrieval_id).value
 
     def echo(self, node: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
         """C-ECHO a registered node: status, category, ok, elapsed_ms, and ``detail``

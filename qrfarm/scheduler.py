@@ -22,7 +22,7 @@ from .jobs.policy import JobPolicy
 from .jobs.submit import SubmitRules
 from .jobs.sweeper import sweep
 from .notify.delivery import DeliveryPolicy, deliver_due, run_deliveries
-from .workflow import audit, prefetch
+from .workflow import audit, prefetch, retrieve
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ def run_round(setup: SchedulerSetup) -> None:
     changed = prefetch.advance_all(setup.sessions, setup.dispatcher, setup.rules)
     if changed:
         log.info("prefetches advanced: %s", changed)
+    retrievals = retrieve.advance_all(setup.sessions, setup.dispatcher, setup.rules)
+    if retrievals:
+        log.info("retrievals advanced: %s", retrievals)
     _audit_round(setup, report.dispatched, report.finalized, changed)
 
 

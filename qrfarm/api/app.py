@@ -23,6 +23,7 @@ from . import (
     routes_jobs,
     routes_nodes,
     routes_prefetch,
+    routes_retrievals,
 )
 from .deps import ApiContext, require_token
 from .schemas import ErrorOut
@@ -80,6 +81,7 @@ def create_app(
         routes_jobs.router,
         routes_nodes.router,
         routes_prefetch.router,
+        routes_retrievals.router,
         routes_audit.router,
         metrics.router,
     ):

@@ -15,6 +15,7 @@ from qrfarm.errors import (
     InvalidNode,
     NoSuchJob,
     NoSuchPrefetch,
+    NoSuchRetrieval,
     NoSuchRule,
     NotFound,
     NotRetriable,
@@ -51,6 +52,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(NoSuchJob)
     @app.exception_handler(NoSuchPrefetch)
     @app.exception_handler(NoSuchRule)
+    @app.exception_handler(NoSuchRetrieval)
     @app.exception_handler(NotFound)
     def _not_found(_r: Request, exc: PermanentError) -> JSONResponse:
         return JSONResponse(status_code=status.HTTP_404_NOT_FOUND, content={"detail": str(exc)})

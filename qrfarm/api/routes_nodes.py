@@ -79,6 +79,8 @@ def _save(ctx: Context, db: Db, name: str, body: NodeIn) -> NodeRecord:
             tls_ca_file=body.tls_ca_file,
             tls_cert_file=body.tls_cert_file,
             tls_key_file=body.tls_key_file,
+            patient_id_issuer=body.patient_id_issuer,
+            issuer_matching=body.issuer_matching,
             dicomweb_url=body.dicomweb_url,
             dicomweb_auth=body.dicomweb_auth,
             dicomweb_username=body.dicomweb_username,

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qrfarm.dicom import Level, Root
 from qrfarm.models import JobKind
+from qrfarm.workflow.identity import PatientIdentifier
 from qrfarm.workflow.rules import Rule
 
 KeyValue = str | list[str] | None
@@ -175,6 +176,18 @@ class NodeIn(BaseModel):
     tls_ca_file: str | None = Field(default=None, max_length=1024)
     tls_cert_file: str | None = Field(default=None, max_length=1024)
     tls_key_file: str | None = Field(default=None, max_length=1024)
+    patient_id_issuer: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The issuer (assigning authority) of the patient IDs it holds: it is"
+        " searched only with a patient's ID of this issuer.",
+    )
+    issuer_matching: Literal["auto", "yes", "no"] = Field(
+        default="auto",
+        description="Whether its C-FINDs match on Issuer of Patient ID (auto: once it has"
+        " answered with one).",
+    )
     # DICOMweb: base URL (http or https), auth, and the file on the workers
     # that holds the token or password (the secret itself is never sent here).
     dicomweb_url: str | None = Field(default=None, max_length=2048)
@@ -202,6 +215,7 @@ class ProfileOut(BaseModel):
     sends_pending: bool | None
     omits_counts: bool | None
     supports_get: bool | None
+    answers_issuer_of_patient_id: bool | None = None
     rejects_above_associations: int | None
     max_associations_held: int
     observations: dict[str, dict[str, int]]
@@ -232,6 +246,13 @@ class PrefetchIn(BaseModel):
     current_study_uid: str | None = Field(default=None, max_length=64)
     callback_url: str | None = Field(default=None, max_length=2048)
     external_reference: str | None = Field(default=None, min_length=1, max_length=255)
+    patient_identifiers: list[PatientIdentifier] = Field(
+        default=[],
+        max_length=20,
+        description="Every ID of the patient with its issuer (assigning authority), patient_id"
+        " among them: each node is searched with the one of its own issuer. Empty: patient_id,"
+        " its issuer not said.",
+    )
 
 
 class PrefetchJobOut(BaseModel):
@@ -258,6 +279,11 @@ class PrefetchOut(BaseModel):
     current_accession: str | None
     current_study_uid: str | None
     external_reference: str | None
+    patient_identifiers: list[dict[str, Any]] = []
+    node_notes: dict[str, str] = Field(
+        default={}, description="Node -> why it was not searched, or what was left out."
+    )
+    order_key: str | None = None
     selected: list[dict[str, Any]]
     studies: PrefetchStudies
     recorded: int

@@ -33,7 +33,7 @@ from ..dicom import (
 )
 from ..dicom.node import validate_ae_title
 from ..dicom.planning import expected_sop_classes
-from ..errors import InvalidIdentifier
+from ..errors import InvalidIdentifier, InvalidRetrieval
 from ..jobs.submit import JobRequest
 from ..models import JobKind
 from .common import (
@@ -65,6 +65,7 @@ from .common import (
 )
 from .farm import JsonOpt
 from .jobs import queue_job
+from .retrieve import queue_retrieval
 
 DirectOpt = Annotated[
     bool, typer.Option("--direct", help="Run it here and now, not as a queued job.")
@@ -334,11 +335,54 @@ def move(
     direct: DirectOpt = False,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
+    accession: Annotated[
+        str | None,
+        typer.Option(
+            "--accession", help="Move the study with this accession number (found first)."
+        ),
+    ] = None,
+    patient_id: Annotated[
+        str | None,
+        typer.Option("--patient-id", help="Move this patient's studies (found first)."),
+    ] = None,
+    issuer: Annotated[
+        str | None,
+        typer.Option("--issuer", help="The issuer of --patient-id (default: the node's)."),
+    ] = None,
+    date_from: Annotated[
+        str | None, typer.Option("--date-from", help="With --patient-id: from this date.")
+    ] = None,
+    date_to: Annotated[
+        str | None, typer.Option("--date-to", help="With --patient-id: up to this date.")
+    ] = None,
+    study_uid: Annotated[
+        str | None, typer.Option("--study-uid", help="Move this study (found first).")
+    ] = None,
 ) -> None:
-    """C-MOVE: ask NODE to send instances to the AE title DEST."""
+    """C-MOVE: ask NODE to send instances to the AE title DEST.
+
+    With --accession, --patient-id (and --date-from/--date-to) or --study-uid
+    the farm first finds the matching studies, then moves each as a child job
+    of one retrieval; no match, or an accession on two patients, is reported,
+    never guessed."""
     root = choose_root(level, root_opt)
+    criteria = {
+        "accession_number": accession,
+        "patient_id": patient_id,
+        "issuer": issuer,
+        "date_from": date_from,
+        "date_to": date_to,
+        "study_instance_uid": study_uid,
+    }
 
     def action(settings: Settings) -> int:
+        if any(v is not None for v in criteria.values()):
+            if direct or key:
+                raise InvalidRetrieval(
+                    "--accession, --patient-id and --study-uid are queued retrievals:"
+                    " not with --direct or -k"
+                )
+            return queue_retrieval(settings, node, criteria, dest, wait, as_json)
         matching, returned = split_keys(key)
         if not direct:
             return queue_job(

@@ -96,6 +96,22 @@ def node_add(
     tls_ca: CaOpt = None,
     tls_cert: CertOpt = None,
     tls_key: KeyOpt = None,
+    issuer: Annotated[
+        str | None,
+        typer.Option(
+            "--issuer",
+            help="The issuer (assigning authority) of the patient IDs it holds, as HL7 PID-3"
+            " CX.4 names it: it is searched only with a patient's ID of this issuer.",
+        ),
+    ] = None,
+    issuer_matching: Annotated[
+        str,
+        typer.Option(
+            "--issuer-matching",
+            help="Whether its C-FINDs match on Issuer of Patient ID: yes, no, or auto (once it"
+            " has answered with one).",
+        ),
+    ] = "auto",
     dicomweb_url: Annotated[
         str | None,
         typer.Option(
@@ -154,6 +170,8 @@ def node_add(
                     tls_ca_file=str(tls_ca.resolve()) if tls_ca else None,
                     tls_cert_file=str(tls_cert.resolve()) if tls_cert else None,
                     tls_key_file=str(tls_key.resolve()) if tls_key else None,
+                    patient_id_issuer=issuer,
+                    issuer_matching=issuer_matching,
                     dicomweb_url=dicomweb_url,
                     dicomweb_auth=dicomweb_auth,
                     dicomweb_username=dicomweb_user,

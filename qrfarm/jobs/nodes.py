@@ -43,6 +43,10 @@ class NodeSpec:
     dicomweb_secret_file: str | None = None
     retrieve_transport: str = "dimse"
     delivery_transport: str = "dimse"
+    # The issuer (assigning authority) of the patient IDs it holds, and whether
+    # its C-FINDs match on Issuer of Patient ID (yes, no, auto: once seen).
+    patient_id_issuer: str | None = None
+    issuer_matching: str = "auto"
 
 
 TRANSPORTS = ("dimse", "dicomweb")
@@ -90,6 +94,21 @@ def web_service_of(row: NodeRecord) -> WebService | None:
     )
 
 
+def _issuer(spec: NodeSpec) -> tuple[str | None, str]:
+    """The node's patient ID issuer (one value, no wildcard) and issuer matching."""
+    issuer = (spec.patient_id_issuer or "").strip() or None
+    if issuer is not None and (len(issuer) > 64 or any(c in issuer for c in "*?\\")):
+        raise InvalidNode(
+            f"node {spec.name!r}: the patient ID issuer is one value of 1 to 64"
+            " characters, without * ? or backslash"
+        )
+    if spec.issuer_matching not in ("auto", "yes", "no"):
+        raise InvalidNode(
+            f"node {spec.name!r}: issuer matching {spec.issuer_matching!r}: one of auto, yes, no"
+        )
+    return issuer, spec.issuer_matching
+
+
 def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     """Create or update the node named ``spec.name``; validated like any Node."""
     Node(spec.ae_title, spec.host, spec.port, max_associations=spec.max_associations)
@@ -115,6 +134,7 @@ def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     row.tls_ca_file = spec.tls_ca_file
     row.tls_cert_file = spec.tls_cert_file
     row.tls_key_file = spec.tls_key_file
+    row.patient_id_issuer, row.issuer_matching = _issuer(spec)
     row.dicomweb_url = spec.dicomweb_url
     row.dicomweb_auth = spec.dicomweb_auth
     row.dicomweb_username = spec.dicomweb_username
