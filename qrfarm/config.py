@@ -338,6 +338,10 @@ def broker_config(settings: Settings) -> tuple[str, dict[str, Any]]:
             # An unacknowledged task comes back after this; retries are rows
             # in the database, so nothing waits this long in a worker.
             options["visibility_timeout"] = 3600
+            # One list per priority lane (qrfarm.jobs.priority.BROKER_STEPS,
+            # qrfarm.jobs.dispatch.broker_keys): urgent work is popped first.
+            options["priority_steps"] = [0, 3, 6, 9]
+            options["sep"] = "\x06\x16"
         return settings.broker_url, options
     folder = (settings.data_dir / "broker").resolve()
     (folder / "queue").mkdir(parents=True, exist_ok=True)

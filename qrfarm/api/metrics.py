@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.jobs.dispatch import node_queue
+from qrfarm.jobs.dispatch import broker_keys, node_queue
 from qrfarm.models import (
     Attempt,
     Job,
@@ -106,7 +106,9 @@ class FarmCollector(Collector):
         try:
             for name in nodes:
                 queue = node_queue(name)
-                depth.add_metric([queue], client.llen(queue))
+                # Every priority lane of the queue is a list of its own.
+                lanes = [int(client.llen(key)) for key in broker_keys(queue)]
+                depth.add_metric([queue], sum(lanes))
         finally:
             client.close()
         return depth

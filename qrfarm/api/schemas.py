@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,7 +53,16 @@ class JobIn(BaseModel):
     destination: str | None = Field(
         default=None, max_length=16, description="Move destination AE title; default: qrfarm's SCP."
     )
-    priority: int = Field(default=0, ge=-100, le=100)
+    priority: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description="Higher first: 50 and above is urgent (never held by a bulk window or "
+        "a node's cap), below 0 is bulk (held outside the node's bulk windows).",
+    )
+    not_before: dt.datetime | None = Field(
+        default=None, description="Not started before this time (UTC when no offset is given)."
+    )
     external_reference: str | None = Field(
         default=None,
         min_length=1,
@@ -130,6 +140,12 @@ class JobOut(BaseModel):
         False, description="Recorded, not yet handed to the queue (its broker is unreachable)."
     )
     note: str | None = None
+    priority: int = 0
+    batch_id: int | None = None
+    not_before: str | None = None
+    wait_reason: str | None = Field(
+        None, description="Why a queued job waits: a bulk window, its not_before, a node's cap."
+    )
     attempts: list[AttemptOut] | None = None
 
 

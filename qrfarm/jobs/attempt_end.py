@@ -180,6 +180,7 @@ def requeue_busy(deps: RunnerDeps, taken: Claim, node_name: str, reason: str) ->
         if job is None:
             return
         end_attempt(session, taken, "node busy", reason)
+        priority = job.priority
         job.attempt_count -= 1  # waiting for a permit is not an attempt
         transition(job, JobState.QUEUED)
         if deps.dispatcher is None:
@@ -188,7 +189,7 @@ def requeue_busy(deps: RunnerDeps, taken: Claim, node_name: str, reason: str) ->
             job.dispatched_at = utcnow()
     if deps.dispatcher is not None:
         # After the commit, as for a submit; lost in between, the sweeper sends it.
-        deps.dispatcher.send(RUN_JOB, [taken.job_id], node_queue(node_name))
+        deps.dispatcher.send(RUN_JOB, [taken.job_id], node_queue(node_name), priority)
 
 
 # -- a retry whose instances arrived meanwhile -------------------------------------

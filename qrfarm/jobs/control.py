@@ -58,4 +58,5 @@ def retry(
         job.cancel_requested = False
         node_name = session.scalar(select(NodeRecord.name).where(NodeRecord.id == job.node_id))
         assert node_name is not None
-    send_run_jobs(sessions, dispatcher, [(job_id, node_name)])
+        priority = job.priority
+    send_run_jobs(sessions, dispatcher, [(job_id, node_name, priority)])

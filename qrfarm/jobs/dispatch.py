@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.errors import BrokerUnavailable
 from qrfarm.models import Job
 
+from .priority import BROKER_STEPS, broker_priority
+
 log = logging.getLogger(__name__)
 
 RUN_JOB = "qrfarm.run_job"
@@ -23,14 +25,30 @@ DISPATCH_PENDING_NOTE = (
 )
 
 
+# kombu's separator between a queue's name and its priority step in the
+# Redis key of each lane (its default, pinned: broker_keys names the keys).
+PRIORITY_SEP = "\x06\x16"
+
+
 def node_queue(node_name: str) -> str:
     """The queue of a node: workers serve the nodes whose queues they consume."""
     return f"qrfarm.node.{node_name}"
 
 
+def broker_keys(queue: str) -> list[str]:
+    """The Redis lists that hold a queue's messages, one per priority lane, in
+    the order a worker pops them."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in BROKER_STEPS]
+
+
+def priority_transport_options() -> dict[str, Any]:
+    """kombu's Redis transport options for the lanes (producers and workers alike)."""
+    return {"priority_steps": list(BROKER_STEPS), "sep": PRIORITY_SEP}
+
+
 class Dispatcher(Protocol):
-    def send(self, task: str, args: list[Any], queue: str) -> None:
-        """Send, or raise BrokerUnavailable."""
+    def send(self, task: str, args: list[Any], queue: str, priority: int = 0) -> None:
+        """Send in the lane of the job's ``priority``, or raise BrokerUnavailable."""
 
 
 class CeleryDispatcher:
@@ -39,11 +57,11 @@ class CeleryDispatcher:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    def send(self, task: str, args: list[Any], queue: str) -> None:
+    def send(self, task: str, args: list[Any], queue: str, priority: int = 0) -> None:
         from kombu.exceptions import OperationalError
 
         try:
-            self.app.send_task(task, args=args, queue=queue)
+            self.app.send_task(task, args=args, queue=queue, priority=broker_priority(priority))
         except OperationalError as exc:
             # Kombu has retried by then; the reason names host and port, never a password.
             raise BrokerUnavailable(f"the broker cannot be reached: {exc}") from exc
@@ -64,20 +82,22 @@ def celery_dispatcher(broker: str, transport_options: dict[str, Any]) -> CeleryD
 
 
 def send_run_jobs(
-    sessions: sessionmaker[Session], dispatcher: Dispatcher, jobs: Sequence[tuple[int, str]]
+    sessions: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    jobs: Sequence[tuple[int, str] | tuple[int, str, int]],
 ) -> list[int]:
-    """Send each committed (job id, node name); returns the ids left pending.
+    """Send each committed (job id, node name[, priority]); returns the ids left pending.
 
     While the broker cannot be reached, the jobs not sent are marked never
     dispatched (``dispatched_at`` cleared), so the sweeper sends them as soon
     as it can, and a reader is told their dispatch is pending. A message that
     did go out and is sent again later is harmless: the claim lets one run.
     """
-    for index, (job_id, node_name) in enumerate(jobs):
+    for index, (job_id, node_name, *rest) in enumerate(jobs):
         try:
-            dispatcher.send(RUN_JOB, [job_id], node_queue(node_name))
+            dispatcher.send(RUN_JOB, [job_id], node_queue(node_name), rest[0] if rest else 0)
         except BrokerUnavailable as exc:
-            pending = [pending_id for pending_id, _ in jobs[index:]]
+            pending = [job[0] for job in jobs[index:]]
             log.warning("jobs %s recorded, not sent: %s", pending, exc)
             _mark_pending(sessions, pending)
             return pending

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from qrfarm.models import Attempt, Job, JobState, table, utcnow
 
+from . import holds
 from .policy import JobPolicy
 from .states import transition
 
@@ -46,11 +47,18 @@ def claim(
         transition(job, JobState.QUEUED)
     if job.state is not JobState.QUEUED:
         return None
-    if job.next_attempt_at is not None and job.next_attempt_at > now:
+    clock_now = policy.clock()
+    if job.next_attempt_at is not None and job.next_attempt_at > clock_now:
         return None  # not due yet; the scheduler sends it again when it is
     if job.cancel_requested:
         transition(job, JobState.CANCELLED, error="cancelled before it ran")
         return None
+    node = holds.lock_node_if_capped(session, job.node_id)
+    hold = holds.hold_for(session, job, node, clock_now, starting=True)
+    if hold is not None:
+        holds.apply(job, hold, clock_now)
+        return None
+    job.wait_reason = None
     if job.attempt_count >= job.max_attempts:
         transition(job, JobState.FAILED, error=job.error or "attempts exhausted")
         return None

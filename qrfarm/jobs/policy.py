@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qrfarm.models import utcnow
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class JobPolicy:
     # still attributes arrivals to it; a Message ID is not handed out again
     # within it. The storage SCP reads the same setting.
     late_window_s: float = 3600.0
+    # The time that holds (windows, not_before, caps) and due retries are
+    # judged by: the real clock, but for a test that sets it.
+    clock: Callable[[], dt.datetime] = field(default=utcnow, compare=False)
 
     def backoff(self, attempt: int) -> float:
         """Exponential back-off with equal jitter for the ``attempt``-th retry: between

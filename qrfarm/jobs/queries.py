@@ -78,6 +78,11 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
         "trace_id": _trace_id(job.trace_parent),
         "dispatch_pending": dispatch_pending,
         "note": DISPATCH_PENDING_NOTE if dispatch_pending else None,
+        "priority": job.priority,
+        "batch_id": job.batch_id,
+        "not_before": job.not_before.isoformat() if job.not_before else None,
+        # Why a queued job waits (a bulk window, its not_before, its node's cap).
+        "wait_reason": job.wait_reason if job.state is JobState.QUEUED else None,
     }
     if responses:
         summary["attempts"] = [

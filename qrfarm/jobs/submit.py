@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from qrfarm.models import Job, JobKind, JobState, NodeRecord, utcnow
 from qrfarm.notify.targets import validate_callback_url
 from qrfarm.observability.tracing import current_traceparent, tracer
 
+from . import holds
 from .dispatch import Dispatcher, send_run_jobs
 from .nodes import check_node_targets
 
@@ -38,6 +40,10 @@ class JobRequest:
     callback_url: str | None = None
     # A retrieve that may run as C-GET or C-MOVE, by the node's profile.
     either_retrieve: bool = False
+    # Not started before this time (naive UTC); held until then.
+    not_before: dt.datetime | None = None
+    # The batch whose row this job is.
+    batch_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ class SubmitRules:
     # The outbound allow-list callback hosts pass (stricter for addresses
     # inside: qrfarm.notify.targets); "*" still refuses those.
     webhook_hosts: tuple[str, ...] = ("*",)
+    # What holds (windows, not_before) are judged by at submit.
+    clock: Callable[[], dt.datetime] = utcnow
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SubmitRules:
@@ -127,6 +135,7 @@ def new_job(
     *,
     prefetch_id: int | None = None,
     dispatched: bool = False,
+    flush: bool = True,
 ) -> Job:
     """Validate ``request`` and add its job, queued but not yet sent, to ``session``.
 
@@ -168,12 +177,21 @@ def new_job(
         callback_url=request.callback_url,
         either_retrieve=request.either_retrieve and request.kind is not JobKind.FIND,
         prefetch_id=prefetch_id,
+        batch_id=request.batch_id,
+        not_before=request.not_before,
         trace_parent=current_traceparent(),
         # Sent as soon as it is committed (else the sweeper sends it).
         dispatched_at=utcnow() if dispatched else None,
     )
+    # Held (a bulk window closed, a not_before ahead): recorded now, sent by
+    # the scheduler when it may start.
+    now = rules.clock()
+    hold = holds.hold_for(session, job, node, now, starting=False)
+    if hold is not None:
+        holds.apply(job, hold, now)
     session.add(job)
-    session.flush()
+    if flush:  # else the caller flushes many at once (qrfarm.jobs.submit_many)
+        session.flush()
     return job
 
 
@@ -188,9 +206,12 @@ def send_jobs(sessions: sessionmaker[Session], dispatcher: Dispatcher, job_ids: 
             .join(NodeRecord, NodeRecord.id == Job.node_id)
             .where(Job.id.in_(job_ids))
         ).all()
-        for job, _ in rows:
+        # Held jobs (a window, a not_before) wait for the scheduler.
+        ready = [(job, name) for job, name in rows if job.next_attempt_at is None]
+        for job, _ in ready:
             job.dispatched_at = utcnow()
-    send_run_jobs(sessions, dispatcher, [(job.id, node_name) for job, node_name in rows])
+        sends = [(job.id, node_name, job.priority) for job, node_name in ready]
+    send_run_jobs(sessions, dispatcher, sends)
 
 
 def submit(
@@ -205,6 +226,7 @@ def submit(
     and nothing new is queued. A broker that cannot be reached does not undo
     the job: it is left pending (see ``send_run_jobs``) and the sweeper sends it.
     """
+    held = False
     try:
         with (
             tracer.start_as_current_span(
@@ -219,6 +241,7 @@ def submit(
                 return existing
             job = new_job(session, request, rules, dispatched=True)
             job_id = job.id
+            held = job.next_attempt_at is not None
             span.set_attribute("qrfarm.job.id", job_id)
     except IntegrityError:
         # The same reference submitted at the same moment: the other one won.
@@ -228,5 +251,6 @@ def submit(
             raise
         return existing
     # Only after the commit: a worker that takes the message finds the row.
-    send_run_jobs(sessions, dispatcher, [(job_id, request.node)])
+    if not held:
+        send_run_jobs(sessions, dispatcher, [(job_id, request.node, request.priority)])
     return job_id

@@ -22,7 +22,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.errors import BrokerUnavailable
-from qrfarm.models import Job, JobState, NodeRecord, utcnow
+from qrfarm.models import Job, JobState, NodeRecord
 
 from .dispatch import RUN_JOB, Dispatcher, node_queue
 from .moves import release_lost_message_ids
@@ -45,7 +45,7 @@ def sweep(
     sessions: sessionmaker[Session], dispatcher: Dispatcher, policy: JobPolicy
 ) -> SweepReport:
     report = SweepReport()
-    now = utcnow()
+    now = policy.clock()
     stale = now - dt.timedelta(seconds=policy.redispatch_after_s)
     with sessions() as session, session.begin():
         report.released_message_ids = release_lost_message_ids(session)
@@ -95,7 +95,8 @@ def sweep(
         # claim lets one attempt run.
         for index, (job, node_name) in enumerate(rows):
             try:
-                dispatcher.send(RUN_JOB, [job.id], node_queue(node_name))
+                # In the job's own lane: a re-sent job keeps its priority.
+                dispatcher.send(RUN_JOB, [job.id], node_queue(node_name), job.priority)
             except BrokerUnavailable as exc:
                 report.pending = [pending.id for pending, _ in rows[index:]]
                 log.warning("jobs %s due, not sent: %s", report.pending, exc)

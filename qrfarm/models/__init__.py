@@ -5,6 +5,7 @@ Imports nothing of qrfarm outside this package: SQLAlchemy and Alembic only.
 
 from .audit import AuditEvent
 from .base import Base, table, utcnow
+from .batches import Batch, BatchRow
 from .forwarding import FarmRelay, Forward, ForwardedInstance, ForwardOptions, Pseudonym
 from .instances import MatchedBy, OrphanInstance, ReceivedInstance
 from .integration import (
@@ -40,6 +41,8 @@ __all__ = [
     "ApiToken",
     "Attempt",
     "AuditEvent",
+    "Batch",
+    "BatchRow",
     "Base",
     "DeliveryState",
     "DimseResponse",

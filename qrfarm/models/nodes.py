@@ -56,6 +56,13 @@ class NodeRecord(Base):
     # destination ("dimse": C-STORE; "dicomweb": STOW-RS).
     retrieve_transport: Mapped[str] = mapped_column(String(8), default="dimse")
     delivery_transport: Mapped[str] = mapped_column(String(8), default="dimse")
+    # When bulk work (priority below 0) may start on it: windows such as
+    # "mon-fri 19:00-07:00" or "sat,sun", in its time zone (IANA name; none:
+    # UTC); no windows: at any time. Urgent work is never held by them.
+    bulk_windows: Mapped[list[str]] = mapped_column(JSON, default=list)
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    # At most this many retrieves (moves, gets) started on it a minute.
+    retrieves_per_minute: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -63,7 +63,7 @@ CHECKS: list[CheckFunction] = [
 class _NoDispatch:
     """The dispatcher of the app built only for its document: it is never called."""
 
-    def send(self, task: str, args: list[Any], queue: str) -> None:
+    def send(self, task: str, args: list[Any], queue: str, priority: int = 0) -> None:
         raise AssertionError("the document's app is never called")
 
 

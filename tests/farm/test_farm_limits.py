@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from qrfarm.dicom import Level
+from qrfarm.jobs.dispatch import broker_keys, node_queue
 from qrfarm.jobs.nodes import NodeSpec
 from qrfarm.models import MatchedBy
 from qrfarm.sandbox.synthetic import Corpus
@@ -77,6 +78,12 @@ def test_cancel_of_a_long_move_reaches_the_pacs_and_keeps_what_arrived(
     assert {r.matched_by for r in rows} == {MatchedBy.UIDS}
 
 
+def _queued(url: str, node: str) -> int:
+    """Messages in the node's queue, in every priority lane."""
+    client = redis.Redis.from_url(url)
+    return sum(int(client.llen(key)) for key in broker_keys(node_queue(node)))
+
+
 def test_a_redis_restart_with_jobs_queued_loses_none(
     tmp_path: Path, qrfarm_scp_port: int, orthanc: OrthancPeer, corpus: Corpus
 ) -> None:
@@ -90,10 +97,10 @@ def test_a_redis_restart_with_jobs_queued_loses_none(
         jobs = [
             farm.client.find("orthanc", Level.STUDY, {"PatientID": f"P00{n}"}) for n in range(1, 6)
         ]
-        assert redis.Redis.from_url(server.url).llen("qrfarm.node.orthanc") == len(jobs)
+        assert _queued(server.url, "orthanc") == len(jobs)
         server.stop()
         server.start()  # empty: it keeps nothing on disk
-        assert redis.Redis.from_url(server.url).llen("qrfarm.node.orthanc") == 0
+        assert _queued(server.url, "orthanc") == 0
         farm.start("scheduler", "scheduler")
         farm.start_worker("orthanc")
         for job_id in jobs:

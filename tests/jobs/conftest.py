@@ -34,9 +34,12 @@ class Sent:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[object], str]] = []
+        # Each message's job priority, in the order sent.
+        self.priorities: list[int] = []
 
-    def send(self, task: str, args: list[object], queue: str) -> None:
+    def send(self, task: str, args: list[object], queue: str, priority: int = 0) -> None:
         self.messages.append((task, args, queue))
+        self.priorities.append(priority)
 
 
 def add_job(sessions: sessionmaker[Session], kind: JobKind = JobKind.MOVE, **columns: Any) -> int:

@@ -26,10 +26,10 @@ class Checking(Sent):
         self.sessions = sessions
         self.committed: list[bool] = []
 
-    def send(self, task: str, args: list[object], queue: str) -> None:
+    def send(self, task: str, args: list[object], queue: str, priority: int = 0) -> None:
         with self.sessions() as session:  # another session: sees committed rows only
             self.committed.append(session.get(Job, args[0]) is not None)
-        super().send(task, args, queue)
+        super().send(task, args, queue, priority)
 
 
 def jobs(sessions: sessionmaker[Session]) -> int:

@@ -35,7 +35,7 @@ class Sent:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[object], str]] = []
 
-    def send(self, task: str, args: list[object], queue: str) -> None:
+    def send(self, task: str, args: list[object], queue: str, priority: int = 0) -> None:
         self.messages.append((task, args, queue))
 
 
