@@ -8,11 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
+from qrfarm.cli import app
 from tests.farm.conftest import Farm, make_farm
 from tests.peers.ports import free_port
 
-from .conftest import qrfarm
+
+def qrfarm(*args: str, env: dict[str, str]) -> Result:
+    """The command in this process (a subprocess costs seconds of imports each)."""
+    return CliRunner().invoke(
+        app, list(args), env={"QRFARM_ALLOWED_HOSTS": "127.0.0.1", "COLUMNS": "200", **env}
+    )
 
 
 @pytest.fixture
@@ -33,14 +41,14 @@ def test_node_add_keeps_a_dicomweb_node_and_refuses_a_url_it_may_not_reach(
         "--dicomweb-secret-file", str(secret), "--retrieve-via", "dicomweb",
         env=farm.env,
     )  # fmt: skip
-    assert added.returncode == 0, added.stdout + added.stderr
+    assert added.exit_code == 0, added.output
     shown = qrfarm("node", "show", "web", "--json", env=farm.env)
-    node = json.loads(shown.stdout)
+    node = json.loads(shown.output)
     assert node["dicomweb_url"] == "http://127.0.0.1:8042/dicom-web"
     assert (node["dicomweb_auth"], node["dicomweb_username"]) == ("basic", "qrfarm")
     assert node["dicomweb_secret_file"] == str(secret.resolve())
     assert (node["retrieve_transport"], node["delivery_transport"]) == ("dicomweb", "dimse")
-    assert "not-shown-anywhere" not in shown.stdout + added.stdout + added.stderr
+    assert "not-shown-anywhere" not in shown.stdout + added.output
 
     for url, why in [
         ("http://127.0.0.2:8042/dicom-web", "not in the outbound allow-list"),
@@ -49,5 +57,5 @@ def test_node_add_keeps_a_dicomweb_node_and_refuses_a_url_it_may_not_reach(
         refused = qrfarm(
             "node", "add", "refused", "WEB@127.0.0.1:8042", "--dicomweb-url", url, env=farm.env
         )
-        assert refused.returncode != 0
-        assert why in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+        assert refused.exit_code != 0
+        assert why in refused.output, refused.output
