@@ -49,6 +49,9 @@ class StoredFile:
     differs_from_first: bool  # other bytes were stored first under this UID
     # The second link that marks a file this call created, until settle().
     pending: Path | None = None
+    # The folder whose fsync was left to the caller (``sync_folder=False``):
+    # several files of one folder recorded together share one fsync.
+    unsynced_folder: Path | None = None
 
 
 def check_uid(uid: str, what: str) -> str:
@@ -142,13 +145,23 @@ class InstanceStorage:
             raise _storage_error(exc, sop_uid) from exc
         return self.store_file(study_uid, series_uid, sop_uid, Path(temp))
 
-    def store_file(self, study_uid: str, series_uid: str, sop_uid: str, temp: Path) -> StoredFile:
+    def store_file(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        temp: Path,
+        *,
+        sync_folder: bool = True,
+    ) -> StoredFile:
         """Store the Part-10 file at ``temp`` (in :meth:`incoming`): linked, never
         copied, and ``temp`` is gone afterwards, whatever happens.
 
         The first bytes under a UID take its plain name; other bytes go beside
         them under their digest, and an existing file is never replaced. A
-        file created here is marked until :meth:`settle` (or :meth:`discard`)."""
+        file created here is marked until :meth:`settle` (or :meth:`discard`).
+        With ``sync_folder`` false the folder's fsync is the caller's, through
+        :meth:`sync_folders`, before the file's row is committed."""
         first = self.path_for(study_uid, series_uid, sop_uid)
         left: Path | None = temp  # where the temp file is, until a link holds it
         try:
@@ -156,12 +169,12 @@ class InstanceStorage:
             if self.fsync:
                 _fsync_file(temp)
             first.parent.mkdir(parents=True, exist_ok=True)
-            found, left = self._place(first, temp, size)
+            found, left = self._place(first, temp, size, sync_folder)
             if found is not None:
                 return found
             assert left is not None
             variant = first.with_name(f"{sop_uid}.{_digest(left)}.dcm")
-            found, left = self._place(variant, left, size)
+            found, left = self._place(variant, left, size, sync_folder)
         except OSError as exc:
             raise _storage_error(exc, sop_uid) from exc
         finally:
@@ -170,10 +183,28 @@ class InstanceStorage:
         if found is None:  # a digest collision in 128 bits: not in this universe
             raise StorageError(f"cannot store {sop_uid}: two versions with one digest")
         return StoredFile(
-            found.path, size, found.created, differs_from_first=True, pending=found.pending
+            found.path,
+            size,
+            found.created,
+            differs_from_first=True,
+            pending=found.pending,
+            unsynced_folder=found.unsynced_folder,
         )
 
-    def _place(self, path: Path, temp: Path, size: int) -> tuple[StoredFile | None, Path | None]:
+    def sync_folders(self, stored: list[StoredFile]) -> dict[Path, StorageError | StorageFull]:
+        """fsync, once each, the folders ``stored`` left unsynced; the folders
+        that could not be (their files are not durable: refuse them)."""
+        failed: dict[Path, StorageError | StorageFull] = {}
+        for folder in {s.unsynced_folder for s in stored if s.unsynced_folder is not None}:
+            try:
+                _fsync_dir(folder)
+            except OSError as exc:
+                failed[folder] = _storage_error(exc, folder.name)
+        return failed
+
+    def _place(
+        self, path: Path, temp: Path, size: int, sync_folder: bool = True
+    ) -> tuple[StoredFile | None, Path | None]:
         """``temp``'s bytes at ``path``: linked if absent, found if there; None when
         ``path`` holds other bytes. Also where the temp file is now (None: it
         is the file's mark, to be settled)."""
@@ -190,9 +221,15 @@ class InstanceStorage:
             except FileExistsError:
                 pass  # another SCP process stored this UID meanwhile: its bytes, or others?
             else:
-                if self.fsync:
+                unsynced = None
+                if self.fsync and sync_folder:
                     _fsync_dir(path.parent)
-                return StoredFile(path, size, True, False, pending=marker), None
+                elif self.fsync:
+                    unsynced = path.parent
+                stored = StoredFile(
+                    path, size, True, False, pending=marker, unsynced_folder=unsynced
+                )
+                return stored, None
         same = _same(path, temp, size)
         return (StoredFile(path, size, False, False) if same else None), temp
 

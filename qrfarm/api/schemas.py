@@ -217,6 +217,10 @@ class NodeIn(BaseModel):
     delivery_transport: Literal["dimse", "dicomweb"] = Field(
         default="dimse", description="dimse: C-STORE; dicomweb: STOW-RS."
     )
+    role: Literal["source", "destination", "both"] = Field(
+        default="both",
+        description="source: queried and retrieved from; destination: moves send to it.",
+    )
 
 
 class NodeCreate(NodeIn):

@@ -61,6 +61,8 @@ _EXPECTED_OF = select(ExpectedInstance.sop_instance_uid).where(
 _ACTIVE_MOVES = select(Job.id, Job.level, Job.identifier, Job.expected_count).where(
     Job.kind == JobKind.MOVE,
     Job.node_id.in_(bindparam("node_ids", expanding=True)),
+    # A move to another node sends nothing here (qrfarm.delivery verifies it there).
+    Job.destination_node_id.is_(None),
     # One IN on state (an index range per state), then the queued ones narrowed.
     Job.state.in_((JobState.RUNNING, JobState.RECONCILING, JobState.QUEUED)),
     or_(
@@ -75,6 +77,7 @@ _ENDED_MOVES = select(Job.id, Job.level, Job.identifier, Job.expected_count).whe
     Job.node_id.in_(bindparam("node_ids", expanding=True)),
     Job.state.in_((JobState.COMPLETED, JobState.PARTIAL)),
     Job.ended_at >= bindparam("cutoff"),
+    Job.destination_node_id.is_(None),
 )
 _IS_EXPECTED = select(
     exists().where(
@@ -134,7 +137,9 @@ class MoveCache:
     a second (an instance that matches no move reads them again if they are
     older than a tenth of a second): a PACS with many moves just ended costs
     a query a second, not all of them per instance. Running moves are read
-    for each instance.
+    once per transaction: for each instance recorded alone, once for a
+    group (every instance of a group arrived before the group's read, and a
+    move is running before its C-MOVE is sent, so none is missed).
 
     Safe for a few seconds: an ID is handed out again only after the late
     window has passed since its move ended, an expected list once known does
@@ -146,7 +151,30 @@ class MoveCache:
         self.receiving_ttl_s = receiving_ttl_s
         self._moves: dict[tuple[str, int], _MoveOf] = {}
         self._ended: dict[frozenset[int], _Ended] = {}
+        # The running moves read in the latest transaction, by node set.
+        self._active: tuple[object, dict[frozenset[int], list[_Move]]] = (None, {})
         self._lock = threading.Lock()
+
+    def active(
+        self, connection: Connection, node_ids: frozenset[int], cutoff: dt.datetime
+    ) -> list[_Move]:
+        """The moves of these nodes that may still receive, read once per
+        transaction of ``connection``."""
+        transaction = connection.get_transaction()
+        with self._lock:
+            owner, by_nodes = self._active
+            if transaction is not None and owner is transaction and node_ids in by_nodes:
+                return by_nodes[node_ids]
+        rows = connection.execute(_ACTIVE_MOVES, {"node_ids": sorted(node_ids), "cutoff": cutoff})
+        moves = [(row.id, row.level, row.identifier, row.expected_count) for row in rows]
+        if transaction is not None:
+            with self._lock:
+                owner, by_nodes = self._active
+                if owner is not transaction:
+                    by_nodes = {}
+                    self._active = (transaction, by_nodes)
+                by_nodes[node_ids] = moves
+        return moves
 
     def ended(
         self,
@@ -277,11 +305,7 @@ def _by_uids(
 ) -> list[Match]:
     if not node_ids:
         return []
-    parameters = {"node_ids": sorted(node_ids), "cutoff": cutoff}
-    active = [
-        (row.id, row.level, row.identifier, row.expected_count)
-        for row in connection.execute(_ACTIVE_MOVES, parameters)
-    ]
+    active = cache.active(connection, node_ids, cutoff)
     study = facts.study_instance_uid
     moves = active + cache.ended(connection, node_ids, cutoff, study)
     matches = _matching(connection, facts, moves)

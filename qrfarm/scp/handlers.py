@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.dicom import Status, rejection
 from qrfarm.dicom.sockets import tune
 from qrfarm.errors import InstanceRefused, StorageError, StorageFull, UnsafeUid
-from qrfarm.jobs.ingest import record_stored
 from qrfarm.jobs.recording import InstanceFacts
 from qrfarm.models import Job
 from qrfarm.models.session import statement_engine
@@ -31,6 +30,7 @@ from qrfarm.observability.metrics import (
 from qrfarm.storage import InstanceStorage
 
 from . import admission, spool
+from .committer import GroupCommitter
 from .correlate import MoveCache, correlate
 from .facts import StoreRequest, data_set_offset, facts_of, too_large
 from .gate import ConnectionGate
@@ -61,9 +61,15 @@ class ScpContext:
         self.engine: Engine = self.sessions.kw["bind"]
         self.record_engine = statement_engine(self.engine)
         self.moves.ttl_s = min(self.moves.ttl_s, self.late_window_s / 2)
+        # Rows of every association of this process, committed in groups.
+        self.committer = GroupCommitter(
+            self.record_engine, self.engine, self.sessions, self.storage
+        )
 
     def close(self) -> None:
-        """Close the connections made for recording (when they are the SCP's own)."""
+        """Commit what is waiting; close the connections made for recording
+        (when they are the SCP's own)."""
+        self.committer.close()
         if self.record_engine is not self.engine:
             self.record_engine.dispose()
 
@@ -160,6 +166,7 @@ def _store_received(
             facts.series_instance_uid,
             facts.sop_instance_uid,
             received,
+            sync_folder=False,  # once for the group its row is committed with
         )
     except UnsafeUid as exc:
         log.warning("C-STORE refused: %s", exc)
@@ -169,17 +176,14 @@ def _store_received(
         return Status.OUT_OF_RESOURCES, "out_of_resources"
     nodes = ctx.known_nodes.for_calling_ae(facts.calling_ae)
     try:
-        job_ids = record_stored(
-            ctx.record_engine,
-            ctx.sessions,
-            ctx.storage,
+        job_ids = ctx.committer.record(
             facts,
             stored,
             lambda connection: correlate(connection, facts, nodes, ctx.late_window_s, ctx.moves),
         )
-    except SQLAlchemyError as exc:
-        # The file is whole on disk; without its row it counts for nothing,
-        # and the PACS is told to try again.
+    except (SQLAlchemyError, StorageError, StorageFull) as exc:
+        # Without its row (or its folder made durable) the file counts for
+        # nothing, and the PACS is told to try again.
         log.error("C-STORE of %s not recorded: %s", facts.sop_instance_uid, exc)
         return Status.OUT_OF_RESOURCES, "out_of_resources"
     RECEIVED_BYTES.inc(facts.size)
