@@ -9,17 +9,23 @@ function showProgress(job) {
     var state = row.querySelector("[data-field=state]");
     if (state) { text(state, job.state); state.className = "state state-" + job.state; }
     text(row.querySelector("[data-field=recorded]"), String(job.recorded));
+    if (job.expected !== null && job.expected !== undefined) {
+      text(row.querySelector("[data-field=expected]"), String(job.expected));
+    }
     var p = job.progress || {};
     var done = (p.completed || 0) + (p.failed || 0) + (p.warning || 0);
+    var ended = ["completed", "partial", "failed", "cancelled"].indexOf(job.state) >= 0;
     var bar = row.querySelector("progress");
     if (bar) {
-      var ended = ["completed", "partial", "failed", "cancelled"].indexOf(job.state) >= 0;
-      if (p.remaining !== null && p.remaining !== undefined) {
+      if (ended) { bar.max = 1; bar.value = 1; }
+      else if (p.remaining !== null && p.remaining !== undefined) {
         bar.max = Math.max(done + p.remaining, 1); bar.value = done;
-      } else if (ended) { bar.max = 1; bar.value = 1; }
+      }
       bar.setAttribute("aria-valuetext", job.state + ", " + done + " done");
     }
-    text(row.querySelector("[data-field=done]"),
+    // While it runs: the PACS's own count from its pending responses; once
+    // ended, what was recorded is the truth and the recorded column says it.
+    text(row.querySelector("[data-field=done]"), ended ? "" :
          done + (p.remaining !== null && p.remaining !== undefined ? " of " + (done + p.remaining) : ""));
   });
 }
