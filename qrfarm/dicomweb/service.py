@@ -20,7 +20,12 @@ import requests
 from dicomweb_client import DICOMwebClient
 from requests.auth import AuthBase, HTTPBasicAuth
 
-from qrfarm.errors import DicomWebError, DicomWebRedirectRefused, InvalidNode
+from qrfarm.errors import (
+    DicomWebError,
+    DicomWebRedirectRefused,
+    DicomWebResponseError,
+    InvalidNode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,10 @@ MAX_URL_LENGTH = 2048
 MAX_SECRET_BYTES = 16 << 10
 # Same-origin redirects followed at most this many times.
 MAX_REDIRECTS = 3
+# A QIDO-RS or STOW-RS answer (JSON, read whole by dicomweb-client) larger
+# than this, by its Content-Length, is refused before it is read: a page of
+# QIDO-RS answers (qrfarm.dicomweb.qido.PAGE_SIZE) is a few MiB at most.
+MAX_JSON_BYTES = 64 << 20
 
 
 def check_base_url(url: str, what: str = "DICOMweb URL") -> SplitResult:
@@ -152,6 +161,21 @@ class GuardedSession(requests.Session):
         self.trust_env = False
         self.max_redirects = MAX_REDIRECTS
         self.hooks["response"].append(self._check_redirect)
+        self.hooks["response"].append(self._check_size)
+
+    def _check_size(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        media = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not media.endswith("json"):
+            return  # WADO-RS parts are streamed to disk (qrfarm.dicomweb.wado)
+        try:
+            length = int(response.headers.get("content-length", "0"))
+        except ValueError:
+            length = 0
+        if length > MAX_JSON_BYTES:
+            response.close()
+            raise DicomWebResponseError(
+                f"a DICOMweb answer of {length} bytes, over {MAX_JSON_BYTES}: not read"
+            )
 
     def _check_redirect(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         if not response.is_redirect:

@@ -191,3 +191,38 @@ def test_a_redirect_to_another_origin_is_not_followed(
     assert "redirected to http://127.0.0.1:" in status["error"]
     with pytest.raises(BlockingIOError):
         target.accept()  # nobody came
+
+
+class _Huge(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(200 << 20))
+        self.end_headers()
+        self.wfile.write(b"[")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_qido_answer_announcing_more_than_the_limit_is_not_read() -> None:
+    from qrfarm.dicom import Root, build_query_identifier
+    from qrfarm.errors import DicomWebResponseError
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Huge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    try:
+        with (
+            open_client(WebService(url), WebTimeouts(connect_s=2, read_s=5)) as web,
+            pytest.raises(DicomWebResponseError, match="over 67108864"),
+        ):
+            search(
+                web,
+                build_query_identifier(Root.STUDY, Level.STUDY, {"PatientID": "P*"}),
+                Root.STUDY,
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
