@@ -19,6 +19,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings, broker_config
+from .delivery import forward as forwarding
+from .delivery import pseudonymise
 from .dicom import Connection, Level, Operation, Root, StatusCategory, Timeouts, qr_contexts
 from .dicom.identifiers import KeyValue
 from .errors import DatabaseNotReady, QrfarmError, UnknownNode, WaitTimedOut
@@ -30,6 +32,7 @@ from .jobs.queries import find_results, job_state, job_summary, list_jobs
 from .jobs.submit import JobRequest, SubmitRules, submit
 from .models import ENDED_STATES, JobKind, JobState, NodeRecord, make_engine, session_factory
 from .models.migrate import is_current
+from .notify.targets import validate_callback_url
 from .workflow import prefetch as prefetches
 from .workflow import retrieve as retrievals
 from .workflow import rules as prefetch_rules
@@ -302,6 +305,63 @@ class Client:
         """Send a partial or failed job back to the queue (a partial retrieve asks
         only for what is missing); NotRetriable for a job in another state."""
         control.retry(self.sessions, job_id, self.dispatcher, self.settings.max_attempts)
+
+    def forward(
+        self,
+        job_id: int,
+        destination: str,
+        *,
+        transcode: bool | None = None,
+        priority: int = 0,
+        external_reference: str | None = None,
+        callback_url: str | None = None,
+    ) -> int:
+        """Send what a finished job holds on to a registered node (a forward job,
+        reconciled against what the destination confirms); its id."""
+        if callback_url is not None:
+            rules = SubmitRules.from_settings(self.settings)
+            validate_callback_url(
+                callback_url,
+                allowed_hosts=rules.webhook_hosts,
+                secret_configured=rules.webhooks_enabled,
+            )
+        return forwarding.submit_forward(
+            self.sessions,
+            forwarding.ForwardRequest(
+                source_job_id=job_id,
+                destination=destination,
+                transcode=transcode,
+                priority=priority,
+                external_reference=external_reference,
+                callback_url=callback_url,
+                max_attempts=self.settings.max_attempts,
+            ),
+            self.dispatcher,
+            self.settings.check_target,
+        )
+
+    def forwarding_options(
+        self,
+        node: str,
+        *,
+        via_farm: bool | None = None,
+        transcode: bool | None = None,
+        pseudonymise: bool | None = None,
+    ) -> dict[str, bool]:
+        """A node's forwarding options, changed where a value is given."""
+        with self.sessions() as session, session.begin():
+            row = forwarding.set_options(
+                session, node, via_farm=via_farm, transcode=transcode, pseudonymise=pseudonymise
+            )
+            return forwarding.options_document(row)
+
+    def pseudonyms(
+        self, node: str, *, original: str | None = None, pseudonym: str | None = None
+    ) -> list[dict[str, str]]:
+        """What was replaced by what in deliveries to ``node`` (an admin's look-up)."""
+        with self.sessions() as session:
+            row = forwarding.destination_node(session, node)
+            return pseudonymise.look_up(session, row.id, original=original, pseudonym=pseudonym)
 
 
 def _poll(has_ended: Callable[[], bool], deadline: float | None, poll_s: float) -> bool:

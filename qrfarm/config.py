@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     # A move or get with instances missing asks again for exactly those while
     # attempts remain, before it is called partial.
     retry_partial: bool = True
+    # A forward sends over at most this many associations at once (within the
+    # destination's own limit, across the farm).
+    forward_associations: int = Field(default=4, ge=1, le=64)
     scheduler_interval_s: float = Field(default=2.0, gt=0)
     redispatch_after_s: float = Field(default=120.0, gt=0)
     # The audit trail: rows older than this many days are removed by the

@@ -345,3 +345,13 @@ class DicomWebRedirectRefused(PermanentError):
 class DicomWebResponseError(PermanentError, ValueError):
     """A DICOMweb answer qrfarm cannot use: a multipart body that breaks the
     rules, a part over the size limit, JSON that is not DICOM JSON."""
+
+
+class NotForwardable(PermanentError):
+    """A forward asked of a job that holds nothing to send on (not an ended
+    retrieve into the farm), or to a node that cannot be a destination."""
+
+
+class SyntaxRefused(PermanentError):
+    """A destination accepts none of an instance's held transfer syntax, and
+    converting it is not allowed or not possible (named in the message)."""

@@ -20,6 +20,7 @@ from . import (
     limits,
     metrics,
     routes_audit,
+    routes_forwarding,
     routes_jobs,
     routes_nodes,
     routes_prefetch,
@@ -83,6 +84,8 @@ def create_app(
         routes_prefetch.router,
         routes_retrievals.router,
         routes_audit.router,
+        routes_forwarding.jobs_router,
+        routes_forwarding.nodes_router,
         metrics.router,
     ):
         app.include_router(router, **protected)  # type: ignore[arg-type]

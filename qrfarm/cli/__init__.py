@@ -13,6 +13,7 @@ from . import (  # noqa: F401 - registers the commands
     demo,
     direct,
     farm,
+    forwarding,
     integration,
     jobs,
     probe,

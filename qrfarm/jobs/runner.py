@@ -134,6 +134,11 @@ def _run_attempt(deps: RunnerDeps, taken: Claim, snapshot: _Snapshot) -> None:
                 _run_find(deps, taken, snapshot, watch)
             elif snapshot.kind is JobKind.MOVE:
                 _run_move(deps, taken, snapshot, watch)
+            elif snapshot.kind is not JobKind.GET:
+                kind_runner = deps.kind_runners.get(snapshot.kind)
+                if kind_runner is None:
+                    raise QrfarmError(f"this worker cannot run {snapshot.kind.value} jobs")
+                kind_runner(deps, taken, snapshot.node, watch)
             else:
                 _run_get(deps, taken, snapshot, watch)
     except NodeBusy as exc:

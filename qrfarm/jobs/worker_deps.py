@@ -3,17 +3,23 @@ storage a C-GET writes to, the database, the policy and a dispatcher."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Connection, InstanceSink, Node
+from qrfarm.models import JobKind
 
 from .dispatch import Dispatcher
 from .expected import SpareConnections
 from .policy import JobPolicy
+
+if TYPE_CHECKING:
+    from .leases import Claim
+    from .watch import JobWatch
 from .web_deps import WebDeps
 
 
@@ -35,6 +41,13 @@ class ConnectionSource(SpareConnections, Protocol):
         ...
 
 
+class KindRunner(Protocol):
+    """Runs one attempt of a job of a kind the runner does not know itself
+    (a forward: qrfarm.delivery), claimed, with its node and its watch."""
+
+    def __call__(self, deps: RunnerDeps, taken: Claim, node: Node, watch: JobWatch) -> None: ...
+
+
 @dataclass
 class RunnerDeps:
     sessions: sessionmaker[Session]
@@ -49,3 +62,6 @@ class RunnerDeps:
     # Jobs on DICOMweb nodes (QIDO-RS, WADO-RS): where their instances go,
     # the allow-list, timeouts; without it such jobs fail, naming why.
     web: WebDeps | None = None
+    # The runners of other kinds of job, as the worker wires them in (jobs/
+    # never imports what runs them).
+    kind_runners: Mapping[JobKind, KindRunner] = field(default_factory=dict)

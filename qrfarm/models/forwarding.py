@@ -62,6 +62,9 @@ class ForwardedInstance(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     # The UID the destination holds it under (differs when pseudonymised).
     sent_sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    # The study and series it was sent in (where to look for it there).
+    sent_study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sent_series_instance_uid: Mapped[str | None] = mapped_column(String(64))
     sent_transfer_syntax: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[int | None] = mapped_column(Integer)
     sent_at: Mapped[dt.datetime | None]

@@ -32,6 +32,7 @@ from qrfarm.dicom import (
     storage_contexts,
 )
 from qrfarm.dicom.contexts import DEFAULT_STORAGE_SOP_CLASSES
+from qrfarm.dicom.sending import StoreConnection
 from qrfarm.errors import AssociationRejected, NodeBusy, PeerUnreachable, PermitLost, QrfarmError
 from qrfarm.observability.metrics import ASSOCIATIONS
 from qrfarm.observability.tracing import tracer
@@ -88,6 +89,18 @@ class _Pooled:
         self.renewed_at = self.renewed_at or time.monotonic()
 
 
+@dataclass
+class _Sending:
+    """An association that sends instances on (a forward), under its permit."""
+
+    connection: StoreConnection
+    permit: Permit
+    renewed_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.renewed_at = self.renewed_at or time.monotonic()
+
+
 class AssociationPool:
     """Implements the runner's ConnectionSource for one worker process."""
 
@@ -109,7 +122,7 @@ class AssociationPool:
         # ones cannot be used by this process and are handed over at once.
         self._associations_in_use = 0
         # The associations in use, by id, for their permits' renewal.
-        self._busy: dict[int, _Pooled] = {}
+        self._busy: dict[int, _Pooled | _Sending] = {}
         self._renew_every_s = min(RENEW_EVERY_S, permits.ttl_s / 4)
         self._lock = threading.Lock()
         self._reaper = threading.Thread(target=self._reap, name="pool-reaper", daemon=True)
@@ -180,7 +193,7 @@ class AssociationPool:
                 self._associations_in_use -= 1
 
     @contextmanager
-    def _busy_with(self, pooled: _Pooled) -> Iterator[None]:
+    def _busy_with(self, pooled: _Pooled | _Sending) -> Iterator[None]:
         """While ``pooled`` is in use its permit is renewed by the reaper."""
         with self._lock:
             self._busy[id(pooled)] = pooled
@@ -255,6 +268,57 @@ class AssociationPool:
                 connection.close()
             permit.release()
 
+    @contextmanager
+    def store(
+        self,
+        node: Node,
+        contexts: list,  # type: ignore[type-arg]
+        *,
+        spare: bool = False,
+    ) -> Iterator[StoreConnection]:
+        """An association that sends instances to ``node`` (C-STORE as SCU),
+        under one of the node's permits, closed after use. ``spare``: only if
+        a permit is free this moment (NodeBusy otherwise, nobody waits), for
+        a second or third association beside the first."""
+        if spare:
+            permit = self.permits.acquire(str(node), node.max_associations, 0.0, ask_holders=False)
+            if permit is None:
+                raise NodeBusy(f"{node} has no association to spare")
+        else:
+            # Our own idle Q/R association to it would hold a permit meanwhile.
+            with self._lock:
+                idle = self._idle.pop(_key(node), None)
+            if idle is not None:
+                self._discard(idle)
+            permit = self._permit(node)
+        with self._in_use():
+            with tracer.start_as_current_span(
+                "dicom.associate", attributes={"dicom.peer": str(node)}
+            ):
+                try:
+                    connection = StoreConnection.open(
+                        node, contexts, calling_ae=self.calling_ae, timeouts=self.timeouts
+                    )
+                except BaseException as exc:
+                    permit.release()
+                    if isinstance(exc, AssociationRejected):
+                        ASSOCIATIONS.labels(str(node), "rejected").inc()
+                        if exc.retriable and self.on_association is not None:
+                            taken = self.permits.held(str(node), node.max_associations) + 1
+                            self.on_association(node, None, taken)
+                    raise
+            ASSOCIATIONS.labels(str(node), "opened").inc()
+            if self.on_association is not None:
+                held = self.permits.held(str(node), node.max_associations)
+                self.on_association(node, held, None)
+            try:
+                with self._busy_with(_Sending(connection, permit)):
+                    yield connection
+            finally:
+                with suppress(QrfarmError):
+                    connection.close()
+                permit.release()
+
     def _discard(self, pooled: _Pooled) -> None:
         with suppress(Exception):
             pooled.connection.close()
@@ -314,25 +378,25 @@ class AssociationPool:
                     else:
                         continue  # taken for a task meanwhile: _take renews it itself
                 self._discard(pooled)
-        for pooled in busy:
-            if self._still_ours(pooled):
+        for in_use in busy:
+            if self._still_ours(in_use):
                 continue
             with self._lock:
                 # Still in use (else it was closed, or pooled: it can no
                 # longer be the wrong one to stop).
-                if self._busy.get(id(pooled)) is pooled:
+                if self._busy.get(id(in_use)) is in_use:
                     log.warning(
                         "permit for %s lost while in use: stopping its operation",
-                        pooled.permit.node,
+                        in_use.permit.node,
                     )
-                    pooled.connection.stop(
+                    in_use.connection.stop(
                         PermitLost(
-                            f"the association permit for {pooled.permit.node} could not be "
+                            f"the association permit for {in_use.permit.node} could not be "
                             "renewed; the operation was cancelled"
                         )
                     )
 
-    def _still_ours(self, pooled: _Pooled) -> bool:
+    def _still_ours(self, pooled: _Pooled | _Sending) -> bool:
         """Renew the permit; False once it is not, or may no longer be, ours."""
         now = time.monotonic()
         try:

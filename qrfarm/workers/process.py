@@ -18,6 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.config import Settings, permits_redis_url
+from qrfarm.delivery.forward_run import ForwardDeps, forward_runner
+from qrfarm.delivery.transports import DimseTransport, Transport, TransportOptions
 from qrfarm.dicom import Node, Timeouts
 from qrfarm.dicomweb import WebTimeouts
 from qrfarm.jobs import profiles
@@ -25,7 +27,7 @@ from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.policy import JobPolicy
 from qrfarm.jobs.runner import RunnerDeps
 from qrfarm.jobs.web_deps import WebDeps
-from qrfarm.models import make_engine, session_factory
+from qrfarm.models import JobKind, make_engine, session_factory
 from qrfarm.storage import InstanceStorage
 
 from .get_store import GetStore
@@ -73,6 +75,20 @@ def runner_deps(
         policy=policy_from(settings),
         dispatcher=dispatcher,
         web=web_deps(settings),
+        kind_runners={JobKind.FORWARD: forward_runner(forward_deps(settings, pool))},
+    )
+
+
+def forward_deps(settings: Settings, pool: AssociationPool) -> ForwardDeps:
+    """What forward jobs need of this worker: its files, its associations."""
+
+    def dimse(options: TransportOptions) -> Transport:
+        return DimseTransport(pool, options)
+
+    return ForwardDeps(
+        storage_root=settings.storage_root,
+        transports={"dimse": dimse},
+        associations=settings.forward_associations,
     )
 
 

@@ -71,6 +71,8 @@ def upgrade() -> None:
         sa.Column("job_id", sa.Integer(), nullable=False),
         sa.Column("sop_instance_uid", sa.String(64), nullable=False),
         sa.Column("sent_sop_instance_uid", sa.String(64), nullable=False),
+        sa.Column("sent_study_instance_uid", sa.String(64), nullable=True),
+        sa.Column("sent_series_instance_uid", sa.String(64), nullable=True),
         sa.Column("sent_transfer_syntax", sa.String(64), nullable=True),
         sa.Column("status", sa.Integer(), nullable=True),
         sa.Column("sent_at", sa.DateTime(), nullable=True),

@@ -1,0 +1,282 @@
+"""One attempt of a forward job: send what is not yet confirmed, verify, reconcile.
+
+The job runner (qrfarm.jobs.runner) claims the job and hands it here with its
+destination's Node; the worker wires :func:`forward_runner` in with what only
+it has (the storage root, its associations). An attempt sends every instance
+of the source job that the destination has not yet confirmed, records what
+became of each, asks the destination what it holds, and ends the job:
+``completed`` when every expected instance is confirmed, else a retry (while
+some failure may pass) or ``partial`` / ``failed`` naming what is missing and
+why. Instances are sent as held; converted only where the forward allows and
+the destination refuses the held syntax; pseudonymised for a destination
+marked so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from qrfarm.dicom import Node
+from qrfarm.errors import QrfarmError
+from qrfarm.jobs.attempt_end import end_attempt
+from qrfarm.jobs.leases import Claim, fenced
+from qrfarm.jobs.states import transition
+from qrfarm.jobs.watch import JobWatch
+from qrfarm.jobs.worker_deps import KindRunner, RunnerDeps
+from qrfarm.models import (
+    ExpectedInstance,
+    Forward,
+    ForwardedInstance,
+    ForwardOptions,
+    Job,
+    JobState,
+    NodeRecord,
+    ReceivedInstance,
+    utcnow,
+)
+
+from . import pseudonymise
+from .confirm import confirm_by_find
+from .transports import Outgoing, Sent, TransportFactory, TransportOptions, transport_name
+
+log = logging.getLogger(__name__)
+
+# (study, series, SOP Instance UID) as the destination got them -> those it holds.
+Verifier = Callable[[RunnerDeps, Node, list[tuple[str, str, str]]], set[str]]
+
+
+def verify_by_find(deps: RunnerDeps, node: Node, sent: list[tuple[str, str, str]]) -> set[str]:
+    with deps.connections.query_retrieve(node) as conn:
+        return confirm_by_find(conn, sent)
+
+
+@dataclass(frozen=True)
+class ForwardDeps:
+    storage_root: Path
+    # Transport name -> factory ("dimse" always; others as the worker has them).
+    transports: Mapping[str, TransportFactory]
+    associations: int = 4
+    verify: Verifier = verify_by_find
+
+
+@dataclass
+class _Plan:
+    items: list[Outgoing]
+    # held SOP UID -> (study, series) as held
+    held: dict[str, tuple[str, str]]
+    transcode: bool
+    seed: str | None
+    node_id: int
+    transport: str
+    replaced: list[pseudonymise.Replaced] = field(default_factory=list)
+
+
+def forward_runner(forward_deps: ForwardDeps) -> KindRunner:
+    """The runner of forward jobs, for RunnerDeps.kind_runners."""
+
+    def run(deps: RunnerDeps, taken: Claim, node: Node, watch: JobWatch) -> None:
+        run_forward(forward_deps, deps, taken, node, watch)
+
+    return run
+
+
+def run_forward(
+    fdeps: ForwardDeps, deps: RunnerDeps, taken: Claim, node: Node, watch: JobWatch
+) -> None:
+    plan = _plan(deps, taken, fdeps.storage_root)
+    if plan is None:
+        return
+    rewrite = None
+    lock = threading.Lock()
+    if plan.seed is not None:
+        pseudonymiser = pseudonymise.Pseudonymiser(plan.seed)
+
+        def rewrite_one(dataset: object) -> None:
+            replaced = pseudonymiser(dataset)  # type: ignore[arg-type]
+            with lock:
+                plan.replaced.extend(replaced)
+
+        rewrite = rewrite_one
+    factory = fdeps.transports.get(plan.transport)
+    if factory is None:
+        raise QrfarmError(f"no {plan.transport} transport in this worker for {node}")
+    transport = factory(TransportOptions(node, plan.transcode, rewrite, fdeps.associations))
+    sent = transport.send(plan.items, watch.lost)
+    _record(deps, taken, plan, sent)
+    to_verify = _unconfirmed(deps, taken)
+    confirmed = fdeps.verify(deps, node, to_verify) if to_verify else set()
+    _end(deps, taken, confirmed, sent, str(node))
+
+
+def _plan(deps: RunnerDeps, taken: Claim, root: Path) -> _Plan | None:
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return None
+        forward = session.get_one(Forward, job.id)
+        options = session.get(ForwardOptions, job.node_id)
+        node = session.get_one(NodeRecord, job.node_id)
+        done = select(ForwardedInstance.sop_instance_uid).where(
+            ForwardedInstance.job_id == job.id, ForwardedInstance.confirmed.is_(True)
+        )
+        rows = session.execute(
+            select(
+                ReceivedInstance.sop_instance_uid,
+                ReceivedInstance.sop_class_uid,
+                ReceivedInstance.transfer_syntax,
+                ReceivedInstance.file_path,
+                ReceivedInstance.study_instance_uid,
+                ReceivedInstance.series_instance_uid,
+            )
+            .where(
+                ReceivedInstance.job_id == forward.source_job_id,
+                ReceivedInstance.sop_instance_uid.not_in(done),
+            )
+            .order_by(ReceivedInstance.id)
+        ).all()
+        seed = options.pseudonym_seed if forward.pseudonymise and options else None
+        return _Plan(
+            items=[
+                Outgoing(sop, sop_class, syntax, _inside(root, path))
+                for sop, sop_class, syntax, path, _, _ in rows
+            ],
+            held={sop: (study, series) for sop, _, _, _, study, series in rows},
+            transcode=forward.transcode,
+            seed=seed,
+            node_id=job.node_id,
+            transport=transport_name(node),
+        )
+
+
+def _inside(root: Path, relative: str) -> Path:
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise QrfarmError("a recorded instance's path lies outside the storage root")
+    return path
+
+
+def _record(deps: RunnerDeps, taken: Claim, plan: _Plan, sent: list[Sent]) -> None:
+    now = utcnow()
+    with deps.sessions() as session, session.begin():
+        if fenced(session, taken) is None:
+            return
+        known = {
+            row.sop_instance_uid: row
+            for row in session.scalars(
+                select(ForwardedInstance).where(ForwardedInstance.job_id == taken.job_id)
+            )
+        }
+        for item in sent:
+            study, series = plan.held.get(item.sop_instance_uid, ("", ""))
+            row = known.get(item.sop_instance_uid)
+            if row is None:
+                row = ForwardedInstance(
+                    job_id=taken.job_id, sop_instance_uid=item.sop_instance_uid, confirmed=False
+                )
+                session.add(row)
+            row.status = item.status
+            if item.ok:
+                row.sent_sop_instance_uid = item.sent_sop_instance_uid
+                # Under other UIDs when pseudonymised: where to look for it there.
+                row.sent_study_instance_uid = item.study_instance_uid or study
+                row.sent_series_instance_uid = item.series_instance_uid or series
+                row.sent_transfer_syntax = item.transfer_syntax
+                row.sent_at = now
+            elif row.sent_at is None:
+                row.sent_sop_instance_uid = item.sent_sop_instance_uid
+        if plan.seed is not None:
+            pseudonymise.record(session, plan.node_id, plan.replaced)
+
+
+def _unconfirmed(deps: RunnerDeps, taken: Claim) -> list[tuple[str, str, str]]:
+    """What was sent (in this attempt or an earlier one) and is not yet confirmed."""
+    with deps.sessions() as session:
+        rows = session.execute(
+            select(
+                ForwardedInstance.sent_study_instance_uid,
+                ForwardedInstance.sent_series_instance_uid,
+                ForwardedInstance.sent_sop_instance_uid,
+            ).where(
+                ForwardedInstance.job_id == taken.job_id,
+                ForwardedInstance.confirmed.is_(False),
+                ForwardedInstance.sent_at.is_not(None),
+            )
+        ).all()
+    return [(study or "", series or "", sop) for study, series, sop in rows]
+
+
+def _end(deps: RunnerDeps, taken: Claim, confirmed: set[str], sent: list[Sent], node: str) -> None:
+    """Mark what the destination confirmed, then end the attempt and the job."""
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return
+        if confirmed:
+            session.execute(
+                update(ForwardedInstance)
+                .where(
+                    ForwardedInstance.job_id == job.id,
+                    ForwardedInstance.sent_sop_instance_uid.in_(confirmed),
+                )
+                .values(confirmed=True)
+            )
+        held_confirmed = set(
+            session.scalars(
+                select(ForwardedInstance.sop_instance_uid).where(
+                    ForwardedInstance.job_id == job.id, ForwardedInstance.confirmed.is_(True)
+                )
+            )
+        )
+        expected = set(
+            session.scalars(
+                select(ExpectedInstance.sop_instance_uid).where(ExpectedInstance.job_id == job.id)
+            )
+        )
+        failed = [s for s in sent if not s.ok]
+        end_attempt(session, taken, "forwarded" if not failed else "forwarded with failures")
+        _conclude(session, job, deps, expected, held_confirmed, failed, node)
+
+
+def _conclude(
+    session: Session,
+    job: Job,
+    deps: RunnerDeps,
+    expected: set[str],
+    confirmed: set[str],
+    failed: list[Sent],
+    node: str,
+) -> None:
+    job.recorded_count = len(confirmed & expected)
+    if hasattr(job, "confirmed_count"):
+        job.confirmed_count = job.recorded_count
+    missing = expected - confirmed
+    job.missing_uids = sorted(missing)
+    job.failed_uids = sorted({s.sop_instance_uid for s in failed})
+    transition(job, JobState.RECONCILING)
+    if job.cancel_requested:
+        transition(job, JobState.CANCELLED, error=f"cancelled; {len(confirmed)} confirmed")
+        return
+    if not missing:
+        transition(job, JobState.COMPLETED)
+        job.error = None
+        return
+    parts = [f"{len(missing)} of {len(expected)} instance(s) not confirmed at {node}"]
+    if failed:
+        parts.append(f"{len(failed)} not taken: {failed[0].reason}")
+    reason = "; ".join(parts)
+    # Worth another attempt: a failure that may pass, or sent and not (yet) seen.
+    passing = any(s.retriable for s in failed) or len(missing) > len(failed)
+    policy = deps.policy
+    if passing and policy.retry_partial and job.attempt_count < job.max_attempts:
+        transition(job, JobState.QUEUED, error=f"{reason}; sending those again")
+        job.next_attempt_at = utcnow() + dt.timedelta(seconds=policy.backoff(job.attempt_count))
+        return
+    transition(job, JobState.PARTIAL if confirmed else JobState.FAILED, error=reason)

@@ -1,0 +1,159 @@
+"""Forwarding through the farm, with real peers: the source Orthanc, dcmqrscp and an
+Orthanc as destinations it does not know, the farm's SCP, scheduler and worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from qrfarm.dicom import Level
+from qrfarm.errors import NotForwardable
+from qrfarm.sandbox.synthetic import Corpus
+from tests.farm.conftest import Farm, make_farm
+from tests.peers.dcmqrscp import DcmqrscpPeer
+from tests.peers.orthanc import OrthancPeer
+
+from .conftest import DEST_LIMIT, ChildCounter, destination_specs
+
+
+@pytest.fixture(scope="module")
+def farm(
+    tmp_path_factory: pytest.TempPathFactory,
+    qrfarm_scp_port: int,
+    orthanc: OrthancPeer,
+    dest_qr: DcmqrscpPeer,
+    pseudo_qr: DcmqrscpPeer,
+    implicit_orthanc: OrthancPeer,
+) -> Iterator[Farm]:
+    with make_farm("embedded", tmp_path_factory.mktemp("farm"), qrfarm_scp_port) as farm:
+        specs = destination_specs(orthanc, dest_qr, pseudo_qr, implicit_orthanc)
+        for spec in specs:
+            farm.register(spec)
+        farm.start_scp()
+        farm.start("scheduler", "scheduler")
+        farm.start_worker(*(spec.name for spec in specs), concurrency=2)
+        yield farm
+
+
+def _fetch(farm: Farm, study: str) -> dict[str, object]:
+    move = farm.wait(farm.client.move("orthanc", Level.STUDY, {"StudyInstanceUID": study}))
+    assert move["state"] == "completed", move
+    return move
+
+
+def _small_study(corpus: Corpus, patient: str | None = None) -> str:
+    studies = [
+        uid
+        for uid, instances in corpus.studies().items()
+        if uid != corpus.large_study_uid and (patient is None or instances[0].patient_id == patient)
+    ]
+    return sorted(studies)[0]
+
+
+def test_forward_to_a_destination_the_source_does_not_know(
+    farm: Farm, orthanc: OrthancPeer, dest_qr: DcmqrscpPeer, corpus: Corpus
+) -> None:
+    study = corpus.large_study_uid
+    held = {i.sop_uid: i for i in corpus.studies()[study]}
+    # The source cannot send there itself.
+    direct = farm.wait(
+        farm.client.move(
+            "orthanc", Level.STUDY, {"StudyInstanceUID": study}, destination=dest_qr.ae_title
+        )
+    )
+    assert direct["state"] == "failed", direct
+    move = _fetch(farm, study)
+
+    with ChildCounter(dest_qr.process.popen.pid) as peer:
+        forward_id = farm.client.forward(int(move["id"]), "dest")
+        forward = farm.wait(forward_id)
+    assert forward["state"] == "completed", forward
+    assert forward["kind"] == "forward"
+    assert forward["expected"] == forward["recorded"] == len(held)
+    assert forward["missing_uids"] == []
+    # Within the destination's own limit (counted at the peer).
+    assert peer.peak == DEST_LIMIT, peer.peak
+    # What arrived is what the farm holds, in the syntax it holds it.
+    for sop_uid, instance in list(held.items())[:5]:
+        arrived = dcmread(dest_qr.stored_path(sop_uid))
+        original = dcmread(instance.path)
+        assert arrived.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert arrived.PixelData == original.PixelData
+        assert arrived.PatientID == original.PatientID
+    assert len(dest_qr.stored_files()) == len(held)
+
+
+def test_forward_refuses_a_job_that_holds_nothing(farm: Farm, corpus: Corpus) -> None:
+    find = farm.wait(farm.client.find("orthanc", Level.STUDY, {"PatientID": "P00*"}))
+    with pytest.raises(NotForwardable, match="only what a move or get brought"):
+        farm.client.forward(int(find["id"]), "dest")
+
+
+def test_destination_refusing_the_held_syntax(
+    farm: Farm, implicit_orthanc: OrthancPeer, corpus: Corpus
+) -> None:
+    study = _small_study(corpus)
+    move = _fetch(farm, study)
+    refused = farm.wait(farm.client.forward(int(move["id"]), "implicit", transcode=False))
+    assert refused["state"] == "failed", refused
+    assert "refuses Explicit VR Little Endian" in refused["error"], refused["error"]
+    assert "converting is off" in refused["error"]
+    assert refused["recorded"] == 0
+    assert implicit_orthanc.count_instances() == 0
+
+    converted = farm.wait(farm.client.forward(int(move["id"]), "implicit", transcode=True))
+    assert converted["state"] == "completed", converted
+    assert converted["recorded"] == len(corpus.studies()[study])
+    sop = corpus.studies()[study][0]
+    arrived = implicit_orthanc.stored_bytes(sop.sop_uid)
+    tmp = Path(farm.root) / "implicit.dcm"
+    tmp.write_bytes(arrived)
+    ds = dcmread(tmp)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert ds.PixelData == dcmread(sop.path).PixelData
+
+
+def test_pseudonymised_forward(farm: Farm, pseudo_qr: DcmqrscpPeer, corpus: Corpus) -> None:
+    patients = {
+        pid: {i.study_uid for i in instances if i.study_uid != corpus.large_study_uid}
+        for pid, instances in corpus.patients().items()
+    }
+    patient = next(pid for pid, studies in sorted(patients.items()) if len(studies) >= 2)
+    first, second = sorted(patients[patient])[:2]
+    farm.client.forwarding_options("research", pseudonymise=True)
+    originals = [i for i in corpus.instances if i.study_uid in (first, second)]
+    for study in (first, second):  # two forwards: two batches of one patient
+        move = _fetch(farm, study)
+        forward = farm.wait(farm.client.forward(int(move["id"]), "research"))
+        assert forward["state"] == "completed", forward
+        assert forward["recorded"] == len(corpus.studies()[study])
+
+    sent = [dcmread(p) for p in pseudo_qr.stored_files()]
+    assert len(sent) == len(originals)
+    source = {i.sop_uid: dcmread(i.path) for i in originals}
+    original_uids = {
+        str(e.value) for ds in source.values() for e in ds.iterall() if e.VR == "UI"
+    } - {str(ds.SOPClassUID) for ds in source.values()}
+    names = {str(ds.PatientName) for ds in source.values()}
+    births = {str(ds.get("PatientBirthDate", "")) for ds in source.values()} - {""}
+    assert births, "the corpus has birth dates to remove"
+    for ds in sent:
+        assert str(ds.PatientID) != patient
+        assert str(ds.PatientName) not in names
+        assert str(ds.get("PatientBirthDate", "")) not in births
+        uids = {str(e.value) for e in ds.iterall() if e.VR == "UI"}
+        assert not uids & original_uids, uids & original_uids
+    # One pseudonym for the patient across both studies.
+    assert len({str(ds.PatientID) for ds in sent}) == 1
+    assert len({str(ds.StudyInstanceUID) for ds in sent}) == 2
+    # Pixel data as it was: each sent instance's pixels are an original's.
+    assert sorted(ds.PixelData for ds in sent) == sorted(ds.PixelData for ds in source.values())
+
+    # The mapping, for an admin's look-up.
+    rows = farm.client.pseudonyms("research", original=patient)
+    assert rows == [{"kind": "PatientID", "original": patient, "pseudonym": str(sent[0].PatientID)}]
+    back = farm.client.pseudonyms("research", pseudonym=str(sent[0].StudyInstanceUID))
+    assert back and back[0]["original"] in (first, second)
