@@ -6,7 +6,8 @@ Shown with real peers: a move by accession number on Orthanc and on dcmqrscp
 recorded; a move by patient ID and date range that leaves out the patient's
 studies outside the range and the same ID under another issuer; an
 accession number on two patients refused with both named by ID (in the
-retrieval's error, not in any log), and one matching nothing refused as such.
+retrieval's error, not in any log), and one matching nothing refused as such;
+the same through POST /retrievals.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 
+from qrfarm.api import tokens
 from qrfarm.errors import InvalidRetrieval
+from tests.api.conftest import start_api
 
 from .conftest import BY_NUMBER, OrderFarm
 
@@ -107,3 +114,46 @@ def test_a_bad_retrieve_is_refused_naming_what_is_wrong(
 ) -> None:
     with pytest.raises(InvalidRetrieval, match=complaint):
         order_farm.farm.client.retrieve("pacs-a", **criteria)  # type: ignore[arg-type]
+
+
+# --- the REST API ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(order_farm: OrderFarm) -> Iterator[httpx.Client]:
+    """``qrfarm api`` on the same farm, and a client holding a submit and read token."""
+    running = start_api(order_farm.farm)
+    token = running.issue("retrievals", (tokens.Scope.READ, tokens.Scope.SUBMIT))
+    with running.http(token) as http:
+        yield http
+
+
+def _wait(api: httpx.Client, location: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        summary: dict[str, Any] = api.get(location).json()
+        if summary["ended"]:
+            return summary
+        time.sleep(0.3)
+    raise AssertionError(f"{location} did not end: {summary}")
+
+
+def test_post_retrievals_by_accession_and_the_ambiguous_one_refused(api: httpx.Client) -> None:
+    study = BY_NUMBER[5]
+    created = api.post("/retrievals", json={"node": "pacs-b", "accession_number": study.accession})
+    assert created.status_code == 201, created.text
+    summary = _wait(api, created.headers["Location"])
+    assert (summary["state"], summary["recorded"]) == ("completed", study.instances)
+
+    ambiguous = api.post("/retrievals", json={"node": "pacs-a", "accession_number": "ACC-DUP"})
+    assert ambiguous.status_code == 201, ambiguous.text
+    refused = _wait(api, ambiguous.headers["Location"])
+    assert refused["state"] == "failed"
+    assert "PX2 (HOSP_A), PX3 (HOSP_A)" in refused["error"]
+
+    bad = api.post(
+        "/retrievals", json={"node": "pacs-a", "accession_number": "A", "patient_id": "P"}
+    )
+    assert bad.status_code == 422
+    assert "not accession number and patient ID" in bad.text
+    assert api.get("/retrievals/999999").status_code == 404
