@@ -56,6 +56,8 @@ class NodeSettings(BaseModel):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # What it is to the farm: "source", "destination" or "both".
+    role: str = "both"
     # DICOMweb: its base URL, auth ("none", "bearer", "basic") with a user
     # name and the file holding the secret, and which transport its jobs
     # ("retrieve_transport") and deliveries to it ("delivery_transport") use.
@@ -158,6 +160,9 @@ class Settings(BaseSettings):
     # A move or get with instances missing asks again for exactly those while
     # attempts remain, before it is called partial.
     retry_partial: bool = True
+    # A move to another node: how long to wait for the destination's Storage
+    # Commitment report (it comes to the storage SCP) before verifying by C-FIND.
+    commitment_report_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     # A forward sends over at most this many associations at once (within the
     # destination's own limit, across the farm).
     forward_associations: int = Field(default=4, ge=1, le=64)

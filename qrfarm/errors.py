@@ -36,6 +36,17 @@ class RetriableError(QrfarmError):
     retriable = True
 
 
+class CommitmentUnavailable(RetriableError):
+    """A destination gave no Storage Commitment answer the farm can use: it
+    refused the association or the request, or its report did not come in
+    time. Arrival is then verified by C-FIND instead."""
+
+
+class DeliveryUnverifiable(PermanentError):
+    """What arrived at a destination cannot be checked: it answers neither
+    Storage Commitment nor an IMAGE-level C-FIND."""
+
+
 class InvalidIdentifier(PermanentError, ValueError):
     """A query or retrieve identifier breaks a rule of PS3.4; nothing was sent."""
 

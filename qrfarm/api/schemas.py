@@ -51,7 +51,11 @@ class JobIn(BaseModel):
     )
     return_keys: list[str] = Field(default=[], max_length=200)
     destination: str | None = Field(
-        default=None, max_length=16, description="Move destination AE title; default: qrfarm's SCP."
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Where a move sends: a registered destination node (name or AE title),"
+        " verified there by Storage Commitment or C-FIND; default: qrfarm's SCP.",
     )
     priority: int = Field(
         default=0,
@@ -124,6 +128,13 @@ class JobOut(BaseModel):
     level: str
     identifier: dict[str, Any]
     destination: str | None
+    destination_node: int | None = Field(
+        None, description="The destination's node id (null: the farm's own SCP)."
+    )
+    confirmed: int | None = Field(
+        None, description="Instances the destination node confirmed holding."
+    )
+    verified_by: str | None = Field(None, description="commitment or find.")
     external_reference: str | None
     expected: int | None
     reported: Counts
@@ -236,6 +247,8 @@ class ProfileOut(BaseModel):
     omits_counts: bool | None
     supports_get: bool | None
     answers_issuer_of_patient_id: bool | None = None
+    supports_storage_commitment: bool | None = None
+    answers_image_find: bool | None = None
     rejects_above_associations: int | None
     max_associations_held: int
     observations: dict[str, dict[str, int]]

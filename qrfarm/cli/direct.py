@@ -317,7 +317,12 @@ def move(
     node: NodeArg,
     dest: Annotated[
         str | None,
-        typer.Option("--dest", "-d", help="Move destination AE title (default: the farm's SCP)."),
+        typer.Option(
+            "--dest",
+            "-d",
+            help="Where to send: a registered destination node (name or AE title), verified "
+            "there; default: the farm's SCP. With --direct: an AE title.",
+        ),
     ] = None,
     level: LevelOpt = Level.STUDY,
     root_opt: RootOpt = None,

@@ -143,6 +143,13 @@ def node_add(
         str,
         typer.Option("--deliver-via", help="dimse (C-STORE) or dicomweb (STOW-RS)."),
     ] = "dimse",
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            help="source (queried and retrieved from), destination (moves send to it) or both.",
+        ),
+    ] = "both",
 ) -> None:
     """Register (or change) a PACS node (--tls: every job and echo to it over TLS; without
     --tls-ca the system's trust store is used)."""
@@ -170,6 +177,7 @@ def node_add(
                     tls_ca_file=str(tls_ca.resolve()) if tls_ca else None,
                     tls_cert_file=str(tls_cert.resolve()) if tls_cert else None,
                     tls_key_file=str(tls_key.resolve()) if tls_key else None,
+                    role=role,
                     patient_id_issuer=issuer,
                     issuer_matching=issuer_matching,
                     dicomweb_url=dicomweb_url,
@@ -225,7 +233,7 @@ def node_show(
         out.print(f"{name}: {address}, at most {limit} association(s)", highlight=False)
         table = Table("behaviour", "seen", "observations")
         words = {True: "yes", False: "no", None: "not seen yet"}
-        for trait in profiles.TRAITS:
+        for trait in profiles.TRAITS + profiles.DESTINATION_TRAITS:
             counts = profile["observations"].get(trait, {})
             table.add_row(
                 trait.replace("_", " "),

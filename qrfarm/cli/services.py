@@ -175,6 +175,7 @@ def register_configured_nodes(settings: Settings, sessions: sessionmaker[Session
                     tls_ca_file=str(node.tls_ca_file) if node.tls_ca_file else None,
                     tls_cert_file=str(node.tls_cert_file) if node.tls_cert_file else None,
                     tls_key_file=str(node.tls_key_file) if node.tls_key_file else None,
+                    role=node.role,
                     dicomweb_url=node.dicomweb_url,
                     dicomweb_auth=node.dicomweb_auth,
                     dicomweb_username=node.dicomweb_username,

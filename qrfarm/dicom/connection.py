@@ -90,6 +90,9 @@ class StoreRequest:
 
 # A sink stores one C-GET instance and returns the C-STORE status to answer.
 InstanceSink = Callable[[StoreRequest], int]
+# Takes an N-EVENT-REPORT's Event Type ID and Event Information (None when it
+# cannot be decoded); returns the status to answer.
+EventReportHandler = Callable[[int | None, Dataset | None], int]
 
 
 class Connection:
@@ -346,6 +349,49 @@ class Connection:
         msg_id = self._take_message_id(message_id)
         responses = assoc.send_c_move(identifier, destination, uid, msg_id=msg_id)
         return self._collect(Operation.MOVE, uid, msg_id, responses, on_response, deadline)
+
+    def action(
+        self, information: Dataset, action_type: int, sop_class_uid: str, sop_instance_uid: str
+    ) -> int:
+        """N-ACTION (e.g. a Storage Commitment request); its response's status."""
+        if self._stopped is not None:
+            raise self._stopped
+        assoc = self._assoc
+        if assoc is None or not assoc.is_established:
+            raise AssociationAborted(f"the association with {self.node} is no longer open")
+        if not any(c.abstract_syntax == sop_class_uid for c in assoc.accepted_contexts):
+            raise PresentationContextError(
+                f"{self.node} accepted no presentation context for {sop_class_uid}"
+            )
+        started = time.monotonic()
+        try:
+            status, _reply = assoc.send_n_action(
+                information,
+                action_type,
+                sop_class_uid,
+                sop_instance_uid,
+                msg_id=self._take_message_id(None),
+            )
+        except ValueError as exc:  # accepted, but not with us as its SCU
+            raise PresentationContextError(f"{self.node}: {exc}") from exc
+        if "Status" not in status:
+            raise self._interrupted(started, None, deadline_hit=False)
+        self._let_reactor_resume()
+        return int(status.Status)
+
+    def on_event_report(self, handler: EventReportHandler) -> None:
+        """Answer the N-EVENT-REPORTs the peer sends on this association with
+        ``handler(event_type, event_information)``, which returns the status."""
+
+        def handle(event: Event) -> tuple[int, None]:
+            try:
+                info = event.event_information
+            except (AttributeError, ValueError):
+                info = None
+            return handler(event.event_type, info), None
+
+        if self._assoc is not None:
+            self._assoc.bind(evt.EVT_N_EVENT_REPORT, handle)
 
     def cancel(self) -> bool:
         """Send C-CANCEL for the running operation; False when none is running.

@@ -20,6 +20,8 @@ from qrfarm.errors import PresentationContextError
 from .model import VERIFICATION_SOP_CLASS, Operation, Root, sop_class
 
 MAX_CONTEXTS = 128  # PS3.8: context IDs are odd numbers 1-255
+# Storage Commitment Push Model (PS3.4 Annex J): the farm its SCU, in the default role.
+STORAGE_COMMITMENT_PUSH = UID("1.2.840.10008.1.20.1")
 QR_TRANSFER_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 # What a C-GET asks to receive when it knows nothing of the study's content:
@@ -104,7 +106,7 @@ def storage_contexts(sop_classes: Iterable[str]) -> list[PresentationContext]:
 
 def scp_roles(contexts: Iterable[PresentationContext]) -> list[SCP_SCU_RoleSelectionNegotiation]:
     """The SCP role for each storage context: C-GET's sub-operations come our way."""
-    qr = {VERIFICATION_SOP_CLASS} | {
+    qr = {VERIFICATION_SOP_CLASS, STORAGE_COMMITMENT_PUSH} | {
         sop_class(r, o) for r in Root for o in (Operation.FIND, Operation.GET, Operation.MOVE)
     }
     return [

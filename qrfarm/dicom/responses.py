@@ -68,6 +68,12 @@ class Status:
     # Storage (PS3.4 B.2.3); Out of Resources is 0xA700 here too.
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
+    # DIMSE-N (PS3.7 C): what the farm answers a Storage Commitment report
+    # (N-EVENT-REPORT) it cannot take; also the Failure Reasons a report gives.
+    PROCESSING_FAILURE = 0x0110
+    NO_SUCH_OBJECT_INSTANCE = 0x0112
+    NO_SUCH_EVENT_TYPE = 0x0113
+    INVALID_ARGUMENT_VALUE = 0x0115
     # Every code of a class (the standard names ranges: 0xA7xx, 0xA9xx).
     OUT_OF_RESOURCES_RANGE = range(0xA700, 0xA800)
     DOES_NOT_MATCH_SOP_CLASS_RANGE = range(0xA900, 0xAA00)

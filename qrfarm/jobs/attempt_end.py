@@ -55,7 +55,14 @@ def after_retrieve(deps: RunnerDeps, taken: Claim, results: list[OperationResult
         job.retry_uids = []
         worst = _worst(results)
         end_attempt(session, taken, worst.final.category.value)
-        if worst.final.category is StatusCategory.FAILURE and not job.recorded_count:
+        # A move to another node: what arrived is checked there, not here.
+        elsewhere = job.destination_node_id is not None
+        sent_elsewhere = elsewhere and bool(job.reported_completed or job.reported_warning)
+        if (
+            worst.final.category is StatusCategory.FAILURE
+            and not job.recorded_count
+            and not sent_elsewhere
+        ):
             # The operation itself was refused (unknown destination, bad
             # identifier, out of resources...): nothing to reconcile.
             error = f"{job.kind.value} answered {worst.final.summary()}"
@@ -69,6 +76,12 @@ def after_retrieve(deps: RunnerDeps, taken: Claim, results: list[OperationResult
         transition(job, JobState.RECONCILING)
         grace = learning.grace_s(session, job, deps.policy)
         job.reconcile_until = utcnow() + dt.timedelta(seconds=grace)
+        if elsewhere and deps.verify_delivery is None:
+            transition(job, JobState.FAILED, error="no verifier for a move to another node")
+            return
+    if elsewhere and deps.verify_delivery is not None:
+        deps.verify_delivery(deps, taken)
+        return
     reconcile_until_done(deps, taken, recorded_at_final)
 
 
@@ -202,6 +215,9 @@ def retry_still_missing(deps: RunnerDeps, taken: Claim, retry_uids: list[str]) -
         job = fenced(session, taken)
         if job is None:
             return []
+        if job.destination_node_id is not None:
+            # Sent to another node: what the farm holds is not what it holds.
+            return list(retry_uids)
         claim_orphans(session, job, deps.policy.late_window_s)
         session.flush()
         held = recorded_uids(session, job.id)

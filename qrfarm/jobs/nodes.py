@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from qrfarm.dicom.node import Node, TlsSettings, validate_ae_title
@@ -15,6 +15,7 @@ from qrfarm.dicomweb import WebService, url_host
 from qrfarm.errors import Conflict, InvalidNode, UnknownNode
 from qrfarm.models import Job, NodeRecord
 from qrfarm.nodes.hosts import check_host_pattern
+from qrfarm.nodes.roles import check_role
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class NodeSpec:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # source, destination or both (qrfarm.nodes.roles).
+    role: str = "both"
     # DICOMweb: the base URL, its auth and the file holding the secret; which
     # transport its jobs use, and which the farm sends to it by.
     dicomweb_url: str | None = None
@@ -134,6 +137,7 @@ def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     row.tls_ca_file = spec.tls_ca_file
     row.tls_cert_file = spec.tls_cert_file
     row.tls_key_file = spec.tls_key_file
+    row.role = check_role(spec.role)
     row.patient_id_issuer, row.issuer_matching = _issuer(spec)
     row.dicomweb_url = spec.dicomweb_url
     row.dicomweb_auth = spec.dicomweb_auth
@@ -172,7 +176,14 @@ def remove_node(session: Session, name: str) -> None:
     row = session.scalar(select(NodeRecord).where(NodeRecord.name == name))
     if row is None:
         raise UnknownNode(f"node {name!r} is not registered")
-    jobs = session.scalar(select(func.count()).where(Job.node_id == row.id)) or 0
+    jobs = (
+        session.scalar(
+            select(func.count()).where(
+                or_(Job.node_id == row.id, Job.destination_node_id == row.id)
+            )
+        )
+        or 0
+    )
     if jobs:
         raise Conflict(f"node {name!r} has {jobs} job(s) recorded; it cannot be removed")
     session.delete(row)

@@ -39,6 +39,11 @@ TRAITS = (
     SUPPORTS_GET,
     ANSWERS_ISSUER,
 )
+# As a destination (qrfarm.delivery): whether a Storage Commitment report it
+# sends reaches the farm, and whether it answers IMAGE-level C-FINDs.
+SUPPORTS_COMMITMENT = "supports_storage_commitment"
+ANSWERS_IMAGE_FIND = "answers_image_find"
+DESTINATION_TRAITS = (SUPPORTS_COMMITMENT, ANSWERS_IMAGE_FIND)
 # Kept beside the traits in ``observations`` (no column of its own):
 # {"at_ms": when the node last refused an association, epoch milliseconds}.
 LAST_REFUSAL = "association_refusal"
@@ -59,7 +64,7 @@ def _row(session: Session, node_id: int) -> NodeProfile:
 
 def observe(session: Session, node_id: int, trait: str, seen: bool) -> None:
     """Count one observation of ``trait`` (seen or not) for the node."""
-    assert trait in TRAITS, trait
+    assert trait in TRAITS or trait in DESTINATION_TRAITS, trait
     row = _row(session, node_id)
     counts = dict(row.observations.get(trait, {"yes": 0, "no": 0}))
     counts["yes" if seen else "no"] += 1
@@ -126,8 +131,10 @@ def profile(session: Session, node_id: int, probe_after_s: float = PROBE_AFTER_S
     observations = {} if row is None else row.observations
     rejected_at = refused_at(row, probe_after_s, time.time())
     return {
-        **{name: verdict(observations.get(name)) for name in TRAITS},
+        **{name: verdict(observations.get(name)) for name in TRAITS + DESTINATION_TRAITS},
         "rejects_above_associations": None if rejected_at is None else rejected_at - 1,
         "max_associations_held": 0 if row is None else row.max_associations_held,
-        "observations": {name: observations[name] for name in TRAITS if name in observations},
+        "observations": {
+            name: observations[name] for name in TRAITS + DESTINATION_TRAITS if name in observations
+        },
     }

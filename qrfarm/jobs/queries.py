@@ -30,6 +30,10 @@ def job_outcome(job: Job, node_name: str | None) -> dict[str, Any]:
             "warning": job.reported_warning,
         },
         "recorded": job.recorded_count,
+        # A move to a registered node: verified there, not recorded by the farm.
+        "destination_node": job.destination_node_id,
+        "confirmed": job.confirmed_count,
+        "verified_by": job.verified_by,
         "failed_uids": list(job.failed_uids or []),
         "missing_uids": list(job.missing_uids or []),
         "error": job.error,

@@ -16,11 +16,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from qrfarm.models import ExpectedInstance, Job, JobKind, JobState, ReceivedInstance, utcnow
+from qrfarm.models import (
+    DeliveredInstance,
+    ExpectedInstance,
+    Job,
+    JobKind,
+    JobState,
+    ReceivedInstance,
+    utcnow,
+)
 from qrfarm.observability.metrics import RECONCILIATIONS, RETRIES
 
 from .orphans import claim_orphans
@@ -59,6 +68,9 @@ def finalize(session: Session, job: Job, policy: JobPolicy | None = None) -> Non
     """End a ``reconciling`` job as completed, partial or cancelled; with a
     ``policy`` that retries partial jobs, one with instances missing (and
     attempts left) is queued again for exactly those instead."""
+    if job.destination_node_id is not None:
+        _verifier_lost(session, job, policy or JobPolicy())
+        return
     claim_orphans(session, job, (policy or JobPolicy()).late_window_s)
     session.flush()
     recorded = recorded_uids(session, job.id)
@@ -95,15 +107,16 @@ def finalize(session: Session, job: Job, policy: JobPolicy | None = None) -> Non
         if len(recorded) < reported:
             parts.append(f"{reported} reported sent, {len(recorded)} arrived")
         reason = "; ".join(parts) or "incomplete"
-    if policy is not None and _retry_missing(job, policy, reason):
+    if policy is not None and retry_missing(job, policy, reason):
         RECONCILIATIONS.labels("retrying").inc()
         return
     transition(job, JobState.PARTIAL, error=reason)
     RECONCILIATIONS.labels("partial").inc()
 
 
-def _retry_missing(job: Job, policy: JobPolicy, reason: str) -> bool:
-    """Queue the job again for its missing instances, when that can help."""
+def retry_missing(job: Job, policy: JobPolicy, reason: str) -> bool:
+    """Queue the job again for its missing instances (``missing_uids``), when
+    that can help; qrfarm.delivery calls it for what a destination did not confirm."""
     if not (policy.retry_partial and job.missing_uids and job.kind is not JobKind.FIND):
         return False
     # Only what an IMAGE-level find named can be asked for by UID.
@@ -116,6 +129,28 @@ def _retry_missing(job: Job, policy: JobPolicy, reason: str) -> bool:
     job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
     log.info("job %d: %s; retry of %d in %.1f s", job.id, reason, len(job.missing_uids), delay)
     return True
+
+
+def _verifier_lost(session: Session, job: Job, policy: JobPolicy) -> None:
+    """A move to another node is verified there, over DICOM (qrfarm.delivery),
+    not by what the farm recorded; one whose worker died while verifying is
+    sent again for what its destination has not confirmed."""
+    if job.cancel_requested:
+        transition(job, JobState.CANCELLED, error="cancelled while verifying at the destination")
+        return
+    confirmed = set(
+        session.scalars(
+            select(DeliveredInstance.sop_instance_uid).where(DeliveredInstance.job_id == job.id)
+        )
+    )
+    job.missing_uids = sorted(expected_uids(session, job.id) - confirmed)
+    reason = "verification at the destination did not finish"
+    if (
+        job.expected_count is None
+        or not job.missing_uids
+        or not retry_missing(job, replace(policy, retry_partial=True), reason)
+    ):
+        transition(job, JobState.PARTIAL, error=reason)
 
 
 def reopen_for_late_arrival(session: Session, job: Job) -> None:

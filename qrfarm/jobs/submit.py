@@ -16,6 +16,7 @@ from qrfarm.dicom.identifiers import KeyValue
 from qrfarm.dicom.node import validate_ae_title
 from qrfarm.errors import FieldError, InvalidIdentifier, UnknownNode
 from qrfarm.models import Job, JobKind, JobState, NodeRecord, utcnow
+from qrfarm.nodes.roles import is_source, resolve_destination
 from qrfarm.notify.targets import validate_callback_url
 from qrfarm.observability.tracing import current_traceparent, tracer
 
@@ -32,6 +33,8 @@ class JobRequest:
     root: Root = Root.STUDY
     keys: Mapping[str, KeyValue] = field(default_factory=dict)
     return_keys: Iterable[str] = ()
+    # Where a move sends: a registered destination node (its name or AE
+    # title), or the farm's own storage SCP (its AE title; the default).
     destination: str | None = None
     priority: int = 0
     external_reference: str | None = None
@@ -109,23 +112,24 @@ def same_request(session: Session, job_id: int, request: JobRequest) -> bool:
         and job.root == request.root.value
         and job.identifier == identifier
         and job.callback_url == request.callback_url
-        and (request.destination is None or job.destination == request.destination)
+        and (request.destination is None or request.destination in _destination_names(session, job))
     )
 
 
-def check_destination(session: Session, destination: str, farm_scp: str) -> None:
-    """A move goes to the farm's own storage SCP or to a registered node (nodes
-    are an admin's to add): a submitter cannot send studies to any AE title a
-    PACS happens to know."""
-    if destination == farm_scp:
-        return
-    if session.scalar(select(NodeRecord.id).where(NodeRecord.ae_title == destination).limit(1)):
-        return
-    raise FieldError(
-        ["body", "destination"],
-        f"{destination} is neither the farm's storage SCP ({farm_scp}) nor the AE title "
-        "of a registered node; an admin registers destinations (qrfarm node add)",
-    )
+def _destination_names(session: Session, job: Job) -> set[str | None]:
+    """What a request may call the job's destination: its AE title or its node's name."""
+    names: set[str | None] = {job.destination}
+    if job.destination_node_id is not None:
+        node = session.get(NodeRecord, job.destination_node_id)
+        names.add(node.name if node is not None else None)
+    return names
+
+
+def check_destination(session: Session, destination: str, farm_scp: str) -> NodeRecord | None:
+    """A move goes to the farm's own storage SCP or to a registered destination
+    node (nodes are an admin's to add): a submitter cannot send studies to any
+    AE title a PACS happens to know. The destination's node (None: the farm)."""
+    return resolve_destination(session, destination, farm_scp)[1]
 
 
 def new_job(
@@ -145,12 +149,20 @@ def new_job(
     """
     identifier = identifier_for(request)
     destination = None
+    destination_node = None
     # A get that may run as a move needs a destination too.
     if request.kind is JobKind.MOVE or (request.either_retrieve and request.kind is JobKind.GET):
-        destination = validate_ae_title(
-            request.destination or rules.default_destination, "move destination"
+        destination, destination_node = resolve_destination(
+            session, request.destination, rules.default_destination
         )
-        check_destination(session, destination, rules.default_destination)
+        destination = validate_ae_title(destination, "move destination")
+        if destination_node is not None and request.kind is not JobKind.MOVE:
+            # Only a C-MOVE can send to a third party: a C-GET fills the farm.
+            raise FieldError(
+                ["body", "destination"],
+                "a retrieve that may run as a C-GET goes to the farm; "
+                "send a move to reach another node",
+            )
     if request.callback_url is not None:
         validate_callback_url(
             request.callback_url,
@@ -160,6 +172,12 @@ def new_job(
     node = session.scalar(select(NodeRecord).where(NodeRecord.name == request.node))
     if node is None:
         raise UnknownNode(f"node {request.node!r} is not registered (qrfarm node add)")
+    if request.kind in (JobKind.FIND, JobKind.GET, JobKind.MOVE) and not is_source(node):
+        raise FieldError(
+            ["body", "node"],
+            f"node {node.name} is registered as a destination only: nothing is queried "
+            "or retrieved from it (qrfarm node add --role source|both)",
+        )
     if rules.check_target is not None:
         # Its DIMSE host and its DICOMweb URL's host alike.
         check_node_targets(rules.check_target, node)
@@ -170,6 +188,7 @@ def new_job(
         identifier=identifier,
         node_id=node.id,
         destination=destination,
+        destination_node_id=destination_node.id if destination_node is not None else None,
         priority=request.priority,
         state=JobState.QUEUED,
         external_reference=request.external_reference,

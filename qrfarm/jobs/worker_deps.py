@@ -29,6 +29,13 @@ class GetRecorder(Protocol):
     def sink_for(self, job_id: int, calling_ae: str) -> InstanceSink: ...
 
 
+class DeliveryVerifier(Protocol):
+    """Verifies at a move's destination node what arrived there and ends the
+    job (qrfarm.delivery.verification); the worker gives the runner one."""
+
+    def __call__(self, deps: RunnerDeps, taken: Claim) -> None: ...
+
+
 class ConnectionSource(SpareConnections, Protocol):
     """Associations as a worker holds them (pooled, under the node's permit)."""
 
@@ -59,6 +66,9 @@ class RunnerDeps:
     # worker holding the node's association takes it. Without one, a job
     # that waited in vain for a permit is sent by the scheduler a little later.
     dispatcher: Dispatcher | None = None
+    # Ends a move to another node once its destination confirmed what arrived;
+    # without one, such a move fails after its C-MOVE (nothing can verify it).
+    verify_delivery: DeliveryVerifier | None = None
     # Jobs on DICOMweb nodes (QIDO-RS, WADO-RS): where their instances go,
     # the allow-list, timeouts; without it such jobs fail, naming why.
     web: WebDeps | None = None

@@ -6,6 +6,7 @@ Imports nothing of qrfarm outside this package: SQLAlchemy and Alembic only.
 from .audit import AuditEvent
 from .base import Base, table, utcnow
 from .batches import Batch, BatchRow
+from .delivery import CommitmentRequest, DeliveredInstance, NodeRole, VerifiedBy
 from .forwarding import FarmRelay, Forward, ForwardedInstance, ForwardOptions, Pseudonym
 from .instances import MatchedBy, OrphanInstance, ReceivedInstance
 from .integration import (
@@ -41,9 +42,11 @@ __all__ = [
     "ApiToken",
     "Attempt",
     "AuditEvent",
+    "Base",
     "Batch",
     "BatchRow",
-    "Base",
+    "CommitmentRequest",
+    "DeliveredInstance",
     "DeliveryState",
     "DimseResponse",
     "ExpectedInstance",
@@ -59,6 +62,7 @@ __all__ = [
     "MoveMessageId",
     "NodeProfile",
     "NodeRecord",
+    "NodeRole",
     "OrphanInstance",
     "Prefetch",
     "PrefetchRule",
@@ -67,6 +71,7 @@ __all__ = [
     "ReceivedInstance",
     "Retrieval",
     "RetrievalState",
+    "VerifiedBy",
     "WebhookAttempt",
     "WebhookDelivery",
     "make_engine",

@@ -56,6 +56,14 @@ class Job(Base):
     identifier: Mapped[dict[str, Any]] = mapped_column(JSON)  # DICOM JSON
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
     destination: Mapped[str | None] = mapped_column(String(16))
+    # The registered node a move sends to (its AE title is ``destination``);
+    # none: the farm's own storage SCP. What arrives there is verified at the
+    # destination (qrfarm.delivery), not recorded by the farm.
+    destination_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id"))
+    # How the destination last confirmed what it holds ("commitment", "find"),
+    # and how many expected instances it confirmed in all.
+    verified_by: Mapped[str | None] = mapped_column(String(16))
+    confirmed_count: Mapped[int | None] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[JobState] = mapped_column(
         string_enum(JobState, "job_state"), default=JobState.QUEUED

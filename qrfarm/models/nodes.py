@@ -36,6 +36,9 @@ class NodeRecord(Base):
     tls_ca_file: Mapped[str | None] = mapped_column(String(1024))
     tls_cert_file: Mapped[str | None] = mapped_column(String(1024))
     tls_key_file: Mapped[str | None] = mapped_column(String(1024))
+    # "source", "destination" or "both" (qrfarm.models.delivery.NodeRole):
+    # jobs query and retrieve from a source; moves send to a destination.
+    role: Mapped[str] = mapped_column(String(16), default="both")
     # The assigning authority (Issuer of Patient ID) of the patient IDs it
     # holds; unset: not said. A patient ID is only ever looked up on a node
     # with the identifier of the node's own authority (qrfarm.workflow.identity).

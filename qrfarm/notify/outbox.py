@@ -34,6 +34,8 @@ PREFETCH_FIELDS = (
     "external_reference",
     "studies",
     "recorded",
+    "destination",
+    "delivered",
     "jobs",
     "created_at",
     "ended_at",
@@ -63,6 +65,11 @@ def job_body(job: Job, node_name: str | None) -> dict[str, Any]:
                 "warning": job.reported_warning,
             },
             "recorded": job.recorded_count,
+            # A move to another node: its AE title, and how many instances it
+            # confirmed holding, and how (storage commitment or C-FIND).
+            "destination": job.destination if job.destination_node_id is not None else None,
+            "confirmed": job.confirmed_count,
+            "verified_by": job.verified_by,
             "failed": len(job.failed_uids or []),
             "missing": len(job.missing_uids or []),
             "ended_at": job.ended_at.isoformat() if job.ended_at else None,

@@ -17,6 +17,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from qrfarm.dicom.commitment import STORAGE_COMMITMENT_PUSH
+from qrfarm.dicom.contexts import QR_TRANSFER_SYNTAXES
 from qrfarm.dicom.model import VERIFICATION_SOP_CLASS
 from qrfarm.errors import ProxyHeaderError
 from qrfarm.models import OrphanInstance, ReceivedInstance
@@ -25,6 +27,7 @@ from qrfarm.storage import InstanceStorage
 
 from . import proxy_protocol, tls
 from .aio import AioStorageServer
+from .commitment import handle_commitment_report
 from .gate import ConnectionGate
 from .handlers import (
     ScpContext,
@@ -223,6 +226,11 @@ class StorageScp:
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        # Storage Commitment reports on a destination's own association: it
+        # takes the SCP role, the farm the SCU role (qrfarm.scp.commitment).
+        ae.add_supported_context(
+            STORAGE_COMMITMENT_PUSH, QR_TRANSFER_SYNTAXES, scu_role=False, scp_role=True
+        )
         return ae
 
     def start(self) -> int:
@@ -232,6 +240,7 @@ class StorageScp:
             (evt.EVT_CONN_CLOSE, handle_connection_close),
             (evt.EVT_REQUESTED, handle_requested, [self.context]),
             (evt.EVT_C_STORE, handle_store, [self.context]),
+            (evt.EVT_N_EVENT_REPORT, handle_commitment_report, [self.context]),
         ]
         self._recover()
         if self.receive_path == "asyncio":

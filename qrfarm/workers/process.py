@@ -18,8 +18,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.config import Settings, permits_redis_url
+from qrfarm.delivery.commitment import CommitmentSettings
 from qrfarm.delivery.forward_run import ForwardDeps, forward_runner
 from qrfarm.delivery.transports import DimseTransport, Transport, TransportOptions
+from qrfarm.delivery.verification import DeliveryVerifier
 from qrfarm.dicom import Node, Timeouts
 from qrfarm.dicomweb import WebTimeouts
 from qrfarm.jobs import profiles
@@ -74,6 +76,7 @@ def runner_deps(
         calling_ae=settings.ae_title,
         policy=policy_from(settings),
         dispatcher=dispatcher,
+        verify_delivery=delivery_verifier(settings),
         web=web_deps(settings),
         kind_runners={JobKind.FORWARD: forward_runner(forward_deps(settings, pool))},
     )
@@ -101,6 +104,23 @@ def web_deps(settings: Settings) -> WebDeps:
         timeouts=WebTimeouts(settings.connect_timeout, settings.network_timeout),
         max_instance_bytes=settings.scp_max_instance_bytes,
         farm_ae=settings.scp_ae_title,
+    )
+
+
+def delivery_verifier(settings: Settings) -> DeliveryVerifier:
+    """Verifies moves to other nodes; Storage Commitment reports come to the
+    storage SCP, so the request is sent under its AE title."""
+    return DeliveryVerifier(
+        CommitmentSettings(
+            calling_ae=settings.scp_ae_title,
+            report_timeout_s=settings.commitment_report_timeout_s,
+            timeouts=Timeouts(
+                connect=settings.connect_timeout,
+                acse=settings.acse_timeout,
+                dimse=settings.dimse_timeout,
+                network=settings.network_timeout,
+            ),
+        )
     )
 
 

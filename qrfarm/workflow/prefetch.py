@@ -24,7 +24,7 @@ the commit (the sweeper sends any a crash left unsent).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -44,6 +44,7 @@ from qrfarm.jobs.submit import JobRequest, SubmitRules, new_job, send_jobs
 from qrfarm.models import (
     ENDED_STATES,
     PREFETCH_ENDED,
+    DeliveredInstance,
     FindResult,
     Job,
     JobKind,
@@ -54,6 +55,7 @@ from qrfarm.models import (
     ReceivedInstance,
     utcnow,
 )
+from qrfarm.nodes.roles import resolve_destination
 from qrfarm.notify.outbox import notify_prefetch_ended
 from qrfarm.notify.targets import validate_callback_url
 
@@ -104,6 +106,9 @@ def start(
         raise InvalidIdentifier(
             "PatientID", "wildcards are not allowed: a prefetch is for one patient"
         )
+    if request.callback_url is None and request.rule.callback_url is not None:
+        # An order's prefetch (HL7) has no caller to name one: the rule does.
+        request = replace(request, callback_url=request.rule.callback_url)
     if request.callback_url is not None:
         validate_callback_url(
             request.callback_url,
@@ -121,6 +126,11 @@ def start(
             existing = _existing(session, request)
             if existing is not None:
                 return existing
+            # A destination that cannot be sent to is refused now, not when
+            # the priors are chosen.
+            resolve_destination(
+                session, request.rule.destination, rules.default_destination, field="rule"
+            )
             prefetch = Prefetch(
                 patient_id=request.patient_id,
                 rule_name=request.rule_name,
@@ -185,9 +195,30 @@ def held_instances(session: Session, study_uid: str) -> int:
     )
 
 
-def already_held(session: Session, study: dict[str, Any]) -> bool:
+def delivered_before(session: Session, study_uid: str, destination_node_id: int) -> bool:
+    """A whole-study move of it to that destination ended with every instance confirmed there."""
+    moves = session.scalars(
+        select(Job.identifier).where(
+            Job.kind == JobKind.MOVE,
+            Job.level == Level.STUDY.value,
+            Job.state == JobState.COMPLETED,
+            Job.destination_node_id == destination_node_id,
+            Job.id.in_(select(DeliveredInstance.job_id)),
+        )
+    )
+    return any(priors.every(ident, priors.STUDY_UID) == [study_uid] for ident in moves)
+
+
+def already_held(
+    session: Session, study: dict[str, Any], destination_node_id: int | None = None
+) -> bool:
     """Fully held: as many instances as the PACS says the study has, or, where
-    it does not say, a whole-study retrieve of it that ended reconciled."""
+    it does not say, a whole-study retrieve of it that ended reconciled. For a
+    destination other than the farm: a move of it there that ended confirmed
+    (what the farm holds says nothing of what the destination holds)."""
+    if destination_node_id is not None:
+        study["held_before"] = 0
+        return delivered_before(session, study["study_instance_uid"], destination_node_id)
     held = held_instances(session, study["study_instance_uid"])
     study["held_before"] = held
     if study["instances"]:
@@ -295,9 +326,14 @@ def _choose(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[in
         if series_job is not None:
             study["modalities"] = priors.modalities_from_series(_answers(session, series_job))
     chosen = priors.newest(candidates, rule.modalities, rule.max_studies)
+    _, destination = resolve_destination(
+        session, rule.destination, rules.default_destination, field="rule"
+    )
     job_ids = []
     for study in chosen:
-        study["already_held"] = already_held(session, study)
+        study["already_held"] = already_held(
+            session, study, destination.id if destination is not None else None
+        )
         if not study["already_held"]:
             job = new_job(
                 session,
@@ -306,6 +342,7 @@ def _choose(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[in
                     study["node"],
                     Level.STUDY,
                     keys={"StudyInstanceUID": study["study_instance_uid"]},
+                    destination=rule.destination,
                 ),
                 rules,
                 prefetch_id=prefetch.id,
@@ -404,6 +441,7 @@ def prefetch_summary(session: Session, prefetch_id: int) -> dict[str, Any]:
     node_names = _node_names(session)
     children = _children(session, prefetch.id)
     moves = [j for j in children if j.kind is JobKind.MOVE]
+    destination = Rule.model_validate(prefetch.rule).destination
     return {
         "id": prefetch.id,
         "patient_id": prefetch.patient_id,
@@ -424,6 +462,10 @@ def prefetch_summary(session: Session, prefetch_id: int) -> dict[str, Any]:
             "moved": sum(1 for j in moves if j.state is JobState.COMPLETED),
         },
         "recorded": sum(j.recorded_count for j in moves),
+        # Where the priors went (None: the farm), and how many instances the
+        # destination confirmed holding (None: the farm, which records them).
+        "destination": destination,
+        "delivered": sum(j.confirmed_count or 0 for j in moves) if destination else None,
         "jobs": [
             {
                 "id": j.id,
@@ -431,6 +473,9 @@ def prefetch_summary(session: Session, prefetch_id: int) -> dict[str, Any]:
                 "node": node_names.get(j.node_id),
                 "state": j.state.value,
                 "recorded": j.recorded_count,
+                "destination": j.destination if j.destination_node_id is not None else None,
+                "confirmed": j.confirmed_count,
+                "verified_by": j.verified_by,
             }
             for j in children
         ],

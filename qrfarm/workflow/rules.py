@@ -32,6 +32,13 @@ class Rule(BaseModel):
     max_age_days: int | None = Field(
         default=None, ge=1, le=36500, description="How far back; unset: no limit."
     )
+    destination: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Where the priors are moved: a registered destination node (name or AE"
+        " title), verified there; unset: the farm's own storage SCP.",
+    )
     when: list[Condition] = Field(
         default=[],
         max_length=20,
@@ -53,6 +60,13 @@ class Rule(BaseModel):
         default=None,
         description="A field whose value (e.g. body_part) replaces body_parts, when the order"
         " has one.",
+    )
+    callback_url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="Where to POST the prefetch's summary when it ends, for a prefetch"
+        " started without a callback of its own (an HL7 order).",
     )
     webhook_patient_keys: bool = Field(
         default=False,
