@@ -76,6 +76,12 @@ class SubmitRules:
 
 def identifier_for(request: JobRequest) -> dict[str, object]:
     """The request's identifier as DICOM JSON; raises InvalidIdentifier naming the rule."""
+    if request.kind is JobKind.FORWARD:
+        raise FieldError(
+            ["body", "kind"],
+            "a forward sends what another job holds: POST /jobs/{id}/forward "
+            "(qrfarm forward JOB --dest NODE)",
+        )
     if request.kind is JobKind.FIND:
         ds = build_query_identifier(request.root, request.level, request.keys, request.return_keys)
     else:

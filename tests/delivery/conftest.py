@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.jobs.nodes import NodeSpec
+from tests.databases import database_url, migrated
 from tests.peers import require_peer
 from tests.peers.dcmqrscp import DCMQRSCP, DcmqrscpPeer
 from tests.peers.orthanc import ORTHANC_BINARIES, OrthancPeer
@@ -66,6 +68,13 @@ class ChildCounter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A migrated database of its own (SQLite file, or a new PostgreSQL database)."""
+    with database_url(request.param, tmp_path) as url, migrated(url) as (_, factory):
+        yield factory
 
 
 @pytest.fixture(scope="module")
