@@ -19,7 +19,9 @@ retry rules as a DIMSE job (:mod:`qrfarm.jobs.runner` hands them over):
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -36,6 +38,7 @@ from qrfarm.errors import (
     InvalidNode,
     LeaseLost,
     NodeBusy,
+    PermitLost,
     QrfarmError,
     StorageError,
 )
@@ -84,6 +87,9 @@ class WebSnapshot:
     retry_uids: list[str]
     trace_parent: str | None
     node_name: str
+    node_id: int
+    # At most this many of its DICOMweb jobs at once (its max_associations).
+    limit: int
     destination: str | None
     # Recorded as each instance's calling AE title (the node's AE title).
     source_ae: str
@@ -108,6 +114,8 @@ def web_snapshot(session: Session, job: Job) -> WebSnapshot | None:
         retry_uids=list(job.retry_uids or []),
         trace_parent=job.trace_parent,
         node_name=row.name,
+        node_id=row.id,
+        limit=row.max_associations,
         destination=job.destination,
         source_ae=(row.ae_title or row.name)[:16],
     )
@@ -150,14 +158,20 @@ def run_web_job(deps: RunnerDeps, taken: Claim, snap: WebSnapshot, task_id: str 
                     f" into the farm ({web_deps.farm_ae}) only, not to {snap.destination};"
                     " forward the job afterwards"
                 )
+            slot = (
+                web_deps.slots.hold(snap.node_id, snap.limit)
+                if web_deps.slots is not None
+                else nullcontext(threading.Event())
+            )
             with (
+                slot as slot_lost,
                 JobWatch(deps.sessions, taken, deps.policy) as watch,
                 open_client(snap.service, web_deps.timeouts) as web,
             ):
                 if snap.kind is JobKind.FIND:
                     _find(deps, taken, snap, web)
                 else:
-                    _retrieve(deps, web_deps, taken, snap, web, watch)
+                    _retrieve(deps, web_deps, taken, snap, web, _Stop(watch, slot_lost))
         except NodeBusy as exc:
             requeue_busy(deps, taken, snap.node_name, str(exc))
         except QrfarmError as exc:
@@ -192,6 +206,20 @@ def _find(deps: RunnerDeps, taken: Claim, snap: WebSnapshot, web: WebClient) -> 
 # -- WADO-RS ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Stop:
+    """Why a retrieve stops between two reads: its lease or its node's slot lost."""
+
+    watch: JobWatch
+    slot_lost: threading.Event
+
+    def check(self) -> None:
+        if self.watch.lost.is_set():
+            raise LeaseLost("the job's lease was lost; its retrieve was stopped")
+        if self.slot_lost.is_set():
+            raise PermitLost("the node's DICOMweb slot was lost; the retrieve was stopped")
+
+
 @dataclass
 class _Tally:
     stored: set[str]
@@ -205,7 +233,7 @@ def _retrieve(
     taken: Claim,
     snap: WebSnapshot,
     web: WebClient,
-    watch: JobWatch,
+    stop: _Stop,
 ) -> None:
     if snap.retry_uids:
         missing = retry_still_missing(deps, taken, snap.retry_uids)
@@ -221,10 +249,6 @@ def _retrieve(
         resources = _resources(snap.level, refs)
         expected = len(refs)
 
-    def should_stop() -> None:
-        if watch.lost.is_set():
-            raise LeaseLost(f"job {taken.job_id}: its lease was lost; its retrieve was stopped")
-
     tally = _Tally(set(), set())
     recorder = _Recorder(deps, web_deps, taken.job_id, snap.source_ae)
     for resource in resources:
@@ -237,10 +261,10 @@ def _retrieve(
                 web_deps.storage.incoming(),
                 max_part_bytes=web_deps.max_instance_bytes,
                 deadline=time.monotonic() + web_deps.resource_deadline_s,
-                should_stop=should_stop,
+                should_stop=stop.check,
             ):
                 recorder.record(part, resource, tally)
-                watch.on_response(_progress(expected, tally))
+                stop.watch.on_response(_progress(expected, tally))
     _after_retrieve(deps, taken, tally)
 
 

@@ -35,6 +35,7 @@ from qrfarm.storage import InstanceStorage
 from .get_store import GetStore
 from .permits import FilePermits, Permits, RedisPermits
 from .pool import AssociationPool
+from .web_slots import WebSlots
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def runner_deps(
         policy=policy_from(settings),
         dispatcher=dispatcher,
         verify_delivery=delivery_verifier(settings),
-        web=web_deps(settings),
+        web=web_deps(settings, pool),
         kind_runners={JobKind.FORWARD: forward_runner(forward_deps(settings, pool))},
     )
 
@@ -95,7 +96,7 @@ def forward_deps(settings: Settings, pool: AssociationPool) -> ForwardDeps:
     )
 
 
-def web_deps(settings: Settings) -> WebDeps:
+def web_deps(settings: Settings, pool: AssociationPool) -> WebDeps:
     """Jobs on DICOMweb nodes: the farm's storage, the outbound allow-list
     (checked again before each job connects), the DIMSE timeouts' HTTP peers."""
     return WebDeps(
@@ -104,6 +105,7 @@ def web_deps(settings: Settings) -> WebDeps:
         timeouts=WebTimeouts(settings.connect_timeout, settings.network_timeout),
         max_instance_bytes=settings.scp_max_instance_bytes,
         farm_ae=settings.scp_ae_title,
+        slots=WebSlots(pool.permits),
     )
 
 

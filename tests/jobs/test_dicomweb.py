@@ -23,6 +23,7 @@ from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.workers.permits import FilePermits
 from qrfarm.workers.pool import AssociationPool
 from qrfarm.workers.process import runner_deps
+from qrfarm.workers.web_slots import WebSlots
 from tests.peers import dataset_bytes
 from tests.peers.dicomweb import dicomweb_url, start_dicomweb_orthanc
 from tests.peers.orthanc import OrthancPeer
@@ -201,3 +202,30 @@ def test_a_retry_of_a_wado_rs_retrieve_asks_for_only_the_missing_instance(
     assert status["state"] == "completed", status
     assert status["recorded"] == len(in_series)
     assert status["reported"]["completed"] == 1  # the retry's WADO-RS brought one instance
+
+
+def test_a_dicomweb_job_waits_for_its_nodes_slot_like_an_association(bench: WebBench) -> None:
+    """A node's max_associations bounds its DICOMweb jobs across the farm: with
+    its one slot held elsewhere, a job goes back to its queue (not an attempt)."""
+    with bench.client.sessions() as session, session.begin():
+        node_id = upsert_node(
+            session,
+            NodeSpec(
+                "web-one",
+                "WEBPACS",
+                "127.0.0.1",
+                bench.orthanc.http_port,
+                max_associations=1,
+                dicomweb_url=dicomweb_url(bench.orthanc),
+                retrieve_transport="dicomweb",
+            ),
+        ).id
+    other = WebSlots(FilePermits(bench.settings.data_dir / "permits"))
+    job_id = bench.client.find("web-one", Level.STUDY, {"PatientID": "P*"})
+    with other.hold(node_id, 1):
+        status = bench.run(job_id)
+    assert status["state"] == "queued"
+    assert status["attempt_count"] == 0
+    assert [a["outcome"] for a in status["attempts"]] == ["node busy"]
+    status = bench.run(job_id)
+    assert status["state"] == "completed", status
