@@ -167,6 +167,20 @@ def flash_text(driver: Any) -> str:
     return " ".join(e.text for e in css(driver, ".flash"))
 
 
+def unlabelled_controls(driver: Any) -> list[str]:
+    """Form controls a screen reader could not name (no label, no aria-label)."""
+    return list(
+        driver.execute_script(
+            """
+            return Array.from(document.querySelectorAll("input, select, textarea"))
+              .filter(e => e.type !== "hidden")
+              .filter(e => !(e.labels && e.labels.length) && !e.getAttribute("aria-label"))
+              .map(e => e.outerHTML.slice(0, 120));
+            """
+        )
+    )
+
+
 def post_from_page(driver: Any, path: str, fields: dict[str, str]) -> int:
     """A POST sent by script from the signed-in page (the cookie goes with it); its status."""
     return int(
@@ -342,7 +356,14 @@ def test_screenshots_of_every_page(browser: Any, console_farm: ConsoleFarm) -> N
         browser.get(farm.url + path)
         wait_for(lambda: css(browser, "h1"), 20)
         assert not css(browser, ".error"), name
+        assert unlabelled_controls(browser) == [], name
         shoot(browser, farm, name)
+    # From the keyboard: the first Tab reaches the link past the navigation.
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(farm.url + "/console/")
+    css(browser, "body")[0].send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("class") == "skip"
     names = {p.name for p in farm.screenshots.glob("*.png")}
     assert {
         "overview.png",
