@@ -24,8 +24,9 @@ from .delivery import pseudonymise
 from .dicom import Connection, Level, Operation, Root, StatusCategory, Timeouts, qr_contexts
 from .dicom.identifiers import KeyValue
 from .errors import DatabaseNotReady, QrfarmError, UnknownNode, WaitTimedOut
-from .jobs import control
+from .jobs import bulk, control
 from .jobs.announce import can_listen, wait_for_end
+from .jobs.bulk import BulkResult, JobFilter
 from .jobs.dispatch import Dispatcher, celery_dispatcher
 from .jobs.nodes import node_of
 from .jobs.queries import find_results, job_state, job_summary, list_jobs
@@ -33,6 +34,7 @@ from .jobs.submit import JobRequest, SubmitRules, submit
 from .models import ENDED_STATES, JobKind, JobState, NodeRecord, make_engine, session_factory
 from .models.migrate import is_current
 from .notify.targets import validate_callback_url
+from .workflow import audit, bulk_audit
 from .workflow import prefetch as prefetches
 from .workflow import retrieve as retrievals
 from .workflow import rules as prefetch_rules
@@ -362,6 +364,35 @@ class Client:
         with self.sessions() as session:
             row = forwarding.destination_node(session, node)
             return pseudonymise.look_up(session, row.id, original=original, pseudonym=pseudonym)
+
+    # -- many jobs at once: the CLI's and the console's bulk actions -------------
+
+    def bulk_cancel(self, flt: JobFilter, *, actor: audit.Actor | None = None) -> BulkResult:
+        """Cancel every job the filter names that has not ended; how many, which."""
+        result = bulk.cancel(self.sessions, flt)
+        bulk_audit.record(self.sessions, actor or audit.os_user(), "cancel", flt, result)
+        return result
+
+    def bulk_retry(self, flt: JobFilter, *, actor: audit.Actor | None = None) -> BulkResult:
+        """Retry every partial or failed job the filter names; how many, which."""
+        result = bulk.retry(self.sessions, flt, self.dispatcher, self.settings.max_attempts)
+        bulk_audit.record(self.sessions, actor or audit.os_user(), "retry", flt, result)
+        return result
+
+    def reprioritise(
+        self, flt: JobFilter, priority: int, *, actor: audit.Actor | None = None
+    ) -> BulkResult:
+        """Give every job the filter names that has not ended this priority."""
+        result = bulk.reprioritise(self.sessions, flt, priority, self.dispatcher)
+        bulk_audit.record(
+            self.sessions,
+            actor or audit.os_user(),
+            "prioritise",
+            flt,
+            result,
+            extra=f" to {priority}",
+        )
+        return result
 
 
 def _poll(has_ended: Callable[[], bool], deadline: float | None, poll_s: float) -> bool:

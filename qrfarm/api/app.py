@@ -20,6 +20,7 @@ from . import (
     limits,
     metrics,
     routes_audit,
+    routes_bulk,
     routes_forwarding,
     routes_jobs,
     routes_nodes,
@@ -79,6 +80,8 @@ def create_app(
     app.include_router(health.router)
     protected = {"dependencies": [Depends(require_token)], "responses": UNAUTHORIZED}
     for router in (
+        # Before /jobs/{job_id}/...: /jobs/actions/retry is not job "actions".
+        routes_bulk.router,
         routes_jobs.router,
         routes_nodes.router,
         routes_prefetch.router,

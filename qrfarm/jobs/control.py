@@ -45,18 +45,25 @@ def retry(
             raise NotRetriable(
                 f"job {job_id} is {job.state.value}; only partial or failed jobs can be retried"
             )
-        retry_uids = (
-            list(job.missing_uids)
-            if job.state is JobState.PARTIAL and job.kind is not JobKind.FIND
-            else []
-        )
-        transition(job, JobState.QUEUED)
-        job.retry_uids = retry_uids
-        job.max_attempts = job.attempt_count + max_attempts
-        job.next_attempt_at = None
-        job.dispatched_at = utcnow()
-        job.cancel_requested = False
+        prepare_retry(job, max_attempts)
         node_name = session.scalar(select(NodeRecord.name).where(NodeRecord.id == job.node_id))
         assert node_name is not None
         priority = job.priority
     send_run_jobs(sessions, dispatcher, [(job_id, node_name, priority)])
+
+
+def prepare_retry(job: Job, max_attempts: int) -> None:
+    """Queue a partial or failed job (locked by the caller) for a new attempt;
+    the caller sends it once committed."""
+    retry_uids = (
+        list(job.missing_uids)
+        if job.state is JobState.PARTIAL and job.kind is not JobKind.FIND
+        else []
+    )
+    transition(job, JobState.QUEUED)
+    job.retry_uids = retry_uids
+    job.max_attempts = job.attempt_count + max_attempts
+    job.next_attempt_at = None
+    job.wait_reason = None
+    job.dispatched_at = utcnow()
+    job.cancel_requested = False
