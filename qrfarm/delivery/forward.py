@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.errors import NotForwardable, UnknownNode
 from qrfarm.jobs.dispatch import Dispatcher, send_run_jobs
+from qrfarm.jobs.nodes import check_node_targets
 from qrfarm.jobs.submit import existing_job
 from qrfarm.models import (
     ExpectedInstance,
@@ -124,7 +125,8 @@ def new_forward(
         )
     node = destination_node(session, request.destination)
     if check_target is not None:
-        check_target(node.host)
+        # Its DIMSE host and its DICOMweb URL's host alike.
+        check_node_targets(check_target, node)
     held = session.execute(
         select(
             ReceivedInstance.sop_instance_uid,
@@ -151,6 +153,8 @@ def new_forward(
         expected_count=len(held),
         trace_parent=current_traceparent(),
         dispatched_at=utcnow(),
+        # The destination, as a move to another node names its own.
+        destination_node_id=node.id,
     )
     session.add(job)
     session.flush()

@@ -56,14 +56,27 @@ def store(
     refuses any instance of another study (PS3.18 10.5.1), a check of its own
     on what is sent."""
     answer = answer or StowAnswer()
-    for batch in _batches(files):
-        datasets = [dcmread(path) for path in batch]
-        body = _post(web, datasets, study)
-        _read_answer(body, answer)
+    for batch in batches(files):
+        store_datasets(web, [dcmread(path) for path in batch], study=study, answer=answer)
     return answer
 
 
-def _batches(files: Sequence[Path]) -> Iterator[list[Path]]:
+def store_datasets(
+    web: WebClient,
+    datasets: Sequence[Dataset],
+    *,
+    study: str | None = None,
+    answer: StowAnswer | None = None,
+) -> StowAnswer:
+    """One STOW-RS request of ``datasets`` (the caller bounds how many); what
+    the service said of each."""
+    answer = answer or StowAnswer()
+    _read_answer(_post(web, datasets, study), answer)
+    return answer
+
+
+def batches(files: Sequence[Path]) -> Iterator[list[Path]]:
+    """``files`` in groups of at most MAX_BATCH_BYTES and MAX_BATCH_COUNT."""
     batch: list[Path] = []
     size = 0
     for path in files:

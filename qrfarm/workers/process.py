@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.config import Settings, permits_redis_url
 from qrfarm.delivery.commitment import CommitmentSettings
-from qrfarm.delivery.forward_run import ForwardDeps, forward_runner
+from qrfarm.delivery.forward_run import ForwardDeps, forward_runner, verify_by_find
+from qrfarm.delivery.stow_transport import WebDelivery, stow_factory, verify_by_transport
 from qrfarm.delivery.transports import DimseTransport, Transport, TransportOptions
 from qrfarm.delivery.verification import DeliveryVerifier
 from qrfarm.dicom import Node, Timeouts
@@ -79,20 +80,29 @@ def runner_deps(
         dispatcher=dispatcher,
         verify_delivery=delivery_verifier(settings),
         web=web_deps(settings, pool),
-        kind_runners={JobKind.FORWARD: forward_runner(forward_deps(settings, pool))},
+        kind_runners={JobKind.FORWARD: forward_runner(forward_deps(settings, pool, sessions))},
     )
 
 
-def forward_deps(settings: Settings, pool: AssociationPool) -> ForwardDeps:
-    """What forward jobs need of this worker: its files, its associations."""
+def forward_deps(
+    settings: Settings, pool: AssociationPool, sessions: sessionmaker[Session]
+) -> ForwardDeps:
+    """What forward jobs need of this worker: its files, its associations, and
+    STOW-RS (checked by QIDO-RS) for destinations reached by DICOMweb."""
 
     def dimse(options: TransportOptions) -> Transport:
         return DimseTransport(pool, options)
 
+    web = WebDelivery(
+        sessions,
+        settings.check_target,
+        WebTimeouts(settings.connect_timeout, settings.network_timeout),
+    )
     return ForwardDeps(
         storage_root=settings.storage_root,
-        transports={"dimse": dimse},
+        transports={"dimse": dimse, "dicomweb": stow_factory(web)},
         associations=settings.forward_associations,
+        verify=verify_by_transport(web, verify_by_find),
     )
 
 

@@ -204,6 +204,59 @@ def test_a_retry_of_a_wado_rs_retrieve_asks_for_only_the_missing_instance(
     assert status["reported"]["completed"] == 1  # the retry's WADO-RS brought one instance
 
 
+@pytest.fixture(scope="module")
+def stow_destination(
+    bench: WebBench, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OrthancPeer]:
+    """An empty Orthanc with the DICOMweb plugin, registered as a destination
+    the farm sends to by STOW-RS."""
+    peer = start_dicomweb_orthanc(tmp_path_factory.mktemp("stow-destination"), "STOWDEST")
+    try:
+        with bench.client.sessions() as session, session.begin():
+            upsert_node(
+                session,
+                NodeSpec(
+                    "stowdest",
+                    "STOWDEST",
+                    "127.0.0.1",
+                    peer.http_port,
+                    dicomweb_url=dicomweb_url(peer),
+                    delivery_transport="dicomweb",
+                ),
+            )
+        yield peer
+    finally:
+        peer.stop()
+
+
+def test_a_forward_to_a_dicomweb_destination_is_sent_by_stow_rs_and_confirmed_by_qido_rs(
+    bench: WebBench, stow_destination: OrthancPeer, corpus: Corpus
+) -> None:
+    study, instances = next(iter(small_studies(corpus).items()))
+    retrieved = bench.run(bench.client.get("web", Level.STUDY, {"StudyInstanceUID": study}))
+    assert retrieved["state"] == "completed", retrieved
+    forward = bench.run(bench.client.forward(retrieved["id"], "stowdest"))
+    assert forward["state"] == "completed", forward
+    assert forward["expected"] == forward["recorded"] == len(instances)
+    assert forward["missing_uids"] == [] and forward["failed_uids"] == []
+    # The destination holds each instance, as the farm held it.
+    for instance in instances:
+        held = (bench.settings.storage_root / _file_of(bench, instance.sop_uid)).read_bytes()
+        assert dataset_bytes(stow_destination.stored_bytes(instance.sop_uid)) == dataset_bytes(held)
+
+
+def _file_of(bench: WebBench, sop_uid: str) -> str:
+    with bench.client.sessions() as session:
+        return (
+            session.scalars(
+                select(ReceivedInstance.file_path).where(
+                    ReceivedInstance.sop_instance_uid == sop_uid
+                )
+            ).first()
+            or ""
+        )
+
+
 def test_a_dicomweb_job_waits_for_its_nodes_slot_like_an_association(bench: WebBench) -> None:
     """A node's max_associations bounds its DICOMweb jobs across the farm: with
     its one slot held elsewhere, a job goes back to its queue (not an attempt)."""
