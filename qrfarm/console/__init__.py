@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from qrfarm.client import Client
 
-from . import views_jobs, views_pages, views_workflow
+from . import views_bulk, views_jobs, views_pages, views_workflow
 from .context import HERE, ConsoleContext, make_templates
 from .session import NotSignedIn
 
@@ -36,6 +36,7 @@ def mount(app: FastAPI, client: Client) -> None:
     )
     app.include_router(views_pages.router)
     app.include_router(views_jobs.router)
+    app.include_router(views_bulk.router)
     app.include_router(views_workflow.router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
 

@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from qrfarm.errors import FieldError
+from qrfarm.jobs import bulk
 from qrfarm.models import Job, JobKind, JobState, NodeRecord
-
-MAX_BULK = 1000  # jobs one bulk action may touch
 
 
 def _choice(value: str | None, allowed: set[str]) -> str | None:
@@ -41,6 +41,8 @@ class JobFilter:
     reference: str | None = None
     created_after: dt.datetime | None = None
     created_before: dt.datetime | None = None
+    # Ticked on the page: the jobs a bulk action is for, whatever else is set.
+    job_ids: tuple[int, ...] | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> JobFilter:
@@ -78,6 +80,29 @@ class JobFilter:
             ("created_before", self.created_before_text),
         ]
         return [(k, v) for k, v in pairs if v]
+
+    def for_bulk(self, session: Session) -> bulk.JobFilter:
+        """The filter of the Client's bulk actions that names the same jobs. It
+        knows no destination or reference: with one of those, the jobs matching
+        now are named by their ids."""
+        if self.job_ids is not None:
+            return bulk.JobFilter(job_ids=self.job_ids)
+        if self.destination or self.reference:
+            ids = session.scalars(self.query().limit(bulk.MAX_JOB_IDS + 1)).all()
+            if len(ids) > bulk.MAX_JOB_IDS:
+                raise FieldError(
+                    ["form", "destination"],
+                    f"more than {bulk.MAX_JOB_IDS} jobs match: narrow the filter",
+                )
+            return bulk.JobFilter(job_ids=tuple(int(i) for i in ids))
+        return bulk.JobFilter(
+            node=self.node,
+            state=JobState(self.state) if self.state else None,
+            kind=JobKind(self.kind) if self.kind else None,
+            batch_id=self.batch,
+            created_after=self.created_after,
+            created_before=self.created_before,
+        )
 
     def query(self) -> Select[Any]:
         query = select(Job.id)

@@ -26,7 +26,7 @@ from qrfarm.models import ENDED_STATES, JobKind, JobState, NodeRecord
 from qrfarm.workflow import audit
 
 from .context import console_context
-from .filters import MAX_BULK, JobFilter
+from .filters import JobFilter
 from .render import note, page
 from .session import ConsoleUser, User, flash, needs
 
@@ -208,63 +208,3 @@ def retry_job(request: Request, user: Submitter, job_id: int) -> Response:
     note(request, user, "job.retry", "U", job_id=job_id)
     flash(ctx, request, response, f"Job {job_id} queued again.")
     return response
-
-
-@router.post("/bulk")
-async def bulk_action(request: Request, user: Submitter) -> Response:
-    """Cancel or retry the ticked jobs, or every job the filter matches."""
-    ctx = console_context(request)
-    form = await request.form()
-    action = str(form.get("action", ""))
-    target = str(form.get("target", "selected"))
-    f = JobFilter.from_mapping(
-        {k.removeprefix("f_"): str(v) for k, v in form.multi_items() if k.startswith("f_")}
-    )
-    back = "/console/jobs?" + urlencode(f.hidden())
-    response = RedirectResponse(back, status_code=303)
-    if action not in ("cancel", "retry"):
-        flash(ctx, request, response, f"Unknown action {action[:20]!r}.")
-        return response
-    if target == "filter":
-        with ctx.client.sessions() as db:
-            _, ids = f.page(db, MAX_BULK, 0)
-    else:
-        ids = [int(str(v)) for v in form.getlist("job_id") if str(v).isdigit()][:MAX_BULK]
-    done, skipped = await run_in_threadpool(_apply, request, user, action, ids)
-    flash(
-        ctx,
-        request,
-        response,
-        f"{action}: {len(done)} job(s) done"
-        + (
-            f" ({', '.join(map(str, done[:20]))}{', ...' if len(done) > 20 else ''})"
-            if done
-            else ""
-        )
-        + (f"; {skipped} skipped (not in a state that allows it)" if skipped else "")
-        + ".",
-    )
-    return response
-
-
-def _apply(
-    request: Request, user: ConsoleUser, action: str, ids: list[int]
-) -> tuple[list[int], int]:
-    client = console_context(request).client
-    done: list[int] = []
-    skipped = 0
-    for job_id in ids:
-        try:
-            if action == "retry":
-                client.retry(job_id)
-            elif client.status(job_id)["state"] in ENDED_STATES:
-                skipped += 1
-                continue
-            else:
-                client.cancel(job_id)
-        except QrfarmError:
-            skipped += 1
-            continue
-        done.append(job_id)
-        note(request, user, f"job.{action}", "U", job_id=job_id, detail="bulk")
-    return done, skipped

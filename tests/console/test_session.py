@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from qrfarm.api import tokens
 from qrfarm.api.app import create_app
@@ -18,7 +19,7 @@ from qrfarm.console import mount
 from qrfarm.console.session import SESSION_COOKIE
 from qrfarm.dicom import Level
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
-from qrfarm.models import AuditEvent, upgrade
+from qrfarm.models import AuditEvent, OrphanInstance, ReceivedInstance, upgrade
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 ACTION_BUTTONS = ("Submit", "Cancel job", "Retry job", 'id="bulk"', "Add node", "Save node")
@@ -212,3 +213,101 @@ def test_static_files_are_served_and_nothing_comes_from_elsewhere(console: Conso
         text = browser.get(path).text
         assert not re.search(r'(src|href)="(https?:)?//', text), path
     assert browser.get("/console/static/console.js").status_code == 200
+
+
+def test_bulk_actions_on_ticked_jobs_and_on_a_filter(console: Console) -> None:
+    jobs = [
+        console.client.move("pacs", Level.STUDY, {"StudyInstanceUID": f"1.2.9.{n}"})
+        for n in range(3)
+    ]
+    browser, csrf = console.sign_in("submitter")
+    answer = browser.post(
+        "/console/jobs/bulk",
+        data={
+            "csrf": csrf,
+            "action": "prioritise",
+            "priority": "7",
+            "target": "selected",
+            "job_id": [str(j) for j in jobs[:2]],
+        },
+    )
+    assert f"prioritise: 2 job(s) done ({jobs[0]}, {jobs[1]})." in answer.text
+    assert [console.client.status(j)["priority"] for j in jobs] == [7, 7, 0]
+    # Every job the filter matches: the queued jobs of the node.
+    answer = browser.post(
+        "/console/jobs/bulk",
+        data={
+            "csrf": csrf,
+            "action": "cancel",
+            "target": "filter",
+            "f_node": "pacs",
+            "f_state": "queued",
+        },
+    )
+    assert "cancel: " in answer.text
+    assert {console.client.status(j)["state"] for j in jobs} == {"cancelled"}
+    empty = browser.post(
+        "/console/jobs/bulk", data={"csrf": csrf, "action": "cancel", "target": "filter"}
+    )
+    assert "nothing done" in empty.text
+
+
+def _orphan(console: Console, uid: str, study: str, calling_ae: str, file_path: str) -> None:
+    with console.client.sessions() as db, db.begin():
+        db.add(
+            OrphanInstance(
+                sop_instance_uid=uid,
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                study_instance_uid=study,
+                series_instance_uid=f"{study}.1",
+                transfer_syntax="1.2.840.10008.1.2.1",
+                size=1000,
+                file_path=file_path,
+                calling_ae=calling_ae,
+            )
+        )
+
+
+def test_orphans_by_sender_and_study_assigned_or_discarded_by_an_admin(console: Console) -> None:
+    storage = console.client.settings.storage_root
+    (storage / "orphans").mkdir(parents=True, exist_ok=True)
+    kept, dropped = storage / "orphans" / "a.dcm", storage / "orphans" / "b.dcm"
+    kept.write_bytes(b"kept")
+    dropped.write_bytes(b"dropped")
+    _orphan(console, "1.2.7.1.1", "1.2.7.1", "PACS", "orphans/a.dcm")
+    _orphan(console, "1.2.7.1.2", "1.2.7.1", "PACS", "orphans/a2.dcm")
+    _orphan(console, "1.2.7.2.1", "1.2.7.2", "OTHER", "orphans/b.dcm")
+    job_id = console.client.move("pacs", Level.STUDY, {"StudyInstanceUID": "1.2.7.1"})
+
+    reader, reader_csrf = console.sign_in("reader")
+    page_text = reader.get("/console/orphans").text
+    assert "1.2.7.1" in page_text and "OTHER" in page_text and "matched no" in page_text
+    assert "Assign" not in page_text and "Discard" not in page_text
+    refused = reader.post(
+        "/console/orphans/discard",
+        data={"csrf": reader_csrf, "calling_ae": "OTHER", "study_uid": "1.2.7.2"},
+    )
+    assert refused.status_code == 403
+
+    admin, csrf = console.sign_in("admin")
+    assigned = admin.post(
+        "/console/orphans/assign",
+        data={"csrf": csrf, "calling_ae": "PACS", "study_uid": "1.2.7.1", "job_id": str(job_id)},
+    )
+    assert f"2 instance(s) given to job {job_id}." in assigned.text
+    assert console.client.status(job_id)["recorded"] == 2
+    discarded = admin.post(
+        "/console/orphans/discard",
+        data={"csrf": csrf, "calling_ae": "OTHER", "study_uid": "1.2.7.2"},
+    )
+    assert "1 orphan(s) discarded." in discarded.text
+    assert kept.exists() and not dropped.exists()
+    with console.client.sessions() as db:
+        left = db.scalars(select(OrphanInstance).where(OrphanInstance.matched_job_id.is_(None)))
+        assert [o.sop_instance_uid for o in left if o.sop_instance_uid.startswith("1.2.7.")] == []
+        received = db.scalars(select(ReceivedInstance).where(ReceivedInstance.job_id == job_id))
+        assert {(r.sop_instance_uid, r.matched_by.value) for r in received} == {
+            ("1.2.7.1.1", "late"),
+            ("1.2.7.1.2", "late"),
+        }
+    assert "No orphans." in admin.get("/console/orphans").text
