@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..client import Client
 from ..config import Settings
-from ..errors import InvalidTlsSettings
+from ..errors import InvalidRule, InvalidTlsSettings
 from ..jobs.submit import SubmitRules
 from ..observability import metrics
 from ..workflow import audit
@@ -217,11 +217,24 @@ def rule_set(
     body_part: BodyPartOpt = None,
     max_studies: MaxStudiesOpt = 3,
     max_age_days: MaxAgeOpt = None,
+    rule_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="The whole rule as JSON (conditions on an order's fields, order controls,"
+            " values taken from the order, ...), instead of the options above.",
+        ),
+    ] = None,
 ) -> None:
     """Store (or replace) a named prefetch rule."""
 
     def action(settings: Settings) -> int:
-        rule = _rule(node, modality, body_part, max_studies, max_age_days)
+        if rule_file is not None:
+            if node or modality or body_part:
+                raise InvalidRule("--file gives the whole rule: not with --node, --modality")
+            rule = prefetch_rules.rule_from_json(rule_file.read_text(encoding="utf-8"))
+        else:
+            rule = _rule(node, modality, body_part, max_studies, max_age_days)
         engine, sessions = database(settings)
         with sessions() as session, session.begin():
             prefetch_rules.save_rule(session, name, rule)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from qrfarm.errors import NoSuchRule, PermanentError
+from qrfarm.errors import InvalidRule, NoSuchRule, PermanentError
 from qrfarm.models import PrefetchRule
 
 from .conditions import Condition, check_field
@@ -106,6 +106,22 @@ class Rule(BaseModel):
     @classmethod
     def _field(cls, value: str | None) -> str | None:
         return None if value is None else check_field(value)
+
+
+MAX_RULE_BYTES = 64 * 1024
+
+
+def rule_from_json(text: str) -> Rule:
+    """A rule written as JSON (a file, a request); InvalidRule naming each field wrong."""
+    if len(text.encode("utf-8")) > MAX_RULE_BYTES:
+        raise InvalidRule(f"a rule is at most {MAX_RULE_BYTES} bytes of JSON")
+    try:
+        return Rule.model_validate_json(text)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'rule'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidRule(f"the rule is refused: {problems}") from None
 
 
 def save_rule(session: Session, name: str, rule: Rule) -> PrefetchRule:

@@ -11,13 +11,18 @@ orders.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 
 from qrfarm.jobs import profiles
 from qrfarm.models import Job, JobKind, JobState, NodeRecord, Prefetch, ReceivedInstance
-from qrfarm.workflow.rules import Rule, save_rule
+from qrfarm.workflow.rules import Rule, load_rule, save_rule
 
 from .conftest import BY_NUMBER, RULE, OrderFarm, order
 
@@ -155,3 +160,44 @@ def test_a_rule_condition_skips_inpatient_orders(order_farm: OrderFarm) -> None:
     # PB9 of HOSP_B: found on pacs-b (dcmqrscp) only.
     assert summary["state"] == "completed", summary
     assert _moved(order_farm, made[0]) == {BY_NUMBER[5].uid}
+
+
+def test_a_rule_with_conditions_is_stored_from_a_json_file_and_a_bad_one_refused(
+    order_farm: OrderFarm, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(
+        json.dumps(
+            {
+                "nodes": ["pacs-a"],
+                "when": [{"field": "PV1-2", "none_of": ["I"]}],
+                "order_controls": ["NW", "XO"],
+                "modality_from": "modality",
+            }
+        )
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"nodes": ["pacs-a"], "when": [{"field": "ward", "any_of": ["3"]}]}))
+    stored = _cli(order_farm, "prefetch-rule", "set", "from-file", "--file", str(good))
+    refused = _cli(order_farm, "prefetch-rule", "set", "refused", "--file", str(bad))
+    assert stored.returncode == 0, stored.stderr
+    with order_farm.farm.client.sessions() as session:
+        rule = load_rule(session, "from-file")
+    assert (rule.when[0].field, rule.order_controls, rule.modality_from) == (
+        "PV1-2",
+        ["NW", "XO"],
+        "modality",
+    )
+    assert refused.returncode != 0
+    assert "when.0.field" in refused.stderr and "'ward' is not a field" in refused.stderr
+
+
+def _cli(order_farm: OrderFarm, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qrfarm.cli", *argv],
+        env={**os.environ, **order_farm.farm.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -157,3 +157,20 @@ def test_post_retrievals_by_accession_and_the_ambiguous_one_refused(api: httpx.C
     assert bad.status_code == 422
     assert "not accession number and patient ID" in bad.text
     assert api.get("/retrievals/999999").status_code == 404
+
+
+def test_qrfarm_retrieval_shows_one_and_names_the_patients_of_an_ambiguous_one(
+    order_farm: OrderFarm,
+) -> None:
+    retrieval = order_farm.farm.client.retrieve("pacs-a", accession_number="ACC-DUP")
+    result = subprocess.run(
+        [sys.executable, "-m", "qrfarm.cli", "retrieval", str(retrieval), "--wait"],
+        env={**os.environ, **order_farm.farm.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr  # failed
+    assert f"retrieval {retrieval} on pacs-a: failed" in result.stdout
+    assert "PX2 (HOSP_A), PX3 (HOSP_A)" in result.stdout
