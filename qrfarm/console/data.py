@@ -9,9 +9,11 @@ import datetime as dt
 from collections import defaultdict
 from typing import Any
 
+import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from qrfarm.jobs.dispatch import broker_keys, node_queue
 from qrfarm.models import (
     Attempt,
     AuditEvent,
@@ -230,3 +232,20 @@ def hl7_messages(session: Session, limit: int = 30) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def broker_depth(redis_url: str | None, nodes: list[str]) -> dict[str, int] | None:
+    """Messages waiting in each node's broker queue (every priority lane), when the
+    broker is Redis; None otherwise or while it cannot be read."""
+    if not redis_url or not redis_url.startswith(("redis://", "rediss://")):
+        return None
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return {
+            name: sum(int(client.llen(key)) for key in broker_keys(node_queue(name)))
+            for name in nodes
+        }
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()

@@ -145,6 +145,9 @@ async def overview(request: Request, user: User) -> HTMLResponse:
             return False, str(exc)
 
     values = await run_in_threadpool(gather)
+    values["broker"] = await run_in_threadpool(
+        data.broker_depth, ctx.settings.broker_url, list(values["use"])
+    )
     return page(
         request,
         "overview.html",

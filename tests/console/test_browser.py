@@ -130,9 +130,14 @@ def browser(console_farm: ConsoleFarm) -> Iterator[Any]:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
+    from selenium.common.exceptions import WebDriverException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except (IndexError, WebDriverException):  # the page is being loaded (again)
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -265,6 +270,12 @@ def test_cancel_a_running_move_reaches_the_pacs(
     wait_for(lambda: "cancel asked for" in flash_text(browser), 20)
     wait_for(lambda: css(browser, "#job-state")[0].text == "cancelled", 60, "the job cancelled")
     assert farm.slow.behaviour.stats.cancels == 1  # C-CANCEL seen at the PACS
+    # The page loads itself once the job ended: its last response is the PACS's cancel.
+    wait_for(
+        lambda: css(browser, "table.responses tr.response")[-1].text.split()[1] == "0xFE00",
+        20,
+        "the cancel response shown",
+    )
     summary = farm.farm.client.status(job_id)
     assert 5 <= summary["recorded"] < len(corpus.studies()[corpus.large_study_uid])
     shoot(browser, farm, "job-cancelled")

@@ -108,6 +108,10 @@ def test_the_session_cookie_is_signed_http_only_and_strict(console: Console) -> 
     )
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/console" in cookie
     assert console.tokens["reader"] not in cookie
+    page = browser.get("/console/jobs")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "script-src 'self';" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
     # A cookie changed by hand is not a session.
     value = cookie.split(";")[0].split("=", 1)[1]
     tampered = console.browser()

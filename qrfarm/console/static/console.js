@@ -41,6 +41,8 @@ function follow() {
     source.close();
     var status = document.getElementById("live-status");
     text(status, "All jobs shown have ended.");
+    // A job's own page: load it once more for its final attempts and responses.
+    if (document.querySelector("[data-reload-on-end]")) { window.location.reload(); }
   });
 }
 
