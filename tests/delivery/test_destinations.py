@@ -19,9 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role
 from sqlalchemy import select
 
 from qrfarm.dicom import Level
+from qrfarm.dicom.commitment import (
+    COMMITTED,
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH,
+)
 from qrfarm.jobs import profiles
 from qrfarm.jobs.nodes import NodeSpec
 from qrfarm.models import CommitmentRequest, DeliveredInstance, NodeRecord, Prefetch
@@ -318,3 +325,63 @@ def test_a_source_only_node_is_refused_as_a_destination_and_a_destination_as_a_s
         )
     with pytest.raises(Exception, match="destination only"):
         world.farm.client.move("reading", Level.STUDY, {"StudyInstanceUID": study})
+
+
+def _report(scp_port: int, calling_ae: str, transaction_uid: str, uids: list[str]) -> int:
+    """An N-EVENT-REPORT sent to the farm's storage SCP as a destination sends
+    one (a new association, the sender in the SCP role); the status answered."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
+    role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
+    assoc = ae.associate("127.0.0.1", scp_port, ae_title=QRFARM_SCP_AE, ext_neg=[role])
+    assert assoc.is_established, "the storage SCP refused the association"
+    info = Dataset()
+    info.TransactionUID = transaction_uid
+    items = []
+    for uid in uids:
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedSOPInstanceUID = uid
+        items.append(item)
+    info.ReferencedSOPSequence = items
+    try:
+        status, _ = assoc.send_n_event_report(
+            info, COMMITTED, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
+        )
+        return int(status.Status)
+    finally:
+        assoc.release()
+
+
+def test_a_report_is_taken_only_from_the_destination_asked(world: World, corpus: Corpus) -> None:
+    study, instances = _study(corpus, 4)
+    job = _move(world, study, "reading")  # the study is there already: a quick job
+    assert job["state"] == "completed"
+    transaction = "2.25.1234567890123456789"
+    with world.farm.client.sessions() as session, session.begin():
+        node_id = session.scalar(select(NodeRecord.id).where(NodeRecord.name == "reading"))
+        assert node_id is not None
+        session.add(
+            CommitmentRequest(
+                transaction_uid=transaction,
+                job_id=job["id"],
+                node_id=node_id,
+                node_ae_title=world.committing.ae_title,
+                requested_count=1,
+                committed_uids=[],
+                failed_uids={},
+            )
+        )
+    scp_port = int(world.farm.env["QRFARM_SCP_PORT"])
+    uid = sorted(instances)[0]
+    # Another registered node (admitted to store) cannot confirm for it...
+    assert _report(scp_port, world.forgetful.ae_title, transaction, [uid]) == 0x0115
+    # ...nor can anyone report on a transaction the farm never started.
+    assert _report(scp_port, world.committing.ae_title, "2.25.42", [uid]) == 0x0115
+    with world.farm.client.sessions() as session:
+        row = session.get(CommitmentRequest, transaction)
+        assert row is not None and row.reported_at is None and row.committed_uids == []
+    assert _report(scp_port, world.committing.ae_title, transaction, [uid]) == 0x0000
+    with world.farm.client.sessions() as session:
+        row = session.get(CommitmentRequest, transaction)
+        assert row is not None and row.reported_at is not None and row.committed_uids == [uid]
