@@ -17,11 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qrfarm.dicom import Node
@@ -32,6 +32,7 @@ from qrfarm.jobs.states import transition
 from qrfarm.jobs.watch import JobWatch
 from qrfarm.jobs.worker_deps import KindRunner, RunnerDeps
 from qrfarm.models import (
+    DeliveredInstance,
     ExpectedInstance,
     Forward,
     ForwardedInstance,
@@ -40,17 +41,17 @@ from qrfarm.models import (
     JobState,
     NodeRecord,
     ReceivedInstance,
+    VerifiedBy,
     utcnow,
 )
 
 from . import pseudonymise
 from .confirm import confirm_by_find
+from .forward_verify import Verifier, confirm, confirmed_held, pending
 from .transports import Outgoing, Sent, TransportFactory, TransportOptions, transport_name
+from .verification import record_confirmed
 
 log = logging.getLogger(__name__)
-
-# (study, series, SOP Instance UID) as the destination got them -> those it holds.
-Verifier = Callable[[RunnerDeps, Node, list[tuple[str, str, str]]], set[str]]
 
 
 def verify_by_find(deps: RunnerDeps, node: Node, sent: list[tuple[str, str, str]]) -> set[str]:
@@ -111,9 +112,20 @@ def run_forward(
     transport = factory(TransportOptions(node, plan.transcode, rewrite, fdeps.associations))
     sent = transport.send(plan.items, watch.lost)
     _record(deps, taken, plan, sent)
-    to_verify = _unconfirmed(deps, taken)
-    confirmed = fdeps.verify(deps, node, to_verify) if to_verify else set()
-    _end(deps, taken, confirmed, sent, str(node))
+    with deps.sessions() as session:
+        to_verify = pending(session, taken.job_id)
+    if to_verify:
+        method, confirmed = confirm(
+            deps,
+            fdeps.verify,
+            job_id=taken.job_id,
+            node_id=plan.node_id,
+            node=node,
+            transport=plan.transport,
+            items=to_verify,
+        )
+        _confirmed(deps, taken, method, confirmed)
+    _end(deps, taken, sent, str(node))
 
 
 def _plan(deps: RunnerDeps, taken: Claim, root: Path) -> _Plan | None:
@@ -124,9 +136,7 @@ def _plan(deps: RunnerDeps, taken: Claim, root: Path) -> _Plan | None:
         forward = session.get_one(Forward, job.id)
         options = session.get(ForwardOptions, job.node_id)
         node = session.get_one(NodeRecord, job.node_id)
-        done = select(ForwardedInstance.sop_instance_uid).where(
-            ForwardedInstance.job_id == job.id, ForwardedInstance.confirmed.is_(True)
-        )
+        done = select(DeliveredInstance.sop_instance_uid).where(DeliveredInstance.job_id == job.id)
         rows = session.execute(
             select(
                 ReceivedInstance.sop_instance_uid,
@@ -178,9 +188,7 @@ def _record(deps: RunnerDeps, taken: Claim, plan: _Plan, sent: list[Sent]) -> No
             study, series = plan.held.get(item.sop_instance_uid, ("", ""))
             row = known.get(item.sop_instance_uid)
             if row is None:
-                row = ForwardedInstance(
-                    job_id=taken.job_id, sop_instance_uid=item.sop_instance_uid, confirmed=False
-                )
+                row = ForwardedInstance(job_id=taken.job_id, sop_instance_uid=item.sop_instance_uid)
                 session.add(row)
             row.status = item.status
             if item.ok:
@@ -196,45 +204,22 @@ def _record(deps: RunnerDeps, taken: Claim, plan: _Plan, sent: list[Sent]) -> No
             pseudonymise.record(session, plan.node_id, plan.replaced)
 
 
-def _unconfirmed(deps: RunnerDeps, taken: Claim) -> list[tuple[str, str, str]]:
-    """What was sent (in this attempt or an earlier one) and is not yet confirmed."""
-    with deps.sessions() as session:
-        rows = session.execute(
-            select(
-                ForwardedInstance.sent_study_instance_uid,
-                ForwardedInstance.sent_series_instance_uid,
-                ForwardedInstance.sent_sop_instance_uid,
-            ).where(
-                ForwardedInstance.job_id == taken.job_id,
-                ForwardedInstance.confirmed.is_(False),
-                ForwardedInstance.sent_at.is_not(None),
-            )
-        ).all()
-    return [(study or "", series or "", sop) for study, series, sop in rows]
-
-
-def _end(deps: RunnerDeps, taken: Claim, confirmed: set[str], sent: list[Sent], node: str) -> None:
-    """Mark what the destination confirmed, then end the attempt and the job."""
+def _confirmed(deps: RunnerDeps, taken: Claim, method: VerifiedBy, held: set[str]) -> None:
     with deps.sessions() as session, session.begin():
         job = fenced(session, taken)
         if job is None:
             return
-        if confirmed:
-            session.execute(
-                update(ForwardedInstance)
-                .where(
-                    ForwardedInstance.job_id == job.id,
-                    ForwardedInstance.sent_sop_instance_uid.in_(confirmed),
-                )
-                .values(confirmed=True)
-            )
-        held_confirmed = set(
-            session.scalars(
-                select(ForwardedInstance.sop_instance_uid).where(
-                    ForwardedInstance.job_id == job.id, ForwardedInstance.confirmed.is_(True)
-                )
-            )
-        )
+        job.confirmed_count = record_confirmed(session, job.id, held, method)
+        job.verified_by = method.value
+
+
+def _end(deps: RunnerDeps, taken: Claim, sent: list[Sent], node: str) -> None:
+    """End the attempt and the job on what the destination has confirmed."""
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return
+        held_confirmed = confirmed_held(session, job.id)
         expected = set(
             session.scalars(
                 select(ExpectedInstance.sop_instance_uid).where(ExpectedInstance.job_id == job.id)
@@ -254,9 +239,7 @@ def _conclude(
     failed: list[Sent],
     node: str,
 ) -> None:
-    job.recorded_count = len(confirmed & expected)
-    if hasattr(job, "confirmed_count"):
-        job.confirmed_count = job.recorded_count
+    job.recorded_count = job.confirmed_count = len(confirmed & expected)
     missing = expected - confirmed
     job.missing_uids = sorted(missing)
     job.failed_uids = sorted({s.sop_instance_uid for s in failed})

@@ -2,11 +2,12 @@
 
 A forward is a job (kind ``forward``) whose node is the destination: what a
 source job holds is sent on to it by C-STORE. Each instance it sends has a
-row here, with the UID the destination got (another one when pseudonymised)
-and whether the destination confirmed it. A destination's options say
-whether the farm relays moves meant for it (the source PACS cannot reach it),
-may transcode for it, and pseudonymises what it gets, with the seed that
-keeps its pseudonyms the same across studies and batches.
+row here, with the UIDs the destination got (others when pseudonymised);
+what the destination confirmed is in ``delivered_instances``, as for moves.
+A destination's options say whether the farm relays moves meant for it (the
+source PACS cannot reach it), may transcode for it, and pseudonymises what it
+gets, with the seed that keeps its pseudonyms the same across studies and
+batches.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class Forward(Base):
 
 
 class ForwardedInstance(Base):
-    """One instance of a forward: sent as which UID, in which syntax, confirmed or not."""
+    """One instance of a forward: sent as which UIDs, in which syntax, with what
+    answer (confirmed ones are the job's delivered_instances)."""
 
     __tablename__ = "forwarded_instances"
 
@@ -68,7 +70,6 @@ class ForwardedInstance(Base):
     sent_transfer_syntax: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[int | None] = mapped_column(Integer)
     sent_at: Mapped[dt.datetime | None]
-    confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class FarmRelay(Base):

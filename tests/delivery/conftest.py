@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.jobs.nodes import NodeSpec
+from tests.conftest import QRFARM_SCP_AE
 from tests.databases import database_url, migrated
 from tests.peers import require_peer
 from tests.peers.dcmqrscp import DCMQRSCP, DcmqrscpPeer
@@ -104,15 +105,22 @@ def pseudo_qr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DcmqrscpPeer
 
 
 @pytest.fixture(scope="module")
-def implicit_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
-    """An Orthanc that takes Implicit VR Little Endian only."""
+def implicit_orthanc(
+    tmp_path_factory: pytest.TempPathFactory, qrfarm_scp_port: int
+) -> Iterator[OrthancPeer]:
+    """An Orthanc that takes Implicit VR Little Endian only, and sends its Storage
+    Commitment reports to the farm's storage SCP."""
     binary = require_peer(*ORTHANC_BINARIES)
+    farm = {"AET": QRFARM_SCP_AE, "Host": "127.0.0.1", "Port": qrfarm_scp_port}
     peer = OrthancPeer.start(
         binary,
         tmp_path_factory.mktemp("implicit-orthanc"),
         {},
         ae_title="IMPLICIT",
-        extra_config={"AcceptedTransferSyntaxes": ["1.2.840.10008.1.2"]},
+        extra_config={
+            "AcceptedTransferSyntaxes": ["1.2.840.10008.1.2"],
+            "DicomModalities": {"farm": {**farm, "AllowStorageCommitment": True}},
+        },
     )
     try:
         yield peer

@@ -44,19 +44,15 @@ def _fetch(farm: Farm, study: str) -> dict[str, object]:
     return move
 
 
-def _small_study(corpus: Corpus, patient: str | None = None) -> str:
-    studies = [
-        uid
-        for uid, instances in corpus.studies().items()
-        if uid != corpus.large_study_uid and (patient is None or instances[0].patient_id == patient)
-    ]
-    return sorted(studies)[0]
+def _small_studies(corpus: Corpus) -> list[str]:
+    """The studies of a few instances each (the large one left out)."""
+    return sorted(uid for uid in corpus.studies() if uid != corpus.large_study_uid)
 
 
 def test_forward_to_a_destination_the_source_does_not_know(
     farm: Farm, orthanc: OrthancPeer, dest_qr: DcmqrscpPeer, corpus: Corpus
 ) -> None:
-    study = corpus.large_study_uid
+    study = _small_studies(corpus)[1]
     held = {i.sop_uid: i for i in corpus.studies()[study]}
     # The source cannot send there itself.
     direct = farm.wait(
@@ -74,6 +70,10 @@ def test_forward_to_a_destination_the_source_does_not_know(
     assert forward["kind"] == "forward"
     assert forward["expected"] == forward["recorded"] == len(held)
     assert forward["missing_uids"] == []
+    # dcmqrscp has no Storage Commitment: confirmed by C-FIND.
+    assert forward["verified_by"] == "find"
+    assert forward["confirmed"] == len(held)
+    assert forward["destination_node"] is not None
     # Within the destination's own limit (counted at the peer).
     assert peer.peak == DEST_LIMIT, peer.peak
     # What arrived is what the farm holds, in the syntax it holds it.
@@ -95,7 +95,7 @@ def test_forward_refuses_a_job_that_holds_nothing(farm: Farm, corpus: Corpus) ->
 def test_destination_refusing_the_held_syntax(
     farm: Farm, implicit_orthanc: OrthancPeer, corpus: Corpus
 ) -> None:
-    study = _small_study(corpus)
+    study = _small_studies(corpus)[0]
     move = _fetch(farm, study)
     refused = farm.wait(farm.client.forward(int(move["id"]), "implicit", transcode=False))
     assert refused["state"] == "failed", refused
@@ -107,6 +107,7 @@ def test_destination_refusing_the_held_syntax(
     converted = farm.wait(farm.client.forward(int(move["id"]), "implicit", transcode=True))
     assert converted["state"] == "completed", converted
     assert converted["recorded"] == len(corpus.studies()[study])
+    assert converted["verified_by"] == "commitment", converted
     sop = corpus.studies()[study][0]
     arrived = implicit_orthanc.stored_bytes(sop.sop_uid)
     tmp = Path(farm.root) / "implicit.dcm"

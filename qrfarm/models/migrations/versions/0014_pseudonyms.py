@@ -9,8 +9,9 @@ relayed through the farm (``via_farm``), whether an instance it refuses in
 its held transfer syntax may be converted (``transcode``), and whether what
 is forwarded to it is pseudonymised, with the seed its pseudonyms derive
 from. ``forwards``: a forward job and the job whose instances it sends.
-``forwarded_instances``: each instance a forward sent, as which UID, in which
-syntax, and whether the destination confirmed it. ``farm_relays``: a move
+``forwarded_instances``: each instance a forward sent, as which UIDs, in which
+syntax, with what answer (what the destination confirmed goes in
+``delivered_instances``, as for a move to another node). ``farm_relays``: a move
 sent to the farm in place of a destination, and the forward made once it
 ended. ``pseudonyms``: original value and pseudonym, per destination (patient
 ID, study and series UIDs), for an admin's look-up.
@@ -76,7 +77,6 @@ def upgrade() -> None:
         sa.Column("sent_transfer_syntax", sa.String(64), nullable=True),
         sa.Column("status", sa.Integer(), nullable=True),
         sa.Column("sent_at", sa.DateTime(), nullable=True),
-        sa.Column("confirmed", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
             ["job_id"],
             ["jobs.id"],
