@@ -217,11 +217,13 @@ class WebClient:
 def open_client(service: WebService, timeouts: WebTimeouts) -> WebClient:
     """A dicomweb-client for ``service`` on a GuardedSession (the caller has
     passed the URL's host through the outbound allow-list)."""
-    # Its DEBUG lines carry query strings (patient keys) and request
-    # headers: never below INFO, whatever the process logs at.
-    library_log = logging.getLogger("dicomweb_client")
-    if library_log.getEffectiveLevel() < logging.INFO:
-        library_log.setLevel(logging.INFO)
+    # Their DEBUG lines write out each URL with its query string (patient
+    # keys) and dicomweb-client's the request headers: never below INFO,
+    # whatever the process logs at.
+    for name in ("dicomweb_client", "urllib3.connectionpool"):
+        library_log = logging.getLogger(name)
+        if library_log.getEffectiveLevel() < logging.INFO:
+            library_log.setLevel(logging.INFO)
     session = GuardedSession(service.root)
     if service.auth == "basic" and service.secret_file is not None:
         session.auth = HTTPBasicAuth(str(service.username), _read_secret(service.secret_file))

@@ -6,6 +6,7 @@ reconciled; a retry asks for exactly what is missing."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -282,3 +283,18 @@ def test_a_dicomweb_job_waits_for_its_nodes_slot_like_an_association(bench: WebB
     assert [a["outcome"] for a in status["attempts"]] == ["node busy"]
     status = bench.run(job_id)
     assert status["state"] == "completed", status
+
+
+def test_no_patient_key_of_a_qido_rs_find_reaches_the_log_at_debug(
+    bench: WebBench, corpus: Corpus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The query string carries the patient keys: neither dicomweb-client's
+    nor urllib3's DEBUG lines (which write it out) may reach the log."""
+    instance = next(iter(small_studies(corpus).values()))[0]
+    caplog.set_level(logging.DEBUG)
+    status = bench.run(bench.client.find("web", Level.STUDY, {"PatientID": instance.patient_id}))
+    assert status["state"] == "completed", status
+    assert len(bench.client.results(status["id"])) == 1
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "QIDO-RS answered 1 match" in logged  # the log was captured at all
+    assert instance.patient_id not in logged
