@@ -27,6 +27,7 @@ from qrfarm.workers.process import runner_deps
 from qrfarm.workers.web_slots import WebSlots
 from tests.peers import dataset_bytes
 from tests.peers.dicomweb import dicomweb_url, start_dicomweb_orthanc
+from tests.peers.fake_dicomweb import FakeDicomWeb
 from tests.peers.orthanc import OrthancPeer
 
 from .conftest import Sent
@@ -298,3 +299,43 @@ def test_no_patient_key_of_a_qido_rs_find_reaches_the_log_at_debug(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "QIDO-RS answered 1 match" in logged  # the log was captured at all
     assert instance.patient_id not in logged
+
+
+def test_an_instance_a_stow_rs_destination_refuses_leaves_the_forward_partial_naming_it(
+    bench: WebBench, corpus: Corpus
+) -> None:
+    """The STOW-RS answer is read per instance: one named in the Failed SOP
+    Sequence is not confirmed, the forward ends partial naming it, and its
+    retry sends that instance alone."""
+    study, instances = list(small_studies(corpus).items())[1]
+    refused = instances[0].sop_uid
+    destination = FakeDicomWeb(refuse={refused: 0x0110}).start()
+    try:
+        with bench.client.sessions() as session, session.begin():
+            upsert_node(
+                session,
+                NodeSpec(
+                    "refusing",
+                    "REFUSING",
+                    "127.0.0.1",
+                    destination.port,
+                    dicomweb_url=destination.url,
+                    delivery_transport="dicomweb",
+                ),
+            )
+        retrieved = bench.run(bench.client.get("web", Level.STUDY, {"StudyInstanceUID": study}))
+        assert retrieved["state"] == "completed", retrieved
+        forward = bench.run(bench.client.forward(retrieved["id"], "refusing"))
+        assert forward["state"] == "partial", forward
+        assert forward["missing_uids"] == [refused]
+        assert forward["failed_uids"] == [refused]
+        assert "STOW-RS Failure Reason 0x0110" in forward["error"]
+        assert forward["recorded"] == len(instances) - 1
+        destination.refuse.clear()
+        bench.client.retry(forward["id"])
+        forward = bench.run(forward["id"])
+        assert forward["state"] == "completed", forward
+        assert forward["recorded"] == len(instances)
+        assert destination.requests[-1] == [refused]  # the retry sent that one alone
+    finally:
+        destination.stop()

@@ -1,0 +1,108 @@
+"""A STOW-RS and QIDO-RS service of our own on 127.0.0.1, for what no real
+peer does on demand: it refuses chosen SOP Instance UIDs (Failed SOP
+Sequence with a chosen Failure Reason, a 409 answer), and answers QIDO-RS
+with exactly what it stored. It records the UIDs of every STOW-RS request."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pydicom import dcmread
+
+
+@dataclass
+class FakeDicomWeb:
+    refuse: dict[str, int] = field(default_factory=dict)  # SOP UID -> Failure Reason
+    stored: dict[str, tuple[str, str]] = field(default_factory=dict)  # SOP -> (study, series)
+    requests: list[list[str]] = field(default_factory=list)  # SOP UIDs of each STOW-RS
+    port: int = 0
+    _server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def start(self) -> FakeDicomWeb:
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else _read_chunked(self.rfile)
+                boundary = self.headers["Content-Type"].split("boundary=")[1].split(";")[0]
+                referenced: list[dict[str, Any]] = []
+                failed: list[dict[str, Any]] = []
+                sent: list[str] = []
+                for part in body.split(b"--" + boundary.strip('"').encode())[1:]:
+                    if part.startswith(b"--"):
+                        break
+                    data = part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
+                    ds = dcmread(BytesIO(data))
+                    uid = str(ds.SOPInstanceUID)
+                    sent.append(uid)
+                    item: dict[str, dict[str, Any]] = {
+                        "00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
+                        "00081155": {"vr": "UI", "Value": [uid]},
+                    }
+                    if uid in fake.refuse:
+                        item["00081197"] = {"vr": "US", "Value": [fake.refuse[uid]]}
+                        failed.append(item)
+                    else:
+                        fake.stored[uid] = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+                        referenced.append(item)
+                fake.requests.append(sent)
+                answer = {
+                    "00081198": {"vr": "SQ", "Value": failed},
+                    "00081199": {"vr": "SQ", "Value": referenced},
+                }
+                self._json(409 if failed else 200, answer)
+
+            def do_GET(self) -> None:
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                wanted = set(",".join(query.get("SOPInstanceUID", [""])).split(","))
+                study = parts.path.split("/studies/")[1].split("/")[0]
+                found = [
+                    {"00080018": {"vr": "UI", "Value": [uid]}}
+                    for uid, (of_study, _) in sorted(fake.stored.items())
+                    if uid in wanted and of_study == study
+                ]
+                self._json(200, found)
+
+            def _json(self, status: int, document: Any) -> None:
+                data = json.dumps(document).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def _read_chunked(stream: Any) -> bytes:
+    body = b""
+    while True:
+        size = int(stream.readline().strip(), 16)
+        if size == 0:
+            stream.readline()
+            return body
+        body += stream.read(size)
+        stream.readline()
