@@ -34,7 +34,7 @@ from .jobs.submit import JobRequest, SubmitRules, submit
 from .models import ENDED_STATES, JobKind, JobState, NodeRecord, make_engine, session_factory
 from .models.migrate import is_current
 from .notify.targets import validate_callback_url
-from .workflow import audit, bulk_audit
+from .workflow import audit, batch_report, batches, bulk_audit
 from .workflow import prefetch as prefetches
 from .workflow import retrieve as retrievals
 from .workflow import rules as prefetch_rules
@@ -364,6 +364,34 @@ class Client:
         with self.sessions() as session:
             row = forwarding.destination_node(session, node)
             return pseudonymise.look_up(session, row.id, original=original, pseudonym=pseudonym)
+
+    # -- batches: a list of retrieves at once ------------------------------------
+
+    def submit_batch(
+        self,
+        data: bytes,
+        source_format: str,
+        *,
+        priority: int | None = None,
+        submitted_by: str | None = None,
+    ) -> int:
+        """A batch from CSV or JSON rows (qrfarm.workflow.batch_input); its id."""
+        return batches.submit(
+            self.sessions,
+            batches.BatchRequest(data, source_format, priority, submitted_by),
+            self.dispatcher,
+            SubmitRules.from_settings(self.settings),
+        )
+
+    def batch(self, batch_id: int) -> dict[str, Any]:
+        """Its progress and the rows refused."""
+        with self.sessions() as session:
+            return batch_report.summary(session, batch_id)
+
+    def batch_results(self, batch_id: int) -> Iterator[str]:
+        """Its results as CSV text, a piece at a time."""
+        with self.sessions() as session:
+            yield from batch_report.results_csv(session, batch_id)
 
     # -- many jobs at once: the CLI's and the console's bulk actions -------------
 

@@ -20,6 +20,7 @@ from . import (
     limits,
     metrics,
     routes_audit,
+    routes_batches,
     routes_bulk,
     routes_forwarding,
     routes_jobs,
@@ -82,6 +83,7 @@ def create_app(
     for router in (
         # Before /jobs/{job_id}/...: /jobs/actions/retry is not job "actions".
         routes_bulk.router,
+        routes_batches.router,
         routes_jobs.router,
         routes_nodes.router,
         routes_prefetch.router,

@@ -10,6 +10,7 @@ Exit status: 0 success, 1 the peer answered warning, 2 failure or cancel,
 
 from . import (  # noqa: F401 - registers the commands
     audit,
+    batches,
     bulk,
     demo,
     direct,

@@ -42,8 +42,13 @@ class BatchRow(Base):
     destination: Mapped[str | None] = mapped_column(String(64))
     date_from: Mapped[str | None] = mapped_column(String(8))
     date_to: Mapped[str | None] = mapped_column(String(8))
+    # Its child: a move job (a row by study UID), or a retrieval (by
+    # accession or patient: a find, then a move per study found).
     job_id: Mapped[int | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    retrieval_id: Mapped[int | None] = mapped_column(
+        ForeignKey("retrievals.id", ondelete="SET NULL"), index=True
     )
     error_column: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)

@@ -5,9 +5,10 @@ Revises: 0012
 Create Date: 2026-12-07 10:00:00.000000
 
 ``batches`` and ``batch_rows``: a list of retrieves submitted at once, each
-row as given with its outcome (a child job, or the column it was refused
-for). ``jobs.batch_id`` names a job's batch; ``jobs.not_before`` holds a job
-until a time; ``jobs.wait_reason`` says why a queued job waits. Nodes gain
+row as given with its outcome (its child: a move job, or a retrieval by
+accession or patient; or the column it was refused for). ``jobs.batch_id``
+names a job's batch; ``jobs.not_before`` holds a job until a time;
+``jobs.wait_reason`` says why a queued job waits. Nodes gain
 ``bulk_windows`` (when bulk work may start), ``timezone`` (the windows' local
 time) and ``retrieves_per_minute`` (a cap on retrieves started).
 
@@ -69,6 +70,7 @@ def upgrade() -> None:
         sa.Column("date_from", sa.String(8), nullable=True),
         sa.Column("date_to", sa.String(8), nullable=True),
         sa.Column("job_id", sa.Integer(), nullable=True),
+        sa.Column("retrieval_id", sa.Integer(), nullable=True),
         sa.Column("error_column", sa.String(64), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
@@ -77,13 +79,21 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name="fk_batch_rows_job_id_jobs", ondelete="SET NULL"
         ),
+        sa.ForeignKeyConstraint(
+            ["retrieval_id"],
+            ["retrievals.id"],
+            name="fk_batch_rows_retrieval_id_retrievals",
+            ondelete="SET NULL",
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_batch_rows"),
         sa.UniqueConstraint("batch_id", "row_number", name="uq_batch_rows_batch_id"),
     )
     op.create_index("ix_batch_rows_job_id", "batch_rows", ["job_id"], unique=False)
+    op.create_index("ix_batch_rows_retrieval_id", "batch_rows", ["retrieval_id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_batch_rows_retrieval_id", table_name="batch_rows")
     op.drop_index("ix_batch_rows_job_id", table_name="batch_rows")
     op.drop_table("batch_rows")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
