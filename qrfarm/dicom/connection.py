@@ -41,6 +41,7 @@ from .contexts import check_count, scp_roles
 from .identifiers import validate_query_identifier, validate_retrieve_identifier
 from .model import Operation, Root, sop_class
 from .node import Node, validate_ae_title
+from .reactor import close_reactor_race
 from .responses import OperationResult, Response, Status, StoredInstance
 from .sockets import tune
 
@@ -215,6 +216,7 @@ class Connection:
     def _on_connection_open(self, event: Event) -> None:
         self._connected = True
         tune(event.assoc.dul.socket)
+        close_reactor_race(event.assoc)  # or a fast answer can be lost
 
     @property
     def is_open(self) -> bool:

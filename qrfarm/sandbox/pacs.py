@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from qrfarm.dicom import Level, Root, Status, rejection, sop_class
 from qrfarm.dicom.model import VERIFICATION_SOP_CLASS, Operation
+from qrfarm.dicom.reactor import close_reactor_race
 from qrfarm.dicom.sockets import tune
 
 from .archive import Archive, ArchivedInstance
@@ -191,6 +192,9 @@ def handle_move(
 
 def _tune_socket(event: Event) -> None:
     tune(event.assoc.dul.socket)
+    # pynetdicom's Move SCP sends the sub-operations with send_c_store: a
+    # destination that answers fast could lose an answer to the reactor.
+    close_reactor_race(event.assoc)
 
 
 def _store_later(
@@ -206,7 +210,9 @@ def _store_later(
     ae = AE(ae_title=calling_ae)
     for sop_class_uid in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class_uid, ALL_TRANSFER_SYNTAXES[:3])
-    assoc = ae.associate(*destination, ae_title=called_ae)
+    assoc = ae.associate(
+        *destination, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _tune_socket)]
+    )
     if not assoc.is_established:
         log.warning("sandbox: the late C-STOREs found no association to %s", destination)
         return
