@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .delivery import relay
 from .jobs.dispatch import Dispatcher
 from .jobs.policy import JobPolicy
 from .jobs.submit import SubmitRules
@@ -71,6 +72,11 @@ def run_round(setup: SchedulerSetup) -> None:
     retrievals = retrieve.advance_all(setup.sessions, setup.dispatcher, setup.rules)
     if retrievals:
         log.info("retrievals advanced: %s", retrievals)
+    forwards = relay.advance_all(
+        setup.sessions, setup.dispatcher, setup.rules.check_target, setup.policy.max_attempts
+    )
+    if forwards:
+        log.info("moves relayed through the farm, forwarded on: %s", forwards)
     _audit_round(setup, report.dispatched, report.finalized, changed)
 
 

@@ -20,7 +20,7 @@ from qrfarm.nodes.roles import is_source, resolve_destination
 from qrfarm.notify.targets import validate_callback_url
 from qrfarm.observability.tracing import current_traceparent, tracer
 
-from . import holds
+from . import holds, relay
 from .dispatch import Dispatcher, send_run_jobs
 from .nodes import check_node_targets
 
@@ -169,6 +169,12 @@ def new_job(
                 "a retrieve that may run as a C-GET goes to the farm; "
                 "send a move to reach another node",
             )
+    relay_to = None
+    if destination_node is not None and relay.relayed(session, destination_node):
+        # The source cannot reach it: the move comes to the farm, which
+        # forwards what arrived once it ends (qrfarm.delivery.relay).
+        relay_to, destination_node = destination_node, None
+        destination = validate_ae_title(rules.default_destination, "move destination")
     if request.callback_url is not None:
         validate_callback_url(
             request.callback_url,
@@ -215,6 +221,8 @@ def new_job(
     if hold is not None:
         holds.apply(job, hold, now)
     session.add(job)
+    if relay_to is not None:
+        relay.relay(session, job, relay_to)
     if flush:  # else the caller flushes many at once (qrfarm.jobs.submit_many)
         session.flush()
     return job

@@ -15,9 +15,10 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, utcnow
+from .jobs import Job
 
 
 class ForwardOptions(Base):
@@ -84,6 +85,9 @@ class FarmRelay(Base):
     destination_node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     forward_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    # Added with its move, before the move has an id (submitted many at once).
+    move: Mapped[Job] = relationship(foreign_keys=[move_job_id])
 
     __table_args__ = (Index("ix_farm_relays_pending", "forward_job_id"),)
 

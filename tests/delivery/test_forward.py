@@ -3,15 +3,19 @@ Orthanc as destinations it does not know, the farm's SCP, scheduler and worker."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from sqlalchemy import select
 
 from qrfarm.dicom import Level
 from qrfarm.errors import NotForwardable
+from qrfarm.models import FarmRelay
 from qrfarm.sandbox.synthetic import Corpus
+from tests.conftest import QRFARM_SCP_AE
 from tests.farm.conftest import Farm, make_farm
 from tests.peers.dcmqrscp import DcmqrscpPeer
 from tests.peers.orthanc import OrthancPeer
@@ -158,3 +162,44 @@ def test_pseudonymised_forward(farm: Farm, pseudo_qr: DcmqrscpPeer, corpus: Corp
     assert rows == [{"kind": "PatientID", "original": patient, "pseudonym": str(sent[0].PatientID)}]
     back = farm.client.pseudonyms("research", pseudonym=str(sent[0].StudyInstanceUID))
     assert back and back[0]["original"] in (first, second)
+
+
+def test_a_move_for_a_destination_the_source_cannot_reach_is_relayed(
+    farm: Farm, dest_qr: DcmqrscpPeer, corpus: Corpus
+) -> None:
+    study = _small_studies(corpus)[2]
+    instances = {i.sop_uid for i in corpus.studies()[study]}
+    farm.client.forwarding_options("dest", via_farm=True)
+    try:
+        move = farm.wait(
+            farm.client.move(
+                "orthanc", Level.STUDY, {"StudyInstanceUID": study}, destination="dest"
+            )
+        )
+    finally:
+        farm.client.forwarding_options("dest", via_farm=False)
+    # The move went to the farm's own SCP, not to the destination the source cannot reach.
+    assert move["state"] == "completed", move
+    assert move["destination"] == QRFARM_SCP_AE and move["destination_node"] is None
+    assert move["recorded"] == len(instances)
+    forward_id = _relayed_forward(farm, int(move["id"]))
+    forward = farm.wait(forward_id)
+    assert forward["kind"] == "forward" and forward["node"] == "dest"
+    assert forward["state"] == "completed", forward
+    assert forward["confirmed"] == len(instances)
+    for sop_uid in instances:
+        assert dest_qr.stored_path(sop_uid).exists()
+
+
+def _relayed_forward(farm: Farm, move_id: int, timeout: float = 30) -> int:
+    """The forward the scheduler starts once the relayed move has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with farm.client.sessions() as session:
+            forward = session.scalar(
+                select(FarmRelay.forward_job_id).where(FarmRelay.move_job_id == move_id)
+            )
+        if forward is not None:
+            return int(forward)
+        time.sleep(0.2)
+    raise AssertionError(f"no forward started for job {move_id}\n{farm.logs()}")
