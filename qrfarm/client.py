@@ -15,24 +15,24 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings, broker_config
 from .delivery import forward as forwarding
 from .delivery import pseudonymise
-from .dicom import Connection, Level, Operation, Root, StatusCategory, Timeouts, qr_contexts
+from .dicom import Level, Root
 from .dicom.identifiers import KeyValue
-from .errors import DatabaseNotReady, QrfarmError, UnknownNode, WaitTimedOut
+from .errors import DatabaseNotReady, WaitTimedOut
 from .jobs import bulk, control
 from .jobs.announce import can_listen, wait_for_end
 from .jobs.bulk import BulkResult, JobFilter
 from .jobs.dispatch import Dispatcher, celery_dispatcher
-from .jobs.nodes import node_of
 from .jobs.queries import find_results, job_state, job_summary, list_jobs
 from .jobs.submit import JobRequest, SubmitRules, submit
-from .models import ENDED_STATES, JobKind, JobState, NodeRecord, make_engine, session_factory
+from .models import ENDED_STATES, JobKind, JobState, make_engine, session_factory
 from .models.migrate import is_current
+from .nodes import echo as node_echo
 from .notify.targets import validate_callback_url
 from .workflow import audit, batch_report, batches, bulk_audit
 from .workflow import prefetch as prefetches
@@ -148,20 +148,31 @@ class Client:
         """``progress`` of several jobs at once: each job's summary first, then each
         change, until every one has ended (or ``timeout`` ran out)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        for changed, live in self.progress_rounds(job_ids):
+            yield from changed
+            if not live or (deadline is not None and time.monotonic() >= deadline):
+                return
+            time.sleep(poll_s)
+
+    def progress_rounds(
+        self, job_ids: Iterable[int]
+    ) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+        """One look at the jobs per step, without waiting between steps (the caller
+        paces them): the summaries that changed since the last step (all of them
+        at first), and whether any job has yet to end. Ends once none has."""
         seen: dict[int, tuple[Any, ...]] = {}
         live = list(dict.fromkeys(job_ids))
         while live:
+            changed = []
             for job_id in list(live):
                 summary = self.status(job_id)
                 now = (summary["state"], summary["recorded"], *summary["progress"].values())
                 if seen.get(job_id) != now:
                     seen[job_id] = now
-                    yield summary
+                    changed.append(summary)
                 if summary["state"] in ENDED_STATES:
                     live.remove(job_id)
-            if not live or (deadline is not None and time.monotonic() >= deadline):
-                return
-            time.sleep(poll_s)
+            yield changed, bool(live)
 
     def jobs(self, *, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The latest jobs, newest first (summaries without responses)."""
@@ -269,39 +280,7 @@ class Client:
     def echo(self, node: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
         """C-ECHO a registered node: status, category, ok, elapsed_ms, and ``detail``
         (why) when no association could be made. UnknownNode if it is not registered."""
-        with self.sessions() as session:
-            row = session.scalar(select(NodeRecord).where(NodeRecord.name == node))
-            if row is None:
-                raise UnknownNode(f"node {node!r} is not registered")
-            target = node_of(row)
-        self.settings.check_target(target.host)
-        timeouts = Timeouts(
-            acse=min(self.settings.acse_timeout, timeout_s),
-            dimse=min(self.settings.dimse_timeout, timeout_s),
-            network=min(self.settings.network_timeout, timeout_s),
-            connect=min(self.settings.connect_timeout, timeout_s / 2),
-        )
-        started = time.monotonic()
-        result: dict[str, Any] = {"node": node}
-        try:
-            with Connection.open(
-                target,
-                qr_contexts([Operation.ECHO]),
-                calling_ae=self.settings.ae_title,
-                timeouts=timeouts,
-            ) as conn:
-                answer = conn.echo()
-        except QrfarmError as exc:
-            result.update(status="", category="unreachable", ok=False, detail=str(exc))
-        else:
-            result.update(
-                status=f"0x{answer.status:04X}",
-                category=answer.category.value,
-                ok=answer.category is StatusCategory.SUCCESS,
-                detail=answer.summary(),
-            )
-        result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
-        return result
+        return node_echo.echo(self.sessions, self.settings, node, timeout_s=timeout_s)
 
     def retry(self, job_id: int) -> None:
         """Send a partial or failed job back to the queue (a partial retrieve asks

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import object_session
 
-from qrfarm.dicom import Connection, Operation, StatusCategory, Timeouts, qr_contexts
 from qrfarm.dicomweb import url_host
-from qrfarm.errors import Conflict, NotFound, QrfarmError
+from qrfarm.errors import Conflict, NotFound
 from qrfarm.jobs import profiles
-from qrfarm.jobs.nodes import NodeSpec, node_of, upsert_node
+from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.jobs.nodes import remove_node as remove_registered_node
 from qrfarm.models import NodeRecord
+from qrfarm.nodes import echo as node_echo
 
 from .deps import Context, Db
 from .schemas import UNREADABLE_BODY, EchoOut, ErrorOut, NodeCreate, NodeIn, NodeOut
@@ -158,38 +157,10 @@ def remove_node(name: Name, db: Db) -> Response:
 )
 def echo_node(name: Name, ctx: Context, db: Db, response: Response) -> dict[str, Any]:
     """C-ECHO the node; 502 when no association can be made, with the reason."""
-    row = _row(db, name)
-    node = node_of(row)
-    ctx.settings.check_target(node.host)
-    started = time.monotonic()
-    timeouts = Timeouts(
-        acse=min(ctx.settings.acse_timeout, 10),
-        dimse=min(ctx.settings.dimse_timeout, 10),
-        network=min(ctx.settings.network_timeout, 10),
-        connect=min(ctx.settings.connect_timeout, 5),
-    )
-    try:
-        with Connection.open(
-            node,
-            qr_contexts([Operation.ECHO]),
-            calling_ae=ctx.settings.ae_title,
-            timeouts=timeouts,
-        ) as conn:
-            answer = conn.echo()
-    except QrfarmError as exc:
+    _row(db, name)
+    answer = node_echo.echo(ctx.sessions, ctx.settings, name)
+    if answer["category"] == node_echo.UNREACHABLE:
         response.status_code = status.HTTP_502_BAD_GATEWAY
-        return {
-            "node": name,
-            "status": "",
-            "category": "unreachable",
-            "ok": False,
-            "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
-            "detail": str(exc),
-        }
-    return {
-        "node": name,
-        "status": f"0x{answer.status:04X}",
-        "category": answer.category.value,
-        "ok": answer.category is StatusCategory.SUCCESS,
-        "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
-    }
+    else:
+        answer.pop("detail")  # the status says it
+    return answer

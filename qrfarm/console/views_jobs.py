@@ -4,8 +4,10 @@ action goes through qrfarm.client.Client, as the command line's do."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 from urllib.parse import urlencode
@@ -32,7 +34,8 @@ from .session import ConsoleUser, User, flash, needs
 
 router = APIRouter(prefix="/console/jobs", include_in_schema=False)
 PAGE_SIZE = 50
-STREAM_S = 25.0  # one event stream's life; the browser reconnects (bounded threads)
+STREAM_S = 25.0  # one event stream's life; the browser then reconnects
+POLL_S = 0.5
 MAX_WATCHED = 100
 Submitter = Annotated[ConsoleUser, needs(Scope.SUBMIT)]
 
@@ -133,19 +136,27 @@ async def job_events(
     watched = [i for i in ids if 1 <= i < 2**31][:MAX_WATCHED]
 
     async def stream() -> AsyncIterator[str]:
-        changes = client.progress_many(watched, timeout=STREAM_S, poll_s=0.5)
+        # One look at the jobs per step on a worker thread, the wait between
+        # steps on the event loop: an open page holds no thread while it waits.
+        rounds = client.progress_rounds(watched)
         states: dict[int, str] = {}
+        until = time.monotonic() + STREAM_S
         yield "retry: 2000\n\n"
-        while not await request.is_disconnected():
+        while time.monotonic() < until and not await request.is_disconnected():
             try:
-                summary = await run_in_threadpool(next, changes, None)
+                step = await run_in_threadpool(next, rounds, None)
             except QrfarmError:  # a job removed meanwhile
                 break
-            if summary is None:
+            if step is None:
                 break
-            states[summary["id"]] = summary["state"]
-            shown = {k: summary[k] for k in ("id", "state", "recorded", "expected", "progress")}
-            yield f"event: job\ndata: {json.dumps(shown)}\n\n"
+            changed, live = step
+            for summary in changed:
+                states[summary["id"]] = summary["state"]
+                shown = {k: summary[k] for k in ("id", "state", "recorded", "expected", "progress")}
+                yield f"event: job\ndata: {json.dumps(shown)}\n\n"
+            if not live:
+                break
+            await asyncio.sleep(POLL_S)
         if (
             watched
             and len(states) == len(watched)
