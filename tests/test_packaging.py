@@ -57,6 +57,13 @@ def test_the_wheel_built_from_the_sdist_installs_and_runs_the_demo_from_an_empty
         in_wheel = set(archive.namelist())
     assert "qrfarm/py.typed" in in_wheel
     assert "qrfarm/models/migrations/script.py.mako" in in_wheel
+    # The console's pages and its own script and style.
+    assert {
+        "qrfarm/console/templates/base.html",
+        "qrfarm/console/templates/job.html",
+        "qrfarm/console/static/console.js",
+        "qrfarm/console/static/console.css",
+    } <= in_wheel
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in in_wheel), in_wheel
 
     venv = tmp_path / "venv"
