@@ -5,20 +5,20 @@ A C-STORE is answered only once its file and folder are fsynced and its row
 committed, and a sender sends its next instance only after that answer: each
 association is a chain, and with many at once each commit (a WAL flush on
 PostgreSQL, a journal sync on SQLite) and each folder fsync is paid by every
-instance. One committer thread takes whatever rows are waiting when its
-previous group is done, fsyncs their folders once each and commits them in
-one transaction (:func:`qrfarm.jobs.ingest.record_stored_batch`); every
-instance is answered as soon as its group is in. There is no timer: a group
-gathers while the one before it commits, so a lone association pays no wait.
+instance. Here the rows wait together: the thread of a store that finds no
+group committing commits its own row and every row waiting (fsyncing their
+folders once each, one transaction:
+:func:`qrfarm.jobs.ingest.record_stored_batch`); the stores that arrive
+meanwhile wait, and when that group is in, one of those still waiting
+commits the next group. There is no timer and no thread of its own: a lone
+association commits its row at once, on its own thread, as without groups.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,16 +31,20 @@ log = logging.getLogger(__name__)
 
 # Rows in one transaction at most: enough for every slot's association.
 MAX_GROUP = 256
-_STOP = None
+
+
+class _Waiting:
+    def __init__(self, item: ToRecord) -> None:
+        self.item = item
+        self.outcome: Outcome | None = None
 
 
 class GroupCommitter:
-    """Records stored instances in groups, off the caller's thread.
+    """Records stored instances in groups, each on the thread of one of its stores.
 
     ``single`` records a group of one (on PostgreSQL an engine in autocommit:
     one round trip, no BEGIN or COMMIT); ``grouped`` a larger one, in a
-    transaction. Started on first use, in the process that uses it (after a
-    fork of ``--processes``)."""
+    transaction."""
 
     def __init__(
         self,
@@ -53,12 +57,11 @@ class GroupCommitter:
         self.grouped = grouped
         self.sessions = sessions
         self.storage = storage
-        self._queue: queue.SimpleQueue[tuple[ToRecord, Future[Outcome]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._closed = False
+        self._waiting: list[_Waiting] = []
+        self._committing = False
+        self._changed = threading.Condition()
+        self.groups = 0  # groups committed, and rows in them: for tests and the bench
+        self.rows = 0
 
     def record(
         self,
@@ -69,63 +72,45 @@ class GroupCommitter:
         """As :func:`qrfarm.jobs.ingest.record_stored`: the ids of the jobs the
         instance was recorded for, once its row is committed; raises what kept
         it from being recorded (SQLAlchemyError, StorageError)."""
-        future: Future[Outcome] = Future()
-        self._start()
-        self._queue.put((ToRecord(facts, stored, correlate), future))
-        outcome = future.result()
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    def _start(self) -> None:
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the group committer is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="scp-group-commit", daemon=True
-                )
-                self._thread.start()
-
-    def _run(self) -> None:
+        mine = _Waiting(ToRecord(facts, stored, correlate))
+        with self._changed:
+            self._waiting.append(mine)
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            group = [first]
-            stopping = False
-            while len(group) < MAX_GROUP:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
+            with self._changed:
+                while mine.outcome is None and self._committing:
+                    self._changed.wait()
+                if mine.outcome is not None:
                     break
-                if more is _STOP:
-                    stopping = True
-                    break
-                group.append(more)
-            self._commit(group)
-            if stopping:
-                return
+                # No group is committing and this row still waits: lead the next.
+                self._committing = True
+                group = self._waiting[:MAX_GROUP]
+                del self._waiting[:MAX_GROUP]
+            outcomes: list[Outcome] = []
+            try:
+                outcomes = self._commit(group)
+            finally:
+                with self._changed:
+                    for waiting, outcome in zip(group, outcomes, strict=False):
+                        waiting.outcome = outcome
+                    # Interrupted (outcomes short): the rows wait again, first in line.
+                    self._waiting[:0] = group[len(outcomes) :]
+                    self._committing = False
+                    self.groups += 1
+                    self.rows += len(outcomes)
+                    self._changed.notify_all()
+        if isinstance(mine.outcome, Exception):
+            raise mine.outcome
+        return mine.outcome
 
-    def _commit(self, group: list[tuple[ToRecord, Future[Outcome]]]) -> None:
+    def _commit(self, group: list[_Waiting]) -> list[Outcome]:
         engine = self.single if len(group) == 1 else self.grouped
         try:
-            outcomes = record_stored_batch(
-                engine, self.sessions, self.storage, [item for item, _ in group]
+            return record_stored_batch(
+                engine, self.sessions, self.storage, [waiting.item for waiting in group]
             )
-        except Exception as exc:  # every waiting store must get an answer
+        except Exception as exc:  # every store of the group must get an answer
             log.exception("a group of %d rows failed", len(group))
-            outcomes = [exc] * len(group)
-        for (_, future), outcome in zip(group, outcomes, strict=True):
-            future.set_result(outcome)
+            return [exc] * len(group)
 
     def close(self) -> None:
-        """Commit what is waiting, then stop the thread."""
-        with self._lock:
-            self._closed = True
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join(30)
+        """Nothing to stop: every row is committed by a thread that waits for it."""

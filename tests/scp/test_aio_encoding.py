@@ -5,13 +5,21 @@ from __future__ import annotations
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
-from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
 
-from qrfarm.scp.aio import encoding
+from qrfarm.scp.aio import encoding, negotiation
 
 UIDS = [generate_uid(), "1.2.3", "1.2.34"]  # long, odd length, even length
 
@@ -47,3 +55,43 @@ def test_file_meta_is_pynetdicoms(sop_uid: str, syntax: str) -> None:
 def test_what_is_not_ascii_is_left_to_pynetdicom() -> None:
     assert encoding.file_meta(CTImageStorage, "1.2.\u00e9", ExplicitVRLittleEndian) is None
     assert encoding.store_response_pdu(1, CTImageStorage, "1.2.\u00e9", 0, 1) is None
+
+
+def _request(calling_ae: str, contexts: int = 3) -> bytes:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling_ae
+    primitive.called_ae_title = "QRFARMSCP"
+    cxs = []
+    for index in range(contexts):
+        cx = build_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        cx.context_id = 2 * index + 1
+        cxs.append(cx)
+    primitive.presentation_context_definition_list = cxs
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def test_an_association_request_seen_before_gets_the_same_answer() -> None:
+    recent = negotiation.RecentRequests()
+    supported = negotiation.supported_contexts()
+    first = _request("SENDER")
+    request = recent.decode(first)
+    answer = recent.accept(first, request, supported, 1 << 20)
+    assert recent.decode(first) is request
+    assert recent.accept(first, request, supported, 1 << 20) is answer
+    assert answer.pdu == negotiation.accept(request, supported, 1 << 20).pdu
+    assert sorted(answer.contexts) == [1, 3, 5]
+    # Another calling AE title is another request (the answer echoes it).
+    other = _request("OTHER")
+    assert recent.decode(other).calling_ae == "OTHER"
+    assert recent.accept(other, recent.decode(other), supported, 1 << 20).pdu != answer.pdu
+    # Bounded: the oldest are forgotten.
+    for index in range(negotiation.REMEMBERED_RQS + 1):
+        recent.decode(_request(f"AE{index}"))
+    assert recent.decode(first) is not request
+    assert len(recent._answers) <= negotiation.REMEMBERED_RQS

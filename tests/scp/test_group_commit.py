@@ -152,14 +152,14 @@ def test_rows_waiting_while_a_group_commits_go_together(
     for index in range(1, 6):
         threads.append(threading.Thread(target=send, args=(index, orphan)))
         threads[-1].start()
-    while committer._queue.qsize() < 5:
+    while len(committer._waiting) < 5:
         threading.Event().wait(0.01)
     others_queued.set()
     for thread in threads:
         thread.join(10)
-    committer.close()
 
     assert sizes == [1, 5]
+    assert (committer.groups, committer.rows) == (2, 6)
     assert results == {index: [] for index in range(6)}
     with db.sessions() as session:
         assert len(session.scalars(select(OrphanInstance.id)).all()) == 6

@@ -132,7 +132,7 @@ class Connection:
         if pdu_type != messages.ASSOCIATE_RQ:
             raise UpperLayerViolation(f"PDU type {pdu_type:#04x} before A-ASSOCIATE-RQ")
         try:
-            request = negotiation.Request.decode(pdu)
+            request = self.server.recent_requests.decode(pdu)
         except Exception as exc:
             raise UpperLayerViolation(
                 f"A-ASSOCIATE-RQ not understood: {exc}", messages.ABORT_INVALID_PDU_PARAMETER
@@ -154,7 +154,9 @@ class Connection:
             self.writer.write(negotiation.reject(reason))
             await self.writer.drain()
             return False
-        accepted = negotiation.accept(request, self.server.supported, self.ctx.max_pdu)
+        accepted = self.server.recent_requests.accept(
+            pdu, request, self.server.supported, self.ctx.max_pdu
+        )
         # Worded as pynetdicom logs it, so that logs read alike on both paths.
         log.info("Accepting Association from %s at %s", self.calling_ae, self.host)
         self.contexts = accepted.contexts

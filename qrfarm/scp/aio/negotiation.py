@@ -10,6 +10,7 @@ answering (1, 1): one operation at a time, as on pynetdicom's path.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import cast
 
@@ -34,6 +35,13 @@ from pynetdicom.presentation import PresentationContext, build_context, negotiat
 from qrfarm.dicom.model import VERIFICATION_SOP_CLASS
 
 APPLICATION_CONTEXT_NAME = UID("1.2.840.10008.3.1.1.1")
+# A sender asks in the same words every time (storescu proposes some 120
+# contexts): decoding and negotiating them took tens of milliseconds of the
+# loop per association, so the answers to requests seen lately are kept,
+# by their bytes. Only small requests, and few: a hostile peer can only
+# push others out.
+REMEMBERED_RQ_BYTES = 64 << 10
+REMEMBERED_RQS = 32
 
 
 def supported_contexts() -> list[PresentationContext]:
@@ -112,6 +120,44 @@ def accept(request: Request, supported: list[PresentationContext], max_pdu: int)
     pdu.from_primitive(ac)
     accepted = {cast(int, cx.context_id): cx for cx in result if cx.result == 0x00}
     return Accepted(pdu.encode(), accepted)
+
+
+class RecentRequests:
+    """Requests lately decoded and negotiated, by their bytes: the same
+    A-ASSOCIATE-RQ (AE titles included) always gets the same answer."""
+
+    def __init__(self) -> None:
+        self._answers: OrderedDict[tuple[bytes, int], tuple[Request, Accepted | None]] = (
+            OrderedDict()
+        )
+
+    def decode(self, pdu: bytes) -> Request:
+        remembered = self._answers.get((pdu, 0))
+        if remembered is not None:
+            self._answers.move_to_end((pdu, 0))
+            return remembered[0]
+        request = Request.decode(pdu)
+        self._remember((pdu, 0), request, None)
+        return request
+
+    def accept(
+        self, pdu: bytes, request: Request, supported: list[PresentationContext], max_pdu: int
+    ) -> Accepted:
+        remembered = self._answers.get((pdu, max_pdu or -1))
+        if remembered is not None and remembered[1] is not None:
+            return remembered[1]
+        accepted = accept(request, supported, max_pdu)
+        self._remember((pdu, max_pdu or -1), request, accepted)
+        return accepted
+
+    def _remember(
+        self, key: tuple[bytes, int], request: Request, accepted: Accepted | None
+    ) -> None:
+        if len(key[0]) > REMEMBERED_RQ_BYTES:
+            return
+        self._answers[key] = (request, accepted)
+        while len(self._answers) > REMEMBERED_RQS:
+            self._answers.popitem(last=False)
 
 
 def reject(reason: tuple[int, int, int]) -> bytes:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from qrfarm.nodes.hosts import HostPatterns
 
 from .connection import Connection
-from .negotiation import supported_contexts
+from .negotiation import RecentRequests, supported_contexts
 
 if TYPE_CHECKING:
     from ..handlers import ScpContext
@@ -82,6 +82,7 @@ class AioStorageServer:
         self.idle_timeout_s = IDLE_TIMEOUT_S
         self.proxies = proxies
         self.supported = supported_contexts()
+        self.recent_requests = RecentRequests()
         # One worker per slot: every admitted association can be storing at once.
         self.pool = ThreadPoolExecutor(
             max_workers=max(ctx.gate.max_associations, 4), thread_name_prefix="scp-store"
