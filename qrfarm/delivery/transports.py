@@ -171,7 +171,7 @@ class DimseTransport:
         sop_class, held = item.sop_class_uid, item.transfer_syntax
         try:
             if conn.accepts(sop_class, held) and self.options.rewrite is None:
-                outcome = conn.send_file(item.path, held)
+                outcome = conn.send_file(item.path, sop_class, item.sop_instance_uid, held)
                 return _sent(item, item.sop_instance_uid, "", "", outcome)
             dataset = dcmread(item.path)
             if not conn.accepts(sop_class, held):

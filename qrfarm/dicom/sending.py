@@ -5,14 +5,15 @@ the contexts proposed are one per (SOP class, transfer syntax) held, and a
 file is sent from its bytes on disk, not decoded and encoded again. Where
 the caller allows conversion, a context per SOP class proposes the
 uncompressed syntaxes too, for an instance the peer will not take as held.
+The association itself is :class:`qrfarm.dicom.store_link.StoreLink` (the
+upper layer on a plain socket), not pynetdicom's threads.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import struct
 from collections.abc import Iterable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,25 +24,17 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, _config, build_context, evt
-from pynetdicom.association import Association
-from pynetdicom.events import Event
-from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom import build_context
+from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 
-from qrfarm.errors import (
-    AssociationAborted,
-    AssociationRejected,
-    PeerUnreachable,
-    PresentationContextError,
-    QrfarmError,
-)
+from qrfarm.errors import AssociationAborted, PresentationContextError, QrfarmError
 
 from .connection import Timeouts
 from .contexts import MAX_CONTEXTS
 from .model import VERIFICATION_SOP_CLASS
 from .node import Node, validate_ae_title
-from .sockets import tune
+from .store_link import StoreLink
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +94,11 @@ class StoreOutcome:
 class StoreConnection:
     """An open association proposing storage contexts as SCU. Use :meth:`open`."""
 
-    def __init__(self, node: Node, calling_ae: str, timeouts: Timeouts) -> None:
+    def __init__(self, node: Node, link: StoreLink) -> None:
         self.node = node
-        self.calling_ae = validate_ae_title(calling_ae, "calling AE title")
-        self.timeouts = timeouts
-        self._assoc: Association | None = None
-        self._rejection: A_ASSOCIATE_RJ | None = None
-        self._connected = False
+        self._link: StoreLink | None = link
+        self._accepted = set(link.contexts)
         self._stopped: QrfarmError | None = None
-        self._lock = threading.Lock()
         self._next_message_id = 1
 
     @classmethod
@@ -120,138 +109,90 @@ class StoreConnection:
         *,
         calling_ae: str,
         timeouts: Timeouts | None = None,
-        max_pdu: int = 0,
     ) -> StoreConnection:
-        """Associate with ``node`` proposing ``contexts`` (``max_pdu`` 0: no limit
-        on what the peer sends; it sends only responses)."""
+        """Associate with ``node`` proposing ``contexts``."""
         if not contexts:
             raise PresentationContextError("no presentation context asked for")
-        conn = cls(node, calling_ae, timeouts or Timeouts())
-        conn._associate(list(contexts), max_pdu)
-        return conn
-
-    def _associate(self, contexts: list[PresentationContext], max_pdu: int) -> None:
-        _config.LOG_REQUEST_IDENTIFIERS = False
-        _config.LOG_RESPONSE_IDENTIFIERS = False
-        ae = AE(ae_title=self.calling_ae)
-        ae.requested_contexts = contexts
-        ae.connection_timeout = self.timeouts.connect
-        ae.acse_timeout = self.timeouts.acse
-        ae.dimse_timeout = self.timeouts.dimse
-        ae.network_timeout = self.timeouts.network
-        ae.maximum_pdu_size = max_pdu
-        tls_args = None
-        if self.node.tls is not None:
-            tls_args = (self.node.tls.context(), self.node.tls.server_hostname or self.node.host)
-        assoc = ae.associate(
-            self.node.host,
-            self.node.port,
-            ae_title=self.node.ae_title,
-            tls_args=tls_args,
-            evt_handlers=[
-                (evt.EVT_CONN_OPEN, self._on_open),
-                (evt.EVT_PDU_RECV, self._on_pdu),
-            ],
+        timeouts = timeouts or Timeouts()
+        link = StoreLink.open(
+            node,
+            contexts,
+            calling_ae=validate_ae_title(calling_ae, "calling AE title"),
+            connect_timeout=timeouts.connect,
+            acse_timeout=timeouts.acse,
+            dimse_timeout=timeouts.dimse,
         )
-        if assoc.is_established:
-            assoc.unbind(evt.EVT_PDU_RECV, self._on_pdu)
-            self._assoc = assoc
-            return
-        if self._rejection is not None:
-            rj = self._rejection
-            raise AssociationRejected(
-                rj.result_str, rj.source_str, rj.reason_str, transient=rj.result == 0x02
-            )
-        if not self._connected:
-            raise PeerUnreachable(self.node.host, self.node.port, "connection refused or timed out")
-        raise AssociationAborted(f"{self.node} aborted the association request")
-
-    def _on_open(self, event: Event) -> None:
-        self._connected = True
-        tune(event.assoc.dul.socket)
-
-    def _on_pdu(self, event: Event) -> None:
-        if isinstance(event.pdu, A_ASSOCIATE_RJ):
-            self._rejection = event.pdu
+        return cls(node, link)
 
     # -- what the peer accepted ----------------------------------------------------
 
     @property
     def accepted(self) -> set[tuple[str, str]]:
         """(SOP class, transfer syntax) pairs accepted, for the SCU role."""
-        assoc = self._assoc
-        if assoc is None:
-            return set()
-        return {
-            (str(c.abstract_syntax), str(c.transfer_syntax[0]))
-            for c in assoc.accepted_contexts
-            if c.abstract_syntax is not None and c.transfer_syntax
-        }
+        return set(self._accepted)
 
     def accepts(self, sop_class: str, transfer_syntax: str) -> bool:
-        return (sop_class, transfer_syntax) in self.accepted
+        return (sop_class, transfer_syntax) in self._accepted
 
     def uncompressed_for(self, sop_class: str) -> str | None:
         """An uncompressed syntax the peer accepted for ``sop_class``, explicit first."""
-        accepted = self.accepted
         for syntax in UNCOMPRESSED:
-            if (sop_class, str(syntax)) in accepted:
+            if (sop_class, str(syntax)) in self._accepted:
                 return str(syntax)
         return None
 
     # -- sending ---------------------------------------------------------------------
 
-    def send_file(self, path: Path, transfer_syntax: str) -> StoreOutcome:
-        """C-STORE of a Part-10 file as its bytes are on disk, in its own
+    def send_file(
+        self, path: Path, sop_class: str, sop_instance: str, transfer_syntax: str
+    ) -> StoreOutcome:
+        """C-STORE of a Part-10 file's data set as its bytes are on disk, in its own
         ``transfer_syntax`` (which the peer must have accepted for its SOP class)."""
-        # Sent from the file at its data set's offset, never decoded; the flag
-        # is read by pynetdicom at each call, and only path sends look at it.
-        _config.STORE_SEND_CHUNKED_DATASET = True
-        return self._send(path, transfer_syntax)
+        data = path.read_bytes()
+        return self._send(sop_class, sop_instance, transfer_syntax, _dataset_bytes(data, path))
 
     def send_dataset(self, dataset: Dataset) -> StoreOutcome:
-        """C-STORE of a data set in its file meta's transfer syntax (pynetdicom
-        converts between the uncompressed ones if the peer accepted another)."""
-        syntax = str(dataset.file_meta.TransferSyntaxUID)
-        assoc = self._assoc
-        if assoc is not None and syntax in NATIVE:
-            with suppress(ValueError):
-                context = assoc._get_valid_context(
-                    dataset.SOPClassUID, syntax, "scu", allow_conversion=True
-                )
-                syntax = str(context.transfer_syntax[0])
-        return self._send(dataset, syntax)
+        """C-STORE of a data set in its file meta's transfer syntax, or for an
+        uncompressed one in whichever uncompressed syntax the peer accepted."""
+        sop_class, held = str(dataset.SOPClassUID), str(dataset.file_meta.TransferSyntaxUID)
+        syntax = held
+        if not self.accepts(sop_class, held) and held in NATIVE:
+            syntax = self.uncompressed_for(sop_class) or held
+        ts = UID(syntax)
+        data = encode(dataset, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+        if data is None:
+            raise PresentationContextError(f"the data set could not be encoded in {ts.name}")
+        return self._send(sop_class, str(dataset.SOPInstanceUID), syntax, data)
 
-    def _send(self, what: Path | Dataset, syntax: str) -> StoreOutcome:
+    def _send(
+        self, sop_class: str, sop_instance: str, syntax: str, data: bytes | memoryview
+    ) -> StoreOutcome:
         if self._stopped is not None:
             raise self._stopped
-        assoc = self._assoc
-        if assoc is None or not assoc.is_established:
+        link = self._link
+        if link is None:
             raise AssociationAborted(f"the association with {self.node} is no longer open")
-        with self._lock:
-            msg_id = self._next_message_id
-            self._next_message_id = msg_id % 0xFFFF + 1
-        try:
-            status = assoc.send_c_store(what, msg_id=msg_id)
-        except ValueError as exc:
-            # No accepted context for it: the caller chose wrongly.
-            raise PresentationContextError(str(exc)) from exc
-        if "Status" not in status:
-            self._assoc = None
-            if self._stopped is not None:
-                raise self._stopped
-            raise AssociationAborted(
-                f"the association with {self.node} was aborted, or sent no C-STORE "
-                f"response within {self.timeouts.dimse:g} s"
+        context_id = link.contexts.get((sop_class, syntax))
+        if context_id is None:
+            raise PresentationContextError(
+                f"{self.node} accepted no context for {sop_class} in {UID(syntax).name}"
             )
-        return StoreOutcome(int(status.Status), syntax, status.get("ErrorComment"))
+        message_id = self._next_message_id
+        self._next_message_id = message_id % 0xFFFF + 1
+        try:
+            status, comment = link.store(context_id, sop_class, sop_instance, message_id, data)
+        except QrfarmError:
+            self._link = None
+            if self._stopped is not None:
+                raise self._stopped from None
+            raise
+        return StoreOutcome(status, syntax, comment)
 
     # -- life -----------------------------------------------------------------------
 
     @property
     def is_open(self) -> bool:
-        assoc = self._assoc
-        return assoc is not None and assoc.is_established
+        return self._link is not None and self._stopped is None
 
     @property
     def stopped(self) -> QrfarmError | None:
@@ -263,24 +204,27 @@ class StoreConnection:
         self.abort()
 
     def close(self) -> None:
-        assoc, self._assoc = self._assoc, None
-        if assoc is None:
-            return
-        if assoc.is_established:
-            assoc.release()
-        if assoc.is_established:
-            assoc.abort()
+        link, self._link = self._link, None
+        if link is not None:
+            link.release()
 
     def abort(self) -> None:
-        assoc, self._assoc = self._assoc, None
-        if assoc is not None and assoc.is_established:
-            assoc.abort()
-
-    def rest(self) -> None:
-        """Nothing to do: present so that the worker's pool can hold one."""
+        link, self._link = self._link, None
+        if link is not None:
+            link.abort()
 
     def __enter__(self) -> StoreConnection:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _dataset_bytes(data: bytes, path: Path) -> memoryview:
+    """The data set of a Part-10 file: what follows its file meta."""
+    # Preamble, "DICM", then (0002,0000) UL of the meta group's length.
+    if data[128:132] == b"DICM" and data[132:138] == b"\x02\x00\x00\x00UL":
+        (group_length,) = struct.unpack_from("<I", data, 140)
+        return memoryview(data)[144 + group_length :]
+    _meta, offset = split_dataset(path)
+    return memoryview(data)[offset:]
