@@ -44,6 +44,9 @@ def _out(row: NodeRecord) -> dict[str, Any]:
         "tls_cert_file": row.tls_cert_file,
         "tls_key_file": row.tls_key_file,
         "role": row.role,
+        "bulk_windows": list(row.bulk_windows or []),
+        "timezone": row.timezone,
+        "retrieves_per_minute": row.retrieves_per_minute,
         "dicomweb_url": row.dicomweb_url,
         "dicomweb_auth": row.dicomweb_auth,
         "dicomweb_username": row.dicomweb_username,
@@ -88,6 +91,9 @@ def _save(ctx: Context, db: Db, name: str, body: NodeIn) -> NodeRecord:
             dicomweb_secret_file=body.dicomweb_secret_file,
             retrieve_transport=body.retrieve_transport,
             delivery_transport=body.delivery_transport,
+            bulk_windows=list(body.bulk_windows),
+            timezone=body.timezone,
+            retrieves_per_minute=body.retrieves_per_minute,
         ),
     )
     db.commit()

@@ -232,6 +232,18 @@ class NodeIn(BaseModel):
         default="both",
         description="source: queried and retrieved from; destination: moves send to it.",
     )
+    bulk_windows: list[str] = Field(
+        default=[],
+        max_length=32,
+        description="When bulk work (priority below 0) may start on it, in its local time: "
+        "'mon-fri 19:00-07:00', 'sat,sun'; none: any time. Urgent work is never held.",
+    )
+    timezone: str | None = Field(
+        default=None, max_length=64, description="Its IANA time zone (default: UTC)."
+    )
+    retrieves_per_minute: int | None = Field(
+        default=None, ge=1, le=100_000, description="At most this many moves or gets a minute."
+    )
 
 
 class NodeCreate(NodeIn):

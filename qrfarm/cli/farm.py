@@ -150,6 +150,24 @@ def node_add(
             help="source (queried and retrieved from), destination (moves send to it) or both.",
         ),
     ] = "both",
+    bulk_window: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--bulk-window",
+            help="When bulk work may start on it, in its local time: 'mon-fri 19:00-07:00', "
+            "'sat,sun' (repeatable; none: any time). Urgent work is never held.",
+        ),
+    ] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option("--timezone", help="Its IANA time zone for the windows (default: UTC)."),
+    ] = None,
+    max_retrieves_per_minute: Annotated[
+        int | None,
+        typer.Option(
+            "--max-retrieves-per-minute", min=1, help="At most this many moves or gets a minute."
+        ),
+    ] = None,
 ) -> None:
     """Register (or change) a PACS node (--tls: every job and echo to it over TLS; without
     --tls-ca the system's trust store is used)."""
@@ -188,6 +206,9 @@ def node_add(
                     ),
                     retrieve_transport=retrieve_via,
                     delivery_transport=deliver_via,
+                    bulk_windows=list(bulk_window or []),
+                    timezone=timezone,
+                    retrieves_per_minute=max_retrieves_per_minute,
                 ),
             )
             change = audit.Event("node.change", "U") if known else audit.Event("node.add", "C")

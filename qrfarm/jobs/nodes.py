@@ -16,6 +16,7 @@ from qrfarm.errors import Conflict, InvalidNode, UnknownNode
 from qrfarm.models import Job, NodeRecord
 from qrfarm.nodes.hosts import check_host_pattern
 from qrfarm.nodes.roles import check_role
+from qrfarm.nodes.windows import parse_windows, zone
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class NodeSpec:
     # its C-FINDs match on Issuer of Patient ID (yes, no, auto: once seen).
     patient_id_issuer: str | None = None
     issuer_matching: str = "auto"
+    # When bulk work may start on it ("mon-fri 19:00-07:00", "sat,sun"), in
+    # its IANA time zone (None: UTC); a cap on retrieves started a minute.
+    bulk_windows: list[str] = field(default_factory=list)
+    timezone: str | None = None
+    retrieves_per_minute: int | None = None
 
 
 TRANSPORTS = ("dimse", "dicomweb")
@@ -145,6 +151,11 @@ def upsert_node(session: Session, spec: NodeSpec) -> NodeRecord:
     row.dicomweb_secret_file = spec.dicomweb_secret_file
     row.retrieve_transport = spec.retrieve_transport
     row.delivery_transport = spec.delivery_transport
+    windows = [window.text for window in parse_windows(spec.bulk_windows)]
+    row.bulk_windows, row.timezone = windows, zone(spec.timezone).key if spec.timezone else None
+    if spec.retrieves_per_minute is not None and not 1 <= spec.retrieves_per_minute <= 100_000:
+        raise InvalidNode(f"node {spec.name!r}: retrieves a minute is from 1 to 100000")
+    row.retrieves_per_minute = spec.retrieves_per_minute
     session.flush()
     return row
 

@@ -19,7 +19,13 @@ from .conftest import ApiFarm, start_api
 
 PUBLIC = {"/health", "/ready"}  # probes: up or not, nothing else
 SCOPES = ("read", "submit", "admin")
-PATH_VALUES = {"job_id": "1", "prefetch_id": "1", "name": "pacs"}
+PATH_VALUES = {
+    "job_id": "1",
+    "prefetch_id": "1",
+    "name": "pacs",
+    "batch_id": "1",
+    "retrieval_id": "1",
+}
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/jobs"): {"kind": "find", "node": "pacs", "level": "STUDY"},
     ("post", "/nodes"): {"name": "other", "ae_title": "X", "host": "127.0.0.1", "port": 104},
@@ -43,6 +49,12 @@ EXPECTED = {
     ("delete", "/nodes/{name}"): "admin",
     ("put", "/prefetch-rules/{name}"): "admin",
     ("get", "/audit"): "admin",
+    ("post", "/batches"): "submit",
+    ("get", "/batches/{batch_id}"): "read",
+    ("get", "/batches/{batch_id}/results.csv"): "read",
+    ("post", "/jobs/actions/cancel"): "submit",
+    ("post", "/jobs/actions/retry"): "submit",
+    ("post", "/jobs/actions/prioritise"): "submit",
 }
 
 

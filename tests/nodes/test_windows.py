@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from qrfarm.errors import InvalidNode
+from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.nodes.windows import is_open, next_open, parse_windows, zone
+from tests.databases import migrated
 
 ZURICH = zone("Europe/Zurich")
 
@@ -63,3 +67,30 @@ def test_a_bad_window_is_refused_naming_what_is_wrong(text: str, words: str) -> 
 def test_an_unknown_time_zone_is_refused() -> None:
     with pytest.raises(InvalidNode, match="not an IANA time zone"):
         zone("Mars/Olympus_Mons")
+
+
+def test_a_node_keeps_its_windows_zone_and_cap_and_refuses_bad_ones(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    with migrated(url) as (_, sessions), sessions() as session, session.begin():
+        spec = NodeSpec(
+            "pacs",
+            "PACS",
+            "127.0.0.1",
+            104,
+            bulk_windows=["mon-fri 19:00-07:00", "sat,sun"],
+            timezone="Europe/Zurich",
+            retrieves_per_minute=30,
+        )
+        row = upsert_node(session, spec)
+        assert (row.bulk_windows, row.timezone, row.retrieves_per_minute) == (
+            ["mon-fri 19:00-07:00", "sat,sun"],
+            "Europe/Zurich",
+            30,
+        )
+        for bad, words in (
+            (replace(spec, bulk_windows=["weekdays"]), "not a day"),
+            (replace(spec, timezone="Nowhere/City"), "not an IANA time zone"),
+            (replace(spec, retrieves_per_minute=0), "retrieves a minute"),
+        ):
+            with pytest.raises(InvalidNode, match=words):
+                upsert_node(session, bad)
