@@ -20,6 +20,8 @@ from qrfarm.console.session import SESSION_COOKIE
 from qrfarm.dicom import Level
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.models import AuditEvent, OrphanInstance, ReceivedInstance, upgrade
+from qrfarm.workflow import audit
+from qrfarm.workflow import rules as prefetch_rules
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 ACTION_BUTTONS = ("Submit", "Cancel job", "Retry job", 'id="bulk"', "Add node", "Save node")
@@ -315,3 +317,45 @@ def test_orphans_by_sender_and_study_assigned_or_discarded_by_an_admin(console: 
             ("1.2.7.1.2", "late"),
         }
     assert "No orphans." in admin.get("/console/orphans").text
+
+
+def test_prefetch_page_rules_saved_by_an_admin_prefetches_with_their_jobs_and_hl7(
+    console: Console,
+) -> None:
+    admin, csrf = console.sign_in("admin")
+    rule = '{"nodes": ["pacs"], "modalities": ["CT"], "max_studies": 2}'
+    saved = admin.post(
+        "/console/prefetch/rules", data={"csrf": csrf, "name": "ct-priors", "definition": rule}
+    )
+    assert "Rule ct-priors saved." in saved.text
+    bad = admin.post(
+        "/console/prefetch/rules",
+        data={"csrf": csrf, "name": "broken", "definition": '{"nodes": []}'},
+    )
+    assert "Rule not saved" in bad.text and "broken" not in _rule_names(console)
+    prefetch_id = console.client.prefetch("P-CONSOLE", "ct-priors")
+    child = console.client.prefetch_status(prefetch_id)
+    # As the HL7 listener records a message it answered (qrfarm.hl7.listener).
+    audit.write(
+        console.client.sessions,
+        audit.Actor("hl7", "RIS", "127.0.0.1"),
+        audit.Event("hl7.order", audit.CREATE, audit.REFUSED, detail="ORM^O01 42: no rule"),
+    )
+    page_text = admin.get("/console/prefetch").text
+    assert "ct-priors" in page_text and "modalities" in page_text
+    assert f"<td>{prefetch_id}</td>" in page_text
+    assert child["jobs"]  # its find on the rule's node
+    for job in child["jobs"]:
+        assert f'href="/console/jobs/{job["id"]}"' in page_text
+    assert "ORM^O01 42: no rule" in page_text and ">AR<" in page_text
+    reader, reader_csrf = console.sign_in("reader")
+    assert "Save rule" not in reader.get("/console/prefetch").text
+    refused = reader.post(
+        "/console/prefetch/rules", data={"csrf": reader_csrf, "name": "x", "definition": rule}
+    )
+    assert refused.status_code == 403
+
+
+def _rule_names(console: Console) -> list[str]:
+    with console.client.sessions() as db:
+        return list(prefetch_rules.list_rules(db))
