@@ -32,6 +32,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("put", "/nodes/{name}"): {"ae_title": "X", "host": "127.0.0.1", "port": 104},
     ("post", "/prefetch"): {"patient_id": "P1", "rule": {"nodes": ["pacs"]}},
     ("put", "/prefetch-rules/{name}"): {"nodes": ["pacs"]},
+    ("post", "/jobs/{job_id}/forward"): {"destination": "pacs"},
+    ("put", "/nodes/{name}/forwarding"): {"pseudonymise": True},
 }
 # Where the issue says each kind of route belongs.
 EXPECTED = {
@@ -55,6 +57,10 @@ EXPECTED = {
     ("post", "/jobs/actions/cancel"): "submit",
     ("post", "/jobs/actions/retry"): "submit",
     ("post", "/jobs/actions/prioritise"): "submit",
+    ("post", "/jobs/{job_id}/forward"): "submit",
+    ("get", "/nodes/{name}/forwarding"): "read",
+    ("put", "/nodes/{name}/forwarding"): "admin",
+    ("get", "/nodes/{name}/pseudonyms"): "admin",
 }
 
 
