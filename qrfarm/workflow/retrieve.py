@@ -15,6 +15,7 @@ The scheduler advances retrievals (:func:`advance_all`) as it does prefetches.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
@@ -110,9 +111,9 @@ def start(
         )
         session.add(retrieval)
         session.flush()
-        find = new_job(session, find_request(node, criteria, match_issuer), rules)
+        find_job = replace(find_request(node, criteria, match_issuer), priority=request.priority)
+        find = new_job(session, find_job, rules)
         find.retrieval_id = retrieval.id
-        find.priority = request.priority
         retrieval_id, job_ids = retrieval.id, [find.id]
     send_jobs(sessions, dispatcher, job_ids)
     return retrieval_id
