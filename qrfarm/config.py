@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     # Where the embedded broker, the association permits and serve's files live.
     data_dir: Path = Path("qrfarm-data")
+    # Where a DICOMweb node's secret file must lie when it is named through
+    # the REST API (unset: <data_dir>/secrets): a remote admin must not have
+    # a worker read any file and send it to a URL as a password.
+    dicomweb_secrets_dir: Path | None = None
     # Per-node association permits across the farm: Redis when set (defaults
     # to the broker when that is Redis), else lock files in data_dir.
     permits_redis_url: str | None = None

@@ -11,7 +11,7 @@ from sqlalchemy.orm import object_session
 from qrfarm.dicomweb import url_host
 from qrfarm.errors import Conflict, NotFound
 from qrfarm.jobs import profiles
-from qrfarm.jobs.nodes import NodeSpec, upsert_node
+from qrfarm.jobs.nodes import NodeSpec, check_secret_within, upsert_node
 from qrfarm.jobs.nodes import remove_node as remove_registered_node
 from qrfarm.models import NodeRecord
 from qrfarm.nodes import echo as node_echo
@@ -67,6 +67,11 @@ def _save(ctx: Context, db: Db, name: str, body: NodeIn) -> NodeRecord:
     ctx.settings.check_target(body.host)
     if body.dicomweb_url is not None:
         ctx.settings.check_target(url_host(body.dicomweb_url))
+    secret_file = body.dicomweb_secret_file
+    if secret_file is not None:
+        settings = ctx.settings
+        secrets = settings.dicomweb_secrets_dir or settings.data_dir / "secrets"
+        secret_file = check_secret_within(secret_file, secrets)
     row = upsert_node(
         db,
         NodeSpec(
@@ -88,7 +93,7 @@ def _save(ctx: Context, db: Db, name: str, body: NodeIn) -> NodeRecord:
             dicomweb_url=body.dicomweb_url,
             dicomweb_auth=body.dicomweb_auth,
             dicomweb_username=body.dicomweb_username,
-            dicomweb_secret_file=body.dicomweb_secret_file,
+            dicomweb_secret_file=secret_file,
             retrieve_transport=body.retrieve_transport,
             delivery_transport=body.delivery_transport,
             bulk_windows=list(body.bulk_windows),

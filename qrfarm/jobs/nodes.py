@@ -83,6 +83,18 @@ def _check_dicomweb(spec: NodeSpec) -> None:
     )
 
 
+def check_secret_within(path: str, directory: Path) -> str:
+    """``path`` if it names a file inside ``directory`` (links resolved); else
+    InvalidNode naming the directory."""
+    inside = Path(path).resolve()
+    if not inside.is_relative_to(directory.resolve()):
+        raise InvalidNode(
+            f"DICOMweb secret file {path}: must lie in {directory}"
+            " (QRFARM_DICOMWEB_SECRETS_DIR) when given through the API"
+        )
+    return str(inside)
+
+
 def check_node_targets(check_target: Callable[[str], None], row: NodeRecord | NodeSpec) -> None:
     """Pass every host a node is reached at (its DIMSE host, its DICOMweb
     URL's host) through the outbound allow-list (``Settings.check_target``)."""
