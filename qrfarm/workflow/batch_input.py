@@ -99,7 +99,8 @@ def _records_csv(data: bytes) -> Iterable[dict[str, Any]]:
 def _records_json(data: bytes) -> tuple[list[Any], int | None]:
     try:
         document = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
+    # RecursionError: nesting deeper than the parser's stack (a body of "[[[[...").
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FieldError(["body"], f"the JSON cannot be read: {exc}") from None
     priority = None
     if isinstance(document, dict):

@@ -150,6 +150,7 @@ def test_rows_by_accession_and_patient_become_retrievals(
         (b'{"rows": 3}', "json", "a list of rows"),
         (b'{"rows": [], "extra": 1}', "json", "rows and a priority only"),
         (b"[{", "json", "cannot be read"),
+        (b"[" * 200_000, "json", "cannot be read"),
         (b"study_uid,source\n" + b"1.2,pacs\n" * 10_001, "csv", "at most 10000 rows"),
     ],
 )
