@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -363,6 +364,19 @@ def move(
     study_uid: Annotated[
         str | None, typer.Option("--study-uid", help="Move this study (found first).")
     ] = None,
+    priority: Annotated[
+        int,
+        typer.Option(
+            min=-100,
+            max=100,
+            help="Queued: higher first; 50 and above urgent, below 0 bulk (held outside the "
+            "node's bulk windows).",
+        ),
+    ] = 0,
+    not_before: Annotated[
+        datetime | None,
+        typer.Option("--not-before", help="Queued: not started before this time (UTC)."),
+    ] = None,
 ) -> None:
     """C-MOVE: ask NODE to send instances to the AE title DEST.
 
@@ -400,6 +414,8 @@ def move(
                     keys=matching,
                     return_keys=returned,
                     destination=dest,
+                    priority=priority,
+                    not_before=not_before,
                 ),
                 wait,
                 as_json,

@@ -90,6 +90,8 @@ def print_job(summary: dict[str, Any]) -> None:
 def _print_note(summary: dict[str, Any]) -> None:
     if summary.get("note"):
         out.print(f"  [yellow]{summary['note']}[/]", highlight=False)
+    if summary.get("wait_reason"):
+        out.print(f"  waits: {summary['wait_reason']}", highlight=False)
 
 
 def _print_attempts(summary: dict[str, Any]) -> None:
