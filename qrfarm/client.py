@@ -38,6 +38,7 @@ from .workflow import audit, batch_report, batches, bulk_audit
 from .workflow import prefetch as prefetches
 from .workflow import retrieve as retrievals
 from .workflow import rules as prefetch_rules
+from .workflow.identity import PatientIdentifier
 
 
 class Client:
@@ -197,8 +198,15 @@ class Client:
         current_accession: str | None = None,
         callback_url: str | None = None,
         external_reference: str | None = None,
+        patient_identifiers: Iterable[tuple[str, str | None]] = (),
     ) -> int:
-        """Fetch a patient's priors by a stored rule's name or a Rule; the prefetch's id."""
+        """Fetch a patient's priors by a stored rule's name or a Rule; the prefetch's id.
+
+        ``patient_identifiers``: every (ID, issuer) of the patient, ``patient_id``
+        among them; each node is searched with the one of its own issuer."""
+        identifiers = tuple(
+            PatientIdentifier(id=pid, issuer=issuer) for pid, issuer in patient_identifiers
+        )
         with self.sessions() as session:
             chosen = prefetch_rules.load_rule(session, rule) if isinstance(rule, str) else rule
         return prefetches.start(
@@ -210,6 +218,7 @@ class Client:
                 current_accession=current_accession,
                 callback_url=callback_url,
                 external_reference=external_reference,
+                identifiers=identifiers,
             ),
             self.dispatcher,
             SubmitRules.from_settings(self.settings),

@@ -201,3 +201,32 @@ def _cli(order_farm: OrderFarm, *argv: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def test_a_client_prefetch_with_identifiers_of_two_authorities_searches_each_node_with_its_own(
+    order_farm: OrderFarm,
+) -> None:
+    rule = Rule(nodes=["pacs-a", "pacs-b"], modalities=["CT"], max_studies=5)
+    client = order_farm.farm.client
+    both = client.prefetch("PB9", rule, patient_identifiers=[("PB9", "HOSP_B"), ("PA1", "HOSP_A")])
+    summary = order_farm.wait_prefetch(both)
+    assert summary["state"] == "completed", summary
+    with client.sessions() as session:
+        finds = {
+            job.identifier["00100020"]["Value"][0]
+            for job in session.scalars(
+                select(Job).where(
+                    Job.prefetch_id == both, Job.kind == JobKind.FIND, Job.level == "STUDY"
+                )
+            )
+        }
+    assert finds == {"PA1", "PB9"}
+    assert {s["study_instance_uid"] for s in summary["selected"]} == {
+        BY_NUMBER[1].uid,
+        BY_NUMBER[3].uid,
+        BY_NUMBER[5].uid,
+    }
+    # An ID of no known authority goes only to nodes without an issuer: none here.
+    bare = client.prefetch_status(client.prefetch("PB9", rule))
+    assert bare["state"] == "failed" and bare["jobs"] == []
+    assert "no patient identifier of its issuer HOSP_B" in bare["error"]
