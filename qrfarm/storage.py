@@ -230,8 +230,17 @@ class InstanceStorage:
                     path, size, True, False, pending=marker, unsynced_folder=unsynced
                 )
                 return stored, None
-        same = _same(path, temp, size)
-        return (StoredFile(path, size, False, False) if same else None), temp
+        if not _same(path, temp, size):
+            return None, temp
+        # Found in place: another SCP process may have linked it and not yet
+        # synced its folder (or failed to); a row may vouch for it only once
+        # the entry is durable, so the folder is synced here too.
+        unsynced = None
+        if self.fsync and sync_folder:
+            _fsync_dir(path.parent)
+        elif self.fsync:
+            unsynced = path.parent
+        return StoredFile(path, size, False, False, unsynced_folder=unsynced), temp
 
 
 def _final_of(marker_name: str) -> str:

@@ -1,0 +1,59 @@
+"""Instance storage: what is durable before a row may say the file is there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qrfarm import storage
+from qrfarm.storage import InstanceStorage
+
+STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+DATA = b"\0" * 128 + b"DICM" + b"same bytes"
+
+
+def _placed_by_another_process(store: InstanceStorage) -> Path:
+    """The file as another SCP process leaves it between its link and its
+    folder's fsync: in place, its folder entry not yet durable."""
+    path = store.path_for(STUDY, SERIES, SOP)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(DATA)
+    return path
+
+
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    calls: list[Path] = []
+    real = storage._fsync_dir
+
+    def spy(folder: Path) -> None:
+        calls.append(folder)
+        real(folder)
+
+    monkeypatch.setattr(storage, "_fsync_dir", spy)
+    return calls
+
+
+def test_the_same_bytes_found_in_place_have_their_folder_synced(
+    tmp_path: Path, synced: list[Path]
+) -> None:
+    store = InstanceStorage(tmp_path)
+    path = _placed_by_another_process(store)
+    stored = store.store(STUDY, SERIES, SOP, DATA)
+    assert stored.path == path and not stored.created
+    assert path.parent in synced
+
+
+def test_the_same_bytes_found_in_place_leave_their_folder_to_a_group_sync(
+    tmp_path: Path, synced: list[Path]
+) -> None:
+    store = InstanceStorage(tmp_path)
+    path = _placed_by_another_process(store)
+    temp = store.incoming() / "rx-test.part"
+    temp.write_bytes(DATA)
+    stored = store.store_file(STUDY, SERIES, SOP, temp, sync_folder=False)
+    assert not stored.created
+    assert stored.unsynced_folder == path.parent
+    assert store.sync_folders([stored]) == {}
+    assert path.parent in synced
