@@ -39,7 +39,12 @@ class RetriableError(QrfarmError):
 class CommitmentUnavailable(RetriableError):
     """A destination gave no Storage Commitment answer the farm can use: it
     refused the association or the request, or its report did not come in
-    time. Arrival is then verified by C-FIND instead."""
+    time. Arrival is then verified by C-FIND instead. ``unsupported``: what it
+    did says it does not commit for the farm (not merely that it was down)."""
+
+    def __init__(self, message: str, *, unsupported: bool = True) -> None:
+        super().__init__(message)
+        self.unsupported = unsupported
 
 
 class DeliveryUnverifiable(PermanentError):
@@ -290,6 +295,10 @@ class WaitTimedOut(QrfarmError):
 # --- The faces (REST API, HL7 listener) -----------------------------------------
 
 
+class NotSignedIn(QrfarmError):
+    """A console page asked without a live session: the browser goes to sign in."""
+
+
 class TokenError(PermanentError):
     """A token name that is taken, unknown or not usable."""
 
@@ -337,6 +346,16 @@ class UnusableHl7Message(PermanentError):
         self.reason = reason
 
 
+class NotForwardable(PermanentError):
+    """A forward asked of a job that holds nothing to send on (not an ended
+    retrieve into the farm), or to a node that cannot be a destination."""
+
+
+class SyntaxRefused(PermanentError):
+    """A destination accepts none of an instance's held transfer syntax, and
+    converting it is not allowed or not possible (named in the message)."""
+
+
 class DicomWebError(QrfarmError):
     """A DICOMweb request did not get through: the service unreachable, a
     timeout, or an HTTP error status. Retriable for what may pass (no
@@ -356,13 +375,3 @@ class DicomWebRedirectRefused(PermanentError):
 class DicomWebResponseError(PermanentError, ValueError):
     """A DICOMweb answer qrfarm cannot use: a multipart body that breaks the
     rules, a part over the size limit, JSON that is not DICOM JSON."""
-
-
-class NotForwardable(PermanentError):
-    """A forward asked of a job that holds nothing to send on (not an ended
-    retrieve into the farm), or to a node that cannot be a destination."""
-
-
-class SyntaxRefused(PermanentError):
-    """A destination accepts none of an instance's held transfer syntax, and
-    converting it is not allowed or not possible (named in the message)."""

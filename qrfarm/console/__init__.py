@@ -17,10 +17,10 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from qrfarm.client import Client
+from qrfarm.errors import NotSignedIn
 
 from . import views_bulk, views_jobs, views_pages, views_workflow
 from .context import HERE, ConsoleContext, make_templates
-from .session import NotSignedIn
 
 
 def mount(app: FastAPI, client: Client) -> None:

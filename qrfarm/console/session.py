@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, Response, status
 
 from qrfarm.api.tokens import Scope, authenticate, scopes_of
+from qrfarm.errors import NotSignedIn
 from qrfarm.models import ApiToken
 
 from .context import ConsoleContext, console_context
@@ -31,10 +32,6 @@ FLASH_COOKIE = "qrfarm_console_flash"
 COOKIE_PATH = "/console"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
-
-
-class NotSignedIn(Exception):
-    """Raised by a page's dependency: the browser is sent to the sign-in page."""
 
 
 @dataclass(frozen=True)
