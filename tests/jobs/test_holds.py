@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.config import Settings
+from qrfarm.config import Settings, broker_config
 from qrfarm.dicom import Level, Timeouts
+from qrfarm.jobs.dispatch import broker_keys, priority_transport_options
 from qrfarm.jobs.leases import claim
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.jobs.policy import JobPolicy
@@ -171,3 +172,11 @@ def test_a_bulk_job_held_by_its_window_starts_when_the_window_opens(
         assert ended.state is JobState.COMPLETED, ended.error
         assert ended.wait_reason is None
         assert ended.attempt_count == 1
+
+
+def test_producers_and_workers_use_the_lanes_that_broker_keys_names() -> None:
+    _, options = broker_config(
+        Settings(broker_url="redis://127.0.0.1:6379/0", allowed_hosts=["127.0.0.1"])
+    )
+    assert {k: options[k] for k in ("priority_steps", "sep")} == priority_transport_options()
+    assert broker_keys("q") == ["q", "q\x06\x163", "q\x06\x166", "q\x06\x169"]
