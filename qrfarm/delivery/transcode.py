@@ -36,6 +36,7 @@ def converted(dataset: Dataset, target: str) -> Dataset:
 
 
 def _first_line(exc: Exception) -> str:
-    # pydicom's messages name plugins and syntaxes, never values of the data set.
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
+    # pydicom's messages name plugins and syntaxes (and what each one lacks),
+    # never values of the data set.
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines)[:400]
