@@ -38,7 +38,7 @@ from qrfarm.dicom.commitment import (
     parse_report,
     requestor_contexts,
 )
-from qrfarm.errors import CommitmentUnavailable, QrfarmError
+from qrfarm.errors import CommitmentUnavailable, DicomTimeout, PeerUnreachable, QrfarmError
 from qrfarm.models import CommitmentRequest, utcnow
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,12 @@ def request_commitment(
             node, requestor_contexts(), calling_ae=settings.calling_ae, timeouts=settings.timeouts
         )
     except QrfarmError as exc:
-        raise CommitmentUnavailable(f"{node}: no storage commitment association ({exc})") from exc
+        # Unreachable or silent says nothing of Storage Commitment; refusing
+        # an association that proposes only it says it does not do it.
+        raise CommitmentUnavailable(
+            f"{node}: no storage commitment association ({exc})",
+            unsupported=not isinstance(exc, PeerUnreachable | DicomTimeout),
+        ) from exc
     try:
         conn.on_event_report(
             lambda event_type, info: handle_report(sessions, node.ae_title, event_type, info)

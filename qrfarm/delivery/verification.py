@@ -201,8 +201,9 @@ def _commit(deps: RunnerDeps, verifier: DeliveryVerifier, plan: _Plan) -> set[st
         )
     except CommitmentUnavailable as exc:
         log.info("job %d: %s; verifying by C-FIND", plan.job_id, exc)
-        _observe(deps, plan.node_id, profiles.SUPPORTS_COMMITMENT, False)
-        plan.commitment = False
+        if exc.unsupported:
+            _observe(deps, plan.node_id, profiles.SUPPORTS_COMMITMENT, False)
+        plan.commitment = False  # for this job's next rounds
         return None
     _observe(deps, plan.node_id, profiles.SUPPORTS_COMMITMENT, True)
     plan.commitment = True
