@@ -176,6 +176,20 @@ class GuardedSession(requests.Session):
             raise DicomWebResponseError(
                 f"a DICOMweb answer of {length} bytes, over {MAX_JSON_BYTES}: not read"
             )
+        # The hook runs before requests reads the body: read it here, counting,
+        # since a chunked answer (or one longer than it announced) has no
+        # length to check first. dicomweb-client then parses what was read.
+        chunks: list[bytes] = []
+        total = 0
+        for chunk in response.iter_content(64 << 10):
+            total += len(chunk)
+            if total > MAX_JSON_BYTES:
+                response.close()
+                raise DicomWebResponseError(
+                    f"a DICOMweb answer longer than {MAX_JSON_BYTES} bytes: not read further"
+                )
+            chunks.append(chunk)
+        response._content = b"".join(chunks)
 
     def _check_redirect(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         if not response.is_redirect:

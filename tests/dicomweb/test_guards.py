@@ -226,3 +226,52 @@ def test_a_qido_answer_announcing_more_than_the_limit_is_not_read() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _HugeChunked(http.server.BaseHTTPRequestHandler):
+    """An answer with no Content-Length: chunked, past the limit (lowered by the test)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        piece = b"[" + b" " * 4094 + b"]"
+        try:
+            for _ in range(64):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client stopped reading: what the test wants
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_chunked_qido_answer_is_read_no_further_than_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qrfarm.dicom import Root, build_query_identifier
+    from qrfarm.dicomweb import service
+    from qrfarm.errors import DicomWebResponseError
+
+    monkeypatch.setattr(service, "MAX_JSON_BYTES", 16 << 10)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HugeChunked)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    try:
+        with (
+            open_client(WebService(url), WebTimeouts(connect_s=2, read_s=5)) as web,
+            pytest.raises(DicomWebResponseError, match="longer than 16384 bytes"),
+        ):
+            search(
+                web,
+                build_query_identifier(Root.STUDY, Level.STUDY, {"PatientID": "P*"}),
+                Root.STUDY,
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
