@@ -3,7 +3,9 @@
 dicognito applies the PS3.15 Basic Application Level Confidentiality Profile
 as it implements it: names, IDs, dates (shifted by one offset per seed),
 addresses and equipment replaced, instance UIDs remapped; private attributes
-are removed first (the profile's action for them). Every pseudonym derives
+are removed first (the profile's action for them), and so is the free text
+the profile removes that dicognito keeps (descriptions, comments, reports).
+Every pseudonym derives
 from the destination's seed (kept in the database), so the same patient,
 study or instance gets the same pseudonym in every forward to that
 destination, in any process, in any batch. Pixel data is not touched.
@@ -28,6 +30,56 @@ from qrfarm.models import Pseudonym
 
 KINDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")
 
+# Free text the Basic Profile removes (PS3.15 Table E.1-1, action X, or D for
+# Protocol Name) and dicognito leaves as it is: operators and reports write
+# the patient's name and ID into these. Removed wherever they are, sequences
+# included, before dicognito replaces what it knows.
+FREE_TEXT = frozenset(
+    {
+        "AcquisitionComments",
+        "AdditionalPatientHistory",
+        "AdmittingDiagnosesDescription",
+        "Allergies",
+        "CommentsOnThePerformedProcedureStep",
+        "ContentSequence",
+        "DerivationDescription",
+        "FrameComments",
+        "ImageComments",
+        "ImagingServiceRequestComments",
+        "InterpretationText",
+        "MedicalAlerts",
+        "Occupation",
+        "PatientComments",
+        "PatientState",
+        "PerformedProcedureStepDescription",
+        "ProtocolName",
+        "ReasonForStudy",
+        "ReasonForTheRequestedProcedure",
+        "RequestAttributesSequence",
+        "RequestedProcedureComments",
+        "RequestedProcedureDescription",
+        "ResultsComments",
+        "ScheduledProcedureStepDescription",
+        "SeriesDescription",
+        "SpecialNeeds",
+        "StudyComments",
+        "StudyDescription",
+        "TextComments",
+        "TextString",
+        "TextValue",
+        "VisitComments",
+    }
+)
+
+
+def _remove_free_text(dataset: Dataset) -> None:
+    for element in list(dataset):
+        if element.keyword in FREE_TEXT:
+            del dataset[element.tag]
+        elif element.VR == "SQ":
+            for item in element.value:
+                _remove_free_text(item)
+
 
 @dataclass(frozen=True)
 class Replaced:
@@ -46,6 +98,7 @@ class Pseudonymiser:
     def __call__(self, dataset: Dataset) -> list[Replaced]:
         before = {kind: str(dataset.get(kind, "") or "") for kind in KINDS}
         dataset.remove_private_tags()
+        _remove_free_text(dataset)
         with self._lock:  # one anonymiser, shared by the sending threads
             self._anonymizer.anonymize(dataset)
         return [
