@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.errors import FieldError
-from qrfarm.models import ENDED_STATES, Job, JobKind, JobState, NodeRecord
+from qrfarm.models import ENDED_STATES, BatchRow, Job, JobKind, JobState, NodeRecord
 
 from .control import prepare_retry
 from .dispatch import Dispatcher, send_run_jobs
@@ -84,7 +84,14 @@ class JobFilter:
         if self.kind is not None:
             query = query.where(Job.kind == self.kind)
         if self.batch_id is not None:
-            query = query.where(Job.batch_id == self.batch_id)
+            # Its move jobs, and every job of its retrievals (their moves are
+            # made later, by the scheduler, and name only their retrieval).
+            retrievals = select(BatchRow.retrieval_id).where(
+                BatchRow.batch_id == self.batch_id, BatchRow.retrieval_id.is_not(None)
+            )
+            query = query.where(
+                or_(Job.batch_id == self.batch_id, Job.retrieval_id.in_(retrievals))
+            )
         if self.created_after is not None:
             query = query.where(Job.created_at >= self.created_after)
         if self.created_before is not None:

@@ -15,6 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.errors import FieldError
+from qrfarm.jobs import bulk
+from qrfarm.jobs.bulk import JobFilter
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.jobs.priority import BULK
 from qrfarm.jobs.submit import SubmitRules
@@ -137,6 +139,22 @@ def test_rows_by_accession_and_patient_become_retrievals(
         (5, "date_to"),
     ]
     assert outcomes[0]["outcome"] == "searching" and outcomes[0]["retrieval_id"]
+    # A move the scheduler makes later names only its retrieval: a bulk action
+    # by batch reaches it all the same.
+    with sessions() as session, session.begin():
+        later = Job(
+            kind=JobKind.MOVE,
+            root="study",
+            level="STUDY",
+            identifier={},
+            node_id=finds[0].node_id,
+            retrieval_id=outcomes[0]["retrieval_id"],
+        )
+        session.add(later)
+        session.flush()
+        later_id = later.id
+    cancelled = bulk.cancel(sessions, JobFilter(batch_id=batch_id))
+    assert cancelled.job_ids == sorted([*(job.id for job in finds), later_id])
 
 
 @pytest.mark.parametrize(
