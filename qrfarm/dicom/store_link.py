@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Sequence
 from contextlib import suppress
 from io import BytesIO
@@ -55,6 +56,9 @@ RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 ABORT = b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 # The most bytes a response PDU from the peer may claim.
 MAX_INCOMING = 1 << 22
+# A C-STORE-RSP command set is a few hundred bytes; an Error Comment adds 64.
+MAX_COMMAND = 64 << 10
+C_STORE_RSP = 0x8001
 
 
 class StoreLink:
@@ -238,8 +242,16 @@ class StoreLink:
                 parts[0] = memoryview(parts[0])[sent:]
 
     def _response(self, message_id: int) -> tuple[int, str | None]:
+        """The C-STORE-RSP to ``message_id``: within the DIMSE timeout in all
+        (a peer trickling bytes does not restart it), a command set of at most
+        MAX_COMMAND bytes and no data set."""
+        deadline = time.monotonic() + self.dimse_timeout
         command = bytearray()
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no whole C-STORE response from {self.node} in time")
+            self.sock.settimeout(left)
             kind, body = self._read_pdu()
             if kind == 0x07:
                 raise AssociationAborted(f"{self.node} aborted the association")
@@ -248,12 +260,23 @@ class StoreLink:
             offset = 0
             while offset + 6 <= len(body):
                 length, _context, control = _PDV_HEADER.unpack_from(body, offset)
+                if not control & 0x01:
+                    raise AssociationAborted(f"{self.node} sent a data set with a C-STORE response")
                 command += body[offset + 6 : offset + 4 + length]
                 offset += 4 + length
-                if control & 0x01 and control & 0x02:
+                if len(command) > MAX_COMMAND:
+                    raise AssociationAborted(
+                        f"{self.node} sent a response command set over {MAX_COMMAND} bytes"
+                    )
+                if control & 0x02:
                     ds = read_dataset(BytesIO(bytes(command)), True, True)
+                    command.clear()
+                    if int(ds.get("CommandField", 0)) != C_STORE_RSP:
+                        raise AssociationAborted(
+                            f"{self.node} answered a C-STORE with command field"
+                            f" 0x{int(ds.get('CommandField', 0)):04X}"
+                        )
                     if int(ds.get("MessageIDBeingRespondedTo", message_id)) != message_id:
-                        command.clear()
                         continue
                     comment = ds.get("ErrorComment")
                     return int(ds.Status), str(comment) if comment is not None else None
