@@ -77,25 +77,26 @@ class Hl7Service:
         trigger: Trigger | None = None
         try:
             trigger = read(text)
-            reply, outcome, detail = self._act(trigger)
+            reply, outcome, detail = self._act(trigger, peer)
         except UnusableHl7Message as exc:
             log.warning("HL7 message refused (%s): %s", exc.code, exc.reason)
             reply, outcome, detail = acknowledge_raw(text, exc.code, exc.reason), FAILED, exc.reason
         self._audit(trigger, peer, outcome, detail)
         return reply
 
-    def _order(self, trigger: Trigger) -> orders.Outcome | str:
+    def _order(self, trigger: Trigger, peer: str | None) -> orders.Outcome | str:
         """What the order's control code asks (qrfarm.workflow.orders); a text
         when it cannot be done (answered AE)."""
         control = trigger.order_control
+        order_key = (
+            None if trigger.order_key is None else orders.bound_order_key(peer, trigger.order_key)
+        )
         if control in orders.CANCELLING:
-            if trigger.order_key is None:
+            if order_key is None:
                 return "nothing to cancel: the message names no order (ORC-2, ORC-3, accession)"
             reason = f"cancelled by order control {control}"
             return orders.Outcome(
-                cancelled=orders.cancel_order(
-                    self.sessions, trigger.order_key, trigger.identifiers, reason
-                )
+                cancelled=orders.cancel_order(self.sessions, order_key, trigger.identifiers, reason)
             )
         if control not in prefetch_rules.STARTING_ORDER_CONTROLS:
             return orders.Outcome(ignored=f"order control {control} acknowledged, nothing done")
@@ -126,16 +127,16 @@ class Hl7Service:
                 ),
                 trigger_digest=trigger.digest,
                 identifiers=trigger.identifiers,
-                order_key=trigger.order_key,
+                order_key=order_key,
             ),
             self.dispatcher,
             self.rules,
         )
 
-    def _act(self, trigger: Trigger) -> tuple[str, str, str]:
+    def _act(self, trigger: Trigger, peer: str | None) -> tuple[str, str, str]:
         """The acknowledgement, the audit outcome and what the audit row says."""
         try:
-            outcome = self._order(trigger)
+            outcome = self._order(trigger, peer)
         except ResentWithOtherContent as exc:
             # The control ID of an order already taken, with other content: a
             # sender's bug or a forgery; neither replaces the order.

@@ -81,15 +81,23 @@ def skipped_by(rule: Rule, lookup: Lookup) -> str | None:
     return None if failed is None else f"not prefetched: the rule wants {failed.describe()}"
 
 
+def bound_order_key(sender_address: str | None, order_key: str) -> str:
+    """An order's key bound to the address it came from: MSH-3 and MSH-4 are
+    whatever a sender writes, so another sender that may reach the listener
+    could otherwise cancel or replace this sender's orders by naming them.
+    (Behind a balancer that hides addresses, every sender shares one.)"""
+    return f"{sender_address or '-'}|{order_key}"[:255]
+
+
 def _of_patient(row: Prefetch, identifiers: Sequence[PatientIdentifier]) -> bool:
-    """Whether the prefetch is of the patient the message names (an identifier
-    in common, its authority the same where both say one): an order number
-    sent again for another patient is a sender's error that touches nothing."""
+    """Whether the prefetch is of the patient the message names: an identifier
+    in common under the same authority (none on both sides counts as the
+    same). An ID without its authority may be another patient's: an order
+    number sent again for another patient is a sender's error that touches
+    nothing."""
     for held in patient_finds.identifiers_of(row):
         for given in identifiers:
-            if held.id == given.id and (
-                held.issuer is None or given.issuer is None or held.issuer == given.issuer
-            ):
+            if held.id == given.id and held.issuer == given.issuer:
                 return True
     return False
 

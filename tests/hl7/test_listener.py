@@ -32,7 +32,10 @@ from hl7.mllp import open_hl7_connection
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from qrfarm.config import Settings
+from qrfarm.hl7.listener import Hl7Service
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
+from qrfarm.jobs.submit import SubmitRules
 from qrfarm.models import (
     AuditEvent,
     Job,
@@ -45,6 +48,7 @@ from qrfarm.models import (
     upgrade,
 )
 from qrfarm.workflow.rules import Rule, save_rule
+from tests.jobs.conftest import Sent
 from tests.peers.ports import LOCALHOST, accepts_connections, free_port, wait_for_port
 
 from .test_messages import message, msh, obr
@@ -432,10 +436,12 @@ def order(
     control: str = "NW",
     placer: str = "PLACER1",
     patient_class: str = "O",
+    authority: str | None = "HOSP",
 ) -> str:
+    pid3 = patient_id if authority is None else f"{patient_id}^^^{authority}^MR"
     return message(
         msh("ORM^O01", control_id, version="2.3.1"),
-        f"PID|1||{patient_id}^^^HOSP^MR||DOE^JOHN||19600101|M",
+        f"PID|1||{pid3}||DOE^JOHN||19600101|M",
         f"PV1|1|{patient_class}",
         f"ORC|{control}|{placer}|FILLER1",
         obr(f"ACC-{control_id}"),
@@ -475,7 +481,7 @@ def test_orc_ca_cancels_the_order_prefetch_and_its_jobs(listener: Listener) -> N
     (new,) = send(listener, order("ORD-7001", "PAT-7001", placer="PL-7001"))
     (prefetch,) = prefetches_of(listener, "PAT-7001")
     assert msa(new) == ("AA", "ORD-7001", f"prefetch {prefetch.id}")
-    assert prefetch.order_key == "RIS^HOSP:PL-7001"
+    assert prefetch.order_key == "127.0.0.1|RIS^HOSP:PL-7001"
     # Another patient's cancel of the same order number touches nothing.
     (stray,) = send(listener, order("ORD-7002", "PAT-7999", control="CA", placer="PL-7001"))
     assert msa(stray) == ("AA", "ORD-7002", "no prefetch under way for this order")
@@ -487,6 +493,42 @@ def test_orc_ca_cancels_the_order_prefetch_and_its_jobs(listener: Listener) -> N
     assert after.error == "cancelled by order control CA"
     # No worker runs: the queued finds end at once.
     assert {job.state.value for job, _ in child_jobs(listener, prefetch.id)} == {"cancelled"}
+
+
+def test_a_cancel_naming_the_patient_without_the_authority_touches_nothing(
+    listener: Listener,
+) -> None:
+    send(listener, order("ORD-7101", "PAT-7101", placer="PL-7101"))
+    # The same ID text with no assigning authority may be another patient.
+    (stray,) = send(
+        listener,
+        order("ORD-7102", "PAT-7101", control="CA", placer="PL-7101", authority=None),
+    )
+    assert msa(stray) == ("AA", "ORD-7102", "no prefetch under way for this order")
+    (still,) = prefetches_of(listener, "PAT-7101")
+    assert still.state is not PrefetchState.CANCELLED
+
+
+def test_only_the_address_that_sent_an_order_can_cancel_it(listener: Listener) -> None:
+    """MSH-3/MSH-4 are what a sender writes: an order is bound to the address
+    it came from too (peers here are labels; no traffic goes anywhere)."""
+    settings = Settings(
+        database_url="sqlite://",
+        hl7_rules={"ORM^O01": RULE},
+        allowed_hosts=[LOCALHOST],
+    )
+    service = Hl7Service(settings, listener.sessions, Sent(), SubmitRules.from_settings(settings))
+    service.process(order("ORD-7201", "PAT-7201", placer="PL-7201"), "127.0.0.1")
+    (prefetch,) = prefetches_of(listener, "PAT-7201")
+    forged = service.process(
+        order("ORD-7202", "PAT-7201", control="CA", placer="PL-7201"), "127.0.0.9"
+    )
+    assert msa(hl7.parse(forged)) == ("AA", "ORD-7202", "no prefetch under way for this order")
+    assert prefetches_of(listener, "PAT-7201")[0].state is not PrefetchState.CANCELLED
+    real = service.process(
+        order("ORD-7203", "PAT-7201", control="CA", placer="PL-7201"), "127.0.0.1"
+    )
+    assert msa(hl7.parse(real)) == ("AA", "ORD-7203", f"cancelled prefetch {prefetch.id}")
 
 
 def test_other_order_controls_are_acknowledged_and_ignored(listener: Listener) -> None:
