@@ -90,9 +90,7 @@ def create_job(
         max_attempts=body.max_attempts,
         callback_url=body.callback_url,
         either_retrieve=body.either_retrieve,
-        not_before=None
-        if body.not_before is None
-        else _naive_utc(body.not_before, "not_before"),
+        not_before=None if body.not_before is None else _naive_utc(body.not_before, "not_before"),
     )
     # Sessions of their own, each closed before the next opens: on SQLite a
     # transaction holds the database's one write lock.

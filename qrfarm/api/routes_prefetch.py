@@ -45,9 +45,7 @@ def start_prefetch(
     reference = reference_of(body.external_reference, idempotency_key)
     if (body.rule is None) == (body.rule_name is None):
         raise FieldError(["body", "rule"], "give either rule_name or rule")
-    if body.patient_identifiers and body.patient_id not in {
-        i.id for i in body.patient_identifiers
-    }:
+    if body.patient_identifiers and body.patient_id not in {i.id for i in body.patient_identifiers}:
         raise FieldError(["body", "patient_identifiers"], "must include patient_id")
     # Sessions of their own, each closed before the next opens: on SQLite a
     # transaction holds the database's one write lock.
