@@ -156,7 +156,9 @@ def flush_redis() -> None:
 class Farm:
     """qrfarm scp, one worker and the scheduler as processes, with their environment."""
 
-    def __init__(self, root: Path, orthanc_port: int, scp_port: int) -> None:
+    def __init__(
+        self, root: Path, orthanc_port: int, scp_port: int, receive_path: str | None = None
+    ) -> None:
         self.root = root
         self.scp_port = scp_port
         self.env = {
@@ -170,6 +172,8 @@ class Farm:
             "QRFARM_CONFIG": str(root / "none.toml"),
             "QRFARM_RECONCILE_GRACE_S": "10",
         }
+        if receive_path is not None:
+            self.env["QRFARM_SCP_RECEIVE_PATH"] = receive_path
         self.children: list[Child] = []
         root.mkdir(parents=True, exist_ok=True)
         self.cli("db", "upgrade")
@@ -229,7 +233,11 @@ def forget_instances(farm: Farm) -> None:
     """
     import psycopg
 
-    shutil.rmtree(farm.root / "storage", ignore_errors=True)
+    storage = farm.root / "storage"
+    for entry in storage.iterdir() if storage.is_dir() else []:
+        # Not the running SCP's own temp folder (.incoming): it receives into it.
+        if entry.name != ".incoming":
+            shutil.rmtree(entry, ignore_errors=True)
     with psycopg.connect(FARM_DB_DSN, autocommit=True) as connection:
         connection.execute("DELETE FROM received_instances")
         connection.execute("DELETE FROM orphan_instances")
@@ -411,7 +419,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             results["move"][label] = {"runs_s": runs, "median_s": statistics.median(runs)}
 
         # the farm
-        farm = Farm(scratch / "farm", orthanc.port, ports[FARM_SCP_AE])
+        farm = Farm(scratch / "farm", orthanc.port, ports[FARM_SCP_AE], args.scp_receive_path)
         farm.start()
         with farm_client(farm) as client:
             label = "qrfarm move (submit -> completed)"
@@ -550,6 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--single", type=int, default=20, help="single-find samples (20)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument(
+        "--scp-receive-path",
+        choices=("pynetdicom", "asyncio"),
+        help="the farm's storage SCP receive path (default: the setting's default)",
+    )
     args = parser.parse_args(argv)
     for tool in (MOVESCU, FINDSCU, STORESCP, STORESCU, ORTHANC):
         if not os.access(tool, os.X_OK):
