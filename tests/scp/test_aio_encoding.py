@@ -10,7 +10,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    generate_uid,
 )
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
@@ -21,7 +20,12 @@ from pynetdicom.presentation import build_context
 
 from qrfarm.scp.aio import encoding, negotiation
 
-UIDS = [generate_uid(), "1.2.3", "1.2.34"]  # long, odd length, even length
+# Fixed values: parallel test processes must collect the same test ids.
+UIDS = [
+    "1.2.826.0.1.3680043.8.498.76941318402752206854414443820163019090",
+    "1.2.3",
+    "1.2.34",
+]  # long, odd length, even length
 
 
 @pytest.mark.parametrize("sop_uid", UIDS)
