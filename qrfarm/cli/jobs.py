@@ -216,6 +216,10 @@ def queue_job(settings: Settings, request: JobRequest, wait: bool, as_json: bool
     job_id = client.submit(request)
     note_job(client.sessions, "job.submit", "C", job_id)
     (err if as_json else out).print(f"job {job_id} queued", highlight=False)
+    # Recorded but not yet sent (the broker down): said at once, on stderr.
+    note = client.status(job_id)["note"]
+    if note:
+        err.print(f"[yellow]job {job_id}: {note}[/]", highlight=False)
     code = EXIT_OK
     if wait:
         state = follow(client, job_id)

@@ -16,7 +16,13 @@ from tests.farm.conftest import make_farm
 
 from .conftest import ApiFarm, start_api
 
-PATH_VALUES = {"job_id": "1", "prefetch_id": "1", "name": "pacs"}
+PATH_VALUES = {
+    "job_id": "1",
+    "prefetch_id": "1",
+    "name": "pacs",
+    "batch_id": "1",
+    "retrieval_id": "1",
+}
 # Bodies that would be accepted with a good token: it is the token that is refused.
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/jobs"): {"kind": "find", "node": "pacs", "level": "STUDY"},
