@@ -9,9 +9,11 @@ export QRFARM_ALLOWED_HOSTS=127.0.0.1
 .venv/bin/ruff format --check qrfarm tests bench
 .venv/bin/mypy
 .venv/bin/lint-imports
-.venv/bin/pytest "$@"
+# Two test processes (most tests wait on peers, not on the cores); a module's
+# tests stay in one process, with the peers its fixtures start.
+.venv/bin/pytest -n 2 --dist loadfile "$@"
 # The storage SCP's tests once more on its asyncio receive path (the whole
 # suite ran them on the default one).
 if [ "$#" -eq 0 ]; then
-    QRFARM_SCP_RECEIVE_PATH=asyncio .venv/bin/pytest tests/scp
+    QRFARM_SCP_RECEIVE_PATH=asyncio .venv/bin/pytest -n 2 --dist loadfile tests/scp
 fi
