@@ -36,7 +36,6 @@ from qrfarm.errors import (
     InvalidCallback,
     InvalidIdentifier,
     NoSuchPrefetch,
-    PermanentError,
     ResentWithOtherContent,
 )
 from qrfarm.jobs.dispatch import Dispatcher
@@ -59,7 +58,7 @@ from qrfarm.nodes.roles import resolve_destination
 from qrfarm.notify.outbox import notify_prefetch_ended
 from qrfarm.notify.targets import validate_callback_url
 
-from . import patient_finds, priors
+from . import parents, patient_finds, priors
 from .identity import PatientIdentifier
 from .rules import Rule
 
@@ -409,26 +408,14 @@ def advance_all(
     sessions: sessionmaker[Session], dispatcher: Dispatcher, rules: SubmitRules
 ) -> list[int]:
     """Advance every prefetch under way; the ids of those that changed state."""
-    changed: list[int] = []
-    to_send: list[int] = []
-    with sessions() as session, session.begin():
-        for prefetch in session.scalars(
-            select(Prefetch)
-            .where(Prefetch.state.in_(UNDER_WAY))
-            .order_by(Prefetch.id)
-            .with_for_update(skip_locked=True)
-        ):
-            before = prefetch.state
-            try:
-                with session.begin_nested():
-                    to_send += advance(session, prefetch, rules)
-            except PermanentError as exc:
-                # A node removed or no longer allowed since the prefetch began.
-                _end(session, prefetch, PrefetchState.FAILED, str(exc))
-            if prefetch.state is not before:
-                changed.append(prefetch.id)
-    send_jobs(sessions, dispatcher, to_send)
-    return changed
+    return parents.advance_under_way(
+        sessions,
+        dispatcher,
+        Prefetch,
+        UNDER_WAY,
+        lambda session, row: advance(session, row, rules),
+        lambda session, row, error: _end(session, row, PrefetchState.FAILED, error),
+    )
 
 
 # --- reading -----------------------------------------------------------------

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Level
 from qrfarm.dicom.node import validate_ae_title
-from qrfarm.errors import InvalidRetrieval, NoSuchRetrieval, PermanentError, UnknownNode
+from qrfarm.errors import InvalidRetrieval, NoSuchRetrieval, UnknownNode
 from qrfarm.jobs import control, profiles
 from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.submit import JobRequest, SubmitRules, check_destination, new_job, send_jobs
@@ -40,7 +40,7 @@ from qrfarm.models import (
     utcnow,
 )
 
-from . import identity
+from . import identity, parents
 from .identity import PatientIdentifier
 from .retrieve_criteria import (
     STUDY_UID,
@@ -224,26 +224,14 @@ def advance_all(
     sessions: sessionmaker[Session], dispatcher: Dispatcher, rules: SubmitRules
 ) -> list[int]:
     """Advance every retrieval under way; the ids of those that changed state."""
-    changed: list[int] = []
-    to_send: list[int] = []
-    with sessions() as session, session.begin():
-        for retrieval in session.scalars(
-            select(Retrieval)
-            .where(Retrieval.state.in_(UNDER_WAY))
-            .order_by(Retrieval.id)
-            .with_for_update(skip_locked=True)
-        ):
-            before = retrieval.state
-            try:
-                with session.begin_nested():
-                    to_send += advance(session, retrieval, rules)
-            except PermanentError as exc:
-                # The node removed, or the destination no longer allowed.
-                _end(session, retrieval, RetrievalState.FAILED, str(exc))
-            if retrieval.state is not before:
-                changed.append(retrieval.id)
-    send_jobs(sessions, dispatcher, to_send)
-    return changed
+    return parents.advance_under_way(
+        sessions,
+        dispatcher,
+        Retrieval,
+        UNDER_WAY,
+        lambda session, row: advance(session, row, rules),
+        lambda session, row, error: _end(session, row, RetrievalState.FAILED, error),
+    )
 
 
 def cancel(sessions: sessionmaker[Session], retrieval_id: int) -> RetrievalState:
