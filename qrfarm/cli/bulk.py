@@ -4,6 +4,7 @@ through qrfarm.client.Client (the console and the API do the same)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -56,6 +57,21 @@ def _report(verb: str, result: BulkResult, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _run(
+    flt: JobFilter, verb: str, act: Callable[[Client, JobFilter], BulkResult], as_json: bool
+) -> None:
+    """Act on every job ``flt`` names through the Client, and report it."""
+
+    def action(settings: Settings) -> int:
+        client = Client.from_settings(settings)
+        try:
+            return _report(verb, act(client, flt), as_json)
+        finally:
+            client.close()
+
+    run(action)
+
+
 @bulk_app.command("cancel")
 def bulk_cancel(
     node: NodeOpt = None,
@@ -68,16 +84,8 @@ def bulk_cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel every matching job not yet ended (queued: at once; running: C-CANCEL)."""
-
-    def action(settings: Settings) -> int:
-        client = Client.from_settings(settings)
-        try:
-            flt = _filter(node, state, kind, batch, since, until, job)
-            return _report("cancelled", client.bulk_cancel(flt), as_json)
-        finally:
-            client.close()
-
-    run(action)
+    flt = _filter(node, state, kind, batch, since, until, job)
+    _run(flt, "cancelled", Client.bulk_cancel, as_json)
 
 
 @bulk_app.command("retry")
@@ -93,16 +101,8 @@ def bulk_retry(
 ) -> None:
     """Retry every matching partial or failed job (a partial retrieve asks only for
     what is missing)."""
-
-    def action(settings: Settings) -> int:
-        client = Client.from_settings(settings)
-        try:
-            flt = _filter(node, state, kind, batch, since, until, job)
-            return _report("queued again", client.bulk_retry(flt), as_json)
-        finally:
-            client.close()
-
-    run(action)
+    flt = _filter(node, state, kind, batch, since, until, job)
+    _run(flt, "queued again", Client.bulk_retry, as_json)
 
 
 @bulk_app.command("prioritise")
@@ -123,13 +123,7 @@ def bulk_prioritise(
     as_json: JsonOpt = False,
 ) -> None:
     """Give every matching job not yet ended this priority (queued ones move lanes)."""
-
-    def action(settings: Settings) -> int:
-        client = Client.from_settings(settings)
-        try:
-            flt = _filter(node, state, kind, batch, since, until, job)
-            return _report(f"set to {priority}:", client.reprioritise(flt, priority), as_json)
-        finally:
-            client.close()
-
-    run(action)
+    flt = _filter(node, state, kind, batch, since, until, job)
+    _run(
+        flt, f"set to {priority}:", lambda client, flt: client.reprioritise(flt, priority), as_json
+    )
