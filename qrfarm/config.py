@@ -124,9 +124,9 @@ class Settings(BaseSettings):
     # --processes): one per core spreads many associations over the cores,
     # past one process's GIL.
     scp_processes: int = Field(default=1, ge=1, le=64)
-    # How the SCP receives: "pynetdicom" (its association threads) or
-    # "asyncio" (one event loop speaking the upper layer for storage only).
-    scp_receive_path: Literal["pynetdicom", "asyncio"] = "pynetdicom"
+    # How the SCP receives: "asyncio" (one event loop speaking the upper layer
+    # for storage only) or "pynetdicom" (its association threads).
+    scp_receive_path: Literal["asyncio", "pynetdicom"] = "asyncio"
     # The calling AE title of qrfarm's own health probes: the SCP answers its
     # C-ECHO and refuses it any C-STORE.
     probe_ae_title: str = "QRFARMPROBE"

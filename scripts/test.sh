@@ -12,8 +12,8 @@ export QRFARM_ALLOWED_HOSTS=127.0.0.1
 # Two test processes (most tests wait on peers, not on the cores); a module's
 # tests stay in one process, with the peers its fixtures start.
 .venv/bin/pytest -n 2 --dist loadfile "$@"
-# The storage SCP's tests once more on its asyncio receive path (the whole
-# suite ran them on the default one).
+# The storage SCP's tests once more on pynetdicom's receive path (the whole
+# suite ran them on the default one, asyncio).
 if [ "$#" -eq 0 ]; then
-    QRFARM_SCP_RECEIVE_PATH=asyncio .venv/bin/pytest -n 2 --dist loadfile tests/scp
+    QRFARM_SCP_RECEIVE_PATH=pynetdicom .venv/bin/pytest -n 2 --dist loadfile tests/scp
 fi

@@ -74,6 +74,7 @@ class Status:
     NO_SUCH_OBJECT_INSTANCE = 0x0112
     NO_SUCH_EVENT_TYPE = 0x0113
     INVALID_ARGUMENT_VALUE = 0x0115
+    RESOURCE_LIMITATION = 0x0213
     # Every code of a class (the standard names ranges: 0xA7xx, 0xA9xx).
     OUT_OF_RESOURCES_RANGE = range(0xA700, 0xA800)
     DOES_NOT_MATCH_SOP_CLASS_RANGE = range(0xA900, 0xAA00)

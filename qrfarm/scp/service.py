@@ -11,15 +11,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.dicom.commitment import STORAGE_COMMITMENT_PUSH
-from qrfarm.dicom.contexts import QR_TRANSFER_SYNTAXES
-from qrfarm.dicom.model import VERIFICATION_SOP_CLASS
 from qrfarm.errors import ProxyHeaderError
 from qrfarm.models import OrphanInstance, ReceivedInstance
 from qrfarm.nodes.hosts import HostPatterns, Resolver, check_host_pattern, peer_address
@@ -28,6 +25,7 @@ from qrfarm.storage import InstanceStorage
 from . import proxy_protocol, tls
 from .aio import AioStorageServer
 from .commitment import handle_commitment_report
+from .contexts import supported_contexts
 from .gate import ConnectionGate
 from .handlers import (
     ScpContext,
@@ -39,10 +37,10 @@ from .handlers import (
 from .known_nodes import KnownNodes
 
 log = logging.getLogger(__name__)
-# Which receive path serves associations: "pynetdicom" (its AssociationServer,
-# threads per association) or "asyncio" (qrfarm.scp.aio, one event loop).
-RECEIVE_PATHS = ("pynetdicom", "asyncio")
-DEFAULT_RECEIVE_PATH = "pynetdicom"
+# Which receive path serves associations: "asyncio" (qrfarm.scp.aio, one
+# event loop) or "pynetdicom" (its AssociationServer, threads per association).
+RECEIVE_PATHS = ("asyncio", "pynetdicom")
+DEFAULT_RECEIVE_PATH = "asyncio"
 # With siblings on one socket: how long a process lets them take a new
 # connection first, per association it is serving already.
 ACCEPT_DELAY_PER_ASSOCIATION_S = 0.002
@@ -222,15 +220,7 @@ class StorageScp:
         # A connection must ask for an association within this (pynetdicom's
         # ARTIM timer runs on it), or it is closed.
         ae.acse_timeout = self.associate_timeout_s
-        ae.add_supported_context(VERIFICATION_SOP_CLASS)
-        for context in AllStoragePresentationContexts:
-            assert context.abstract_syntax is not None
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        # Storage Commitment reports on a destination's own association: it
-        # takes the SCP role, the farm the SCU role (qrfarm.scp.commitment).
-        ae.add_supported_context(
-            STORAGE_COMMITMENT_PUSH, QR_TRANSFER_SYNTAXES, scu_role=False, scp_role=True
-        )
+        ae.supported_contexts = supported_contexts()
         return ae
 
     def start(self) -> int:

@@ -23,6 +23,7 @@ import threading
 import types
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import dimse_messages
@@ -40,15 +41,22 @@ class SpoolFile:
     folder that counts what it was given and keeps no more than ``limit`` bytes."""
 
     def __init__(self, folder: Path, limit: int) -> None:
-        fd, name = tempfile.mkstemp(dir=folder, prefix="rx-", suffix=".part")
+        # Why the bytes could not be written (a full disk, the folder gone):
+        # the handler answers Out of Resources; raised here, it would end the
+        # association instead.
+        self.failure: OSError | None = None
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, prefix="rx-", suffix=".part")
+        except OSError as exc:
+            # Nothing to write to: the data set is counted and dropped, under a
+            # name no file has (the handler removes "it" as any other).
+            self.failure = exc
+            fd, name = os.open(os.devnull, os.O_WRONLY), str(folder / f"rx-{uuid4().hex}.none")
         self.file = os.fdopen(fd, "wb", buffering=0)
         self.name = name
         self.limit = limit
         self.written = 0  # bytes given, kept or not
         self.overflowed = False
-        # Why the bytes could not be written (a full disk): the handler says
-        # so; raised here, it would abort the association instead.
-        self.failure: OSError | None = None
 
     def write(self, data: bytes | memoryview) -> int:
         self.written += len(data)

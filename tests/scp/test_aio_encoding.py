@@ -19,6 +19,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
 from qrfarm.scp.aio import encoding, negotiation
+from qrfarm.scp.contexts import supported_contexts
 
 # Fixed values: parallel test processes must collect the same test ids.
 UIDS = [
@@ -82,7 +83,7 @@ def _request(calling_ae: str, contexts: int = 3) -> bytes:
 
 def test_an_association_request_seen_before_gets_the_same_answer() -> None:
     recent = negotiation.RecentRequests()
-    supported = negotiation.supported_contexts()
+    supported = supported_contexts()
     first = _request("SENDER")
     request = recent.decode(first)
     answer = recent.accept(first, request, supported, 1 << 20)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -195,6 +196,29 @@ def test_an_instance_over_the_maximum_is_refused_naming_its_size_and_the_limit(
     assert again.Status == SUCCESS
     assert set(rows(db)) == {str(small.SOPInstanceUID)}
     assert [p.name for p in stored_files(storage_root)] == [f"{small.SOPInstanceUID}.dcm"]
+
+
+def test_a_temp_folder_gone_mid_association_answers_out_of_resources_and_goes_on(
+    db: Db, scp: StorageScp, storage_root: Path
+) -> None:
+    first, second, third = header(), header(), header()
+    for ds in (first, second, third):
+        ds.PixelData = b"\0" * 512
+    assoc = associate(scp.port, CTImageStorage)
+    try:
+        assert assoc.send_c_store(first).Status == SUCCESS
+        incoming = scp.context.storage.incoming()
+        shutil.rmtree(incoming)  # nowhere to spool the next data set to
+        answer = assoc.send_c_store(second)
+        assert assoc.is_established, "the association ended instead of an answer"
+        incoming.mkdir()
+        again = assoc.send_c_store(third)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    assert answer.Status == OUT_OF_RESOURCES
+    assert again.Status == SUCCESS
+    assert set(rows(db)) == {str(first.SOPInstanceUID), str(third.SOPInstanceUID)}
 
 
 def deflated_bomb(inflated_bytes: int) -> tuple[Dataset, bytes]:

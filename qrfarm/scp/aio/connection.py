@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING
 
 from pynetdicom.presentation import PresentationContext
 
+from qrfarm.delivery.commitment import handle_report
+from qrfarm.dicom import Status
+from qrfarm.dicom.commitment import STORAGE_COMMITMENT_PUSH
 from qrfarm.errors import ProxyHeaderError, UpperLayerViolation
 from qrfarm.nodes.hosts import peer_address
 
@@ -29,6 +32,7 @@ from ..handlers import store_spooled
 from ..spool import META_ALLOWANCE, MIN_PDU_READ, SpoolFile
 from . import messages, negotiation
 from .incoming import Incoming, file_meta
+from .reports import N_EVENT_REPORT_RQ_FIELD, IncomingReport, report_response
 
 if TYPE_CHECKING:
     from .server import AioStorageServer
@@ -68,7 +72,7 @@ class Connection:
         self.peer_max_pdu = 0
         self.contexts: dict[int, PresentationContext] = {}
         self.command = bytearray()
-        self.incoming: Incoming | None = None
+        self.incoming: Incoming | IncomingReport | None = None
         self.read_limit = max(self.ctx.max_pdu, MIN_PDU_READ) if self.ctx.max_pdu else 1 << 30
 
     def is_alive(self) -> bool:
@@ -280,7 +284,12 @@ class Connection:
                 incoming.write(data)
                 if control & 2:
                     self.incoming = None
-                    answers.append(asyncio.ensure_future(self._store(incoming)))
+                    answer = (
+                        self._report(incoming)
+                        if isinstance(incoming, IncomingReport)
+                        else self._store(incoming)
+                    )
+                    answers.append(asyncio.ensure_future(answer))
         return answers
 
     def _command(self, context_id: int) -> None:
@@ -300,6 +309,11 @@ class Connection:
             has_data_set = int(command.CommandDataSetType) != messages.NO_DATA_SET
             is_store = field == messages.C_STORE_RQ_FIELD
             request = messages.StoreCommand.of(command) if is_store else None
+            is_report = (
+                field == N_EVENT_REPORT_RQ_FIELD
+                and context.abstract_syntax == STORAGE_COMMITMENT_PUSH
+            )
+            report = IncomingReport(command, context_id, context) if is_report else None
         except Exception as exc:
             raise UpperLayerViolation(
                 f"command set not understood: {exc}", messages.ABORT_INVALID_PDU_PARAMETER
@@ -307,6 +321,12 @@ class Connection:
         if field == messages.C_ECHO_RQ_FIELD and not has_data_set:
             echo = messages.echo_request(command)
             self.writer.write(messages.echo_response(echo, context_id, self.peer_max_pdu))
+            return
+        if report is not None:
+            self.incoming = report
+            if not has_data_set:  # refused for want of content, at once
+                self.incoming = None
+                self.writer.write(self._report_answer(report, Status.INVALID_ARGUMENT_VALUE))
             return
         if request is None or not has_data_set:
             raise UpperLayerViolation(f"command {field:#06x} is not a service of this SCP")
@@ -339,6 +359,26 @@ class Connection:
         self.writer.write(
             messages.store_response(request, answer, incoming.context_id, self.peer_max_pdu)
         )
+
+    async def _report(self, report: IncomingReport) -> None:
+        """A Storage Commitment report: recorded off the loop, then answered."""
+        if report.too_large:
+            log.warning(
+                "storage commitment report from %s refused: %d bytes",
+                self.calling_ae,
+                report.received,
+            )
+            status = Status.RESOURCE_LIMITATION
+        else:
+            info = report.event_information()
+            report.discard()
+            status = await self.server.blocking(
+                handle_report, self.ctx.sessions, self.calling_ae, report.event_type, info
+            )
+        self.writer.write(self._report_answer(report, status))
+
+    def _report_answer(self, report: IncomingReport, status: int) -> bytes:
+        return report_response(report, status, self.peer_max_pdu)
 
     def _abort(self, reason: int | None = None) -> None:
         self.is_aborted = True

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RSP
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, P_DATA_TF
@@ -101,7 +101,7 @@ def store_response(
         response.Status = int(answer)
     message = C_STORE_RSP()
     message.primitive_to_message(response)
-    return _encode(message, context_id, peer_max_pdu)
+    return encode_message(message, context_id, peer_max_pdu)
 
 
 def echo_response(request: C_ECHO, context_id: int, peer_max_pdu: int) -> bytes:
@@ -111,10 +111,11 @@ def echo_response(request: C_ECHO, context_id: int, peer_max_pdu: int) -> bytes:
     response.Status = Status.SUCCESS
     message = C_ECHO_RSP()
     message.primitive_to_message(response)
-    return _encode(message, context_id, peer_max_pdu)
+    return encode_message(message, context_id, peer_max_pdu)
 
 
-def _encode(message: C_STORE_RSP | C_ECHO_RSP, context_id: int, peer_max_pdu: int) -> bytes:
+def encode_message(message: DIMSEMessage, context_id: int, peer_max_pdu: int) -> bytes:
+    """A DIMSE message as the P-DATA-TF PDUs the peer takes."""
     return b"".join(
         P_DATA_TF(primitive).encode() for primitive in message.encode_msg(context_id, peer_max_pdu)
     )

@@ -15,12 +15,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from pydicom.uid import UID
-from pynetdicom import (
-    ALL_TRANSFER_SYNTAXES,
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
-    AllStoragePresentationContexts,
-)
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -30,9 +25,7 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
 )
-from pynetdicom.presentation import PresentationContext, build_context, negotiate_unrestricted
-
-from qrfarm.dicom.model import VERIFICATION_SOP_CLASS
+from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
 
 APPLICATION_CONTEXT_NAME = UID("1.2.840.10008.3.1.1.1")
 # A sender asks in the same words every time (storescu proposes some 120
@@ -42,15 +35,6 @@ APPLICATION_CONTEXT_NAME = UID("1.2.840.10008.3.1.1.1")
 # push others out.
 REMEMBERED_RQ_BYTES = 64 << 10
 REMEMBERED_RQS = 32
-
-
-def supported_contexts() -> list[PresentationContext]:
-    """What the SCP accepts: Verification and every storage SOP class, in every syntax."""
-    contexts = [build_context(VERIFICATION_SOP_CLASS, ALL_TRANSFER_SYNTAXES)]
-    for context in AllStoragePresentationContexts:
-        assert context.abstract_syntax is not None
-        contexts.append(build_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES))
-    return contexts
 
 
 @dataclass

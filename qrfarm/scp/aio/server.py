@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from qrfarm.nodes.hosts import HostPatterns
 
+from ..contexts import supported_contexts
 from .connection import Connection
-from .negotiation import RecentRequests, supported_contexts
+from .negotiation import RecentRequests
 
 if TYPE_CHECKING:
     from ..handlers import ScpContext

@@ -1,0 +1,136 @@
+"""Storage Commitment reports a destination sends the storage SCP on an
+association of its own (as Orthanc always does), on either receive path."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role
+from pynetdicom.presentation import build_context
+
+from qrfarm.dicom.commitment import (
+    COMMITTED,
+    FAILURES_EXIST,
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH,
+)
+from qrfarm.models import CommitmentRequest
+from qrfarm.scp import StorageScp
+from tests.conftest import QRFARM_SCP_AE
+from tests.scp.conftest import Db
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+UIDS = [f"1.2.826.0.1.3680043.10.1234.77.{n}" for n in range(3)]
+
+
+def _request(db: Db, transaction_uid: str) -> None:
+    """A request the farm sent to the node ``orthanc`` (AE title ORTHANC)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.77"
+    job = db.new_move("orthanc", identifier, destination="ORTHANC")
+    with db.sessions() as session, session.begin():
+        session.add(
+            CommitmentRequest(
+                transaction_uid=transaction_uid,
+                job_id=job.id,
+                node_id=db.node_id("orthanc"),
+                node_ae_title="ORTHANC",
+                requested_count=len(UIDS),
+                committed_uids=[],
+                failed_uids={},
+            )
+        )
+
+
+def _references(uids: list[str]) -> list[Dataset]:
+    items = []
+    for uid in uids:
+        item = Dataset()
+        item.ReferencedSOPClassUID = CT
+        item.ReferencedSOPInstanceUID = uid
+        items.append(item)
+    return items
+
+
+def _report(
+    port: int, calling_ae: str, event_type: int, info: Dataset, syntax: str | None = None
+) -> int | None:
+    """Send one N-EVENT-REPORT as a destination does (a new association, the
+    destination in the SCP role); the status answered, None if none came."""
+    ae = AE(ae_title=calling_ae)
+    if syntax is None:
+        ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
+    else:
+        ae.requested_contexts = [build_context(STORAGE_COMMITMENT_PUSH, [syntax])]
+    role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
+    assoc = ae.associate("127.0.0.1", port, ae_title=QRFARM_SCP_AE, ext_neg=[role])
+    assert assoc.is_established, "the storage SCP refused the association"
+    accepted = assoc.accepted_contexts
+    assert [str(cx.abstract_syntax) for cx in accepted] == [STORAGE_COMMITMENT_PUSH]
+    try:
+        status, _ = assoc.send_n_event_report(
+            info, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
+        )
+        return int(status.Status) if "Status" in status else None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _row(db: Db, transaction_uid: str) -> CommitmentRequest:
+    with db.sessions() as session:
+        row = session.get(CommitmentRequest, transaction_uid)
+        assert row is not None
+        session.expunge(row)
+        return row
+
+
+def test_a_report_from_the_destination_asked_is_recorded(scp: StorageScp, db: Db) -> None:
+    transaction = "2.25.3141592653589793"
+    _request(db, transaction)
+    info = Dataset()
+    info.TransactionUID = transaction
+    info.ReferencedSOPSequence = _references(UIDS)
+    assert _report(scp.port, "ORTHANC", COMMITTED, info) == 0x0000
+    row = _row(db, transaction)
+    assert row.reported_at is not None
+    assert row.committed_uids == UIDS and row.failed_uids == {}
+
+
+def test_a_report_with_failures_names_them_in_explicit_vr(scp: StorageScp, db: Db) -> None:
+    transaction = "2.25.2718281828459045"
+    _request(db, transaction)
+    info = Dataset()
+    info.TransactionUID = transaction
+    info.ReferencedSOPSequence = _references(UIDS[:2])
+    failed = _references(UIDS[2:])
+    failed[0].FailureReason = 0x0112
+    info.FailedSOPSequence = failed
+    explicit_vr = "1.2.840.10008.1.2.1"
+    assert _report(scp.port, "ORTHANC", FAILURES_EXIST, info, explicit_vr) == 0x0000
+    row = _row(db, transaction)
+    assert row.committed_uids == UIDS[:2] and row.failed_uids == {UIDS[2]: 0x0112}
+
+
+def test_a_report_from_another_node_or_on_no_request_is_refused(scp: StorageScp, db: Db) -> None:
+    transaction = "2.25.1618033988749894"
+    _request(db, transaction)
+    info = Dataset()
+    info.TransactionUID = transaction
+    info.ReferencedSOPSequence = _references(UIDS)
+    # SANDBOX is a registered node (admitted to store) but was not asked.
+    assert _report(scp.port, "SANDBOX", COMMITTED, info) == 0x0115
+    unknown = Dataset()
+    unknown.TransactionUID = "2.25.42"
+    unknown.ReferencedSOPSequence = _references(UIDS)
+    assert _report(scp.port, "ORTHANC", COMMITTED, unknown) == 0x0115
+    assert _row(db, transaction).reported_at is None
+
+
+def test_a_report_of_an_unknown_event_type_is_refused(scp: StorageScp, db: Db) -> None:
+    transaction = "2.25.1414213562373095"
+    _request(db, transaction)
+    info = Dataset()
+    info.TransactionUID = transaction
+    assert _report(scp.port, "ORTHANC", 7, info) == 0x0113
+    assert _row(db, transaction).reported_at is None
