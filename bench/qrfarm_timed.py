@@ -11,6 +11,7 @@ way round. The timers cost a few microseconds per call.
 from __future__ import annotations
 
 import atexit
+import inspect
 import json
 import os
 import sys
@@ -27,6 +28,19 @@ _missing: list[str] = []
 
 
 def _timed(step: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(function):
+
+        async def waited(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                with _lock:
+                    _samples[step].append(elapsed)
+
+        return waited
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
@@ -48,23 +62,33 @@ def _wrap(owner: Any, attribute: str, step: str) -> None:
 
 
 def install() -> None:
-    import pynetdicom.events
-    from sqlalchemy.orm import session as sa_session
+    from sqlalchemy.engine import base as sa_engine
 
+    import qrfarm.jobs.ingest as ingest
+    import qrfarm.scp.aio.connection as aio_connection
+    import qrfarm.scp.aio.server as aio_server
+    import qrfarm.scp.committer as committer
     import qrfarm.scp.handlers as handlers
     import qrfarm.scp.service as service
     import qrfarm.storage as storage
 
-    # handle_store is looked up in service.py when the server is made.
-    _wrap(service, "handle_store", "handle_store (all of it)")
-    _wrap(handlers, "read_facts", "read_facts (parse header, checks)")
-    _wrap(pynetdicom.events.Event, "encoded_dataset", "encoded_dataset (Part-10 bytes)")
-    _wrap(storage.InstanceStorage, "store", "storage.store (file, fsyncs)")
-    _wrap(storage.InstanceStorage, "_write_atomically", "  write + fsync + link")
-    _wrap(storage, "_fsync_dir", "  fsync of the folder")
-    _wrap(handlers, "correlate", "correlate (session, queries)")
-    _wrap(handlers, "record", "record (insert)")
-    _wrap(sa_session.SessionTransaction, "commit", "commit")
+    # handle_store is looked up in service.py when the server is made (pynetdicom path).
+    _wrap(service, "handle_store", "handle_store (pynetdicom path, all of it)")
+    # The asyncio path: the loop's part, and the wait for the thread pool.
+    _wrap(aio_connection.Connection, "_p_data", "loop: P-DATA taken (per PDU)")
+    _wrap(aio_connection.Connection, "_command", "loop: command set, temp file opened")
+    _wrap(aio_connection.Connection, "_store", "loop: store awaited and answered")
+    _wrap(aio_server.AioStorageServer, "blocking", "  loop: waiting on the pool")
+    # Either path, in the thread that stores.
+    _wrap(handlers, "store_spooled", "store_spooled (all of the store)")
+    _wrap(handlers, "facts_of", "  facts_of (header parse, checks)")
+    _wrap(storage.InstanceStorage, "store_file", "  store_file (fsync, link)")
+    _wrap(storage, "_fsync_file", "    fsync of the file")
+    _wrap(committer.GroupCommitter, "record", "  committer.record (group, commit)")
+    _wrap(ingest, "record_stored_batch", "    record_stored_batch (one group)")
+    _wrap(storage, "_fsync_dir", "      fsync of a folder")
+    _wrap(handlers, "correlate", "      correlate (queries)")
+    _wrap(sa_engine.Connection, "commit", "      commit")
 
 
 def summary() -> dict[str, Any]:

@@ -153,6 +153,7 @@ class InstanceStorage:
         temp: Path,
         *,
         sync_folder: bool = True,
+        synced: bool = False,
     ) -> StoredFile:
         """Store the Part-10 file at ``temp`` (in :meth:`incoming`): linked, never
         copied, and ``temp`` is gone afterwards, whatever happens.
@@ -161,12 +162,13 @@ class InstanceStorage:
         them under their digest, and an existing file is never replaced. A
         file created here is marked until :meth:`settle` (or :meth:`discard`).
         With ``sync_folder`` false the folder's fsync is the caller's, through
-        :meth:`sync_folders`, before the file's row is committed."""
+        :meth:`sync_folders`, before the file's row is committed; ``synced``
+        says the caller fsynced ``temp`` already."""
         first = self.path_for(study_uid, series_uid, sop_uid)
         left: Path | None = temp  # where the temp file is, until a link holds it
         try:
             size = temp.stat().st_size
-            if self.fsync:
+            if self.fsync and not synced:
                 _fsync_file(temp)
             first.parent.mkdir(parents=True, exist_ok=True)
             found, left = self._place(first, temp, size, sync_folder)

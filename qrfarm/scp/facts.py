@@ -178,6 +178,11 @@ def facts_of(request: StoreRequest, path: Path, max_bytes: int) -> InstanceFacts
         raise
     except DatasetTruncated as exc:
         raise InstanceRefused(Status.CANNOT_UNDERSTAND, f"data set cut short: {exc}") from exc
+    except OSError as exc:
+        # The SCP's own temp file, not the data set: the sender may try again.
+        raise InstanceRefused(
+            Status.OUT_OF_RESOURCES, f"data set not read back from disk: {exc.strerror}"
+        ) from exc
     except Exception as exc:
         raise InstanceRefused(
             Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event as ThreadEvent
@@ -122,15 +123,23 @@ def handle_store(event: Event, ctx: ScpContext) -> int | Dataset:
 
 
 def store_spooled(
-    ctx: ScpContext, request: StoreRequest, received: Path, spooled: spool.SpoolFile | None
+    ctx: ScpContext,
+    request: StoreRequest,
+    received: Path,
+    spooled: spool.SpoolFile | None,
+    synced: Future[OSError | None] | None = None,
 ) -> int | Dataset:
     """The answer to a C-STORE whose data set is in ``received`` (a Part-10 file
     in the storage root's temp folder, removed here whatever the outcome), on
-    either receive path: stored, correlated and recorded before success."""
+    either receive path: stored, correlated and recorded before success.
+
+    ``synced``: the file's fsync, under way in another thread (the asyncio
+    path starts it as the last fragment arrives), waited for before the file
+    is linked into place; without it the file is fsynced here."""
     started = time.monotonic()
     started_ns = time.time_ns()
     try:
-        status, outcome = _store_received(ctx, request, received, spooled, started_ns)
+        status, outcome = _store_received(ctx, request, received, spooled, synced, started_ns)
     finally:
         received.unlink(missing_ok=True)
     STORES.labels(outcome).inc()
@@ -143,6 +152,7 @@ def _store_received(
     request: StoreRequest,
     received: Path,
     spooled: spool.SpoolFile | None,
+    synced: Future[OSError | None] | None,
     started_ns: int,
 ) -> tuple[int | Dataset, str]:
     if ctx.probe_ae_title and request.calling_ae == ctx.probe_ae_title:
@@ -160,6 +170,10 @@ def _store_received(
     except InstanceRefused as refused:
         log.warning("C-STORE of %s refused: %s", request.sop_instance_uid, refused)
         return _answer(refused.status, refused.reason), "refused"
+    failure = synced.result() if synced is not None else None
+    if failure is not None:
+        log.error("C-STORE of %s not received: %s", request.sop_instance_uid, failure)
+        return Status.OUT_OF_RESOURCES, "out_of_resources"
     try:
         stored = ctx.storage.store_file(
             facts.study_instance_uid,
@@ -167,6 +181,7 @@ def _store_received(
             facts.sop_instance_uid,
             received,
             sync_folder=False,  # once for the group its row is committed with
+            synced=synced is not None,
         )
     except UnsafeUid as exc:
         log.warning("C-STORE refused: %s", exc)

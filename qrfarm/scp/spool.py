@@ -75,6 +75,22 @@ class SpoolFile:
     def close(self) -> None:
         self.file.close()
 
+    def sync_and_close(self, fsync: bool) -> OSError | None:
+        """Close, the bytes made durable first (``fsync``); what kept them from
+        being. Run beside the parsing of the header, so that the disk's time
+        and the parser's overlap."""
+        failure = self.failure
+        if fsync and failure is None:
+            try:
+                os.fsync(self.file.fileno())
+            except OSError as exc:
+                failure = exc
+        try:
+            self.file.close()
+        except OSError as exc:
+            failure = failure or exc
+        return failure
+
 
 class _PerThreadConfig(types.ModuleType):
     """pynetdicom's ``_config`` as its message decoder reads it: as is, except

@@ -29,9 +29,9 @@ from qrfarm.nodes.hosts import peer_address
 from .. import admission, proxy_protocol
 from ..facts import StoreRequest
 from ..handlers import store_spooled
-from ..spool import META_ALLOWANCE, MIN_PDU_READ, SpoolFile
+from ..spool import META_ALLOWANCE, MIN_PDU_READ
 from . import messages, negotiation
-from .incoming import Incoming, file_meta
+from .incoming import Incoming, TempFiles, file_meta
 from .reports import N_EVENT_REPORT_RQ_FIELD, IncomingReport, report_response
 
 if TYPE_CHECKING:
@@ -73,6 +73,12 @@ class Connection:
         self.contexts: dict[int, PresentationContext] = {}
         self.command = bytearray()
         self.incoming: Incoming | IncomingReport | None = None
+        self.temp_files = TempFiles(
+            self.ctx.storage.incoming(),
+            self.ctx.max_instance_bytes + META_ALLOWANCE,
+            server.loop,
+            server.pool,
+        )
         self.read_limit = max(self.ctx.max_pdu, MIN_PDU_READ) if self.ctx.max_pdu else 1 << 30
 
     def is_alive(self) -> bool:
@@ -98,6 +104,7 @@ class Connection:
             if self.incoming is not None:
                 self.incoming.discard()
                 self.incoming = None
+            self.temp_files.close()
             self.closed = True
             self.writer.close()
 
@@ -305,8 +312,11 @@ class Connection:
             )
         try:
             command = messages.command_set(encoded)
-            field = int(command.CommandField)
-            has_data_set = int(command.CommandDataSetType) != messages.NO_DATA_SET
+            field = messages.us_value(command, messages.COMMAND_FIELD)
+            data_set_type = messages.us_value(command, messages.DATA_SET_TYPE)
+            if field is None or data_set_type is None:
+                raise ValueError("no Command Field or Command Data Set Type")
+            has_data_set = data_set_type != messages.NO_DATA_SET
             is_store = field == messages.C_STORE_RQ_FIELD
             request = messages.StoreCommand.of(command) if is_store else None
             is_report = (
@@ -330,17 +340,14 @@ class Connection:
             return
         if request is None or not has_data_set:
             raise UpperLayerViolation(f"command {field:#06x} is not a service of this SCP")
-        spool = SpoolFile(self.ctx.storage.incoming(), self.ctx.max_instance_bytes + META_ALLOWANCE)
+        spool = self.temp_files.take()
         spool.write(file_meta(request, context))
         self.incoming = Incoming(request, context_id, context, spool)
 
     async def _store(self, incoming: Incoming) -> None:
         """Store, correlate and record off the loop; answer once that is done."""
-        try:
-            incoming.flush()
-            incoming.spool.close()
-        except OSError as exc:
-            incoming.spool.failure = incoming.spool.failure or exc
+        incoming.flush()  # never raises: a failed write is the spool's failure
+        synced = self.server.pool.submit(incoming.spool.sync_and_close, self.ctx.storage.fsync)
         request = incoming.request
         store_request = StoreRequest(
             sop_class_uid=request.sop_class_uid,
@@ -353,8 +360,9 @@ class Connection:
             originator_ae=request.originator_ae,
             originator_message_id=request.originator_message_id,
         )
+        received = Path(incoming.spool.name)
         answer = await self.server.blocking(
-            store_spooled, self.ctx, store_request, Path(incoming.spool.name), incoming.spool
+            store_spooled, self.ctx, store_request, received, incoming.spool, synced
         )
         self.writer.write(
             messages.store_response(request, answer, incoming.context_id, self.peer_max_pdu)

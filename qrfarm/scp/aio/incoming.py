@@ -3,6 +3,8 @@ fragments arrive, behind the file meta pynetdicom would write."""
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Executor
 from contextlib import suppress
 from pathlib import Path
 
@@ -20,6 +22,54 @@ from .messages import StoreCommand
 # instance is mostly on disk while its last PDUs still arrive (the sender
 # keeps filling the socket buffer meanwhile), large enough for few syscalls.
 WRITE_CHUNK = 256 << 10
+
+
+class TempFiles:
+    """The temp files of one association's data sets. The next one is made in
+    the thread pool while the current data set arrives: creating a file waits
+    on the file system's journal, which the stores' fsyncs keep busy (0.2 to
+    0.5 ms of the loop's time per instance, when it was made on the loop)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        limit: int,
+        loop: asyncio.AbstractEventLoop,
+        pool: Executor,
+    ) -> None:
+        self.folder = folder
+        self.limit = limit
+        self.loop = loop
+        self.pool = pool
+        self.spare: asyncio.Future[SpoolFile] | None = None
+
+    def _new(self) -> SpoolFile:
+        return SpoolFile(self.folder, self.limit)
+
+    def take(self) -> SpoolFile:
+        """A temp file for the data set now arriving (the spare, if made in
+        time and sound), and the next one asked of the pool."""
+        spare, self.spare = self.spare, self.loop.run_in_executor(self.pool, self._new)
+        if spare is not None:
+            if spare.done() and spare.exception() is None and spare.result().failure is None:
+                return spare.result()
+            spare.add_done_callback(_discard_spare)
+        return self._new()
+
+    def close(self) -> None:
+        """The spare removed (once made, if it is still being made)."""
+        if self.spare is not None:
+            self.spare.add_done_callback(_discard_spare)
+            self.spare = None
+
+
+def _discard_spare(spare: asyncio.Future[SpoolFile]) -> None:
+    if spare.cancelled() or spare.exception() is not None:
+        return
+    spool = spare.result()
+    with suppress(OSError):
+        spool.close()
+    Path(spool.name).unlink(missing_ok=True)
 
 
 class Incoming:

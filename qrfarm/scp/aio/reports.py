@@ -20,7 +20,15 @@ from pynetdicom.presentation import PresentationContext
 
 from qrfarm.dicom.commitment import MAX_REFERENCES
 
-from .messages import encode_message
+from .messages import (
+    AFFECTED_SOP_CLASS_UID,
+    AFFECTED_SOP_INSTANCE_UID,
+    EVENT_TYPE_ID,
+    MESSAGE_ID,
+    encode_message,
+    text_value,
+    us_value,
+)
 
 N_EVENT_REPORT_RQ_FIELD = 0x0100
 # A request names at most MAX_REFERENCES instances, about 120 bytes each in a report.
@@ -31,11 +39,13 @@ class IncomingReport:
     """An N-EVENT-REPORT whose Event Information is arriving."""
 
     def __init__(self, command: Dataset, context_id: int, context: PresentationContext) -> None:
-        self.message_id = int(command.MessageID)
-        self.sop_class_uid = str(command.AffectedSOPClassUID or "").rstrip("\x00 ")
-        self.sop_instance_uid = str(command.AffectedSOPInstanceUID or "").rstrip("\x00 ")
-        event_type = command.get("EventTypeID")
-        self.event_type = int(event_type) if event_type is not None else None
+        message_id = us_value(command, MESSAGE_ID)
+        if message_id is None:
+            raise ValueError("an N-EVENT-REPORT-RQ without a Message ID")
+        self.message_id = message_id
+        self.sop_class_uid = text_value(command, AFFECTED_SOP_CLASS_UID)
+        self.sop_instance_uid = text_value(command, AFFECTED_SOP_INSTANCE_UID)
+        self.event_type = us_value(command, EVENT_TYPE_ID)
         self.context_id = context_id
         self.context = context
         self.buffer = bytearray()
