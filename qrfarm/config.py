@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     # A move to another node: how long to wait for the destination's Storage
     # Commitment report (it comes to the storage SCP) before verifying by C-FIND.
     commitment_report_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # A destination last seen not to commit is asked again after this long
+    # (Storage Commitment may have been switched on there).
+    commitment_recheck_after_s: float = Field(default=86_400.0, gt=0)
     # A forward sends over at most this many associations at once (within the
     # destination's own limit, across the farm).
     forward_associations: int = Field(default=4, ge=1, le=64)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -58,6 +58,8 @@ class CommitmentSettings:
     report_timeout_s: float = 30.0
     # How long the requesting association stays open for a report on it.
     same_association_wait_s: float = 1.0
+    # A destination last seen not to commit is asked again after this long.
+    recheck_after_s: float = 86_400.0
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -129,11 +131,15 @@ def request_commitment(
     node_id: int,
     node: Node,
     refs: Sequence[InstanceRef],
+    hold: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> CommitmentReport:
-    """Ask ``node`` to commit to ``refs`` and wait for its report.
+    """Ask ``node`` to commit to ``refs`` and wait for its report; the
+    association is opened and used within ``hold()`` (one of the node's
+    permits, in a worker), the wait for a report on another one after it.
 
     Raises CommitmentUnavailable when the node refuses the association, the
-    context or the request, or no report comes within the settings' time.
+    context or the request, or no report comes within the settings' time
+    (NodeBusy from ``hold``: none of the node's associations is free).
     """
     transaction_uid = new_transaction_uid()
     information = commitment_request(transaction_uid, refs)
@@ -149,6 +155,26 @@ def request_commitment(
                 failed_uids={},
             )
         )
+    with hold():
+        _request(sessions, settings, node, transaction_uid, information)
+    report = _wait(sessions, transaction_uid, settings.report_timeout_s)
+    if report is None:
+        raise CommitmentUnavailable(
+            f"{node} accepted the storage commitment request and sent no report within "
+            f"{settings.report_timeout_s:g} s (does it know the farm's storage SCP "
+            f"{settings.calling_ae} and its address?)"
+        )
+    return report
+
+
+def _request(
+    sessions: sessionmaker[Session],
+    settings: CommitmentSettings,
+    node: Node,
+    transaction_uid: str,
+    information: Dataset,
+) -> None:
+    """The N-ACTION on an association of its own, open a moment for a report on it."""
     try:
         conn = Connection.open(
             node, requestor_contexts(), calling_ae=settings.calling_ae, timeouts=settings.timeouts
@@ -179,19 +205,10 @@ def request_commitment(
             raise CommitmentUnavailable(
                 f"{node} refused the storage commitment request (status 0x{status:04X})"
             )
-        report = _wait(sessions, transaction_uid, settings.same_association_wait_s)
+        _wait(sessions, transaction_uid, settings.same_association_wait_s)
     finally:
         with suppress(QrfarmError):
             conn.close()
-    if report is None:
-        report = _wait(sessions, transaction_uid, settings.report_timeout_s)
-    if report is None:
-        raise CommitmentUnavailable(
-            f"{node} accepted the storage commitment request and sent no report within "
-            f"{settings.report_timeout_s:g} s (does it know the farm's storage SCP "
-            f"{settings.calling_ae} and its address?)"
-        )
-    return report
 
 
 def _wait(

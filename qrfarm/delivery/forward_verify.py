@@ -20,13 +20,10 @@ from sqlalchemy.orm import Session
 
 from qrfarm.dicom import Node
 from qrfarm.dicom.commitment import InstanceRef
-from qrfarm.errors import CommitmentUnavailable
-from qrfarm.jobs import profiles
 from qrfarm.jobs.worker_deps import RunnerDeps
 from qrfarm.models import DeliveredInstance, ExpectedInstance, ForwardedInstance, VerifiedBy
 
-from .commitment import request_commitment
-from .verification import DeliveryVerifier
+from .verification import DeliveryVerifier, committed_at
 
 log = logging.getLogger(__name__)
 
@@ -106,26 +103,11 @@ def _by_commitment(
         return None
     if any(not p.sop_class_uid for p in items):
         return None  # an instance of unknown class cannot be named in a request
-    with deps.sessions() as session:
-        if profiles.trait(session, node_id, profiles.SUPPORTS_COMMITMENT) is False:
-            return None
-    try:
-        report = request_commitment(
-            deps.sessions,
-            verifier.commitment,
-            job_id=job_id,
-            node_id=node_id,
-            node=node,
-            refs=[InstanceRef(p.sop_class_uid, p.sent_uid) for p in items],
-        )
-    except CommitmentUnavailable as exc:
-        log.info("job %d: %s; verifying by C-FIND", job_id, exc)
-        _observe(deps, node_id, False)
-        return None
-    _observe(deps, node_id, True)
-    return set(report.committed)
-
-
-def _observe(deps: RunnerDeps, node_id: int, seen: bool) -> None:
-    with deps.sessions() as session, session.begin():
-        profiles.observe(session, node_id, profiles.SUPPORTS_COMMITMENT, seen)
+    return committed_at(
+        deps,
+        verifier.commitment,
+        job_id=job_id,
+        node_id=node_id,
+        node=node,
+        refs=[InstanceRef(p.sop_class_uid, p.sent_uid) for p in items],
+    )

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from qrfarm.dicom import Connection, Level, Node, Root, build_query_identifier
 from qrfarm.dicom.commitment import InstanceRef
 from qrfarm.dicom.planning import expected_instances
-from qrfarm.errors import CommitmentUnavailable, DeliveryUnverifiable, QrfarmError
+from qrfarm.errors import CommitmentUnavailable, DeliveryUnverifiable, NodeBusy, QrfarmError
 from qrfarm.jobs import profiles
 from qrfarm.jobs.leases import Claim, fenced
 from qrfarm.jobs.nodes import node_of
@@ -86,7 +86,7 @@ class _Plan:
     identifier: Dataset
     root: Root
     deadline: float
-    commitment: bool | None  # the profile's word: None before anything was seen
+    commitment: bool | None  # this job's: None until the destination was asked
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,45 @@ def find_at_destination(conn: Connection, expected: Iterable[Expected]) -> set[s
     return found
 
 
+def committed_at(
+    deps: RunnerDeps,
+    settings: CommitmentSettings,
+    *,
+    job_id: int,
+    node_id: int,
+    node: Node,
+    refs: list[InstanceRef],
+) -> set[str] | None:
+    """The instances ``node`` commits to holding; None when it cannot say (the
+    caller verifies by C-FIND). The request's association takes one of the
+    node's permits; the profile learns whether the node commits, and a node
+    last seen not to is asked again only after ``settings.recheck_after_s``."""
+    with deps.sessions() as session:
+        trait = profiles.SUPPORTS_COMMITMENT
+        if not profiles.worth_asking(session, node_id, trait, settings.recheck_after_s):
+            return None
+    try:
+        report = request_commitment(
+            deps.sessions,
+            settings,
+            job_id=job_id,
+            node_id=node_id,
+            node=node,
+            refs=refs,
+            hold=lambda: deps.connections.held(node),
+        )
+    except NodeBusy as exc:
+        log.info("job %d: %s; verifying by C-FIND", job_id, exc)
+        return None
+    except CommitmentUnavailable as exc:
+        log.info("job %d: %s; verifying by C-FIND", job_id, exc)
+        if exc.unsupported:  # a node down or silent says nothing of it
+            _observe(deps, node_id, profiles.SUPPORTS_COMMITMENT, False)
+        return None
+    _observe(deps, node_id, profiles.SUPPORTS_COMMITMENT, True)
+    return set(report.committed)
+
+
 def _commit(deps: RunnerDeps, verifier: DeliveryVerifier, plan: _Plan) -> set[str] | None:
     """The instances the destination commits to; None when it cannot say."""
     refs = [
@@ -190,24 +229,16 @@ def _commit(deps: RunnerDeps, verifier: DeliveryVerifier, plan: _Plan) -> set[st
     ]
     if len(refs) < len(plan.pending):
         return None  # an instance of unknown class cannot be named in a request
-    try:
-        report = request_commitment(
-            deps.sessions,
-            verifier.commitment,
-            job_id=plan.job_id,
-            node_id=plan.node_id,
-            node=plan.node,
-            refs=refs,
-        )
-    except CommitmentUnavailable as exc:
-        log.info("job %d: %s; verifying by C-FIND", plan.job_id, exc)
-        if exc.unsupported:
-            _observe(deps, plan.node_id, profiles.SUPPORTS_COMMITMENT, False)
-        plan.commitment = False  # for this job's next rounds
-        return None
-    _observe(deps, plan.node_id, profiles.SUPPORTS_COMMITMENT, True)
-    plan.commitment = True
-    return set(report.committed)
+    committed = committed_at(
+        deps,
+        verifier.commitment,
+        job_id=plan.job_id,
+        node_id=plan.node_id,
+        node=plan.node,
+        refs=refs,
+    )
+    plan.commitment = committed is not None  # for this job's next rounds
+    return committed
 
 
 def _verify_once(
@@ -253,7 +284,7 @@ def _plan(session: Session, job: Job) -> _Plan:
         identifier=Dataset.from_json(job.identifier),
         root=Root(job.root),
         deadline=time.monotonic() + max(0.0, (deadline - utcnow()).total_seconds()),
-        commitment=profiles.trait(session, row.id, profiles.SUPPORTS_COMMITMENT),
+        commitment=None,  # asked (or not: committed_at) in the first round
     )
 
 

@@ -62,12 +62,17 @@ def _row(session: Session, node_id: int) -> NodeProfile:
     return session.get_one(NodeProfile, node_id, with_for_update=True, populate_existing=True)
 
 
-def observe(session: Session, node_id: int, trait: str, seen: bool) -> None:
-    """Count one observation of ``trait`` (seen or not) for the node."""
+def observe(
+    session: Session, node_id: int, trait: str, seen: bool, *, now: float | None = None
+) -> None:
+    """Count one observation of ``trait`` (seen or not) for the node, and keep
+    the latest with its time (epoch milliseconds)."""
     assert trait in TRAITS or trait in DESTINATION_TRAITS, trait
     row = _row(session, node_id)
     counts = dict(row.observations.get(trait, {"yes": 0, "no": 0}))
     counts["yes" if seen else "no"] += 1
+    counts["last"] = int(seen)
+    counts["at_ms"] = int((time.time() if now is None else now) * 1000)
     # A new dict: the JSON column notices a changed value, not a mutated one.
     row.observations = {**row.observations, trait: counts}
 
@@ -113,16 +118,34 @@ def node_id_of(session: Session, ae_title: str, host: str, port: int) -> int | N
     )
 
 
-def verdict(counts: dict[str, int] | None) -> bool | None:
-    """What the node does, by most of what was seen; None before anything was."""
+def verdict(counts: dict[str, int] | None, name: str = "") -> bool | None:
+    """What the node does, by most of what was seen (a destination's trait:
+    by the latest, as its settings may change); None before anything was."""
     if not counts or counts.get("yes", 0) + counts.get("no", 0) == 0:
         return None
+    if name in DESTINATION_TRAITS and "last" in counts:
+        return bool(counts["last"])
     return counts.get("yes", 0) >= counts.get("no", 0)
 
 
 def trait(session: Session, node_id: int, name: str) -> bool | None:
     row = session.get(NodeProfile, node_id)
-    return None if row is None else verdict(row.observations.get(name))
+    return None if row is None else verdict(row.observations.get(name), name)
+
+
+def worth_asking(
+    session: Session, node_id: int, name: str, recheck_after_s: float, now: float | None = None
+) -> bool:
+    """Whether to try what a destination may do (Storage Commitment): yes,
+    unless it was last seen not to, less than ``recheck_after_s`` ago (it may
+    have been switched on since)."""
+    row = session.get(NodeProfile, node_id)
+    counts = None if row is None else row.observations.get(name)
+    if verdict(counts, name) is not False:
+        return True
+    assert counts is not None
+    seen_at_ms = counts.get("at_ms", 0)  # none kept (older rows): long ago
+    return (time.time() if now is None else now) * 1000 - seen_at_ms >= recheck_after_s * 1000
 
 
 def profile(session: Session, node_id: int, probe_after_s: float = PROBE_AFTER_S) -> dict[str, Any]:
@@ -131,7 +154,7 @@ def profile(session: Session, node_id: int, probe_after_s: float = PROBE_AFTER_S
     observations = {} if row is None else row.observations
     rejected_at = refused_at(row, probe_after_s, time.time())
     return {
-        **{name: verdict(observations.get(name)) for name in TRAITS + DESTINATION_TRAITS},
+        **{name: verdict(observations.get(name), name) for name in TRAITS + DESTINATION_TRAITS},
         "rejects_above_associations": None if rejected_at is None else rejected_at - 1,
         "max_associations_held": 0 if row is None else row.max_associations_held,
         "observations": {

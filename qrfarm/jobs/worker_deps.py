@@ -47,6 +47,10 @@ class ConnectionSource(SpareConnections, Protocol):
         """An association for one C-GET, with storage contexts for ``sop_classes``."""
         ...
 
+    def held(self, node: Node) -> AbstractContextManager[None]:
+        """One of the node's permits, for an association opened elsewhere."""
+        ...
+
 
 class KindRunner(Protocol):
     """Runs one attempt of a job of a kind the runner does not know itself

@@ -42,6 +42,7 @@ class SandboxDestination:
         # C-STOREs received per SOP Instance UID, and the UIDs it dropped.
         self.stores: Counter[str] = Counter()
         self.forgotten: list[str] = []
+        self.associations = 0  # A-ASSOCIATE-RQs received, accepted or not
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
 
@@ -58,6 +59,7 @@ class SandboxDestination:
             assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._requested),
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, handle_find, [self.archive, Behaviour()]),
         ]
@@ -65,6 +67,10 @@ class SandboxDestination:
         bound = int(self._server.socket.getsockname()[1])  # type: ignore[union-attr]
         log.info("sandbox destination %s listening on %s:%d", self.ae_title, host, bound)
         return bound
+
+    def _requested(self, event: Event) -> None:
+        with self._lock:
+            self.associations += 1
 
     def _store(self, event: Event) -> int:
         ds: Dataset = event.dataset

@@ -251,6 +251,22 @@ class AssociationPool:
             yield connection
 
     @contextmanager
+    def held(self, node: Node) -> Iterator[None]:
+        """One of ``node``'s permits for an association opened elsewhere (a
+        Storage Commitment request, under the storage SCP's AE title); our
+        idle association to it gives its permit back first."""
+        with self._lock:
+            idle = self._idle.pop(_key(node), None)
+        if idle is not None:
+            self._discard(idle)
+        permit = self._permit(node)
+        try:
+            with self._in_use():
+                yield
+        finally:
+            permit.release()
+
+    @contextmanager
     def _unpooled(
         self,
         node: Node,

@@ -126,6 +126,7 @@ def delivery_verifier(settings: Settings) -> DeliveryVerifier:
         CommitmentSettings(
             calling_ae=settings.scp_ae_title,
             report_timeout_s=settings.commitment_report_timeout_s,
+            recheck_after_s=settings.commitment_recheck_after_s,
             timeouts=Timeouts(
                 connect=settings.connect_timeout,
                 acse=settings.acse_timeout,

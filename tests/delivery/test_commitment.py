@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -11,9 +14,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from qrfarm.delivery.commitment import CommitmentSettings, request_commitment
 from qrfarm.dicom import Node, Timeouts
 from qrfarm.dicom.commitment import InstanceRef
-from qrfarm.errors import CommitmentUnavailable
+from qrfarm.errors import CommitmentUnavailable, NodeBusy, QrfarmError
+from qrfarm.jobs import profiles
 from qrfarm.models import CommitmentRequest, NodeRecord
 from qrfarm.sandbox.destination import SandboxDestination
+from qrfarm.workers.permits import FilePermits
+from qrfarm.workers.pool import AssociationPool
 from tests.jobs.conftest import add_job, sessions  # noqa: F401  (a fixture)
 from tests.peers.ports import free_port
 
@@ -62,3 +68,83 @@ def test_a_destination_that_refuses_the_commitment_association_does_not_commit(
     finally:
         destination.stop()
     assert error.unsupported
+
+
+def _node_id(sessions: sessionmaker[Session]) -> int:  # noqa: F811
+    add_job(sessions)  # makes node "pacs"
+    with sessions() as session:
+        node_id = session.scalar(select(NodeRecord.id).where(NodeRecord.name == "pacs"))
+    assert node_id is not None
+    return node_id
+
+
+def test_a_destination_learned_not_to_commit_is_asked_again_after_the_recheck_time(
+    sessions: sessionmaker[Session],  # noqa: F811
+) -> None:
+    node_id = _node_id(sessions)
+    day = 86_400.0
+    seen_at = time.time()
+    with sessions() as session, session.begin():
+        profiles.observe(session, node_id, profiles.SUPPORTS_COMMITMENT, False, now=seen_at)
+    with sessions() as session:
+        assert profiles.trait(session, node_id, profiles.SUPPORTS_COMMITMENT) is False
+        ask = profiles.worth_asking
+        assert not ask(session, node_id, profiles.SUPPORTS_COMMITMENT, day, now=seen_at + 60)
+        assert ask(session, node_id, profiles.SUPPORTS_COMMITMENT, day, now=seen_at + day + 1)
+    # Asked again, it commits now (switched on meanwhile): its latest word
+    # stands, however often it said otherwise before.
+    with sessions() as session, session.begin():
+        for _ in range(3):
+            profiles.observe(session, node_id, profiles.SUPPORTS_COMMITMENT, False, now=seen_at)
+        profiles.observe(session, node_id, profiles.SUPPORTS_COMMITMENT, True, now=seen_at + day)
+    with sessions() as session:
+        assert profiles.trait(session, node_id, profiles.SUPPORTS_COMMITMENT) is True
+
+
+def test_the_commitment_association_waits_for_one_of_the_destinations_permits(
+    sessions: sessionmaker[Session],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Its association counts against the destination's limit like any other:
+    with the only permit held elsewhere, no association is opened."""
+    destination = SandboxDestination(tmp_path / "dest", ae_title="DEST")
+    port = destination.start()
+    permits = FilePermits(tmp_path / "permits")
+    holder = AssociationPool(permits, "QRFARM", Timeouts())
+    asker = AssociationPool(permits, "QRFARM", Timeouts())
+    node = Node("DEST", "127.0.0.1", port, max_associations=1)
+    try:
+        with holder.held(node):
+            busy = _ask_holding(sessions, node, lambda: asker.held(node))
+            assert isinstance(busy, NodeBusy)
+            assert destination.associations == 0
+        # The permit free, the request goes out (and the sandbox refuses it).
+        error = _ask_holding(sessions, node, lambda: asker.held(node))
+        assert isinstance(error, CommitmentUnavailable) and error.unsupported
+        assert destination.associations == 1
+    finally:
+        holder.close()
+        asker.close()
+        destination.stop()
+
+
+def _ask_holding(
+    sessions: sessionmaker[Session],  # noqa: F811
+    node: Node,
+    hold: Callable[[], AbstractContextManager[object]],
+) -> QrfarmError:
+    with sessions() as session:
+        node_id = session.scalar(select(NodeRecord.id).where(NodeRecord.name == "pacs"))
+    if node_id is None:
+        node_id = _node_id(sessions)
+    with pytest.raises(QrfarmError) as raised:
+        request_commitment(
+            sessions,
+            SETTINGS,
+            job_id=add_job(sessions),
+            node_id=node_id,
+            node=node,
+            refs=[InstanceRef(CT, "1.2.826.0.1.3680043.10.1234.9.9")],
+            hold=hold,
+        )
+    return raised.value
