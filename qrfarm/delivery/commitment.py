@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 
@@ -63,16 +63,32 @@ class CommitmentSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
-def record_report(session: Session, calling_ae: str, report: CommitmentReport) -> int:
+def record_report(
+    session: Session,
+    calling_ae: str,
+    report: CommitmentReport,
+    node_ids: Collection[int] | None = None,
+) -> int:
     """Record a destination's report on its request; the status to answer it with.
 
-    Only the destination asked may report on a transaction (its AE title is
-    the report's calling AE title): no other peer can confirm, or deny, what
-    a job delivered. A repeated report keeps the first.
+    Only the destination asked may report on a transaction: its AE title is
+    the report's calling AE title and, on an association of its own, it is
+    among ``node_ids``, the nodes that AE title and the peer's address name
+    (two nodes may share an AE title). No other peer can confirm, or deny,
+    what a job delivered. A repeated report keeps the first.
     """
     row = session.get(CommitmentRequest, report.transaction_uid, with_for_update=True)
     if row is None:
         log.warning("storage commitment report from %s for no request of the farm", calling_ae)
+        return Status.INVALID_ARGUMENT_VALUE
+    if node_ids is not None and row.node_id not in node_ids:
+        log.warning(
+            "storage commitment report for job %d refused: it came from another node "
+            "than the one asked (%s, from hosts of node(s) %s)",
+            row.job_id,
+            calling_ae,
+            sorted(node_ids),
+        )
         return Status.INVALID_ARGUMENT_VALUE
     if calling_ae.strip() != row.node_ae_title:
         log.warning(
@@ -96,10 +112,15 @@ def record_report(session: Session, calling_ae: str, report: CommitmentReport) -
 
 
 def handle_report(
-    sessions: sessionmaker[Session], calling_ae: str, event_type: int | None, info: Dataset | None
+    sessions: sessionmaker[Session],
+    calling_ae: str,
+    event_type: int | None,
+    info: Dataset | None,
+    node_ids: Collection[int] | None = None,
 ) -> int:
-    """An N-EVENT-REPORT from ``calling_ae``, on whichever association it came;
-    the status to answer (the storage SCP and the requesting association call it)."""
+    """An N-EVENT-REPORT from ``calling_ae`` (and one of ``node_ids``), on
+    whichever association it came; the status to answer (the storage SCP
+    and the requesting association call it)."""
     try:
         report = parse_report(event_type, info)
     except (ValueError, AttributeError, TypeError) as exc:
@@ -109,7 +130,7 @@ def handle_report(
         )
     try:
         with sessions() as session, session.begin():
-            return record_report(session, calling_ae, report)
+            return record_report(session, calling_ae, report, node_ids)
     except SQLAlchemyError:
         log.warning("storage commitment report not recorded (database)", exc_info=True)
         return Status.PROCESSING_FAILURE
@@ -156,7 +177,7 @@ def request_commitment(
             )
         )
     with hold():
-        _request(sessions, settings, node, transaction_uid, information)
+        _request(sessions, settings, node, [node_id], transaction_uid, information)
     report = _wait(sessions, transaction_uid, settings.report_timeout_s)
     if report is None:
         raise CommitmentUnavailable(
@@ -171,6 +192,7 @@ def _request(
     sessions: sessionmaker[Session],
     settings: CommitmentSettings,
     node: Node,
+    node_ids: list[int],
     transaction_uid: str,
     information: Dataset,
 ) -> None:
@@ -188,7 +210,9 @@ def _request(
         ) from exc
     try:
         conn.on_event_report(
-            lambda event_type, info: handle_report(sessions, node.ae_title, event_type, info)
+            lambda event_type, info: handle_report(
+                sessions, node.ae_title, event_type, info, node_ids
+            )
         )
         try:
             status = conn.action(

@@ -11,6 +11,7 @@ C-STORE: a registered node's AE title from its hosts.
 
 from __future__ import annotations
 
+from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from qrfarm.delivery.commitment import handle_report
@@ -25,4 +26,21 @@ def handle_commitment_report(event: Event, ctx: ScpContext) -> tuple[int, None]:
         info = event.event_information
     except (AttributeError, ValueError):
         info = None
-    return handle_report(ctx.sessions, calling_ae, event.event_type, info), None
+    return record_report(
+        ctx, calling_ae, event.assoc.requestor.address, event.event_type, info
+    ), None
+
+
+def record_report(
+    ctx: ScpContext,
+    calling_ae: str,
+    peer_host: str | None,
+    event_type: int | None,
+    info: Dataset | None,
+) -> int:
+    """A report recorded (on either receive path); the status to answer.
+    It counts only from the node asked: two nodes may share an AE title, so
+    the nodes its AE title and address name are handed on."""
+    nodes = ctx.known_nodes.for_calling_ae(calling_ae)
+    node_ids = [node.id for node in nodes if node.admits_from(peer_host)]
+    return handle_report(ctx.sessions, calling_ae, event_type, info, node_ids)

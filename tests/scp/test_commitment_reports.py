@@ -13,6 +13,7 @@ from qrfarm.dicom.commitment import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH,
 )
+from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.models import CommitmentRequest
 from qrfarm.scp import StorageScp
 from tests.conftest import QRFARM_SCP_AE
@@ -22,19 +23,21 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 UIDS = [f"1.2.826.0.1.3680043.10.1234.77.{n}" for n in range(3)]
 
 
-def _request(db: Db, transaction_uid: str) -> None:
-    """A request the farm sent to the node ``orthanc`` (AE title ORTHANC)."""
+def _request(
+    db: Db, transaction_uid: str, node: str = "orthanc", ae_title: str = "ORTHANC"
+) -> None:
+    """A request the farm sent to ``node`` (AE title ``ae_title``)."""
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.77"
-    job = db.new_move("orthanc", identifier, destination="ORTHANC")
+    job = db.new_move("orthanc", identifier, destination=ae_title)
     with db.sessions() as session, session.begin():
         session.add(
             CommitmentRequest(
                 transaction_uid=transaction_uid,
                 job_id=job.id,
-                node_id=db.node_id("orthanc"),
-                node_ae_title="ORTHANC",
+                node_id=db.node_id(node),
+                node_ae_title=ae_title,
                 requested_count=len(UIDS),
                 committed_uids=[],
                 failed_uids={},
@@ -134,3 +137,26 @@ def test_a_report_of_an_unknown_event_type_is_refused(scp: StorageScp, db: Db) -
     info.TransactionUID = transaction
     assert _report(scp.port, "ORTHANC", 7, info) == 0x0113
     assert _row(db, transaction).reported_at is None
+
+
+def test_a_report_from_another_node_sharing_the_ae_title_is_refused(
+    scp: StorageScp, db: Db
+) -> None:
+    """Two nodes may share an AE title (two sites' "PACS"): the report must come
+    from the hosts of the node the request went to, not just under its title."""
+    with db.sessions() as session, session.begin():
+        # The node asked sits elsewhere; its namesake stores from here.
+        upsert_node(session, NodeSpec("far", "SHARED", "127.0.0.2", 104))
+        upsert_node(session, NodeSpec("near", "SHARED", "127.0.0.1", 104))
+    scp.context.known_nodes.expire()
+    far, near = "2.25.5772156649015328", "2.25.5772156649015329"
+    _request(db, far, node="far", ae_title="SHARED")
+    _request(db, near, node="near", ae_title="SHARED")
+    for transaction in (far, near):
+        info = Dataset()
+        info.TransactionUID = transaction
+        info.ReferencedSOPSequence = _references(UIDS)
+        expected = 0x0115 if transaction == far else 0x0000
+        assert _report(scp.port, "SHARED", COMMITTED, info) == expected
+    assert _row(db, far).reported_at is None
+    assert _row(db, near).reported_at is not None

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 
 from pynetdicom.presentation import PresentationContext
 
-from qrfarm.delivery.commitment import handle_report
 from qrfarm.dicom import Status
 from qrfarm.dicom.commitment import STORAGE_COMMITMENT_PUSH
 from qrfarm.errors import ProxyHeaderError, UpperLayerViolation
 from qrfarm.nodes.hosts import peer_address
 
 from .. import admission, proxy_protocol
+from ..commitment import record_report
 from ..facts import StoreRequest
 from ..handlers import store_spooled
 from ..spool import META_ALLOWANCE, MIN_PDU_READ
@@ -380,8 +380,9 @@ class Connection:
         else:
             info = report.event_information()
             report.discard()
+            # Off the loop: the known nodes may be read from the database.
             status = await self.server.blocking(
-                handle_report, self.ctx.sessions, self.calling_ae, report.event_type, info
+                record_report, self.ctx, self.calling_ae, self.host, report.event_type, info
             )
         self.writer.write(self._report_answer(report, status))
 
