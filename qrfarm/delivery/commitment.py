@@ -164,19 +164,19 @@ def request_commitment(
     """
     transaction_uid = new_transaction_uid()
     information = commitment_request(transaction_uid, refs)
-    with sessions() as session, session.begin():
-        session.add(
-            CommitmentRequest(
-                transaction_uid=transaction_uid,
-                job_id=job_id,
-                node_id=node_id,
-                node_ae_title=node.ae_title,
-                requested_count=len(refs),
-                committed_uids=[],
-                failed_uids={},
+    with hold():  # no request recorded while the node has no association free
+        with sessions() as session, session.begin():
+            session.add(
+                CommitmentRequest(
+                    transaction_uid=transaction_uid,
+                    job_id=job_id,
+                    node_id=node_id,
+                    node_ae_title=node.ae_title,
+                    requested_count=len(refs),
+                    committed_uids=[],
+                    failed_uids={},
+                )
             )
-        )
-    with hold():
         _request(sessions, settings, node, [node_id], transaction_uid, information)
     report = _wait(sessions, transaction_uid, settings.report_timeout_s)
     if report is None:

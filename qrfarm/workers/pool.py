@@ -90,6 +90,19 @@ class _Pooled:
 
 
 @dataclass
+class _Held:
+    """A permit for an association opened elsewhere (held()): renewed like the
+    others; there is no operation of ours to stop if it is lost."""
+
+    permit: Permit
+    renewed_at: float = 0.0
+    connection: None = None
+
+    def __post_init__(self) -> None:
+        self.renewed_at = self.renewed_at or time.monotonic()
+
+
+@dataclass
 class _Sending:
     """An association that sends instances on (a forward), under its permit."""
 
@@ -122,7 +135,7 @@ class AssociationPool:
         # ones cannot be used by this process and are handed over at once.
         self._associations_in_use = 0
         # The associations in use, by id, for their permits' renewal.
-        self._busy: dict[int, _Pooled | _Sending] = {}
+        self._busy: dict[int, _Pooled | _Sending | _Held] = {}
         self._renew_every_s = min(RENEW_EVERY_S, permits.ttl_s / 4)
         self._lock = threading.Lock()
         self._reaper = threading.Thread(target=self._reap, name="pool-reaper", daemon=True)
@@ -193,7 +206,7 @@ class AssociationPool:
                 self._associations_in_use -= 1
 
     @contextmanager
-    def _busy_with(self, pooled: _Pooled | _Sending) -> Iterator[None]:
+    def _busy_with(self, pooled: _Pooled | _Sending | _Held) -> Iterator[None]:
         """While ``pooled`` is in use its permit is renewed by the reaper."""
         with self._lock:
             self._busy[id(pooled)] = pooled
@@ -261,7 +274,7 @@ class AssociationPool:
             self._discard(idle)
         permit = self._permit(node)
         try:
-            with self._in_use():
+            with self._in_use(), self._busy_with(_Held(permit)):
                 yield
         finally:
             permit.release()
@@ -400,7 +413,7 @@ class AssociationPool:
             with self._lock:
                 # Still in use (else it was closed, or pooled: it can no
                 # longer be the wrong one to stop).
-                if self._busy.get(id(in_use)) is in_use:
+                if self._busy.get(id(in_use)) is in_use and in_use.connection is not None:
                     log.warning(
                         "permit for %s lost while in use: stopping its operation",
                         in_use.permit.node,
@@ -412,7 +425,7 @@ class AssociationPool:
                         )
                     )
 
-    def _still_ours(self, pooled: _Pooled | _Sending) -> bool:
+    def _still_ours(self, pooled: _Pooled | _Sending | _Held) -> bool:
         """Renew the permit; False once it is not, or may no longer be, ours."""
         now = time.monotonic()
         try:

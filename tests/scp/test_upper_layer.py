@@ -6,6 +6,7 @@ items the SCP answers, and peers that abort mid-data set or never speak."""
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -238,3 +239,31 @@ def test_a_peer_that_connects_and_never_speaks_is_closed(db: Db, storage_root: P
             assert silent.recv(1) == b""
     finally:
         scp.stop(drain_timeout=5)
+
+
+def test_a_command_set_that_never_ends_is_aborted(db: Db, scp: StorageScp, corpus: Corpus) -> None:
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=QRFARM_SCP_AE)
+    assert assoc.is_established
+    assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+    raw = assoc.dul.socket.socket
+    context_id = assoc.accepted_contexts[0].context_id
+    fragment = b"\x00" * 16384
+    # PDV: item length, context ID, control header 0x01 (a command, not its last fragment).
+    pdv = struct.pack(">LBB", len(fragment) + 2, context_id, 0x01) + fragment
+    pdu = struct.pack(">BxL", 0x04, len(pdv)) + pdv
+    answered = b""
+    raw.settimeout(5)
+    try:
+        for _ in range(32):  # 512 KiB of one command set
+            raw.sendall(pdu)
+        answered = raw.recv(16)
+    except OSError:
+        pass  # reset: the connection was ended
+    assoc.abort()
+    # An A-ABORT (PDU type 0x07) or the connection closed, well before 512 KiB.
+    assert answered[:1] in (b"\x07", b""), answered
+    instance = next(i for i in corpus.instances if i.modality == "CT")
+    storescu(scp.port, [instance.path])
+    assert recorded(db) == 1

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RAW_POLL_S = 0.002
+MAX_COMMAND_BYTES = 64 << 10
 # How long a connection over its host's cap of waiting ones has to ask.
 OVER_CAP_GRACE_S = 1.0
 
@@ -76,7 +77,6 @@ class Connection:
         self.temp_files = TempFiles(
             self.ctx.storage.incoming(),
             self.ctx.max_instance_bytes + META_ALLOWANCE,
-            server.loop,
             server.pool,
         )
         self.read_limit = max(self.ctx.max_pdu, MIN_PDU_READ) if self.ctx.max_pdu else 1 << 30
@@ -101,10 +101,7 @@ class Connection:
                 )
             self.is_aborted = True
         finally:
-            if self.incoming is not None:
-                self.incoming.discard()
-                self.incoming = None
-            self.temp_files.close()
+            self.release_files()
             self.closed = True
             self.writer.close()
 
@@ -282,6 +279,12 @@ class Connection:
                 if self.incoming is not None:
                     raise UpperLayerViolation("a command fragment inside a data set")
                 self.command += data
+                if len(self.command) > MAX_COMMAND_BYTES:
+                    # A command set is a few hundred bytes; one never ending is not.
+                    raise UpperLayerViolation(
+                        f"a command set over {MAX_COMMAND_BYTES} bytes",
+                        messages.ABORT_INVALID_PDU_PARAMETER,
+                    )
                 if control & 2:
                     self._command(context_id)
             else:
@@ -378,13 +381,15 @@ class Connection:
             )
             status = Status.RESOURCE_LIMITATION
         else:
-            info = report.event_information()
-            report.discard()
-            # Off the loop: the known nodes may be read from the database.
-            status = await self.server.blocking(
-                record_report, self.ctx, self.calling_ae, self.host, report.event_type, info
-            )
+            # Off the loop: decoding a report of some MB, and the known nodes
+            # (which may be read from the database).
+            status = await self.server.blocking(self._record_report, report)
         self.writer.write(self._report_answer(report, status))
+
+    def _record_report(self, report: IncomingReport) -> int:
+        info = report.event_information()
+        report.discard()
+        return record_report(self.ctx, self.calling_ae, self.host, report.event_type, info)
 
     def _report_answer(self, report: IncomingReport, status: int) -> bytes:
         return report_response(report, status, self.peer_max_pdu)
@@ -393,6 +398,13 @@ class Connection:
         self.is_aborted = True
         with suppress(Exception):
             self.writer.write(messages.abort(reason))
+
+    def release_files(self) -> None:
+        """Remove the temp files of a data set cut short and of the spare."""
+        if self.incoming is not None:
+            self.incoming.discard()
+            self.incoming = None
+        self.temp_files.close()
 
     def abort(self) -> None:
         """End the association now (a drain that ran out of time)."""

@@ -3,8 +3,7 @@ fragments arrive, behind the file meta pynetdicom would write."""
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextlib import suppress
 from pathlib import Path
 
@@ -34,27 +33,33 @@ class TempFiles:
         self,
         folder: Path,
         limit: int,
-        loop: asyncio.AbstractEventLoop,
         pool: Executor,
     ) -> None:
         self.folder = folder
         self.limit = limit
-        self.loop = loop
         self.pool = pool
-        self.spare: asyncio.Future[SpoolFile] | None = None
+        # A concurrent future: its callbacks run in the pool (or at once),
+        # whether the event loop still runs or not.
+        self.spare: Future[SpoolFile] | None = None
 
     def _new(self) -> SpoolFile:
         return SpoolFile(self.folder, self.limit)
 
     def take(self) -> SpoolFile:
-        """A temp file for the data set now arriving (the spare, if made in
-        time and sound), and the next one asked of the pool."""
-        spare, self.spare = self.spare, self.loop.run_in_executor(self.pool, self._new)
-        if spare is not None:
-            if spare.done() and spare.exception() is None and spare.result().failure is None:
-                return spare.result()
-            spare.add_done_callback(_discard_spare)
-        return self._new()
+        """A temp file for the data set now arriving: the spare if it is made
+        and sound (else one made now, the spare kept for the next), and the
+        next spare asked of the pool."""
+        taken = None
+        spare = self.spare
+        if spare is not None and spare.done():
+            self.spare = None
+            if spare.exception() is None and spare.result().failure is None:
+                taken = spare.result()
+            else:
+                spare.add_done_callback(_discard_spare)
+        if self.spare is None:
+            self.spare = self.pool.submit(self._new)
+        return taken if taken is not None else self._new()
 
     def close(self) -> None:
         """The spare removed (once made, if it is still being made)."""
@@ -63,7 +68,7 @@ class TempFiles:
             self.spare = None
 
 
-def _discard_spare(spare: asyncio.Future[SpoolFile]) -> None:
+def _discard_spare(spare: Future[SpoolFile]) -> None:
     if spare.cancelled() or spare.exception() is not None:
         return
     spool = spare.result()

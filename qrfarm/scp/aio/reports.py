@@ -31,6 +31,7 @@ from .messages import (
 )
 
 N_EVENT_REPORT_RQ_FIELD = 0x0100
+MAX_UID = 64
 # A request names at most MAX_REFERENCES instances, about 120 bytes each in a report.
 MAX_REPORT_BYTES = MAX_REFERENCES * 200
 
@@ -45,6 +46,9 @@ class IncomingReport:
         self.message_id = message_id
         self.sop_class_uid = text_value(command, AFFECTED_SOP_CLASS_UID)
         self.sop_instance_uid = text_value(command, AFFECTED_SOP_INSTANCE_UID)
+        if len(self.sop_class_uid) > MAX_UID or len(self.sop_instance_uid) > MAX_UID:
+            # The answer repeats them, and no UID is longer: refused at once.
+            raise ValueError("an Affected SOP Class or Instance UID over 64 characters")
         self.event_type = us_value(command, EVENT_TYPE_ID)
         self.context_id = context_id
         self.context = context

@@ -84,9 +84,11 @@ class AioStorageServer:
         self.proxies = proxies
         self.supported = supported_contexts()
         self.recent_requests = RecentRequests()
-        # One worker per slot: every admitted association can be storing at once.
+        # Two workers per slot: every admitted association can be storing at
+        # once, each store with its file's fsync beside it; and the spare
+        # temp files being made.
         self.pool = ThreadPoolExecutor(
-            max_workers=max(ctx.gate.max_associations, 4), thread_name_prefix="scp-store"
+            max_workers=2 * ctx.gate.max_associations + 4, thread_name_prefix="scp-store"
         )
         self.loop = asyncio.new_event_loop()
         self.connections: set[Connection] = set()
@@ -159,6 +161,10 @@ class AioStorageServer:
         asyncio.run_coroutine_threadsafe(self._drain(drain_timeout), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        # Connections whose tasks the stopped loop will not finish: their
+        # temp files (a data set cut short, a spare) go now.
+        for connection in list(self.connections):
+            connection.release_files()
         self.pool.shutdown(wait=True)
         self.loop.close()
 
