@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -96,6 +97,13 @@ class DeliveryVerifier:
     commitment: CommitmentSettings
     # Between two rounds of verification while instances are still missing.
     poll_s: float = 1.0
+
+    def alongside(self, deps: RunnerDeps, taken: Claim) -> AbstractContextManager[None]:
+        """While a move to another node runs: what arrived, confirmed already
+        (qrfarm.delivery.alongside)."""
+        from .alongside import confirm_alongside  # it builds on this module
+
+        return confirm_alongside(deps, taken, self.commitment)
 
     def __call__(self, deps: RunnerDeps, taken: Claim) -> None:
         with tracer.start_as_current_span("qrfarm.job.verify") as span:

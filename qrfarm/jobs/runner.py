@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 
 from opentelemetry import trace
@@ -221,8 +222,13 @@ def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) 
             if not alongside.begin():
                 alongside = None
                 find_and_store(deps.sessions, taken, conn, snap.identifier, snap.root)
+        verifier = deps.verify_delivery
+        confirming: AbstractContextManager[None] = (
+            nullcontext() if verifier is None else verifier.alongside(deps, taken)
+        )
         try:
-            results = _move(deps, taken, snap, watch, conn)
+            with confirming:
+                results = _move(deps, taken, snap, watch, conn)
         finally:
             # Whatever became of the move, its finder ends (and frees its
             # association) before the attempt does.

@@ -35,6 +35,11 @@ class DeliveryVerifier(Protocol):
 
     def __call__(self, deps: RunnerDeps, taken: Claim) -> None: ...
 
+    def alongside(self, deps: RunnerDeps, taken: Claim) -> AbstractContextManager[None]:
+        """Around the C-MOVE of a move to another node: confirms at the
+        destination what has arrived while the move runs."""
+        ...
+
 
 class ConnectionSource(SpareConnections, Protocol):
     """Associations as a worker holds them (pooled, under the node's permit)."""
