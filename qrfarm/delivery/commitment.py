@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,12 +40,15 @@ from qrfarm.dicom.commitment import (
     requestor_contexts,
 )
 from qrfarm.errors import CommitmentUnavailable, DicomTimeout, PeerUnreachable, QrfarmError
+from qrfarm.jobs.announce import announce, can_listen, wait_for_notice
 from qrfarm.models import CommitmentRequest, utcnow
 
 log = logging.getLogger(__name__)
 
-# How often a requester looks for its report in the database.
+# How often a requester looks for its report in the database (SQLite; a
+# PostgreSQL farm hears of it on this channel, payload the Transaction UID).
 POLL_S = 0.05
+REPORTED_CHANNEL = "qrfarm_commitment_reported"
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ def record_report(
         row.committed_uids = list(report.committed)
         row.failed_uids = dict(report.failed)
         row.reported_at = utcnow()
+        announce(session, REPORTED_CHANNEL, report.transaction_uid)
         log.info(
             "job %d: storage commitment report, %d committed, %d failed",
             row.job_id,
@@ -238,7 +243,23 @@ def _request(
 def _wait(
     sessions: sessionmaker[Session], transaction_uid: str, timeout_s: float
 ) -> CommitmentReport | None:
+    """The report once recorded, within ``timeout_s``: heard the moment it
+    commits on PostgreSQL (LISTEN/NOTIFY), looked for every POLL_S elsewhere."""
     deadline = time.monotonic() + timeout_s
+    engine: Engine = sessions.kw["bind"]
+    if can_listen(engine):
+        query = (
+            select(CommitmentRequest.reported_at)
+            .where(CommitmentRequest.transaction_uid == transaction_uid)
+            .compile(dialect=engine.dialect)
+        )
+        sql, parameters = str(query), query.params
+
+        def reported(connection: Any) -> bool:
+            row = connection.execute(sql, parameters).fetchone()
+            return row is not None and row[0] is not None
+
+        wait_for_notice(engine, REPORTED_CHANNEL, transaction_uid, reported, deadline)
     while True:
         with sessions() as session:
             report = report_of(session, transaction_uid)

@@ -24,8 +24,14 @@ JOB_ENDED_CHANNEL = "qrfarm_job_ended"
 
 def announce_ended(session: Session, job_id: int) -> None:
     """Queue the notification of ``job_id``'s end; it goes out on commit."""
+    announce(session, JOB_ENDED_CHANNEL, str(job_id))
+
+
+def announce(session: Session, channel: str, payload: str) -> None:
+    """Queue a notification on ``channel``; it goes out when ``session``'s
+    transaction commits (PostgreSQL; elsewhere waiters poll)."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_notify(JOB_ENDED_CHANNEL, str(job_id))))
+        session.execute(select(func.pg_notify(channel, payload)))
 
 
 def can_listen(engine: Engine) -> bool:
@@ -36,16 +42,7 @@ def can_listen(engine: Engine) -> bool:
 def wait_for_end(
     engine: Engine, job_id: int, deadline: float | None, recheck_s: float = 1.0
 ) -> bool:
-    """Block until the job has ended or the deadline (monotonic) passed; whether it ended.
-
-    Listens on the farm's channel on one pooled connection, and reads the
-    job's state on that same connection (no pool checkout, no transaction)
-    once listening and every ``recheck_s`` after; an announcement of this
-    job is taken at its word. A listening connection that breaks falls back
-    to the rechecks on a fresh one.
-    """
-    import psycopg
-
+    """Block until the job has ended or the deadline (monotonic) passed; whether it ended."""
     state_query = select(Job.state).where(Job.id == job_id).compile(dialect=engine.dialect)
     sql, parameters = str(state_query), state_query.params
 
@@ -53,14 +50,34 @@ def wait_for_end(
         row = connection.execute(sql, parameters).fetchone()
         return row is not None and row[0] in ENDED_STATES
 
+    return wait_for_notice(engine, JOB_ENDED_CHANNEL, str(job_id), has_ended, deadline, recheck_s)
+
+
+def wait_for_notice(
+    engine: Engine,
+    channel: str,
+    wanted: str,
+    is_done: Callable[[Any], bool],
+    deadline: float | None,
+    recheck_s: float = 1.0,
+) -> bool:
+    """Block until ``is_done`` or the deadline (monotonic) passed; whether it is done.
+
+    Listens on ``channel`` on one pooled connection, and asks ``is_done`` (a
+    query on that same connection: no pool checkout, no transaction) once
+    listening and every ``recheck_s`` after; a notification whose payload is
+    ``wanted`` is taken at its word. A listening connection that breaks
+    falls back to the rechecks on a fresh one.
+    """
+    import psycopg
+
     raw = engine.raw_connection()
     listener: Any = raw.driver_connection
     try:
         listener.autocommit = True
-        listener.execute(f"LISTEN {JOB_ENDED_CHANNEL}")
-        wanted = str(job_id)
-        # After LISTEN: an end committed before it is seen here.
-        while not has_ended(listener):
+        listener.execute(f"LISTEN {channel}")
+        # After LISTEN: what was committed before it is seen here.
+        while not is_done(listener):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return False
@@ -73,12 +90,12 @@ def wait_for_end(
             except psycopg.Error:
                 # The connection broke: poll on a fresh one for the rest.
                 raw.invalidate()
-                return _poll_fresh(engine, has_ended, deadline, recheck_s)
+                return _poll_fresh(engine, is_done, deadline, recheck_s)
         return True
     finally:
         if raw.is_valid:
             with suppress(psycopg.Error):
-                listener.execute(f"UNLISTEN {JOB_ENDED_CHANNEL}")
+                listener.execute(f"UNLISTEN {channel}")
                 listener.autocommit = False
         raw.close()
 

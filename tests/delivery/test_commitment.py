@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.delivery.commitment import CommitmentSettings, request_commitment
+from qrfarm.delivery import commitment
+from qrfarm.delivery.commitment import CommitmentSettings, handle_report, request_commitment
 from qrfarm.dicom import Node, Timeouts
-from qrfarm.dicom.commitment import InstanceRef
+from qrfarm.dicom.commitment import COMMITTED, InstanceRef
 from qrfarm.errors import CommitmentUnavailable, NodeBusy, QrfarmError
 from qrfarm.jobs import profiles
 from qrfarm.models import CommitmentRequest, NodeRecord
@@ -148,3 +151,43 @@ def _ask_holding(
             hold=hold,
         )
     return raised.value
+
+
+def test_a_report_recorded_meanwhile_is_what_the_requester_reads(
+    sessions: sessionmaker[Session],  # noqa: F811
+) -> None:
+    """The requester waits for the row (on PostgreSQL it hears of it when it
+    commits): the report another thread records is the one it gets."""
+    node_id = _node_id(sessions)
+    job_id = add_job(sessions)
+    transaction = "2.25.9876543210"
+    with sessions() as session, session.begin():
+        session.add(
+            CommitmentRequest(
+                transaction_uid=transaction,
+                job_id=job_id,
+                node_id=node_id,
+                node_ae_title="PACS",
+                requested_count=1,
+                committed_uids=[],
+                failed_uids={},
+            )
+        )
+    info = Dataset()
+    info.TransactionUID = transaction
+    item = Dataset()
+    item.ReferencedSOPClassUID = CT
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.10.1234.9.9"
+    info.ReferencedSOPSequence = [item]
+    statuses: list[int] = []
+    reporter = threading.Timer(
+        0.3, lambda: statuses.append(handle_report(sessions, "PACS", COMMITTED, info, [node_id]))
+    )
+    reporter.start()
+    try:
+        report = commitment._wait(sessions, transaction, 10.0)
+    finally:
+        reporter.join()
+    assert statuses == [0x0000]
+    assert report is not None and report.committed == ["1.2.826.0.1.3680043.10.1234.9.9"]
+    assert commitment._wait(sessions, "2.25.1", 0.2) is None  # none comes: None at the deadline
