@@ -46,17 +46,19 @@ from qrfarm.models import (
 )
 
 from . import pseudonymise
-from .confirm import confirm_by_find
 from .forward_verify import Verifier, confirm, confirmed_held, pending
 from .transports import Outgoing, Sent, TransportFactory, TransportOptions, transport_name
-from .verification import record_confirmed
+from .verification import Expected, find_at_destination, record_confirmed
 
 log = logging.getLogger(__name__)
 
 
 def verify_by_find(deps: RunnerDeps, node: Node, sent: list[tuple[str, str, str]]) -> set[str]:
+    """Which of ``sent`` (study, series, SOP Instance UIDs) the destination holds;
+    a series whose find it refuses is left unconfirmed."""
+    expected = [Expected(sop, None, study, series) for study, series, sop in sent]
     with deps.connections.query_retrieve(node) as conn:
-        return confirm_by_find(conn, sent)
+        return find_at_destination(conn, expected, refused_raises=False)
 
 
 @dataclass(frozen=True)

@@ -161,10 +161,13 @@ def record_confirmed(
 # -- asking the destination ---------------------------------------------------------
 
 
-def find_at_destination(conn: Connection, expected: Iterable[Expected]) -> set[str]:
+def find_at_destination(
+    conn: Connection, expected: Iterable[Expected], *, refused_raises: bool = True
+) -> set[str]:
     """Which of ``expected`` the destination answers an IMAGE-level C-FIND for
     (study root, per series, UID lists of FIND_BATCH); DeliveryUnverifiable when
-    it answers a find with a failure."""
+    it answers a find with a failure (or, not ``refused_raises``, those UIDs
+    stay unconfirmed)."""
     by_series: dict[tuple[str, str], list[str]] = {}
     for ref in expected:
         if not ref.study_instance_uid or not ref.series_instance_uid:
@@ -182,6 +185,8 @@ def find_at_destination(conn: Connection, expected: Iterable[Expected]) -> set[s
                 default_return_keys=False,
             )
             result = conn.find(query, Root.STUDY)
+            if not result.ok and not refused_raises:
+                continue
             if not result.ok:
                 raise DeliveryUnverifiable(
                     f"{conn.node} answered the IMAGE-level C-FIND with {result.final.summary()}"
