@@ -52,11 +52,13 @@ from .verification import (
 
 log = logging.getLogger(__name__)
 
-# Between two rounds of finds: at least this, and twice the last round's
-# time, so that the destination spends at most a third of one association
-# answering them whatever the study's size.
+# Between two rounds: at least this, and twice the last round's time, so
+# that the destination spends at most a third of its time on them beside the
+# move, whatever the study's size.
 FIRST_ROUND_S = 0.25
 MIN_INTERVAL_S = 0.25
+# How long the end of the move waits for a round under way.
+ROUND_END_WAIT_S = 2.0
 
 
 class ConfirmAlongside(threading.Thread):
@@ -80,8 +82,7 @@ class ConfirmAlongside(threading.Thread):
         self.rounds = 0
 
     def stop(self) -> None:
-        """No round begins after this; one under way ends on its own (its
-        rows change nothing the verification after the move relies on)."""
+        """No round begins after this, nor a commitment request."""
         self._stopped.set()
 
     def run(self) -> None:
@@ -113,12 +114,16 @@ class ConfirmAlongside(threading.Thread):
                 self.rounds += 1
                 if self.settings is None:
                     confirmed: set[str] | None = found
+                elif self._stopped.is_set():
+                    return  # the move ended: the verification asks for all the rest at once
                 else:
                     confirmed = self._commit([e for e in pending if e.sop_instance_uid in found])
                     if confirmed is None:
                         return  # it does not commit now: left to the verification
                 if confirmed and not self._record(confirmed):
                     return
+                # The round's whole time sets the pace (a commitment request's
+                # lookup is the destination's work too, beside the move).
                 interval = max(MIN_INTERVAL_S, 2 * (time.monotonic() - started))
 
     def _commit(self, arrived: list[Expected]) -> set[str] | None:
@@ -174,7 +179,11 @@ def confirm_alongside(
     try:
         yield
     finally:
+        # A round under way is let finish (a moment: a find, or Orthanc's
+        # report on what arrived since the last), rather than asked for again
+        # by the verification beside it.
         thread.stop()
+        thread.join(ROUND_END_WAIT_S)
 
 
 def _method(session: Session, node_id: int, settings: CommitmentSettings) -> VerifiedBy | None:
