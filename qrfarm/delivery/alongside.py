@@ -167,7 +167,7 @@ def confirm_alongside(
     with deps.sessions() as session:
         job = session.get(Job, taken.job_id)
         node_id = None if job is None else job.destination_node_id
-        method = None if node_id is None else _method(session, node_id, settings)
+        method = None if node_id is None else confirmation_method(session, node_id, settings)
         if node_id is not None and method is not None:
             node = node_of(session.get_one(NodeRecord, node_id))
             commitment = settings if method is VerifiedBy.COMMITMENT else None
@@ -186,7 +186,9 @@ def confirm_alongside(
         thread.join(ROUND_END_WAIT_S)
 
 
-def _method(session: Session, node_id: int, settings: CommitmentSettings) -> VerifiedBy | None:
+def confirmation_method(
+    session: Session, node_id: int, settings: CommitmentSettings
+) -> VerifiedBy | None:
     """How the destination is confirmed alongside; None: not before the move ends."""
     if profiles.trait(session, node_id, profiles.ANSWERS_IMAGE_FIND) is False:
         return None  # what arrived cannot be found out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,18 @@ class SandboxDestination:
     """A running destination; ``forget``: how many of the first distinct
     instances it receives it drops (each only once: sent again, it keeps it)."""
 
-    def __init__(self, directory: Path, *, ae_title: str = "SANDBOXDST", forget: int = 0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        ae_title: str = "SANDBOXDST",
+        forget: int = 0,
+        store_delay_s: float = 0.0,
+    ) -> None:
         self.directory = directory
         self.ae_title = ae_title
         self.forget = forget
+        self.store_delay_s = store_delay_s  # before answering each C-STORE (a slow PACS)
         self.archive = Archive([])
         # C-STOREs received per SOP Instance UID, and the UIDs it dropped.
         self.stores: Counter[str] = Counter()
@@ -73,6 +82,8 @@ class SandboxDestination:
             self.associations += 1
 
     def _store(self, event: Event) -> int:
+        if self.store_delay_s:
+            time.sleep(self.store_delay_s)
         ds: Dataset = event.dataset
         ds.file_meta = event.file_meta
         uid = str(ds.SOPInstanceUID)

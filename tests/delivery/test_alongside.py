@@ -22,7 +22,14 @@ from qrfarm.dicom import Level, Timeouts
 from qrfarm.jobs import profiles
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.jobs.runner import run_job
-from qrfarm.models import Attempt, DeliveredInstance, NodeRecord, make_engine, upgrade
+from qrfarm.models import (
+    Attempt,
+    DeliveredInstance,
+    ForwardedInstance,
+    NodeRecord,
+    make_engine,
+    upgrade,
+)
 from qrfarm.sandbox.destination import SandboxDestination
 from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
@@ -51,12 +58,18 @@ class Farm:
 
 
 @pytest.fixture
-def farm(tmp_path: Path, corpus: Corpus) -> Iterator[Farm]:
-    """A sandbox destination (no Storage Commitment; learned so)."""
-    destination = SandboxDestination(tmp_path / "dest", ae_title="READING")
+def farm(tmp_path: Path, corpus: Corpus, qrfarm_scp_port: int) -> Iterator[Farm]:
+    """A sandbox destination (no Storage Commitment; learned so) that takes
+    STORE_DELAY_S to answer each C-STORE, and the farm's own SCP."""
+    destination = SandboxDestination(
+        tmp_path / "dest", ae_title="READING", store_delay_s=STORE_DELAY_S
+    )
     dest_port = destination.start()
     try:
-        with _farm(tmp_path, corpus, dest_port, lambda: destination.held) as farm:
+        with (
+            _farm(tmp_path, corpus, dest_port, lambda: destination.held, qrfarm_scp_port) as farm,
+            _scp(farm, qrfarm_scp_port),
+        ):
             with farm.client.sessions() as session, session.begin():
                 profiles.observe(session, _reading(session), profiles.SUPPORTS_COMMITMENT, False)
             yield farm
@@ -88,23 +101,32 @@ def committing_farm(tmp_path: Path, corpus: Corpus, qrfarm_scp_port: int) -> Ite
             answer = orthanc.rest_json("GET", "/instances?expand")
             return {str(i["MainDicomTags"]["SOPInstanceUID"]) for i in answer}
 
-        with _farm(tmp_path, corpus, orthanc.port, held, qrfarm_scp_port) as farm:
-            scp = StorageScp(
-                farm.client.sessions,
-                InstanceStorage(farm.settings.storage_root),
-                ae_title=QRFARM_SCP_AE,
-                port=qrfarm_scp_port,
-            )
-            scp.start()
-            try:
-                with farm.client.sessions() as session, session.begin():
-                    node_id = _reading(session)
-                    profiles.observe(session, node_id, profiles.SUPPORTS_COMMITMENT, True)
-                yield farm
-            finally:
-                scp.stop(drain_timeout=10)
+        with (
+            _farm(tmp_path, corpus, orthanc.port, held, qrfarm_scp_port) as farm,
+            _scp(farm, qrfarm_scp_port),
+        ):
+            with farm.client.sessions() as session, session.begin():
+                node_id = _reading(session)
+                profiles.observe(session, node_id, profiles.SUPPORTS_COMMITMENT, True)
+            yield farm
     finally:
         orthanc.stop()
+
+
+@contextmanager
+def _scp(farm: Farm, port: int) -> Iterator[None]:
+    """The farm's storage SCP in this process."""
+    scp = StorageScp(
+        farm.client.sessions,
+        InstanceStorage(farm.settings.storage_root),
+        ae_title=QRFARM_SCP_AE,
+        port=port,
+    )
+    scp.start()
+    try:
+        yield
+    finally:
+        scp.stop(drain_timeout=10)
 
 
 def _reading(session: Session) -> int:
@@ -124,7 +146,7 @@ def _farm(
     source = SandboxPacs(
         [i.path for i in corpus.instances],
         behaviour=Behaviour(retrieve_delay_s=STORE_DELAY_S),
-        destinations={"READING": ("127.0.0.1", dest_port)},
+        destinations={"READING": ("127.0.0.1", dest_port), QRFARM_SCP_AE: ("127.0.0.1", scp_port)},
     )
     source_port = source.start()
     settings = Settings(
@@ -203,3 +225,32 @@ def test_a_committing_destination_commits_to_what_arrived_while_the_move_runs(
         sum(len(r.committed_uids) for r in requests)
         >= committing_farm.client.status(job_id)["expected"]
     )
+
+
+def test_a_forward_verified_by_c_find_confirms_what_it_sent_while_it_sends_the_rest(
+    farm: Farm, corpus: Corpus
+) -> None:
+    study, instances = next((s, i) for s, i in corpus.studies().items() if 6 <= len(i) <= 20)
+    deps = runner_deps(farm.settings, farm.client.sessions, farm.pool)
+    moved = farm.client.move("pacs", Level.STUDY, {"StudyInstanceUID": study})
+    run_job(deps, moved, "runner-test")
+    assert farm.client.status(moved)["state"] == "completed"
+    forward = farm.client.forward(moved, "reading")
+    run_job(deps, forward, "runner-test")
+    status = farm.client.status(forward)
+    assert status["state"] == "completed", status
+    assert status["verified_by"] == "find"
+    with farm.client.sessions() as session:
+        sent_at = session.scalars(
+            select(ForwardedInstance.sent_at).where(ForwardedInstance.job_id == forward)
+        ).all()
+        confirmed_at = session.scalars(
+            select(DeliveredInstance.confirmed_at).where(DeliveredInstance.job_id == forward)
+        ).all()
+    assert len(confirmed_at) == len(instances)
+    # The sends are recorded once the last is answered: confirmed before that
+    # means confirmed while the rest was being sent.
+    sending_ended = min(at for at in sent_at if at is not None)
+    early = [at for at in confirmed_at if at < sending_ended]
+    assert len(early) >= len(instances) // 2, (len(early), len(instances))
+    assert farm.held() == {i.sop_uid for i in instances}
