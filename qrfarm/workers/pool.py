@@ -18,8 +18,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from typing import Protocol
 
 from qrfarm.dicom import (
     Connection,
@@ -37,6 +35,7 @@ from qrfarm.errors import AssociationRejected, NodeBusy, PeerUnreachable, Permit
 from qrfarm.observability.metrics import ASSOCIATIONS
 from qrfarm.observability.tracing import tracer
 
+from .permit_holders import AssociationObserver, Held, Pooled, Sending, key_of
 from .permits import Permit, Permits
 
 log = logging.getLogger(__name__)
@@ -67,53 +66,6 @@ REAP_INTERVAL_S = 0.25
 RENEW_EVERY_S = 2.0
 
 
-class AssociationObserver(Protocol):
-    """Told how many associations were held at once when one opened, or was refused."""
-
-    def __call__(self, node: Node, held: int | None, rejected_at: int | None) -> None: ...
-
-
-def _key(node: Node) -> tuple[str, str, int]:
-    return (node.ae_title, node.host, node.port)
-
-
-@dataclass
-class _Pooled:
-    connection: Connection
-    permit: Permit
-    last_used: float
-    # When the permit was last known to be ours (taken or renewed).
-    renewed_at: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.renewed_at = self.renewed_at or time.monotonic()
-
-
-@dataclass
-class _Held:
-    """A permit for an association opened elsewhere (held()): renewed like the
-    others; there is no operation of ours to stop if it is lost."""
-
-    permit: Permit
-    renewed_at: float = 0.0
-    connection: None = None
-
-    def __post_init__(self) -> None:
-        self.renewed_at = self.renewed_at or time.monotonic()
-
-
-@dataclass
-class _Sending:
-    """An association that sends instances on (a forward), under its permit."""
-
-    connection: StoreConnection
-    permit: Permit
-    renewed_at: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.renewed_at = self.renewed_at or time.monotonic()
-
-
 class AssociationPool:
     """Implements the runner's ConnectionSource for one worker process."""
 
@@ -130,12 +82,12 @@ class AssociationPool:
         self.timeouts = timeouts
         # Keyed by the peer's address, not the whole Node: its limit may change
         # (learned from its profile) while an association to it is pooled.
-        self._idle: dict[tuple[str, str, int], _Pooled] = {}
+        self._idle: dict[tuple[str, str, int], Pooled] = {}
         # Associations in use or being opened: while there is one, the idle
         # ones cannot be used by this process and are handed over at once.
         self._associations_in_use = 0
         # The associations in use, by id, for their permits' renewal.
-        self._busy: dict[int, _Pooled | _Sending | _Held] = {}
+        self._busy: dict[int, Pooled | Sending | Held] = {}
         self._renew_every_s = min(RENEW_EVERY_S, permits.ttl_s / 4)
         self._lock = threading.Lock()
         self._reaper = threading.Thread(target=self._reap, name="pool-reaper", daemon=True)
@@ -170,9 +122,9 @@ class AssociationPool:
             self.on_association(node, self.permits.held(str(node), node.max_associations), None)
         return connection
 
-    def _take(self, node: Node) -> _Pooled:
+    def _take(self, node: Node) -> Pooled:
         with self._lock:
-            pooled = self._idle.pop(_key(node), None)
+            pooled = self._idle.pop(key_of(node), None)
         if pooled is not None:
             idle = time.monotonic() - pooled.last_used
             usable = (
@@ -186,7 +138,7 @@ class AssociationPool:
                 return pooled
             self._discard(pooled)
         permit = self._permit(node)
-        return _Pooled(self._open(node, QR_CONTEXTS, permit), permit, time.monotonic())
+        return Pooled(self._open(node, QR_CONTEXTS, permit), permit, time.monotonic())
 
     @staticmethod
     def _answers(connection: Connection) -> bool:
@@ -206,7 +158,7 @@ class AssociationPool:
                 self._associations_in_use -= 1
 
     @contextmanager
-    def _busy_with(self, pooled: _Pooled | _Sending | _Held) -> Iterator[None]:
+    def _busy_with(self, pooled: Pooled | Sending | Held) -> Iterator[None]:
         """While ``pooled`` is in use its permit is renewed by the reaper."""
         with self._lock:
             self._busy[id(pooled)] = pooled
@@ -230,8 +182,8 @@ class AssociationPool:
         if pooled.connection.is_open and pooled.connection.stopped is None:
             pooled.connection.rest()  # no polling while it waits for the next task
             with self._lock:
-                previous = self._idle.pop(_key(node), None)
-                self._idle[_key(node)] = pooled
+                previous = self._idle.pop(key_of(node), None)
+                self._idle[key_of(node)] = pooled
             if previous is not None:
                 self._discard(previous)
         else:
@@ -257,7 +209,7 @@ class AssociationPool:
         # Our own idle association to the node would hold one of its permits
         # while this one waits for another: give it back first.
         with self._lock:
-            idle = self._idle.pop(_key(node), None)
+            idle = self._idle.pop(key_of(node), None)
         if idle is not None:
             self._discard(idle)
         with self._in_use(), self._unpooled(node, contexts, self._permit(node)) as connection:
@@ -269,12 +221,12 @@ class AssociationPool:
         Storage Commitment request, under the storage SCP's AE title); our
         idle association to it gives its permit back first."""
         with self._lock:
-            idle = self._idle.pop(_key(node), None)
+            idle = self._idle.pop(key_of(node), None)
         if idle is not None:
             self._discard(idle)
         permit = self._permit(node)
         try:
-            with self._in_use(), self._busy_with(_Held(permit)):
+            with self._in_use(), self._busy_with(Held(permit)):
                 yield
         finally:
             permit.release()
@@ -290,7 +242,7 @@ class AssociationPool:
         given back, when the use ends."""
         connection = self._open(node, contexts, permit)
         try:
-            with self._busy_with(_Pooled(connection, permit, time.monotonic())):
+            with self._busy_with(Pooled(connection, permit, time.monotonic())):
                 yield connection
         finally:
             with suppress(QrfarmError):
@@ -316,7 +268,7 @@ class AssociationPool:
         else:
             # Our own idle Q/R association to it would hold a permit meanwhile.
             with self._lock:
-                idle = self._idle.pop(_key(node), None)
+                idle = self._idle.pop(key_of(node), None)
             if idle is not None:
                 self._discard(idle)
             permit = self._permit(node)
@@ -341,14 +293,14 @@ class AssociationPool:
                 held = self.permits.held(str(node), node.max_associations)
                 self.on_association(node, held, None)
             try:
-                with self._busy_with(_Sending(connection, permit)):
+                with self._busy_with(Sending(connection, permit)):
                     yield connection
             finally:
                 with suppress(QrfarmError):
                     connection.close()
                 permit.release()
 
-    def _discard(self, pooled: _Pooled) -> None:
+    def _discard(self, pooled: Pooled) -> None:
         with suppress(Exception):
             pooled.connection.close()
         pooled.permit.release()
@@ -401,7 +353,7 @@ class AssociationPool:
         for pooled in idle:
             if not self._still_ours(pooled):
                 with self._lock:
-                    key = _key(pooled.connection.node)
+                    key = key_of(pooled.connection.node)
                     if self._idle.get(key) is pooled:
                         del self._idle[key]
                     else:
@@ -425,7 +377,7 @@ class AssociationPool:
                         )
                     )
 
-    def _still_ours(self, pooled: _Pooled | _Sending | _Held) -> bool:
+    def _still_ours(self, pooled: Pooled | Sending | Held) -> bool:
         """Renew the permit; False once it is not, or may no longer be, ours."""
         now = time.monotonic()
         try:
