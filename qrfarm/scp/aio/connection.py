@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from contextlib import suppress
 from pathlib import Path
@@ -22,16 +21,17 @@ from pynetdicom.presentation import PresentationContext
 
 from qrfarm.dicom import Status
 from qrfarm.dicom.commitment import STORAGE_COMMITMENT_PUSH
-from qrfarm.errors import ProxyHeaderError, UpperLayerViolation
+from qrfarm.errors import UpperLayerViolation
 from qrfarm.nodes.hosts import peer_address
 
-from .. import admission, proxy_protocol
+from .. import admission
 from ..commitment import record_report
 from ..facts import StoreRequest
 from ..handlers import store_spooled
 from ..spool import META_ALLOWANCE, MIN_PDU_READ
 from . import messages, negotiation
 from .incoming import Incoming, TempFiles, file_meta
+from .preamble import proxy_header, start_tls
 from .reports import N_EVENT_REPORT_RQ_FIELD, IncomingReport, report_response
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RAW_POLL_S = 0.002
 MAX_COMMAND_BYTES = 64 << 10
 # How long a connection over its host's cap of waiting ones has to ask.
 OVER_CAP_GRACE_S = 1.0
@@ -111,9 +110,9 @@ class Connection:
         pending = False
         try:
             async with asyncio.timeout(self.server.associate_timeout_s) as artim:
-                if not await self._proxy_header():
+                if not await self._take_proxy_header():
                     return False
-                if self.tls is not None and not await self._start_tls(self.tls):
+                if self.tls is not None and not await start_tls(self.writer, self.tls, self.host):
                     return False
                 pending = self.server.take_pending(self.host)
                 if not pending:
@@ -172,54 +171,16 @@ class Connection:
         self.is_established = True
         return True
 
-    async def _proxy_header(self) -> bool:
+    async def _take_proxy_header(self) -> bool:
         """The client's address from a PROXY v2 header, when the peer is a proxy."""
         proxies = self.server.proxies
         if proxies is None or not proxies.admits(peer_address(self.host)):
             return True
-        # Before TLS the header is read from the socket itself, exactly: the
-        # stream would read ahead into the handshake, which TLS then misses.
-        read = self._read_exactly_raw if self.tls is not None else self.reader.readexactly
-        transport = self.writer.transport
-        if self.tls is not None and isinstance(transport, asyncio.Transport):
-            transport.pause_reading()  # before anything is awaited
-        try:
-            head = await read(proxy_protocol.PREFIX_BYTES)
-            command, family, length = proxy_protocol.parse_prefix(head)
-            source = proxy_protocol.client_of(command, family, await read(length))
-        except (ProxyHeaderError, asyncio.IncompleteReadError, OSError) as exc:
-            log.warning("connection from proxy %s closed: %s", self.host, exc)
+        client = await proxy_header(self.reader, self.writer, self.host, tls=self.tls is not None)
+        if client is False:
             return False
-        if source is not None:  # None: the proxy's own health check
-            self.host = source[0]
-        return True
-
-    async def _read_exactly_raw(self, size: int) -> bytes:
-        # The transport owns the descriptor (the loop will not wait on it for
-        # us): poll it. Once per proxied TLS connection; the header is
-        # usually there at the first try.
-        sock: socket.socket = self.writer.transport._sock  # type: ignore[attr-defined]
-        data = bytearray()
-        while len(data) < size:
-            try:
-                chunk = sock.recv(size - len(data))
-            except BlockingIOError:
-                await asyncio.sleep(RAW_POLL_S)
-                continue
-            if not chunk:
-                raise asyncio.IncompleteReadError(bytes(data), size)
-            data += chunk
-        return bytes(data)
-
-    async def _start_tls(self, tls: ssl.SSLContext) -> bool:
-        """The handshake, on this connection only. Called before anything is
-        read through the stream (a PROXY header is read from the socket), so
-        that no byte of the handshake has been taken as plain data."""
-        try:
-            await self.writer.start_tls(tls)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            log.warning("TLS connection from %s closed: %s", self.host, exc)
-            return False
+        if client is not None:  # None: the proxy's own health check
+            self.host = client
         return True
 
     async def _read_pdu(self) -> tuple[int, bytes]:
