@@ -34,12 +34,13 @@ from sqlalchemy.orm import Session
 
 from qrfarm.dicom import Node
 from qrfarm.dicom.commitment import InstanceRef
-from qrfarm.errors import QrfarmError
+from qrfarm.errors import NodeBusy, QrfarmError
 from qrfarm.jobs import profiles
+from qrfarm.jobs.learning import node_and_limit
 from qrfarm.jobs.leases import Claim, fenced
 from qrfarm.jobs.nodes import node_of
 from qrfarm.jobs.worker_deps import RunnerDeps
-from qrfarm.models import Job, NodeRecord, VerifiedBy
+from qrfarm.models import Job, VerifiedBy
 
 from .commitment import CommitmentSettings
 from .verification import (
@@ -59,6 +60,10 @@ FIRST_ROUND_S = 0.25
 MIN_INTERVAL_S = 0.25
 # How long the end of the move waits for a round under way.
 ROUND_END_WAIT_S = 2.0
+# The rounds take one of the destination's associations beside the ones the
+# source opens to it for the move (which the farm's permits do not count):
+# only for a destination that takes at least this many at once.
+MIN_LIMIT = 3
 
 
 class ConfirmAlongside(threading.Thread):
@@ -97,34 +102,47 @@ class ConfirmAlongside(threading.Thread):
 
     def _confirm(self) -> None:
         interval = FIRST_ROUND_S
-        with self.deps.connections.spare_query_retrieve(self.node) as conn:
-            while not self._stopped.wait(interval):
-                with self.deps.sessions() as session:
-                    job = session.get(Job, self.taken.job_id)
-                    if job is None:
-                        return
-                    known = job.expected_count is not None
-                    pending = unconfirmed(session, self.taken.job_id) if known else []
-                if not known:
-                    continue  # the expected list is still being found
-                if not pending:
+        while not self._stopped.wait(interval):
+            with self.deps.sessions() as session:
+                job = session.get(Job, self.taken.job_id)
+                if job is None:
                     return
-                started = time.monotonic()
-                found = find_at_destination(conn, pending)
-                self.rounds += 1
-                if self.settings is None:
-                    confirmed: set[str] | None = found
-                elif self._stopped.is_set():
-                    return  # the move ended: the verification asks for all the rest at once
-                else:
-                    confirmed = self._commit([e for e in pending if e.sop_instance_uid in found])
-                    if confirmed is None:
-                        return  # it does not commit now: left to the verification
-                if confirmed and not self._record(confirmed):
+                known = job.expected_count is not None
+                pending = unconfirmed(session, self.taken.job_id) if known else []
+            if not known:
+                continue  # the expected list is still being found
+            if not pending:
+                return
+            started = time.monotonic()
+            found = self._find(pending)
+            self.rounds += 1
+            if found is None:
+                pass  # none of its permits free this moment: the next round
+            elif self.settings is None:
+                if found and not self._record(found):
                     return
-                # The round's whole time sets the pace (a commitment request's
-                # lookup is the destination's work too, beside the move).
-                interval = max(MIN_INTERVAL_S, 2 * (time.monotonic() - started))
+            elif self._stopped.is_set():
+                return  # the move ended: the verification asks for all the rest at once
+            else:
+                committed = self._commit([e for e in pending if e.sop_instance_uid in found])
+                if committed is None:
+                    return  # it does not commit now: left to the verification
+                if committed and not self._record(committed):
+                    return
+            # The round's whole time sets the pace (a commitment request's
+            # lookup is the destination's work too, beside the move).
+            interval = max(MIN_INTERVAL_S, 2 * (time.monotonic() - started))
+
+    def _find(self, pending: list[Expected]) -> set[str] | None:
+        """What the destination holds of ``pending``, on an association of one
+        round, taken only if one of its permits is free this moment (None:
+        none was); closed before anything else is asked, so that the round
+        never holds two of the destination's associations."""
+        try:
+            with self.deps.connections.spare_query_retrieve(self.node) as conn:
+                return find_at_destination(conn, pending)
+        except NodeBusy:
+            return None
 
     def _commit(self, arrived: list[Expected]) -> set[str] | None:
         """What the destination commits to of ``arrived`` (those not asked
@@ -133,8 +151,9 @@ class ConfirmAlongside(threading.Thread):
         fresh = [e for e in arrived if e.sop_instance_uid not in self._asked and e.sop_class_uid]
         if not fresh:
             return set()
-        self._asked.update(e.sop_instance_uid for e in fresh)
-        return committed_at(
+        asked = {e.sop_instance_uid for e in fresh}
+        self._asked |= asked
+        committed = committed_at(
             self.deps,
             self.settings,
             job_id=self.taken.job_id,
@@ -144,6 +163,7 @@ class ConfirmAlongside(threading.Thread):
                 InstanceRef(e.sop_class_uid, e.sop_instance_uid) for e in fresh if e.sop_class_uid
             ],
         )
+        return None if committed is None else committed & asked
 
     def _record(self, confirmed: set[str]) -> bool:
         """Record what the destination holds; False once the job is not ours."""
@@ -163,15 +183,11 @@ def confirm_alongside(
 ) -> Iterator[None]:
     """While the body (the move) runs, confirm at the job's destination node
     what has arrived, when its profile says how."""
-    thread = None
-    with deps.sessions() as session:
-        job = session.get(Job, taken.job_id)
-        node_id = None if job is None else job.destination_node_id
-        method = None if node_id is None else confirmation_method(session, node_id, settings)
-        if node_id is not None and method is not None:
-            node = node_of(session.get_one(NodeRecord, node_id))
-            commitment = settings if method is VerifiedBy.COMMITMENT else None
-            thread = ConfirmAlongside(deps, taken, node_id, node, commitment)
+    try:
+        thread = _thread(deps, taken, settings)
+    except Exception:
+        log.warning("job %d: no confirmation alongside the move", taken.job_id, exc_info=True)
+        thread = None
     if thread is None:
         yield
         return
@@ -184,6 +200,22 @@ def confirm_alongside(
         # by the verification beside it.
         thread.stop()
         thread.join(ROUND_END_WAIT_S)
+
+
+def _thread(
+    deps: RunnerDeps, taken: Claim, settings: CommitmentSettings
+) -> ConfirmAlongside | None:
+    with deps.sessions() as session:
+        job = session.get(Job, taken.job_id)
+        node_id = None if job is None else job.destination_node_id
+        if node_id is None:
+            return None
+        method = confirmation_method(session, node_id, settings)
+        row, limit = node_and_limit(session, node_id, deps.policy.limit_probe_after_s)
+        if method is None or limit < MIN_LIMIT:
+            return None
+        commitment = settings if method is VerifiedBy.COMMITMENT else None
+        return ConfirmAlongside(deps, taken, node_id, node_of(row), commitment)
 
 
 def confirmation_method(

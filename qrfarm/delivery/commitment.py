@@ -39,7 +39,13 @@ from qrfarm.dicom.commitment import (
     parse_report,
     requestor_contexts,
 )
-from qrfarm.errors import CommitmentUnavailable, DicomTimeout, PeerUnreachable, QrfarmError
+from qrfarm.errors import (
+    AssociationRejected,
+    CommitmentUnavailable,
+    DicomTimeout,
+    PeerUnreachable,
+    QrfarmError,
+)
 from qrfarm.jobs.announce import announce, can_listen, wait_for_notice
 from qrfarm.models import CommitmentRequest, utcnow
 
@@ -211,7 +217,10 @@ def _request(
         # an association that proposes only it says it does not do it.
         raise CommitmentUnavailable(
             f"{node}: no storage commitment association ({exc})",
-            unsupported=not isinstance(exc, PeerUnreachable | DicomTimeout),
+            unsupported=not (
+                isinstance(exc, PeerUnreachable | DicomTimeout)
+                or (isinstance(exc, AssociationRejected) and exc.retriable)
+            ),
         ) from exc
     try:
         conn.on_event_report(

@@ -46,7 +46,6 @@ from qrfarm.models import (
 )
 
 from . import pseudonymise
-from .forward_alongside import confirm_while_sending
 from .forward_verify import Verifier, confirm, confirmed_held, pending
 from .transports import Outgoing, Sent, TransportFactory, TransportOptions, transport_name
 from .verification import Expected, find_at_destination, record_confirmed
@@ -112,11 +111,8 @@ def run_forward(
     factory = fdeps.transports.get(plan.transport)
     if factory is None:
         raise QrfarmError(f"no {plan.transport} transport in this worker for {node}")
-    with confirm_while_sending(
-        deps, taken, plan.node_id, node, plan.transport, plan.held
-    ) as on_sent:
-        options = TransportOptions(node, plan.transcode, rewrite, fdeps.associations, on_sent)
-        sent = factory(options).send(plan.items, watch.lost)
+    options = TransportOptions(node, plan.transcode, rewrite, fdeps.associations)
+    sent = factory(options).send(plan.items, watch.lost)
     _record(deps, taken, plan, sent)
     with deps.sessions() as session:
         to_verify = pending(session, taken.job_id)

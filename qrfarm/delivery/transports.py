@@ -89,8 +89,6 @@ class TransportOptions:
     rewrite: Rewrite | None
     # At most this many associations at once (the node's own limit caps it).
     associations: int = 4
-    # Told of each instance as the destination answers its C-STORE.
-    on_sent: Callable[[Sent], None] | None = None
 
 
 TransportFactory = Callable[[TransportOptions], Transport]
@@ -136,8 +134,6 @@ class DimseTransport:
                 sent = self._one(conn, item)
                 with lock:
                     results.append(sent)
-                if self.options.on_sent is not None:
-                    self.options.on_sent(sent)
                 if not conn.is_open:
                     return
 

@@ -313,6 +313,15 @@ def verify_delivery(deps: RunnerDeps, taken: Claim, verifier: DeliveryVerifier) 
     while plan.pending or not plan.expected_known:
         try:
             method, found = _verify_once(deps, verifier, plan)
+        except NodeBusy as exc:
+            # Its permits are all taken (a round of confirmation alongside the
+            # move may still hold one): asked again until the deadline.
+            if time.monotonic() + verifier.poll_s > plan.deadline:
+                problem = f"not verified at the destination: {exc}"
+                log.warning("job %d: %s", plan.job_id, problem)
+                break
+            time.sleep(verifier.poll_s)
+            continue
         except (QrfarmError, LookupError) as exc:
             problem = f"not verified at the destination: {exc}"
             log.warning("job %d: %s", plan.job_id, problem)

@@ -74,24 +74,24 @@ def wait_for_notice(
     raw = engine.raw_connection()
     listener: Any = raw.driver_connection
     try:
-        listener.autocommit = True
-        listener.execute(f"LISTEN {channel}")
-        # After LISTEN: what was committed before it is seen here.
-        while not is_done(listener):
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return False
-            wait_s = recheck_s if deadline is None else min(recheck_s, deadline - now)
-            try:
+        try:
+            listener.autocommit = True
+            listener.execute(f"LISTEN {channel}")
+            # After LISTEN: what was committed before it is seen here.
+            while not is_done(listener):
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return False
+                wait_s = recheck_s if deadline is None else min(recheck_s, deadline - now)
                 # closing(): the generator holds the connection's lock until it ends.
                 with closing(listener.notifies(timeout=wait_s)) as notifications:
                     if any(n.payload == wanted for n in notifications):
                         return True
-            except psycopg.Error:
-                # The connection broke: poll on a fresh one for the rest.
-                raw.invalidate()
-                return _poll_fresh(engine, is_done, deadline, recheck_s)
-        return True
+            return True
+        except psycopg.Error:
+            # The connection broke: poll on a fresh one for the rest.
+            raw.invalidate()
+            return _poll_fresh(engine, is_done, deadline, recheck_s)
     finally:
         if raw.is_valid:
             with suppress(psycopg.Error):

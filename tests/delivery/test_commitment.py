@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
+from pynetdicom import AE
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.delivery import commitment
 from qrfarm.delivery.commitment import CommitmentSettings, handle_report, request_commitment
 from qrfarm.dicom import Node, Timeouts
-from qrfarm.dicom.commitment import COMMITTED, InstanceRef
+from qrfarm.dicom.commitment import COMMITTED, STORAGE_COMMITMENT_PUSH, InstanceRef
 from qrfarm.errors import CommitmentUnavailable, NodeBusy, QrfarmError
 from qrfarm.jobs import profiles
 from qrfarm.models import CommitmentRequest, NodeRecord
@@ -191,3 +192,26 @@ def test_a_report_recorded_meanwhile_is_what_the_requester_reads(
     assert statuses == [0x0000]
     assert report is not None and report.committed == ["1.2.826.0.1.3680043.10.1234.9.9"]
     assert commitment._wait(sessions, "2.25.1", 0.2) is None  # none comes: None at the deadline
+
+
+def test_a_destination_too_busy_for_another_association_is_not_learned_as_not_committing(
+    sessions: sessionmaker[Session],  # noqa: F811
+) -> None:
+    """A-ASSOCIATE-RJ "local limit exceeded" (transient) says nothing of
+    Storage Commitment: the destination is asked again next time."""
+    busy = AE(ae_title="DEST")
+    busy.add_supported_context(STORAGE_COMMITMENT_PUSH)
+    busy.add_supported_context("1.2.840.10008.1.1")
+    busy.maximum_associations = 1
+    server = busy.start_server(("127.0.0.1", 0), block=False)
+    port = int(server.socket.getsockname()[1])  # type: ignore[union-attr]
+    holder = AE(ae_title="OTHER")
+    holder.add_requested_context("1.2.840.10008.1.1")
+    held = holder.associate("127.0.0.1", port, ae_title="DEST")
+    try:
+        assert held.is_established
+        error = _ask(sessions, Node("DEST", "127.0.0.1", port))
+    finally:
+        held.release()
+        server.shutdown()
+    assert not error.unsupported, error
