@@ -39,6 +39,7 @@ from .workflow import prefetch as prefetches
 from .workflow import retrieve as retrievals
 from .workflow import rules as prefetch_rules
 from .workflow.identity import PatientIdentifier
+from .workflow.prefetch_summary import prefetch_summary
 
 
 class Client:
@@ -226,7 +227,7 @@ class Client:
 
     def prefetch_status(self, prefetch_id: int) -> dict[str, Any]:
         with self.sessions() as session:
-            return prefetches.prefetch_summary(session, prefetch_id)
+            return prefetch_summary(session, prefetch_id)
 
     def retrieve(
         self,

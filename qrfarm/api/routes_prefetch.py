@@ -11,6 +11,7 @@ from qrfarm.errors import Conflict, FieldError, InvalidIdentifier, NoSuchRule, U
 from qrfarm.models import Prefetch
 from qrfarm.workflow import prefetch
 from qrfarm.workflow import rules as prefetch_rules
+from qrfarm.workflow.prefetch_summary import prefetch_summary
 
 from .deps import Context, Db
 from .routes_jobs import IdempotencyKey, reference_of
@@ -69,7 +70,7 @@ def start_prefetch(
                 ):
                     raise Conflict(f"reference {reference!r} was used for another request")
                 response.status_code = status.HTTP_200_OK
-                return prefetch.prefetch_summary(db, earlier.id)
+                return prefetch_summary(db, earlier.id)
     try:
         prefetch_id = prefetch.start(
             ctx.sessions,
@@ -93,7 +94,7 @@ def start_prefetch(
         raise FieldError(["body", field], exc.rule) from exc
     response.headers["Location"] = f"/prefetch/{prefetch_id}"
     with ctx.sessions() as db:
-        return prefetch.prefetch_summary(db, prefetch_id)
+        return prefetch_summary(db, prefetch_id)
 
 
 @router.get(
@@ -104,7 +105,7 @@ def start_prefetch(
 )
 def read_prefetch(prefetch_id: PrefetchId, db: Db) -> dict[str, Any]:
     """The prefetch: its state (the sum of its jobs'), the priors chosen, its jobs."""
-    return prefetch.prefetch_summary(db, prefetch_id)
+    return prefetch_summary(db, prefetch_id)
 
 
 @router.get("/prefetch-rules", response_model=list[RuleOut], **needs(Scope.READ))

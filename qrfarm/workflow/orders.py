@@ -31,6 +31,7 @@ from qrfarm.notify.outbox import notify_prefetch_ended
 from . import patient_finds, prefetch
 from .conditions import Lookup, first_failed, value_of
 from .identity import PatientIdentifier
+from .prefetch_summary import prefetch_summary
 from .rules import Rule
 
 CANCELLING = frozenset({"CA", "DC"})
@@ -136,7 +137,7 @@ def _cancel_rows(session: Session, rows: list[Prefetch], reason: str) -> list[in
         row.error = reason
         row.ended_at = utcnow()
         session.flush()
-        notify_prefetch_ended(session, row, prefetch.prefetch_summary(session, row.id))
+        notify_prefetch_ended(session, row, prefetch_summary(session, row.id))
         jobs += session.scalars(
             select(Job.id).where(Job.prefetch_id == row.id, Job.state.not_in(ENDED_STATES))
         )

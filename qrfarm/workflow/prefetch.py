@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,23 +35,18 @@ from qrfarm.dicom import Level
 from qrfarm.errors import (
     InvalidCallback,
     InvalidIdentifier,
-    NoSuchPrefetch,
     ResentWithOtherContent,
 )
 from qrfarm.jobs.dispatch import Dispatcher
 from qrfarm.jobs.submit import JobRequest, SubmitRules, new_job, send_jobs
 from qrfarm.models import (
     ENDED_STATES,
-    PREFETCH_ENDED,
-    DeliveredInstance,
     FindResult,
     Job,
     JobKind,
     JobState,
-    NodeRecord,
     Prefetch,
     PrefetchState,
-    ReceivedInstance,
     utcnow,
 )
 from qrfarm.nodes.roles import resolve_destination
@@ -59,7 +54,9 @@ from qrfarm.notify.outbox import notify_prefetch_ended
 from qrfarm.notify.targets import validate_callback_url
 
 from . import parents, patient_finds, priors
+from .holdings import already_held
 from .identity import PatientIdentifier
+from .prefetch_summary import child_jobs, node_names_by_id, prefetch_summary
 from .rules import Rule
 
 # --- starting ----------------------------------------------------------------
@@ -183,70 +180,6 @@ def _existing(session: Session, request: PrefetchRequest) -> int | None:
 # --- advancing ---------------------------------------------------------------
 
 
-def held_instances(session: Session, study_uid: str) -> int:
-    return (
-        session.scalar(
-            select(func.count(func.distinct(ReceivedInstance.sop_instance_uid))).where(
-                ReceivedInstance.study_instance_uid == study_uid
-            )
-        )
-        or 0
-    )
-
-
-def delivered_before(session: Session, study_uid: str, destination_node_id: int) -> bool:
-    """A whole-study move of it to that destination ended with every instance confirmed there."""
-    moves = session.scalars(
-        select(Job.identifier).where(
-            Job.kind == JobKind.MOVE,
-            Job.level == Level.STUDY.value,
-            Job.state == JobState.COMPLETED,
-            Job.destination_node_id == destination_node_id,
-            Job.id.in_(select(DeliveredInstance.job_id)),
-        )
-    )
-    return any(priors.every(ident, priors.STUDY_UID) == [study_uid] for ident in moves)
-
-
-def already_held(
-    session: Session, study: dict[str, Any], destination_node_id: int | None = None
-) -> bool:
-    """Fully held: as many instances as the PACS says the study has, or, where
-    it does not say, a whole-study retrieve of it that ended reconciled. For a
-    destination other than the farm: a move of it there that ended confirmed
-    (what the farm holds says nothing of what the destination holds)."""
-    if destination_node_id is not None:
-        study["held_before"] = 0
-        return delivered_before(session, study["study_instance_uid"], destination_node_id)
-    held = held_instances(session, study["study_instance_uid"])
-    study["held_before"] = held
-    if study["instances"]:
-        return held >= int(study["instances"])
-    if not held:
-        return False
-    retrieves = session.scalars(
-        select(Job.identifier).where(
-            Job.kind.in_([JobKind.MOVE, JobKind.GET]),
-            Job.level == Level.STUDY.value,
-            Job.state == JobState.COMPLETED,
-            Job.recorded_count > 0,
-        )
-    )
-    uid = study["study_instance_uid"]
-    return any(priors.every(ident, priors.STUDY_UID) == [uid] for ident in retrieves)
-
-
-def _node_names(session: Session) -> dict[int, str]:
-    return {row.id: row.name for row in session.execute(select(NodeRecord.id, NodeRecord.name))}
-
-
-def _children(session: Session, prefetch_id: int, kind: JobKind | None = None) -> list[Job]:
-    query = select(Job).where(Job.prefetch_id == prefetch_id).order_by(Job.id)
-    if kind is not None:
-        query = query.where(Job.kind == kind)
-    return list(session.scalars(query))
-
-
 def _answers(session: Session, job_id: int) -> list[dict[str, Any]]:
     return list(
         session.scalars(
@@ -259,7 +192,7 @@ def _answers(session: Session, job_id: int) -> list[dict[str, Any]]:
 
 def _study_finds(session: Session, prefetch: Prefetch) -> list[Job]:
     return [
-        j for j in _children(session, prefetch.id, JobKind.FIND) if j.level == Level.STUDY.value
+        j for j in child_jobs(session, prefetch.id, JobKind.FIND) if j.level == Level.STUDY.value
     ]
 
 
@@ -268,7 +201,7 @@ def _searched(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[
     for those whose modalities the PACS did not say (when the rule asks)."""
     rule = Rule.model_validate(prefetch.rule)
     finds = _study_finds(session, prefetch)
-    node_names = _node_names(session)
+    node_names = node_names_by_id(session)
     failed = [j for j in finds if j.state is not JobState.COMPLETED]
     problems = [f"find on {node_names.get(j.node_id)} {j.state.value}: {j.error}" for j in failed]
     if len(failed) == len(finds):
@@ -358,7 +291,7 @@ def _choose(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[in
 
 def _finish(session: Session, prefetch: Prefetch) -> None:
     """The moves have ended: the prefetch's state sums theirs."""
-    moves = _children(session, prefetch.id, JobKind.MOVE)
+    moves = child_jobs(session, prefetch.id, JobKind.MOVE)
     states = {j.state for j in moves}
     if moves and states == {JobState.CANCELLED}:
         state = PrefetchState.CANCELLED
@@ -388,9 +321,9 @@ def advance(session: Session, prefetch: Prefetch, rules: SubmitRules) -> list[in
     if prefetch.state is PrefetchState.SEARCHING:
         waiting_for = _study_finds(session, prefetch)
     elif prefetch.state is PrefetchState.DETAILING:
-        waiting_for = _children(session, prefetch.id, JobKind.FIND)
+        waiting_for = child_jobs(session, prefetch.id, JobKind.FIND)
     else:
-        waiting_for = _children(session, prefetch.id, JobKind.MOVE)
+        waiting_for = child_jobs(session, prefetch.id, JobKind.MOVE)
     if not all(j.state in ENDED_STATES for j in waiting_for):
         return []
     if prefetch.state is PrefetchState.SEARCHING:
@@ -418,64 +351,9 @@ def advance_all(
     )
 
 
-# --- reading -----------------------------------------------------------------
-
-
-def prefetch_summary(session: Session, prefetch_id: int) -> dict[str, Any]:
-    prefetch = session.get(Prefetch, prefetch_id)
-    if prefetch is None:
-        raise NoSuchPrefetch(f"prefetch {prefetch_id} does not exist")
-    node_names = _node_names(session)
-    children = _children(session, prefetch.id)
-    moves = [j for j in children if j.kind is JobKind.MOVE]
-    destination = Rule.model_validate(prefetch.rule).destination
-    return {
-        "id": prefetch.id,
-        "patient_id": prefetch.patient_id,
-        "rule_name": prefetch.rule_name,
-        "rule": prefetch.rule,
-        "state": prefetch.state.value,
-        "ended": prefetch.state in PREFETCH_ENDED,
-        "current_accession": prefetch.current_accession,
-        "current_study_uid": prefetch.current_study_uid,
-        "external_reference": prefetch.external_reference,
-        "patient_identifiers": prefetch.patient_identifiers,
-        "node_notes": prefetch.node_notes,
-        "order_key": prefetch.order_key,
-        "selected": prefetch.selected,
-        "studies": {
-            "selected": len(prefetch.selected),
-            "already_held": sum(1 for s in prefetch.selected if s.get("already_held")),
-            "moved": sum(1 for j in moves if j.state is JobState.COMPLETED),
-        },
-        "recorded": sum(j.recorded_count for j in moves),
-        # Where the priors went (None: the farm), and how many instances the
-        # destination confirmed holding (None: the farm, which records them).
-        "destination": destination,
-        "delivered": sum(j.confirmed_count or 0 for j in moves) if destination else None,
-        "jobs": [
-            {
-                "id": j.id,
-                "kind": j.kind.value,
-                "node": node_names.get(j.node_id),
-                "state": j.state.value,
-                "recorded": j.recorded_count,
-                "destination": j.destination if j.destination_node_id is not None else None,
-                "confirmed": j.confirmed_count,
-                "verified_by": j.verified_by,
-            }
-            for j in children
-        ],
-        "error": prefetch.error,
-        "created_at": prefetch.created_at.isoformat(),
-        "ended_at": prefetch.ended_at.isoformat() if prefetch.ended_at else None,
-    }
-
-
 __all__ = [
     "PrefetchRequest",
     "advance",
     "advance_all",
-    "prefetch_summary",
     "start",
 ]
