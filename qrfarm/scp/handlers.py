@@ -103,8 +103,7 @@ def handle_connection_close(event: Event) -> None:
     message = event.assoc.dimse.message
     spooled = None if message is None else message._data_set_file
     if isinstance(spooled, spool.SpoolFile):
-        spooled.close()
-        Path(spooled.name).unlink(missing_ok=True)
+        spooled.discard()
 
 
 def handle_store(event: Event, ctx: ScpContext) -> int | Dataset:

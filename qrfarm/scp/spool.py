@@ -21,6 +21,7 @@ import os
 import tempfile
 import threading
 import types
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -74,6 +75,13 @@ class SpoolFile:
 
     def close(self) -> None:
         self.file.close()
+
+    def discard(self) -> None:
+        """Close and remove the file: its data set was never (or will never be)
+        stored."""
+        with suppress(OSError):
+            self.file.close()
+        Path(self.name).unlink(missing_ok=True)
 
     def sync_and_close(self, fsync: bool) -> OSError | None:
         """Close, the bytes made durable first (``fsync``); what kept them from

@@ -4,7 +4,6 @@ fragments arrive, behind the file meta pynetdicom would write."""
 from __future__ import annotations
 
 from concurrent.futures import Executor, Future
-from contextlib import suppress
 from pathlib import Path
 
 from pydicom.filebase import DicomBytesIO
@@ -69,12 +68,8 @@ class TempFiles:
 
 
 def _discard_spare(spare: Future[SpoolFile]) -> None:
-    if spare.cancelled() or spare.exception() is not None:
-        return
-    spool = spare.result()
-    with suppress(OSError):
-        spool.close()
-    Path(spool.name).unlink(missing_ok=True)
+    if not spare.cancelled() and spare.exception() is None:
+        spare.result().discard()
 
 
 class Incoming:
@@ -106,9 +101,7 @@ class Incoming:
             self.buffer = bytearray()
 
     def discard(self) -> None:
-        with suppress(OSError):
-            self.spool.close()
-        Path(self.spool.name).unlink(missing_ok=True)
+        self.spool.discard()
 
 
 def file_meta(request: StoreCommand, context: PresentationContext) -> bytes:
