@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, select
@@ -257,18 +256,16 @@ def _wait(
     deadline = time.monotonic() + timeout_s
     engine: Engine = sessions.kw["bind"]
     if can_listen(engine):
-        query = (
-            select(CommitmentRequest.reported_at)
-            .where(CommitmentRequest.transaction_uid == transaction_uid)
-            .compile(dialect=engine.dialect)
+        wait_for_notice(
+            engine,
+            REPORTED_CHANNEL,
+            transaction_uid,
+            select(CommitmentRequest.reported_at).where(
+                CommitmentRequest.transaction_uid == transaction_uid
+            ),
+            lambda reported_at: reported_at is not None,
+            deadline,
         )
-        sql, parameters = str(query), query.params
-
-        def reported(connection: Any) -> bool:
-            row = connection.execute(sql, parameters).fetchone()
-            return row is not None and row[0] is not None
-
-        wait_for_notice(engine, REPORTED_CHANNEL, transaction_uid, reported, deadline)
     while True:
         with sessions() as session:
             report = report_of(session, transaction_uid)

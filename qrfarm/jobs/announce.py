@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import closing, suppress
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.orm import Session
 
 from qrfarm.models import ENDED_STATES, Job
@@ -43,33 +43,43 @@ def wait_for_end(
     engine: Engine, job_id: int, deadline: float | None, recheck_s: float = 1.0
 ) -> bool:
     """Block until the job has ended or the deadline (monotonic) passed; whether it ended."""
-    state_query = select(Job.state).where(Job.id == job_id).compile(dialect=engine.dialect)
-    sql, parameters = str(state_query), state_query.params
-
-    def has_ended(connection: Any) -> bool:
-        row = connection.execute(sql, parameters).fetchone()
-        return row is not None and row[0] in ENDED_STATES
-
-    return wait_for_notice(engine, JOB_ENDED_CHANNEL, str(job_id), has_ended, deadline, recheck_s)
+    return wait_for_notice(
+        engine,
+        JOB_ENDED_CHANNEL,
+        str(job_id),
+        select(Job.state).where(Job.id == job_id),
+        lambda state: state in ENDED_STATES,
+        deadline,
+        recheck_s,
+    )
 
 
 def wait_for_notice(
     engine: Engine,
     channel: str,
     wanted: str,
-    is_done: Callable[[Any], bool],
+    query: Select[Any],
+    done: Callable[[Any], bool],
     deadline: float | None,
     recheck_s: float = 1.0,
 ) -> bool:
-    """Block until ``is_done`` or the deadline (monotonic) passed; whether it is done.
+    """Block until the first value of ``query``'s row is ``done`` or the
+    deadline (monotonic) passed; whether it is done.
 
-    Listens on ``channel`` on one pooled connection, and asks ``is_done`` (a
-    query on that same connection: no pool checkout, no transaction) once
-    listening and every ``recheck_s`` after; a notification whose payload is
+    Listens on ``channel`` on one pooled connection, and runs ``query`` on
+    that same connection (no pool checkout, no transaction) once listening
+    and every ``recheck_s`` after; a notification whose payload is
     ``wanted`` is taken at its word. A listening connection that breaks
     falls back to the rechecks on a fresh one.
     """
     import psycopg
+
+    compiled = query.compile(dialect=engine.dialect)
+    sql, parameters = str(compiled), compiled.params
+
+    def is_done(connection: Any) -> bool:
+        row = connection.execute(sql, parameters).fetchone()
+        return row is not None and done(row[0])
 
     raw = engine.raw_connection()
     listener: Any = raw.driver_connection
