@@ -37,7 +37,7 @@ from qrfarm.dicom.commitment import InstanceRef
 from qrfarm.errors import NodeBusy, QrfarmError
 from qrfarm.jobs import profiles
 from qrfarm.jobs.learning import node_and_limit
-from qrfarm.jobs.leases import Claim, fenced
+from qrfarm.jobs.leases import Claim
 from qrfarm.jobs.nodes import node_of
 from qrfarm.jobs.worker_deps import RunnerDeps
 from qrfarm.models import Job, VerifiedBy
@@ -46,8 +46,8 @@ from .commitment import CommitmentSettings
 from .verification import (
     Expected,
     committed_at,
+    confirm_for,
     find_at_destination,
-    record_confirmed,
     unconfirmed,
 )
 
@@ -84,7 +84,6 @@ class ConfirmAlongside(threading.Thread):
         self._context = contextvars.copy_context()  # the job's trace and log context
         self._stopped = threading.Event()
         self._asked: set[str] = set()  # named in a commitment request already
-        self.rounds = 0
 
     def stop(self) -> None:
         """No round begins after this, nor a commitment request."""
@@ -115,7 +114,6 @@ class ConfirmAlongside(threading.Thread):
                 return
             started = time.monotonic()
             found = self._find(pending)
-            self.rounds += 1
             if found is None:
                 pass  # none of its permits free this moment: the next round
             elif self.settings is None:
@@ -168,13 +166,7 @@ class ConfirmAlongside(threading.Thread):
     def _record(self, confirmed: set[str]) -> bool:
         """Record what the destination holds; False once the job is not ours."""
         method = VerifiedBy.FIND if self.settings is None else VerifiedBy.COMMITMENT
-        with self.deps.sessions() as session, session.begin():
-            job = fenced(session, self.taken)
-            if job is None:
-                return False
-            job.confirmed_count = record_confirmed(session, job.id, confirmed, method)
-            job.verified_by = method.value
-        return True
+        return confirm_for(self.deps, self.taken, confirmed, method)
 
 
 @contextmanager

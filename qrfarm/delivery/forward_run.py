@@ -41,14 +41,13 @@ from qrfarm.models import (
     JobState,
     NodeRecord,
     ReceivedInstance,
-    VerifiedBy,
     utcnow,
 )
 
 from . import pseudonymise
 from .forward_verify import Verifier, confirm, confirmed_held, pending
 from .transports import Outgoing, Sent, TransportFactory, TransportOptions, transport_name
-from .verification import Expected, find_at_destination, record_confirmed
+from .verification import Expected, confirm_for, find_at_destination
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ def run_forward(
             transport=plan.transport,
             items=to_verify,
         )
-        _confirmed(deps, taken, method, confirmed)
+        confirm_for(deps, taken, confirmed, method)
     _end(deps, taken, sent, str(node))
 
 
@@ -204,15 +203,6 @@ def _record(deps: RunnerDeps, taken: Claim, plan: _Plan, sent: list[Sent]) -> No
                 row.sent_sop_instance_uid = item.sent_sop_instance_uid
         if plan.seed is not None:
             pseudonymise.record(session, plan.node_id, plan.replaced)
-
-
-def _confirmed(deps: RunnerDeps, taken: Claim, method: VerifiedBy, held: set[str]) -> None:
-    with deps.sessions() as session, session.begin():
-        job = fenced(session, taken)
-        if job is None:
-            return
-        job.confirmed_count = record_confirmed(session, job.id, held, method)
-        job.verified_by = method.value
 
 
 def _end(deps: RunnerDeps, taken: Claim, sent: list[Sent], node: str) -> None:

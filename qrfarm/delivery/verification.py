@@ -158,6 +158,18 @@ def record_confirmed(
     return len(confirmed_uids(session, job_id))
 
 
+def confirm_for(deps: RunnerDeps, taken: Claim, uids: set[str], method: VerifiedBy) -> bool:
+    """Record ``uids`` confirmed at the claimed job's destination by ``method``
+    (its count and method with them); False once the job is not ours."""
+    with deps.sessions() as session, session.begin():
+        job = fenced(session, taken)
+        if job is None:
+            return False
+        job.confirmed_count = record_confirmed(session, job.id, uids, method)
+        job.verified_by = method.value
+    return True
+
+
 # -- asking the destination ---------------------------------------------------------
 
 
