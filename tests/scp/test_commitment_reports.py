@@ -55,6 +55,15 @@ def _references(uids: list[str]) -> list[Dataset]:
     return items
 
 
+def _info(transaction_uid: str, uids: list[str]) -> Dataset:
+    """A report's Event Information: the transaction and the instances committed."""
+    info = Dataset()
+    info.TransactionUID = transaction_uid
+    if uids:
+        info.ReferencedSOPSequence = _references(uids)
+    return info
+
+
 def _report(
     port: int, calling_ae: str, event_type: int, info: Dataset, syntax: str | None = None
 ) -> int | None:
@@ -91,9 +100,7 @@ def _row(db: Db, transaction_uid: str) -> CommitmentRequest:
 def test_a_report_from_the_destination_asked_is_recorded(scp: StorageScp, db: Db) -> None:
     transaction = "2.25.3141592653589793"
     _request(db, transaction)
-    info = Dataset()
-    info.TransactionUID = transaction
-    info.ReferencedSOPSequence = _references(UIDS)
+    info = _info(transaction, UIDS)
     assert _report(scp.port, "ORTHANC", COMMITTED, info) == 0x0000
     row = _row(db, transaction)
     assert row.reported_at is not None
@@ -103,9 +110,7 @@ def test_a_report_from_the_destination_asked_is_recorded(scp: StorageScp, db: Db
 def test_a_report_with_failures_names_them_in_explicit_vr(scp: StorageScp, db: Db) -> None:
     transaction = "2.25.2718281828459045"
     _request(db, transaction)
-    info = Dataset()
-    info.TransactionUID = transaction
-    info.ReferencedSOPSequence = _references(UIDS[:2])
+    info = _info(transaction, UIDS[:2])
     failed = _references(UIDS[2:])
     failed[0].FailureReason = 0x0112
     info.FailedSOPSequence = failed
@@ -118,14 +123,10 @@ def test_a_report_with_failures_names_them_in_explicit_vr(scp: StorageScp, db: D
 def test_a_report_from_another_node_or_on_no_request_is_refused(scp: StorageScp, db: Db) -> None:
     transaction = "2.25.1618033988749894"
     _request(db, transaction)
-    info = Dataset()
-    info.TransactionUID = transaction
-    info.ReferencedSOPSequence = _references(UIDS)
+    info = _info(transaction, UIDS)
     # SANDBOX is a registered node (admitted to store) but was not asked.
     assert _report(scp.port, "SANDBOX", COMMITTED, info) == 0x0115
-    unknown = Dataset()
-    unknown.TransactionUID = "2.25.42"
-    unknown.ReferencedSOPSequence = _references(UIDS)
+    unknown = _info("2.25.42", UIDS)
     assert _report(scp.port, "ORTHANC", COMMITTED, unknown) == 0x0115
     assert _row(db, transaction).reported_at is None
 
@@ -133,8 +134,7 @@ def test_a_report_from_another_node_or_on_no_request_is_refused(scp: StorageScp,
 def test_a_report_of_an_unknown_event_type_is_refused(scp: StorageScp, db: Db) -> None:
     transaction = "2.25.1414213562373095"
     _request(db, transaction)
-    info = Dataset()
-    info.TransactionUID = transaction
+    info = _info(transaction, [])
     assert _report(scp.port, "ORTHANC", 7, info) == 0x0113
     assert _row(db, transaction).reported_at is None
 
@@ -153,9 +153,7 @@ def test_a_report_from_another_node_sharing_the_ae_title_is_refused(
     _request(db, far, node="far", ae_title="SHARED")
     _request(db, near, node="near", ae_title="SHARED")
     for transaction in (far, near):
-        info = Dataset()
-        info.TransactionUID = transaction
-        info.ReferencedSOPSequence = _references(UIDS)
+        info = _info(transaction, UIDS)
         expected = 0x0115 if transaction == far else 0x0000
         assert _report(scp.port, "SHARED", COMMITTED, info) == expected
     assert _row(db, far).reported_at is None
