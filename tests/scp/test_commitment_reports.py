@@ -158,3 +158,16 @@ def test_a_report_from_another_node_sharing_the_ae_title_is_refused(
         assert _report(scp.port, "SHARED", COMMITTED, info) == expected
     assert _row(db, far).reported_at is None
     assert _row(db, near).reported_at is not None
+
+
+def test_a_report_larger_than_any_request_is_refused_and_records_nothing(
+    scp: StorageScp, db: Db
+) -> None:
+    """50,000 references (about 4.5 MB): more than any request names
+    (MAX_REFERENCES); the asyncio path does not even keep the bytes."""
+    transaction = "2.25.6931471805599453"
+    _request(db, transaction)
+    many = [f"1.2.826.0.1.3680043.10.1234.78.{n}" for n in range(50_000)]
+    status = _report(scp.port, "ORTHANC", COMMITTED, _info(transaction, many))
+    assert status in (0x0115, 0x0213)  # Invalid Argument Value, Resource Limitation
+    assert _row(db, transaction).reported_at is None
