@@ -1,15 +1,18 @@
 """Signing in to the console: an API token, once, turned into a signed session cookie.
 
 The cookie (HttpOnly, SameSite=Strict, Secure under HTTPS, path /console)
-holds the token's row id, a CSRF token and an expiry, signed with HMAC-SHA256;
-never the token itself. Each request looks the token up again, so a revoked
-token or a changed scope takes effect at once. Every POST carries the CSRF
-token in a form field (or the X-CSRF-Token header), compared in constant time.
+holds a random session id, the token's row id, a CSRF token and an expiry,
+signed with HMAC-SHA256; never the token itself. Each request looks the
+session and its token up again (``console_sessions``, by the id's SHA-256),
+so signing out, a revoked token or a changed scope takes effect at once, for
+every copy of the cookie. Every POST carries the CSRF token in a form field
+(or the X-CSRF-Token header), compared in constant time.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -19,10 +22,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Response, status
+from sqlalchemy import delete, select, update
 
 from qrfarm.api.tokens import Scope, authenticate, scopes_of
 from qrfarm.errors import NotSignedIn
-from qrfarm.models import ApiToken
+from qrfarm.models import ApiToken, ConsoleSession, utcnow
 
 from .context import ConsoleContext, console_context
 
@@ -37,6 +41,7 @@ CSRF_HEADER = "x-csrf-token"
 @dataclass(frozen=True)
 class ConsoleUser:
     token_id: int
+    session_hash: str
     name: str
     scopes: frozenset[Scope]
     csrf: str
@@ -86,13 +91,27 @@ def set_cookie(response: Response, request: Request, name: str, value: str, max_
 def start_session(
     ctx: ConsoleContext, request: Request, response: Response, token: str
 ) -> ApiToken | None:
-    """Check ``token`` and set the session cookie; the token's row, or None if refused."""
-    with ctx.client.sessions() as db:
+    """Check ``token``, record a session and set its cookie; the token's row, or
+    None if refused. Sessions expired by now are removed on the way."""
+    session_id = secrets.token_urlsafe(32)
+    now = utcnow()
+    with ctx.client.sessions() as db, db.begin():
         row = authenticate(db, token)
         if row is None:
             return None
+        db.execute(delete(ConsoleSession).where(ConsoleSession.expires_at < now))
+        db.add(
+            ConsoleSession(
+                id_hash=_hash(session_id),
+                token_id=row.id,
+                created_at=now,
+                expires_at=now + dt.timedelta(seconds=ctx.session_max_age_s),
+            )
+        )
+        db.flush()
         db.expunge(row)
     payload = {
+        "sid": session_id,
         "tid": row.id,
         "csrf": secrets.token_urlsafe(24),
         "exp": int(time.time()) + ctx.session_max_age_s,
@@ -101,23 +120,49 @@ def start_session(
     return row
 
 
-def end_session(response: Response) -> None:
+def end_session(ctx: ConsoleContext, user: ConsoleUser, response: Response) -> None:
+    """End ``user``'s session (every copy of its cookie) and remove the cookie."""
+    with ctx.client.sessions() as db, db.begin():
+        db.execute(
+            update(ConsoleSession)
+            .where(ConsoleSession.id_hash == user.session_hash, ConsoleSession.ended_at.is_(None))
+            .values(ended_at=utcnow())
+        )
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+
+
+def _hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 def current_user(request: Request) -> ConsoleUser:
     """The signed-in token, looked up again; NotSignedIn without a live one."""
     ctx = console_context(request)
     payload = unsign(ctx.key, request.cookies.get(SESSION_COOKIE))
-    if payload is None or not isinstance(payload.get("tid"), int):
+    if (
+        payload is None
+        or not isinstance(payload.get("tid"), int)
+        or not isinstance(payload.get("sid"), str)
+    ):
         raise NotSignedIn
+    session_hash = _hash(payload["sid"])
     with ctx.client.sessions() as db:
-        row = db.get(ApiToken, payload["tid"])
+        row = db.scalar(
+            select(ApiToken)
+            .join(ConsoleSession, ConsoleSession.token_id == ApiToken.id)
+            .where(
+                ConsoleSession.id_hash == session_hash,
+                ConsoleSession.ended_at.is_(None),
+                ConsoleSession.expires_at > utcnow(),
+                ApiToken.id == payload["tid"],
+            )
+        )
         if row is None or row.revoked_at is not None:
             raise NotSignedIn
         name, scopes = row.name, scopes_of(row)
     user = ConsoleUser(
         payload["tid"],
+        session_hash,
         name,
         scopes,
         str(payload.get("csrf", "")),

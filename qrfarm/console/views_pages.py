@@ -118,8 +118,14 @@ def login(
 
 @router.post("/logout")
 def logout(request: Request, user: Reader) -> Response:
+    ctx = console_context(request)
     response = RedirectResponse("/console/login", status_code=303)
-    end_session(response)
+    end_session(ctx, user, response)
+    audit.write(
+        ctx.client.sessions,
+        audit.Actor("token", user.name, user.client),
+        audit.Event("console.sign_out", audit.EXECUTE, detail="console"),
+    )
     return response
 
 

@@ -12,6 +12,7 @@ from .instances import MatchedBy, OrphanInstance, ReceivedInstance
 from .integration import (
     PREFETCH_ENDED,
     ApiToken,
+    ConsoleSession,
     DeliveryState,
     Prefetch,
     PrefetchRule,
@@ -46,6 +47,7 @@ __all__ = [
     "Batch",
     "BatchRow",
     "CommitmentRequest",
+    "ConsoleSession",
     "DeliveredInstance",
     "DeliveryState",
     "DimseResponse",

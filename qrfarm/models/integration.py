@@ -27,6 +27,22 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None]
 
 
+class ConsoleSession(Base):
+    """A sign-in to the console. Its cookie names it by a random id, kept here
+    only as its SHA-256; signing out ends the session here, so a copy of the
+    cookie (its signature and expiry still good) ends with it."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    ended_at: Mapped[dt.datetime | None]
+
+
 class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"

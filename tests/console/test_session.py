@@ -207,6 +207,26 @@ def test_a_revoked_token_ends_its_session(console: Console) -> None:
     assert browser.get("/console/nodes").url.path == "/console/login"
 
 
+def test_signing_out_ends_the_session_for_a_copy_of_its_cookie_too(console: Console) -> None:
+    browser, csrf = console.sign_in("reader")
+    copied = console.browser()
+    copied.cookies.set(SESSION_COOKIE, browser.cookies[SESSION_COOKIE], path="/console")
+    assert copied.get("/console/nodes").url.path == "/console/nodes"
+    signed_out = browser.post("/console/logout", data={"csrf": csrf})
+    assert signed_out.url.path == "/console/login"
+    # The cookie is still valid by its signature and expiry; the session is not.
+    assert copied.get("/console/nodes").url.path == "/console/login"
+    assert copied.post("/console/logout", data={"csrf": csrf}).status_code == 401
+    with console.client.sessions() as db:
+        events = db.scalars(
+            select(AuditEvent.action).where(AuditEvent.actor == "console-reader")
+        ).all()
+    assert "console.sign_out" in events
+    # Signing in again is a new session, unaffected by the one ended.
+    again, _ = console.sign_in("reader")
+    assert again.get("/console/nodes").url.path == "/console/nodes"
+
+
 def test_static_files_are_served_and_nothing_comes_from_elsewhere(console: Console) -> None:
     browser, _ = console.sign_in("admin")
     for path in (
