@@ -9,88 +9,37 @@ status is a result like any other.
 
 from __future__ import annotations
 
-import logging
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext
 
 from qrfarm.errors import (
-    AcseTimeout,
     AssociationAborted,
-    AssociationRejected,
     DeadlineExceeded,
     DimseTimeout,
-    PeerUnreachable,
     PresentationContextError,
     QrfarmError,
 )
 
-from .contexts import check_count, scp_roles
+from .associate import Timeouts, open_association
+from .contexts import check_count
 from .identifiers import validate_query_identifier, validate_retrieve_identifier
 from .model import Operation, Root, sop_class
 from .node import Node, validate_ae_title
-from .reactor import close_reactor_race
-from .responses import OperationResult, Response, Status, StoredInstance
-from .sockets import tune
-
-log = logging.getLogger(__name__)
+from .reactor import let_reactor_resume, rest
+from .responses import OperationResult, Response
+from .sub_stores import InstanceSink, StoreRequest, SubStores
 
 # Called for every response as it arrives (e.g. to show progress, or to
 # decide to cancel); it runs on the thread that runs the operation.
 ResponseCallback = Callable[[Response], None]
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds each stage may take; ``None`` waits for ever.
-
-    ``dimse`` bounds the wait for each single message: a PACS that sends no
-    pending responses during a long C-MOVE needs a large one, with an overall
-    ``deadline`` per operation as the real bound.
-    """
-
-    connect: float | None = 10.0
-    acse: float = 30.0
-    dimse: float = 30.0
-    network: float | None = 60.0
-
-
-@dataclass(frozen=True)
-class StoreRequest:
-    """A C-STORE sub-operation of a C-GET, handed to the caller's sink."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-    event: Event
-
-    def dataset_bytes(self) -> bytes:
-        """The data set exactly as the peer encoded it (no file meta)."""
-        return self.event.encoded_dataset(include_meta=False)
-
-    def part10_bytes(self) -> bytes:
-        """A DICOM Part-10 file: file meta built from the request, then the data set as sent."""
-        return self.event.encoded_dataset(include_meta=True)
-
-    def dataset(self) -> Dataset:
-        """The decoded data set (parses it: use to check that it is whole)."""
-        return self.event.dataset
-
-
-# A sink stores one C-GET instance and returns the C-STORE status to answer.
-InstanceSink = Callable[[StoreRequest], int]
 # Takes an N-EVENT-REPORT's Event Type ID and Event Information (None when it
 # cannot be decoded); returns the status to answer.
 EventReportHandler = Callable[[int | None, Dataset | None], int]
@@ -104,16 +53,13 @@ class Connection:
         self.calling_ae = validate_ae_title(calling_ae, "calling AE title")
         self.timeouts = timeouts
         self._assoc: Association | None = None
-        self._connected = False
-        self._rejection: A_ASSOCIATE_RJ | None = None
         self._next_message_id = 1
         self._lock = threading.Lock()
         self._running: tuple[int, str] | None = None
         # Why the caller stopped this association's work (a lost permit or
         # lease): the running operation, and any later one, raise it.
         self._stopped: QrfarmError | None = None
-        self._sink: InstanceSink | None = None
-        self._stored: list[StoredInstance] = []
+        self._sub_stores = SubStores()
 
     # -- opening and closing -------------------------------------------------
 
@@ -135,88 +81,15 @@ class Connection:
         contexts = list(contexts)
         check_count(contexts)
         conn = cls(node, calling_ae, timeouts or Timeouts())
-        conn._associate(contexts, max_pdu)
-        return conn
-
-    def _associate(self, contexts: list[PresentationContext], max_pdu: int) -> None:
-        # Identifiers hold patient data: keep them out of pynetdicom's log.
-        _config.LOG_REQUEST_IDENTIFIERS = False
-        _config.LOG_RESPONSE_IDENTIFIERS = False
-        ae = AE(ae_title=self.calling_ae)
-        ae.requested_contexts = contexts
-        ae.connection_timeout = self.timeouts.connect
-        ae.acse_timeout = self.timeouts.acse
-        ae.dimse_timeout = self.timeouts.dimse
-        ae.network_timeout = self.timeouts.network
-        ae.maximum_pdu_size = max_pdu
-        tls_args: tuple[ssl.SSLContext, str] | None = None
-        if self.node.tls is not None:
-            hostname = self.node.tls.server_hostname or self.node.host
-            tls_args = (self.node.tls.context(), hostname)
-        started = time.monotonic()
-        assoc = ae.associate(
-            self.node.host,
-            self.node.port,
-            ae_title=self.node.ae_title,
-            ext_neg=scp_roles(contexts) or None,  # type: ignore[arg-type]
-            tls_args=tls_args,
-            evt_handlers=[
-                (evt.EVT_CONN_OPEN, self._on_connection_open),
-                (evt.EVT_PDU_RECV, self._on_pdu_received),
-                (evt.EVT_C_STORE, self._on_c_store),
-            ],
+        conn._assoc = open_association(
+            node,
+            conn.calling_ae,
+            conn.timeouts,
+            contexts,
+            max_pdu,
+            [(evt.EVT_C_STORE, conn._sub_stores.on_c_store)],
         )
-        if assoc.is_established:
-            # Only the association answer was of interest; don't pay for a
-            # handler call on every P-DATA PDU from now on.
-            assoc.unbind(evt.EVT_PDU_RECV, self._on_pdu_received)
-            self._assoc = assoc
-            return
-        # pynetdicom may report a rejection as an abort: when the peer closes
-        # the connection right after its A-ASSOCIATE-RJ, the requestor can see
-        # the closed socket before it reads the answer. The PDU itself is the
-        # truth, so it is taken from the PDU event.
-        rejection = self._rejection
-        if rejection is not None:
-            raise AssociationRejected(
-                rejection.result_str,
-                rejection.source_str,
-                rejection.reason_str,
-                transient=rejection.result == 0x02,
-            )
-        if not self._connected:
-            raise PeerUnreachable(self.node.host, self.node.port, self._connect_error(tls_args))
-        if time.monotonic() - started >= self.timeouts.acse * 0.9:
-            raise AcseTimeout(
-                f"{self.node} did not answer the association request within "
-                f"{self.timeouts.acse:g} s"
-            )
-        raise AssociationAborted(f"{self.node} aborted the association request")
-
-    def _connect_error(self, tls_args: tuple[ssl.SSLContext, str] | None) -> str:
-        """Why no connection could be made: connect once more to get the OS's words."""
-        try:
-            with socket.create_connection(
-                (self.node.host, self.node.port), timeout=self.timeouts.connect
-            ) as sock:
-                if tls_args is not None:
-                    with tls_args[0].wrap_socket(sock, server_hostname=tls_args[1]):
-                        pass
-        except ssl.SSLError as exc:
-            return f"TLS handshake failed: {exc}"
-        except OSError as exc:
-            return exc.strerror or str(exc) or type(exc).__name__
-        return "the connection was closed before the association request"
-
-    def _on_pdu_received(self, event: Event) -> None:
-        pdu = event.pdu
-        if isinstance(pdu, A_ASSOCIATE_RJ):
-            self._rejection = pdu
-
-    def _on_connection_open(self, event: Event) -> None:
-        self._connected = True
-        tune(event.assoc.dul.socket)
-        close_reactor_race(event.assoc)  # or a fast answer can be lost
+        return conn
 
     @property
     def is_open(self) -> bool:
@@ -234,19 +107,11 @@ class Connection:
         )
 
     def rest(self) -> None:
-        """Let the association wait for its next operation without polling.
-
-        pynetdicom's association reactor checks for work every millisecond
-        (with its DUL reactor, about 6 % of a core per open association,
-        idle or not); held at its checkpoint it costs nothing, which halves
-        that (the DUL reactor goes on reading the socket). Every
-        operation takes it from there as pynetdicom's own requests do (they
-        pause it, then let it run on), and :attr:`is_open` still sees a peer
-        that aborted meanwhile. Call only between operations.
-        """
+        """Let the association wait for its next operation without polling
+        (:func:`qrfarm.dicom.reactor.rest`). Call only between operations."""
         assoc = self._assoc
         if assoc is not None and assoc.is_established:
-            assoc._reactor_checkpoint.clear()
+            rest(assoc)
 
     @property
     def accepted_contexts(self) -> list[PresentationContext]:
@@ -322,13 +187,14 @@ class Connection:
         assoc = self._established(Operation.GET, root)
         uid = sop_class(root, Operation.GET)
         msg_id = self._take_message_id(message_id)
-        self._sink, self._stored = store, []
+        sub_stores = self._sub_stores
+        sub_stores.sink, sub_stores.stored = store, []
         try:
             responses = assoc.send_c_get(identifier, uid, msg_id=msg_id)
             result = self._collect(Operation.GET, uid, msg_id, responses, on_response, deadline)
         finally:
-            self._sink = None
-        result.instances = self._stored
+            sub_stores.sink = None
+        result.instances = sub_stores.stored
         return result
 
     def move(
@@ -503,22 +369,9 @@ class Connection:
         return result
 
     def _let_reactor_resume(self) -> None:
-        """Wait until pynetdicom's reactor thread has really resumed after an operation.
-
-        pynetdicom pauses its reactor for each request and resumes it after the
-        final response; the next request waits for ``_is_paused``, which stays
-        True until the reactor thread runs again. Started in that gap, the next
-        request goes out while the reactor is about to read the message queue,
-        and it takes (and drops) one of the responses: "Received unexpected
-        C-FIND service message", an answer lost. So back-to-back operations on
-        one association first let the reactor come round (about a millisecond).
-        """
         assoc = self._assoc
-        if assoc is None or not assoc.is_established:
-            return
-        deadline = time.monotonic() + 0.05
-        while assoc._is_paused and time.monotonic() < deadline:
-            time.sleep(0.0001)
+        if assoc is not None and assoc.is_established:
+            let_reactor_resume(assoc)
 
     def _deadline_timer(
         self, deadline: float | None, hit: threading.Event
@@ -573,29 +426,12 @@ class Connection:
             )
         return error.with_partial(result) if result is not None else error
 
-    def _on_c_store(self, event: Event) -> int:
-        """A C-GET sub-operation: hand it to the running get's sink, answer its status."""
-        request = event.request
-        assert isinstance(request, C_STORE)
-        store = StoreRequest(
-            sop_class_uid=str(request.AffectedSOPClassUID),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID),
-            transfer_syntax=str(event.context.transfer_syntax),
-            event=event,
-        )
-        sink = self._sink
-        if sink is None:
-            log.warning("C-STORE of %s outside a C-GET refused", store.sop_instance_uid)
-            status = Status.UNABLE_TO_PROCESS
-        else:
-            try:
-                status = sink(store)
-            except Exception:
-                log.exception("storing %s failed", store.sop_instance_uid)
-                status = Status.OUT_OF_RESOURCES
-        self._stored.append(
-            StoredInstance(
-                store.sop_class_uid, store.sop_instance_uid, store.transfer_syntax, status
-            )
-        )
-        return status
+
+__all__ = [
+    "Connection",
+    "EventReportHandler",
+    "InstanceSink",
+    "ResponseCallback",
+    "StoreRequest",
+    "Timeouts",
+]
