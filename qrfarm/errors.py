@@ -299,6 +299,14 @@ class NotSignedIn(QrfarmError):
     """A console page asked without a live session: the browser goes to sign in."""
 
 
+class SignInRefused(QrfarmError):
+    """A console sign-in refused: ``status_code`` and the words shown for it."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class TokenError(PermanentError):
     """A token name that is taken, unknown or not usable."""
 

@@ -3,10 +3,11 @@
 The cookie (HttpOnly, SameSite=Strict, Secure under HTTPS, path /console)
 holds a random session id, the token's row id, a CSRF token and an expiry,
 signed with HMAC-SHA256; never the token itself. Each request looks the
-session and its token up again (``console_sessions``, by the id's SHA-256),
-so signing out, a revoked token or a changed scope takes effect at once, for
-every copy of the cookie. Every POST carries the CSRF token in a form field
-(or the X-CSRF-Token header), compared in constant time.
+session and its token up again (``console_sessions``, by the id's SHA-256: the
+table holds live sessions only), so signing out, a revoked token or a
+changed scope takes effect at once, for every copy of the cookie. Every POST
+carries the CSRF token in a form field (or the X-CSRF-Token header), compared
+in constant time.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Response, status
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select
 
 from qrfarm.api.tokens import Scope, authenticate, scopes_of
-from qrfarm.errors import NotSignedIn
+from qrfarm.errors import NotSignedIn, SignInRefused
 from qrfarm.models import ApiToken, ConsoleSession, utcnow
+from qrfarm.workflow import audit
 
 from .context import ConsoleContext, console_context
 
@@ -36,6 +38,8 @@ FLASH_COOKIE = "qrfarm_console_flash"
 COOKIE_PATH = "/console"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
+# Live sessions of one token at most: a new sign-in ends the oldest beyond.
+MAX_SESSIONS_PER_TOKEN = 20
 
 
 @dataclass(frozen=True)
@@ -88,18 +92,25 @@ def set_cookie(response: Response, request: Request, name: str, value: str, max_
     )
 
 
-def start_session(
-    ctx: ConsoleContext, request: Request, response: Response, token: str
-) -> ApiToken | None:
-    """Check ``token``, record a session and set its cookie; the token's row, or
-    None if refused. Sessions expired by now are removed on the way."""
+def start_session(ctx: ConsoleContext, request: Request, response: Response, token: str) -> None:
+    """Check ``token``, record a session, audit the sign-in and set the cookie;
+    SignInRefused, with what to show, if refused. The session this browser
+    had is ended, and so are the oldest of the token's beyond
+    MAX_SESSIONS_PER_TOKEN; expired ones are removed on the way."""
     session_id = secrets.token_urlsafe(32)
+    earlier = _session_hash(ctx, request)
+    client = request.client.host if request.client else None
     now = utcnow()
     with ctx.client.sessions() as db, db.begin():
         row = authenticate(db, token)
         if row is None:
-            return None
-        db.execute(delete(ConsoleSession).where(ConsoleSession.expires_at < now))
+            raise SignInRefused("That token is not known, or it was revoked.", 401)
+        if Scope.READ not in scopes_of(row):
+            raise SignInRefused("That token lacks the scope 'read' that the console needs.", 403)
+        stale = ConsoleSession.expires_at < now
+        if earlier is not None:
+            stale = or_(stale, ConsoleSession.id_hash == earlier)
+        db.execute(delete(ConsoleSession).where(stale))
         db.add(
             ConsoleSession(
                 id_hash=_hash(session_id),
@@ -109,50 +120,71 @@ def start_session(
             )
         )
         db.flush()
-        db.expunge(row)
+        oldest = (
+            select(ConsoleSession.id_hash)
+            .where(ConsoleSession.token_id == row.id)
+            .order_by(ConsoleSession.created_at.desc())
+            .offset(MAX_SESSIONS_PER_TOKEN)
+        )
+        db.execute(delete(ConsoleSession).where(ConsoleSession.id_hash.in_(oldest)))
+        audit.record(
+            db,
+            audit.Actor("token", row.name, client),
+            audit.Event("console.sign_in", audit.EXECUTE, detail="console"),
+        )
+        token_id = row.id
     payload = {
         "sid": session_id,
-        "tid": row.id,
+        "tid": token_id,
         "csrf": secrets.token_urlsafe(24),
         "exp": int(time.time()) + ctx.session_max_age_s,
     }
     set_cookie(response, request, SESSION_COOKIE, sign(ctx.key, payload), ctx.session_max_age_s)
-    return row
 
 
 def end_session(ctx: ConsoleContext, user: ConsoleUser, response: Response) -> None:
-    """End ``user``'s session (every copy of its cookie) and remove the cookie."""
-    with ctx.client.sessions() as db, db.begin():
-        db.execute(
-            update(ConsoleSession)
-            .where(ConsoleSession.id_hash == user.session_hash, ConsoleSession.ended_at.is_(None))
-            .values(ended_at=utcnow())
-        )
-    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+    """End ``user``'s session (every copy of its cookie), audited once, and
+    remove the cookie (also when the database cannot be reached)."""
+    try:
+        with ctx.client.sessions() as db, db.begin():
+            ended = db.execute(
+                delete(ConsoleSession).where(ConsoleSession.id_hash == user.session_hash)
+            )
+            if getattr(ended, "rowcount", 0) == 1:
+                audit.record(
+                    db,
+                    audit.Actor("token", user.name, user.client),
+                    audit.Event("console.sign_out", audit.EXECUTE, detail="console"),
+                )
+    finally:
+        response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+
+
+def _session_hash(ctx: ConsoleContext, request: Request) -> str | None:
+    """The hash of the session the request's cookie names, if it is one of ours."""
+    payload = unsign(ctx.key, request.cookies.get(SESSION_COOKIE))
+    sid = None if payload is None else payload.get("sid")
+    return _hash(sid) if isinstance(sid, str) else None
 
 
 def _hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-def current_user(request: Request) -> ConsoleUser:
-    """The signed-in token, looked up again; NotSignedIn without a live one."""
+def signed_in(request: Request) -> ConsoleUser:
+    """The live session's token, looked up again, whatever its scopes;
+    NotSignedIn without a live one."""
     ctx = console_context(request)
     payload = unsign(ctx.key, request.cookies.get(SESSION_COOKIE))
-    if (
-        payload is None
-        or not isinstance(payload.get("tid"), int)
-        or not isinstance(payload.get("sid"), str)
-    ):
+    session_hash = _session_hash(ctx, request)
+    if payload is None or not isinstance(payload.get("tid"), int) or session_hash is None:
         raise NotSignedIn
-    session_hash = _hash(payload["sid"])
     with ctx.client.sessions() as db:
         row = db.scalar(
             select(ApiToken)
             .join(ConsoleSession, ConsoleSession.token_id == ApiToken.id)
             .where(
                 ConsoleSession.id_hash == session_hash,
-                ConsoleSession.ended_at.is_(None),
                 ConsoleSession.expires_at > utcnow(),
                 ApiToken.id == payload["tid"],
             )
@@ -169,7 +201,13 @@ def current_user(request: Request) -> ConsoleUser:
         request.client.host if request.client else None,
     )
     request.state.console_user = user
-    if Scope.READ not in scopes:
+    return user
+
+
+def current_user(request: Request) -> ConsoleUser:
+    """The signed-in token, which must hold ``read`` (every page needs it)."""
+    user = signed_in(request)
+    if Scope.READ not in user.scopes:
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN,
             detail="this token lacks the scope 'read' that the console needs",
@@ -189,16 +227,19 @@ async def _form_csrf(request: Request) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _check_csrf(sent: str, user: ConsoleUser) -> None:
+    if not sent or not hmac.compare_digest(sent.encode(), user.csrf.encode()):
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail="the form's CSRF token is missing or wrong: reload the page",
+        )
+
+
 def needs(scope: Scope) -> Any:
     """A POST's dependency: signed in, holding ``scope``, and the CSRF token sent."""
 
     async def check(request: Request, user: User) -> ConsoleUser:
-        sent = await _form_csrf(request)
-        if not sent or not hmac.compare_digest(sent.encode(), user.csrf.encode()):
-            raise HTTPException(
-                status_code=status.HTTP_403_FORBIDDEN,
-                detail="the form's CSRF token is missing or wrong: reload the page",
-            )
+        _check_csrf(await _form_csrf(request), user)
         if scope not in user.scopes:
             raise HTTPException(
                 status_code=status.HTTP_403_FORBIDDEN,
@@ -207,6 +248,18 @@ def needs(scope: Scope) -> Any:
         return user
 
     return Depends(check)
+
+
+async def _signing_out(
+    request: Request, user: Annotated[ConsoleUser, Depends(signed_in)]
+) -> ConsoleUser:
+    """Signing out: a live session and its CSRF token, whatever the token's scopes
+    now (a token that lost ``read`` can still end its sessions)."""
+    _check_csrf(await _form_csrf(request), user)
+    return user
+
+
+SigningOut = Annotated[ConsoleUser, Depends(_signing_out)]
 
 
 def flash(ctx: ConsoleContext, request: Request, response: Response, text: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from qrfarm.api.tokens import Scope
-from qrfarm.errors import QrfarmError
+from qrfarm.errors import QrfarmError, SignInRefused
 from qrfarm.health import echo_storage_scp
 from qrfarm.jobs import profiles
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
@@ -28,6 +28,7 @@ from .session import (
     CSRF_FIELD,
     LOGIN_COOKIE,
     ConsoleUser,
+    SigningOut,
     User,
     end_session,
     flash,
@@ -73,7 +74,8 @@ def login(
 ) -> Response:
     ctx = console_context(request)
     login_cookie = unsign(ctx.key, request.cookies.get(LOGIN_COOKIE))
-    if login_cookie is None or not secrets.compare_digest(str(login_cookie.get("n")), csrf):
+    sent_nonce = str(login_cookie.get("n")) if login_cookie is not None else ""
+    if login_cookie is None or not secrets.compare_digest(sent_nonce.encode(), csrf.encode()):
         return page(
             request,
             "login.html",
@@ -85,16 +87,17 @@ def login(
             next=_safe_next(next),
         )
     response = RedirectResponse(_safe_next(next), status_code=303)
-    row = start_session(ctx, request, response, token.strip())
-    if row is None:
+    try:
+        start_session(ctx, request, response, token.strip())
+    except SignInRefused as refusal:
         nonce = secrets.token_urlsafe(24)
         refused = page(
             request,
             "login.html",
             None,
             title="Sign in",
-            status_code=401,
-            error="That token is not known, or it was revoked.",
+            status_code=refusal.status_code,
+            error=str(refusal),
             login_csrf=nonce,
             next=_safe_next(next),
         )
@@ -106,26 +109,14 @@ def login(
             900,
         )
         return refused
-    client = request.client.host if request.client else None
-    audit.write(
-        ctx.client.sessions,
-        audit.Actor("token", row.name, client),
-        audit.Event("console.sign_in", audit.EXECUTE, detail="console"),
-    )
     response.delete_cookie(LOGIN_COOKIE, path="/console")
     return response
 
 
 @router.post("/logout")
-def logout(request: Request, user: Reader) -> Response:
-    ctx = console_context(request)
+def logout(request: Request, user: SigningOut) -> Response:
     response = RedirectResponse("/console/login", status_code=303)
-    end_session(ctx, user, response)
-    audit.write(
-        ctx.client.sessions,
-        audit.Actor("token", user.name, user.client),
-        audit.Event("console.sign_out", audit.EXECUTE, detail="console"),
-    )
+    end_session(console_context(request), user, response)
     return response
 
 

@@ -28,8 +28,8 @@ class ApiToken(Base):
 
 
 class ConsoleSession(Base):
-    """A sign-in to the console. Its cookie names it by a random id, kept here
-    only as its SHA-256; signing out ends the session here, so a copy of the
+    """A live sign-in to the console. Its cookie names it by a random id, kept
+    here only as its SHA-256; signing out removes the row, so a copy of the
     cookie (its signature and expiry still good) ends with it."""
 
     __tablename__ = "console_sessions"
@@ -40,7 +40,6 @@ class ConsoleSession(Base):
     )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
-    ended_at: Mapped[dt.datetime | None]
 
 
 class DeliveryState(enum.StrEnum):

@@ -6,20 +6,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from qrfarm.api import tokens
 from qrfarm.api.app import create_app
 from qrfarm.client import Client
 from qrfarm.config import Settings
 from qrfarm.console import mount
+from qrfarm.console import session as console_session
 from qrfarm.console.session import SESSION_COOKIE
 from qrfarm.dicom import Level
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
-from qrfarm.models import AuditEvent, OrphanInstance, ReceivedInstance, upgrade
+from qrfarm.models import (
+    ApiToken,
+    AuditEvent,
+    ConsoleSession,
+    OrphanInstance,
+    ReceivedInstance,
+    upgrade,
+)
 from qrfarm.workflow import audit
 from qrfarm.workflow import rules as prefetch_rules
 
@@ -59,6 +68,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         data_dir=root / "data",
         storage_root=root / "storage",
         allowed_hosts=["127.0.0.1"],
+        # Every test here signs in from the same address within seconds.
+        api_rate_per_s=1000.0,
+        api_rate_burst=1000,
     )
     upgrade(settings.database_url)
     client = Client.from_settings(settings)
@@ -225,6 +237,83 @@ def test_signing_out_ends_the_session_for_a_copy_of_its_cookie_too(console: Cons
     # Signing in again is a new session, unaffected by the one ended.
     again, _ = console.sign_in("reader")
     assert again.get("/console/nodes").url.path == "/console/nodes"
+
+
+def _login_form(browser: TestClient, token: str, csrf: str | None = None) -> Any:
+    form = browser.get("/console/login")
+    return browser.post(
+        "/console/login",
+        data={"token": token, "csrf": csrf if csrf is not None else CSRF.findall(form.text)[0]},
+    )
+
+
+def test_signing_in_again_ends_the_session_the_browser_had(console: Console) -> None:
+    browser, _ = console.sign_in("reader")
+    first = browser.cookies[SESSION_COOKIE]
+    copied = console.browser()
+    copied.cookies.set(SESSION_COOKIE, first, path="/console")
+    assert _login_form(browser, console.tokens["submitter"]).url.path == "/console/"
+    assert browser.cookies[SESSION_COOKIE] != first
+    assert browser.get("/console/nodes").url.path == "/console/nodes"
+    assert copied.get("/console/nodes").url.path == "/console/login"
+
+
+def test_a_token_keeps_at_most_a_bounded_number_of_live_sessions(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cap of 3 here (20 as shipped): fewer sign-ins to show it.
+    monkeypatch.setattr(console_session, "MAX_SESSIONS_PER_TOKEN", 3)
+    with console.client.sessions() as db, db.begin():
+        console.tokens["many"] = tokens.issue(db, "console-many", ["read"])
+    browsers = [console.sign_in("many")[0] for _ in range(5)]
+    with console.client.sessions() as db:
+        live = db.scalar(
+            select(func.count())
+            .select_from(ConsoleSession)
+            .join(ApiToken, ApiToken.id == ConsoleSession.token_id)
+            .where(ApiToken.name == "console-many")
+        )
+    assert live == 3
+    # The oldest were ended; the newest still serve.
+    assert browsers[0].get("/console/nodes").url.path == "/console/login"
+    assert browsers[-1].get("/console/nodes").url.path == "/console/nodes"
+
+
+def test_a_token_without_read_is_refused_at_sign_in_by_name(console: Console) -> None:
+    with console.client.sessions() as db, db.begin():
+        token = tokens.issue(db, "console-submit-only", ["submit"])
+    answer = _login_form(console.browser(), token)
+    assert answer.status_code == 403
+    assert "lacks the scope" in answer.text and "read" in answer.text
+    with console.client.sessions() as db:
+        rows = db.scalar(
+            select(func.count())
+            .select_from(ConsoleSession)
+            .join(ApiToken, ApiToken.id == ConsoleSession.token_id)
+            .where(ApiToken.name == "console-submit-only")
+        )
+    assert rows == 0
+
+
+def test_a_session_whose_token_lost_read_can_still_sign_out(console: Console) -> None:
+    with console.client.sessions() as db, db.begin():
+        console.tokens["fading"] = tokens.issue(db, "console-fading", ["read"])
+    browser, csrf = console.sign_in("fading")
+    with console.client.sessions() as db, db.begin():
+        tokens.set_scopes(db, "console-fading", ["submit"])
+    assert browser.get("/console/nodes").status_code == 403
+    assert browser.post("/console/logout", data={"csrf": csrf}).url.path == "/console/login"
+    with console.client.sessions() as db, db.begin():
+        tokens.set_scopes(db, "console-fading", ["read"])
+    # Given read again, the session signed out stays ended.
+    assert browser.get("/console/nodes").url.path == "/console/login"
+
+
+def test_a_sign_in_form_with_a_non_ascii_csrf_value_is_refused_not_an_error(
+    console: Console,
+) -> None:
+    answer = _login_form(console.browser(), console.tokens["reader"], csrf="é" * 8)
+    assert answer.status_code == 403
 
 
 def test_static_files_are_served_and_nothing_comes_from_elsewhere(console: Console) -> None:

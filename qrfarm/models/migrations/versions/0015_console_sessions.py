@@ -4,9 +4,9 @@ Revision ID: 0015
 Revises: 0014
 Create Date: 2026-12-08 10:00:00.000000
 
-``console_sessions``: each sign-in to the console, named by the SHA-256 of
-the random id its cookie carries. Signing out sets ``ended_at``, so a copy of
-the cookie stops working with the session it belonged to. Cookies signed
+``console_sessions``: each live sign-in to the console, named by the SHA-256
+of the random id its cookie carries. Signing out removes its row, so a copy
+of the cookie stops working with the session it belonged to. Cookies signed
 before this revision name no session and sign their holder out once.
 """
 
@@ -29,7 +29,6 @@ def upgrade() -> None:
         sa.Column("token_id", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("expires_at", sa.DateTime(), nullable=False),
-        sa.Column("ended_at", sa.DateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["token_id"],
             ["api_tokens.id"],
