@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qrfarm.dicom import Connection, Level, Node, Root, build_query_identifier
-from qrfarm.dicom.commitment import InstanceRef
+from qrfarm.dicom.commitment import MAX_REFERENCES, InstanceRef
 from qrfarm.dicom.planning import expected_instances
 from qrfarm.errors import CommitmentUnavailable, DeliveryUnverifiable, NodeBusy, QrfarmError
 from qrfarm.jobs import profiles
@@ -218,23 +218,29 @@ def committed_at(
     refs: list[InstanceRef],
 ) -> set[str] | None:
     """The instances ``node`` commits to holding; None when it cannot say (the
-    caller verifies by C-FIND). The request's association takes one of the
-    node's permits; the profile learns whether the node commits, and a node
-    last seen not to is asked again only after ``settings.recheck_after_s``."""
+    caller verifies by C-FIND). Each request's association takes one of the
+    node's permits; more instances than one request may name are asked for in
+    several. The profile learns whether the node commits, and a node last seen
+    not to is asked again only after ``settings.recheck_after_s``."""
+    if not refs:
+        return set()  # nothing to ask for (and nothing learned)
     with deps.sessions() as session:
         trait = profiles.SUPPORTS_COMMITMENT
         if not profiles.worth_asking(session, node_id, trait, settings.recheck_after_s):
             return None
+    committed: set[str] = set()
     try:
-        report = request_commitment(
-            deps.sessions,
-            settings,
-            job_id=job_id,
-            node_id=node_id,
-            node=node,
-            refs=refs,
-            hold=lambda: deps.connections.held(node),
-        )
+        for start in range(0, len(refs), MAX_REFERENCES):
+            report = request_commitment(
+                deps.sessions,
+                settings,
+                job_id=job_id,
+                node_id=node_id,
+                node=node,
+                refs=refs[start : start + MAX_REFERENCES],
+                hold=lambda: deps.connections.held(node),
+            )
+            committed.update(report.committed)
     except NodeBusy as exc:
         log.info("job %d: %s; verifying by C-FIND", job_id, exc)
         return None
@@ -244,7 +250,7 @@ def committed_at(
             _observe(deps, node_id, profiles.SUPPORTS_COMMITMENT, False)
         return None
     _observe(deps, node_id, profiles.SUPPORTS_COMMITMENT, True)
-    return set(report.committed)
+    return committed
 
 
 def _commit(deps: RunnerDeps, verifier: DeliveryVerifier, plan: _Plan) -> set[str] | None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydicom.dataset import Dataset
@@ -14,10 +15,21 @@ from pynetdicom import AE
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.delivery import commitment
-from qrfarm.delivery.commitment import CommitmentSettings, handle_report, request_commitment
+from qrfarm.delivery import commitment, verification
+from qrfarm.delivery.commitment import (
+    CommitmentReport,
+    CommitmentSettings,
+    handle_report,
+    request_commitment,
+)
 from qrfarm.dicom import Node, Timeouts
-from qrfarm.dicom.commitment import COMMITTED, STORAGE_COMMITMENT_PUSH, InstanceRef
+from qrfarm.dicom.commitment import (
+    COMMITTED,
+    MAX_REFERENCES,
+    STORAGE_COMMITMENT_PUSH,
+    InstanceRef,
+    commitment_request,
+)
 from qrfarm.errors import CommitmentUnavailable, NodeBusy, QrfarmError
 from qrfarm.jobs import profiles
 from qrfarm.models import CommitmentRequest, NodeRecord
@@ -215,3 +227,34 @@ def test_a_destination_too_busy_for_another_association_is_not_learned_as_not_co
         held.release()
         server.shutdown()
     assert not error.unsupported, error
+
+
+def test_more_instances_than_one_request_may_name_are_asked_for_in_several(
+    sessions: sessionmaker[Session],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request names at most MAX_REFERENCES instances (the codec refuses more):
+    a larger delivery is asked for in requests of that size, and what all of
+    them commit to is the answer."""
+    node_id = _node_id(sessions)
+    job_id = add_job(sessions)
+    asked: list[int] = []
+
+    def answer_all(*_args: object, refs: list[InstanceRef], **_kwargs: object) -> CommitmentReport:
+        commitment_request("2.25.1", refs)  # what would go out: the codec's bound holds
+        asked.append(len(refs))
+        return CommitmentReport("2.25.1", [r.sop_instance_uid for r in refs], {})
+
+    monkeypatch.setattr(verification, "request_commitment", answer_all)
+    refs = [InstanceRef(CT, f"1.2.826.0.1.3680043.10.1234.{n}") for n in range(MAX_REFERENCES + 5)]
+    deps = SimpleNamespace(sessions=sessions, connections=SimpleNamespace(held=None))
+    committed = verification.committed_at(
+        deps,  # type: ignore[arg-type]
+        SETTINGS,
+        job_id=job_id,
+        node_id=node_id,
+        node=Node("DEST", "127.0.0.1", 1),
+        refs=refs,
+    )
+    assert asked == [MAX_REFERENCES, 5]
+    assert committed == {r.sop_instance_uid for r in refs}
