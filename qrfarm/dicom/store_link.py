@@ -59,6 +59,9 @@ MAX_INCOMING = 1 << 22
 # A C-STORE-RSP command set is a few hundred bytes; an Error Comment adds 64.
 MAX_COMMAND = 64 << 10
 C_STORE_RSP = 0x8001
+# The least maximum PDU a destination may announce (0: no limit): below it a
+# data set would go in thousands of PDUs (DCMTK's own floor is 4 KiB).
+MIN_PEER_MAX_PDU = 1024
 
 
 class StoreLink:
@@ -123,43 +126,68 @@ class StoreLink:
         primitive.presentation_context_definition_list = list(contexts)
         request = A_ASSOCIATE_RQ()
         request.from_primitive(primitive)
-        self.sock.settimeout(acse_timeout)
+        deadline = time.monotonic() + acse_timeout
         try:
+            self.sock.settimeout(acse_timeout)
             self.sock.sendall(request.encode())
-            kind, body = self._read_pdu()
+            kind, body = self._read_pdu(deadline)
         except TimeoutError as exc:
             raise AcseTimeout(
                 f"{self.node} did not answer the association request within {acse_timeout:g} s"
             ) from exc
         if kind == 0x03:
-            rejection = A_ASSOCIATE_RJ()
-            rejection.decode(b"\x03\x00" + struct.pack(">I", len(body)) + body)
-            raise AssociationRejected(
-                rejection.result_str,
-                rejection.source_str,
-                rejection.reason_str,
-                transient=rejection.result == 0x02,
-            )
+            raise self._rejected(body)
         if kind != 0x02:
             raise AssociationAborted(f"{self.node} aborted the association request")
-        accept = A_ASSOCIATE_AC()
-        accept.decode(b"\x02\x00" + struct.pack(">I", len(body)) + body)
-        answer = accept.to_primitive()
-        for item in answer.user_information:
-            if isinstance(item, MaximumLengthNotification):
-                self.peer_max_pdu = item.maximum_length_received
-        for result in answer.presentation_context_definition_results_list:
+        try:
+            accept = A_ASSOCIATE_AC()
+            accept.decode(b"\x02\x00" + struct.pack(">I", len(body)) + body)
+            answer = accept.to_primitive()
+            for item in answer.user_information:
+                if isinstance(item, MaximumLengthNotification):
+                    self.peer_max_pdu = int(item.maximum_length_received)
+            results = list(answer.presentation_context_definition_results_list)
+        except Exception as exc:
+            self.abort()
+            raise AssociationAborted(
+                f"{self.node} answered the association request with a malformed "
+                f"A-ASSOCIATE-AC ({type(exc).__name__})"
+            ) from exc
+        if 0 < self.peer_max_pdu < MIN_PEER_MAX_PDU:
+            self.abort()
+            raise AssociationAborted(
+                f"{self.node} announced a maximum PDU of {self.peer_max_pdu} bytes, "
+                f"under the {MIN_PEER_MAX_PDU} this sender needs: the association was aborted"
+            )
+        for result in results:
             asked = proposed.get(result.context_id or 0)
             if result.result == 0 and asked is not None and result.transfer_syntax:
                 key = (str(asked.abstract_syntax), str(result.transfer_syntax[0]))
                 self.contexts.setdefault(key, result.context_id or 0)
         self.sock.settimeout(self.dimse_timeout)
 
+    def _rejected(self, body: bytes) -> QrfarmError:
+        """The error for an A-ASSOCIATE-RJ (or for one too malformed to read)."""
+        try:
+            rejection = A_ASSOCIATE_RJ()
+            rejection.decode(b"\x03\x00" + struct.pack(">I", len(body)) + body)
+            return AssociationRejected(
+                rejection.result_str,
+                rejection.source_str,
+                rejection.reason_str,
+                transient=rejection.result == 0x02,
+            )
+        except Exception as exc:  # noqa: BLE001 (as above)
+            self.close()
+            return AssociationAborted(
+                f"{self.node} answered the association request with a malformed "
+                f"A-ASSOCIATE-RJ ({type(exc).__name__})"
+            )
+
     def release(self) -> None:
         with suppress(OSError, QrfarmError):
             self.sock.sendall(RELEASE_RQ)
-            self.sock.settimeout(min(5.0, self.dimse_timeout))
-            self._read_pdu()
+            self._read_pdu(time.monotonic() + min(5.0, self.dimse_timeout))
         self.close()
 
     def abort(self) -> None:
@@ -194,6 +222,9 @@ class StoreLink:
                 f"{self.node} sent no C-STORE response within {self.dimse_timeout:g} s; "
                 "the association was aborted"
             ) from exc
+        except AssociationAborted:
+            self.abort()  # a peer that broke the protocol is told so (A-ABORT)
+            raise
         except (OSError, ssl.SSLError) as exc:
             self.close()
             raise AssociationAborted(
@@ -203,8 +234,7 @@ class StoreLink:
 
     def _room(self) -> int:
         # PDV bytes per PDU: its length less the PDV item's own 6 bytes; 0 is no limit.
-        limit = self.peer_max_pdu or (1 << 30)
-        return max(limit - 6, 64)
+        return (self.peer_max_pdu or (1 << 30)) - 6
 
     def _send(self, context_id: int, control: int, data: bytes) -> None:
         header = _PDU_HEADER.pack(0x04, len(data) + 6) + _PDV_HEADER.pack(
@@ -233,13 +263,14 @@ class StoreLink:
         if isinstance(self.sock, ssl.SSLSocket):  # no sendmsg over TLS
             self.sock.sendall(b"".join(parts))
             return
-        while parts:
-            sent = self.sock.sendmsg(parts[:512])
-            while parts and sent >= len(parts[0]):
-                sent -= len(parts[0])
-                parts.pop(0)
-            if parts and sent:
-                parts[0] = memoryview(parts[0])[sent:]
+        first = 0
+        while first < len(parts):
+            sent = self.sock.sendmsg(parts[first : first + 512])
+            while first < len(parts) and sent >= len(parts[first]):
+                sent -= len(parts[first])
+                first += 1
+            if first < len(parts) and sent:
+                parts[first] = memoryview(parts[first])[sent:]
 
     def _response(self, message_id: int) -> tuple[int, str | None]:
         """The C-STORE-RSP to ``message_id``: within the DIMSE timeout in all
@@ -248,11 +279,7 @@ class StoreLink:
         deadline = time.monotonic() + self.dimse_timeout
         command = bytearray()
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no whole C-STORE response from {self.node} in time")
-            self.sock.settimeout(left)
-            kind, body = self._read_pdu()
+            kind, body = self._read_pdu(deadline)
             if kind == 0x07:
                 raise AssociationAborted(f"{self.node} aborted the association")
             if kind != 0x04:
@@ -269,28 +296,48 @@ class StoreLink:
                         f"{self.node} sent a response command set over {MAX_COMMAND} bytes"
                     )
                 if control & 0x02:
-                    ds = read_dataset(BytesIO(bytes(command)), True, True)
+                    answer = self._answer(bytes(command), message_id)
                     command.clear()
-                    if int(ds.get("CommandField", 0)) != C_STORE_RSP:
-                        raise AssociationAborted(
-                            f"{self.node} answered a C-STORE with command field"
-                            f" 0x{int(ds.get('CommandField', 0)):04X}"
-                        )
-                    if int(ds.get("MessageIDBeingRespondedTo", message_id)) != message_id:
-                        continue
-                    comment = ds.get("ErrorComment")
-                    return int(ds.Status), str(comment) if comment is not None else None
+                    if answer is not None:
+                        return answer
 
-    def _read_pdu(self) -> tuple[int, bytes]:
-        header = self._read_exactly(6)
+    def _answer(self, command: bytes, message_id: int) -> tuple[int, str | None] | None:
+        """Status and Error Comment of a whole response command set; None when
+        it answers another message."""
+        try:
+            ds = read_dataset(BytesIO(command), True, True)
+            field = int(ds.get("CommandField", 0))
+            responding_to = int(ds.get("MessageIDBeingRespondedTo", message_id))
+            status = int(ds.Status)
+            comment = ds.get("ErrorComment")
+        except Exception as exc:
+            raise AssociationAborted(
+                f"{self.node} sent a C-STORE response that cannot be read ({type(exc).__name__})"
+            ) from exc
+        if field != C_STORE_RSP:
+            raise AssociationAborted(
+                f"{self.node} answered a C-STORE with command field 0x{field:04X}"
+            )
+        if responding_to != message_id:
+            return None
+        return status, str(comment) if comment is not None else None
+
+    def _read_pdu(self, deadline: float) -> tuple[int, bytes]:
+        """One whole PDU by ``deadline`` (TimeoutError past it, however the
+        peer spaces its bytes)."""
+        header = self._read_exactly(6, deadline)
         kind, length = _PDU_HEADER.unpack(header)
         if length > MAX_INCOMING:
             raise AssociationAborted(f"{self.node} sent a PDU of {length} bytes")
-        return kind, self._read_exactly(length)
+        return kind, self._read_exactly(length, deadline)
 
-    def _read_exactly(self, count: int) -> bytes:
+    def _read_exactly(self, count: int, deadline: float) -> bytes:
         chunks = bytearray()
         while len(chunks) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no whole PDU from {self.node} in time")
+            self.sock.settimeout(left)
             chunk = self.sock.recv(count - len(chunks))
             if not chunk:
                 raise AssociationAborted(f"{self.node} closed the connection")

@@ -11,12 +11,20 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 
 import pytest
+from pynetdicom.pdu import A_ASSOCIATE_AC
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import build_context
 
 from qrfarm.dicom import Node
 from qrfarm.dicom.store_link import StoreLink
 from qrfarm.errors import AssociationAborted
 
 NODE = Node("DEST", "127.0.0.1", 11112)
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _pdu(control: int, payload: bytes) -> bytes:
@@ -79,3 +87,122 @@ def test_a_response_trickled_byte_by_byte_ends_at_the_dimse_timeout(
     with pytest.raises(TimeoutError):
         link._response(1)
     assert not trickled.is_set()  # given up while the peer was still trickling
+
+
+def test_a_response_pdu_trickled_within_ends_at_the_dimse_timeout(
+    link_and_peer: tuple[StoreLink, socket.socket],
+) -> None:
+    """One PDU announcing 1000 bytes, sent a byte at a time: each read is within
+    any per-read timeout, the whole is not."""
+    link, peer = link_and_peer
+    link.dimse_timeout = 1.0
+    trickled = threading.Event()
+
+    def trickle(s: socket.socket) -> None:
+        s.sendall(struct.pack(">BBI", 4, 0, 1000))
+        for _ in range(1000):
+            s.sendall(b"\0")
+            time.sleep(0.02)
+        trickled.set()
+
+    _send_from(peer, trickle)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        link._response(1)
+    assert time.monotonic() - started < 5.0
+    assert not trickled.is_set()
+
+
+def _answering(answer: bytes) -> tuple[int, threading.Thread]:
+    """A peer on a port of its own that answers any association request with ``answer``."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = int(server.getsockname()[1])
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn, suppress(OSError):
+                conn.recv(65536)
+                conn.sendall(answer)
+                conn.recv(16)  # the A-ABORT, or the connection closed
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return port, thread
+
+
+def _open(port: int) -> StoreLink:
+    return StoreLink.open(
+        Node("DEST", "127.0.0.1", port),
+        [build_context(CT_IMAGE_STORAGE)],
+        calling_ae="QRFARM",
+        connect_timeout=2.0,
+        acse_timeout=2.0,
+        dimse_timeout=2.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(
+            # An item announcing more bytes than the PDU holds.
+            b"\x02\x00"
+            + struct.pack(">I", 72)
+            + b"\x00\x01\x00\x00"
+            + b"A" * 64
+            + b"\x21\x00\xff\xff",
+            id="garbled-accept",
+        ),
+        pytest.param(b"\x03\x00" + struct.pack(">I", 4) + b"\x00\x07\x09\x09", id="odd-reject"),
+    ],
+)
+def test_a_malformed_association_answer_is_an_abort_not_a_crash(answer: bytes) -> None:
+    port, peer = _answering(answer)
+    with pytest.raises(AssociationAborted, match="malformed"):
+        _open(port)
+    peer.join(5)
+
+
+def test_a_peer_announcing_a_tiny_maximum_pdu_is_refused_by_name() -> None:
+    accept = A_ASSOCIATE_AC()
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "QRFARM"
+    primitive.called_ae_title = "DEST"
+    primitive.result = 0
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 70
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.3.4"
+    primitive.user_information = [maximum, implementation]
+    context = build_context(CT_IMAGE_STORAGE)
+    context.context_id = 1
+    context.result = 0
+    primitive.presentation_context_definition_results_list = [context]
+    accept.from_primitive(primitive)
+    port, peer = _answering(accept.encode())
+    with pytest.raises(AssociationAborted, match="maximum PDU of 70 bytes"):
+        _open(port)
+    peer.join(5)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(b"\x01\x02\x03", id="garbage"),
+        pytest.param(
+            # Command Field C-STORE-RSP, Message ID Being Responded To 1, no Status.
+            struct.pack("<HHIH", 0x0000, 0x0100, 2, 0x8001)
+            + struct.pack("<HHIH", 0x0000, 0x0120, 2, 1),
+            id="no-status",
+        ),
+    ],
+)
+def test_a_response_command_set_that_cannot_be_read_is_an_abort(
+    link_and_peer: tuple[StoreLink, socket.socket], command: bytes
+) -> None:
+    link, peer = link_and_peer
+    _send_from(peer, lambda s: s.sendall(_pdu(0x03, command)))
+    with pytest.raises(AssociationAborted, match="response"):
+        link._response(1)
