@@ -111,11 +111,12 @@ def run_forward(
     if factory is None:
         raise QrfarmError(f"no {plan.transport} transport in this worker for {node}")
     options = TransportOptions(node, plan.transcode, rewrite, fdeps.associations)
-    sent = factory(options).send(plan.items, watch.lost)
+    # Stops between instances once the lease is lost or the job is cancelled.
+    sent = factory(options).send(plan.items, watch.halted)
     _record(deps, taken, plan, sent)
     with deps.sessions() as session:
         to_verify = pending(session, taken.job_id)
-    if to_verify:
+    if to_verify and not watch.cancelled.is_set():
         method, confirmed = confirm(
             deps,
             fdeps.verify,

@@ -1,4 +1,5 @@
-"""While an operation runs: keep the lease, write progress, pass a cancel on to the PACS.
+"""While an operation runs: keep the lease, write progress, pass a cancel on to the PACS
+(or, for work without a connection to cancel, set ``halted``).
 
 One thread per running job wakes about once a second: it renews the lease
 (fenced by the claim's token), writes the latest pending counts, and sends
@@ -38,6 +39,11 @@ class JobWatch:
         self.policy = policy
         self.connection: Connection | None = None
         self.lost = threading.Event()
+        # The job's cancel seen; ``halted``: lost or cancelled, for work that
+        # checks between its steps (a forward, instance by instance) rather
+        # than through a connection's C-CANCEL.
+        self.cancelled = threading.Event()
+        self.halted = threading.Event()
         self._why_lost = ""
         self.cancel_sent = False
         self._latest: Response | None = None
@@ -84,6 +90,9 @@ class JobWatch:
             return
         self._renewed_at = time.monotonic()
         self._write_progress()
+        if cancel:
+            self.cancelled.set()
+            self.halted.set()
         if cancel and not self.cancel_sent and self.connection is not None:
             self.cancel_sent = self.connection.cancel()
 
@@ -91,6 +100,7 @@ class JobWatch:
         log.warning("job %d: %s; stopping its operation", self.claim.job_id, why)
         self._why_lost = why
         self.lost.set()
+        self.halted.set()
         self._stop_operation()
 
     def _stop_operation(self) -> None:
