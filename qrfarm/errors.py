@@ -299,6 +299,11 @@ class NotSignedIn(QrfarmError):
     """A console page asked without a live session: the browser goes to sign in."""
 
 
+class HeldInstanceMismatch(PermanentError):
+    """A file the farm holds does not hold the instance its record names
+    (changed at rest): it is not sent, nor confirmed, as that instance."""
+
+
 class SignInRefused(QrfarmError):
     """A console sign-in refused: ``status_code`` and the words shown for it."""
 

@@ -23,7 +23,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from qrfarm.dicom import Node
-from qrfarm.dicom.sending import Held, StoreConnection, StoreOutcome, held_contexts
+from qrfarm.dicom.sending import (
+    Held,
+    StoreConnection,
+    StoreOutcome,
+    check_identity,
+    held_contexts,
+)
 from qrfarm.errors import NodeBusy, QrfarmError, SyntaxRefused
 from qrfarm.models import NodeRecord
 
@@ -174,6 +180,8 @@ class DimseTransport:
                 outcome = conn.send_file(item.path, sop_class, item.sop_instance_uid, held)
                 return _sent(item, item.sop_instance_uid, "", "", outcome)
             dataset = dcmread(item.path)
+            names = (str(dataset.get("SOPClassUID", "")), str(dataset.get("SOPInstanceUID", "")))
+            check_identity(names, sop_class, item.sop_instance_uid)
             if not conn.accepts(sop_class, held):
                 target = conn.uncompressed_for(sop_class) if self.options.transcode else None
                 if target is None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -28,7 +31,12 @@ from pynetdicom import build_context
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 
-from qrfarm.errors import AssociationAborted, PresentationContextError, QrfarmError
+from qrfarm.errors import (
+    AssociationAborted,
+    HeldInstanceMismatch,
+    PresentationContextError,
+    QrfarmError,
+)
 
 from .connection import Timeouts
 from .contexts import MAX_CONTEXTS
@@ -40,6 +48,9 @@ log = logging.getLogger(__name__)
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian})
+# What is read of a held data set to check which instance it is.
+_HEAD_BYTES = 64 << 10
+_SOP_INSTANCE_UID_TAG = 0x00080018
 
 
 @dataclass(frozen=True)
@@ -148,8 +159,9 @@ class StoreConnection:
     ) -> StoreOutcome:
         """C-STORE of a Part-10 file's data set as its bytes are on disk, in its own
         ``transfer_syntax`` (which the peer must have accepted for its SOP class)."""
-        data = path.read_bytes()
-        return self._send(sop_class, sop_instance, transfer_syntax, _dataset_bytes(data, path))
+        data = _dataset_bytes(path.read_bytes(), path)
+        check_identity(_names(data, UID(transfer_syntax)), sop_class, sop_instance)
+        return self._send(sop_class, sop_instance, transfer_syntax, data)
 
     def send_dataset(self, dataset: Dataset) -> StoreOutcome:
         """C-STORE of a data set in its file meta's transfer syntax, or for an
@@ -218,6 +230,34 @@ class StoreConnection:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def check_identity(names: tuple[str, str], sop_class: str, sop_instance: str) -> None:
+    """HeldInstanceMismatch unless a data set's (SOP Class UID, SOP Instance
+    UID) are those its record names."""
+    if names != (sop_class, sop_instance):
+        raise HeldInstanceMismatch(
+            "the held file is not the instance recorded (its data set names another "
+            "SOP class or instance): not sent"
+        )
+
+
+def _names(data_set: memoryview, syntax: UID) -> tuple[str, str]:
+    """SOP Class and Instance UIDs of an encoded data set, from its first bytes
+    (they come before anything large); empty when they cannot be read."""
+    head = bytes(data_set[:_HEAD_BYTES])
+    try:
+        if syntax.is_deflated:
+            head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(head, _HEAD_BYTES)
+        ds = read_dataset(
+            BytesIO(head),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=lambda tag, _vr, _length: int(tag) > _SOP_INSTANCE_UID_TAG,
+        )
+        return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+    except Exception:  # noqa: BLE001 (unreadable: it names nothing, and is not sent)
+        return "", ""
 
 
 def _dataset_bytes(data: bytes, path: Path) -> memoryview:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from qrfarm.dicom import Level
 from qrfarm.errors import NotForwardable
-from qrfarm.models import FarmRelay
+from qrfarm.models import DeliveredInstance, FarmRelay, ReceivedInstance
 from qrfarm.sandbox.synthetic import Corpus
 from tests.conftest import QRFARM_SCP_AE
 from tests.farm.conftest import Farm, make_farm
@@ -203,3 +203,38 @@ def _relayed_forward(farm: Farm, move_id: int, timeout: float = 30) -> int:
             return int(forward)
         time.sleep(0.2)
     raise AssertionError(f"no forward started for job {move_id}\n{farm.logs()}")
+
+
+def test_a_held_file_that_holds_another_instance_is_not_sent_under_its_record(
+    farm: Farm, dest_qr: DcmqrscpPeer, corpus: Corpus
+) -> None:
+    """A file changed at rest (here: another instance's bytes copied over it)
+    is not sent as the instance its row names, nor confirmed as it: the rest
+    is delivered, the job ends partial naming that one."""
+    study = _small_studies(corpus)[3]
+    move = _fetch(farm, study)
+    with farm.client.sessions() as session:
+        held = session.execute(
+            select(ReceivedInstance.sop_instance_uid, ReceivedInstance.file_path)
+            .where(ReceivedInstance.job_id == int(move["id"]))
+            .order_by(ReceivedInstance.sop_instance_uid)
+        ).all()
+    storage = Path(farm.root) / "storage"
+    (changed, changed_path), (other, other_path) = held[0], held[1]
+    (storage / changed_path).write_bytes((storage / other_path).read_bytes())
+
+    forward = farm.wait(farm.client.forward(int(move["id"]), "dest"))
+    assert forward["state"] == "partial", forward
+    assert forward["missing_uids"] == [changed], forward
+    assert forward["failed_uids"] == [changed], forward
+    assert "not the instance recorded" in forward["error"], forward["error"]
+    assert forward["confirmed"] == len(held) - 1
+    with farm.client.sessions() as session:
+        confirmed = set(
+            session.scalars(
+                select(DeliveredInstance.sop_instance_uid).where(
+                    DeliveredInstance.job_id == forward["id"]
+                )
+            )
+        )
+    assert other in confirmed and changed not in confirmed
