@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from qrfarm.dicom import Connection, Level, Node, Root, build_query_identifier
+from qrfarm.dicom import Connection, Level, Node, Response, Root, build_query_identifier
 from qrfarm.dicom.commitment import MAX_REFERENCES, InstanceRef
 from qrfarm.dicom.planning import expected_instances
 from qrfarm.errors import CommitmentUnavailable, DeliveryUnverifiable, NodeBusy, QrfarmError
@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 # UIDs in one C-FIND's SOP Instance UID list: a bounded identifier that PACS
 # with a limit on list matching still take.
 FIND_BATCH = 100
+# A destination answering one of those finds with more matches than this
+# beyond what was asked for, or for longer than this, is stopped (C-CANCEL,
+# then A-ABORT): what is held of its answers, and the wait, stay bounded.
+FIND_SLACK = 100
+FIND_DEADLINE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,12 @@ def find_at_destination(
                 {"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": batch},
                 default_return_keys=False,
             )
-            result = conn.find(query, Root.STUDY)
+            result = conn.find(
+                query,
+                Root.STUDY,
+                on_response=_bounded(conn, len(batch) + FIND_SLACK),
+                deadline=FIND_DEADLINE_S,
+            )
             if not result.ok and not refused_raises:
                 continue
             if not result.ok:
@@ -206,6 +216,25 @@ def find_at_destination(
             wanted = set(batch)
             found |= {str(m.get("SOPInstanceUID", "")) for m in result.matches} & wanted
     return found
+
+
+def _bounded(conn: Connection, limit: int) -> Callable[[Response], None]:
+    """A find's response callback stopping it past ``limit`` matches."""
+    matches = 0
+
+    def count(response: Response) -> None:
+        nonlocal matches
+        if response.is_pending:
+            matches += 1
+            if matches == limit + 1:
+                conn.stop(
+                    DeliveryUnverifiable(
+                        f"{conn.node} answered a find for at most {limit} instances with "
+                        "more matches: stopped"
+                    )
+                )
+
+    return count
 
 
 def committed_at(

@@ -1,0 +1,94 @@
+"""Asking a destination what it holds, against one that answers without end:
+what is kept is bounded, and so is the time."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from qrfarm.delivery import verification
+from qrfarm.delivery.verification import Expected, find_at_destination
+from qrfarm.dicom import Connection, Node, Root, Timeouts
+from qrfarm.dicom.model import Operation, sop_class
+from qrfarm.errors import DeadlineExceeded, DeliveryUnverifiable
+
+STUDY, SERIES = "1.2.826.0.1.3680043.10.1234.1", "1.2.826.0.1.3680043.10.1234.1.1"
+
+
+@pytest.fixture
+def endless() -> Iterator[tuple[int, threading.Event, list[int]]]:
+    """A destination answering any find with matches until told to stop
+    (C-CANCEL), or with one match after another, slowly."""
+    cancelled = threading.Event()
+    sent: list[int] = []
+
+    def on_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for number in itertools.count():
+            if event.is_cancelled:
+                cancelled.set()
+                yield 0xFE00, None
+                return
+            match = Dataset()
+            match.QueryRetrieveLevel = "IMAGE"
+            match.StudyInstanceUID = STUDY
+            match.SeriesInstanceUID = SERIES
+            match.SOPInstanceUID = f"{SERIES}.{number}"
+            sent.append(number)
+            yield 0xFF00, match
+
+    ae = AE(ae_title="ENDLESS")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
+    )
+    try:
+        yield int(server.socket.getsockname()[1]), cancelled, sent  # type: ignore[union-attr]
+    finally:
+        server.shutdown()
+
+
+def _connection(port: int) -> Connection:
+    context = build_context(sop_class(Root.STUDY, Operation.FIND))
+    return Connection.open(
+        Node("ENDLESS", "127.0.0.1", port), [context], timeouts=Timeouts(dimse=5.0)
+    )
+
+
+def test_a_find_answered_with_more_matches_than_asked_for_is_stopped(
+    endless: tuple[int, threading.Event, list[int]],
+) -> None:
+    port, _cancelled, sent = endless
+    expected = [Expected(f"{SERIES}.{n}", None, STUDY, SERIES) for n in range(10)]
+    conn = _connection(port)
+    try:
+        with pytest.raises(DeliveryUnverifiable, match="more matches"):
+            find_at_destination(conn, expected)
+    finally:
+        conn.abort()
+    # Stopped about when the bound was passed, not after the peer's millions.
+    assert len(sent) < 10_000
+
+
+def test_a_find_that_runs_past_its_deadline_is_stopped(
+    endless: tuple[int, threading.Event, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, _cancelled, _sent = endless
+    monkeypatch.setattr(verification, "FIND_DEADLINE_S", 0.2)
+    monkeypatch.setattr(verification, "FIND_SLACK", 10_000_000)
+    expected = [Expected(f"{SERIES}.{n}", None, STUDY, SERIES) for n in range(10)]
+    conn = _connection(port)
+    try:
+        with pytest.raises(DeadlineExceeded):
+            find_at_destination(conn, expected)
+    finally:
+        conn.abort()
