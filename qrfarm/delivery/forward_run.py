@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qrfarm.dicom import Node
-from qrfarm.errors import QrfarmError
+from qrfarm.errors import NotForwardable, QrfarmError
 from qrfarm.jobs.attempt_end import end_attempt
 from qrfarm.jobs.leases import Claim, fenced
 from qrfarm.jobs.states import transition
@@ -155,6 +155,12 @@ def _plan(deps: RunnerDeps, taken: Claim, root: Path) -> _Plan | None:
             .order_by(ReceivedInstance.id)
         ).all()
         seed = options.pseudonym_seed if forward.pseudonymise and options else None
+        if forward.pseudonymise and not seed:
+            # Never the originals in place of pseudonyms.
+            raise NotForwardable(
+                f"job {job.id} is to be pseudonymised and its destination has no "
+                "pseudonym seed: nothing sent (qrfarm node forwarding NODE --pseudonymise)"
+            )
         return _Plan(
             items=[
                 Outgoing(sop, sop_class, syntax, _inside(root, path))

@@ -13,7 +13,13 @@ from sqlalchemy import select
 
 from qrfarm.dicom import Level
 from qrfarm.errors import NotForwardable
-from qrfarm.models import DeliveredInstance, FarmRelay, ReceivedInstance
+from qrfarm.models import (
+    DeliveredInstance,
+    FarmRelay,
+    ForwardOptions,
+    NodeRecord,
+    ReceivedInstance,
+)
 from qrfarm.sandbox.synthetic import Corpus
 from tests.conftest import QRFARM_SCP_AE
 from tests.farm.conftest import Farm, make_farm
@@ -238,3 +244,29 @@ def test_a_held_file_that_holds_another_instance_is_not_sent_under_its_record(
             )
         )
     assert other in confirmed and changed not in confirmed
+
+
+def test_a_pseudonymised_forward_without_its_seed_sends_nothing(
+    farm: Farm, pseudo_qr: DcmqrscpPeer, corpus: Corpus
+) -> None:
+    """Pseudonymisation asked for and no seed to derive pseudonyms from: the
+    forward fails, it never sends the originals."""
+    farm.client.forwarding_options("research", pseudonymise=True)
+    with farm.client.sessions() as session, session.begin():
+        options = session.scalars(
+            select(ForwardOptions).join(NodeRecord).where(NodeRecord.name == "research")
+        ).one()
+        seed, options.pseudonym_seed = options.pseudonym_seed, None
+    try:
+        before = len(pseudo_qr.stored_files())
+        move = _fetch(farm, _small_studies(corpus)[4])
+        forward = farm.wait(farm.client.forward(int(move["id"]), "research"))
+        assert forward["state"] == "failed", forward
+        assert "pseudonym" in forward["error"], forward["error"]
+        assert len(pseudo_qr.stored_files()) == before
+    finally:
+        with farm.client.sessions() as session, session.begin():
+            options = session.scalars(
+                select(ForwardOptions).join(NodeRecord).where(NodeRecord.name == "research")
+            ).one()
+            options.pseudonym_seed = seed
