@@ -96,4 +96,6 @@ def parse_report(event_type: int | None, info: Dataset | None) -> CommitmentRepo
         raise ValueError("an item of the report has no Referenced SOP Instance UID")
     if len(committed) + len(failed) > MAX_REFERENCES:
         raise ValueError("the report names more instances than any request asks for")
+    # Named both ways, an instance is not taken as committed.
+    committed = [uid for uid in committed if uid not in failed]
     return CommitmentReport(str(info.TransactionUID), committed, failed)
