@@ -116,12 +116,13 @@ class ForwardFarm:
 
 
 @contextlib.contextmanager
-def database() -> Iterator[None]:
+def database(keep: bool) -> Iterator[None]:
     pg_admin(f"DROP DATABASE IF EXISTS {FWD_DB} WITH (FORCE)", f"CREATE DATABASE {FWD_DB}")
     try:
         yield
     finally:
-        pg_admin(f"DROP DATABASE IF EXISTS {FWD_DB} WITH (FORCE)")
+        if not keep:  # kept: its jobs, attempts and delivered rows tell where the time went
+            pg_admin(f"DROP DATABASE IF EXISTS {FWD_DB} WITH (FORCE)")
 
 
 def start_destination(workdir: Path) -> OrthancReceiver:
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     try:
         load_orthanc(source, files_dir, args.images)
         flush_redis_db()
-        with database():
+        with database(args.keep):
             farm = ForwardFarm(work / "farm", scp_port, args.associations)
             farm.cli("node", "add", "orthanc", f"ORTHANC@{LOCALHOST}:{source.port}")
             # A worker serves registered nodes only; each run's destination
@@ -306,7 +307,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--associations", type=int, default=1)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder and the database")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="qrfarm-fwd-bench-"))
     try:

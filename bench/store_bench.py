@@ -556,7 +556,14 @@ def start_qrfarm(
             "py-spy",
             [
                 *(py_spy, "record", "--pid", str(child.popen.pid), "--format", "raw"),
-                *("--threads", "--rate", "200", "-o", str(profile_to)),
+                *(
+                    "--threads",
+                    "--rate",
+                    "200",
+                    *(("--gil",) if os.environ.get("QRFARM_BENCH_PROFILE_GIL") else ()),
+                    "-o",
+                    str(profile_to),
+                ),
             ],
             cwd=workdir,
             log=workdir / "py-spy.log",
