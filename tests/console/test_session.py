@@ -247,6 +247,17 @@ def _login_form(browser: TestClient, token: str, csrf: str | None = None) -> Any
     )
 
 
+def _live_sessions(console: Console, token_name: str) -> int:
+    with console.client.sessions() as db:
+        count = db.scalar(
+            select(func.count())
+            .select_from(ConsoleSession)
+            .join(ApiToken, ApiToken.id == ConsoleSession.token_id)
+            .where(ApiToken.name == token_name)
+        )
+    return int(count or 0)
+
+
 def test_signing_in_again_ends_the_session_the_browser_had(console: Console) -> None:
     browser, _ = console.sign_in("reader")
     first = browser.cookies[SESSION_COOKIE]
@@ -266,14 +277,7 @@ def test_a_token_keeps_at_most_a_bounded_number_of_live_sessions(
     with console.client.sessions() as db, db.begin():
         console.tokens["many"] = tokens.issue(db, "console-many", ["read"])
     browsers = [console.sign_in("many")[0] for _ in range(5)]
-    with console.client.sessions() as db:
-        live = db.scalar(
-            select(func.count())
-            .select_from(ConsoleSession)
-            .join(ApiToken, ApiToken.id == ConsoleSession.token_id)
-            .where(ApiToken.name == "console-many")
-        )
-    assert live == 3
+    assert _live_sessions(console, "console-many") == 3
     # The oldest were ended; the newest still serve.
     assert browsers[0].get("/console/nodes").url.path == "/console/login"
     assert browsers[-1].get("/console/nodes").url.path == "/console/nodes"
@@ -285,14 +289,7 @@ def test_a_token_without_read_is_refused_at_sign_in_by_name(console: Console) ->
     answer = _login_form(console.browser(), token)
     assert answer.status_code == 403
     assert "lacks the scope" in answer.text and "read" in answer.text
-    with console.client.sessions() as db:
-        rows = db.scalar(
-            select(func.count())
-            .select_from(ConsoleSession)
-            .join(ApiToken, ApiToken.id == ConsoleSession.token_id)
-            .where(ApiToken.name == "console-submit-only")
-        )
-    assert rows == 0
+    assert _live_sessions(console, "console-submit-only") == 0
 
 
 def test_a_session_whose_token_lost_read_can_still_sign_out(console: Console) -> None:
