@@ -12,9 +12,11 @@ upper layer on a plain socket), not pynetdicom's threads.
 from __future__ import annotations
 
 import logging
+import mmap
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -158,10 +160,20 @@ class StoreConnection:
         self, path: Path, sop_class: str, sop_instance: str, transfer_syntax: str
     ) -> StoreOutcome:
         """C-STORE of a Part-10 file's data set as its bytes are on disk, in its own
-        ``transfer_syntax`` (which the peer must have accepted for its SOP class)."""
-        data = _dataset_bytes(path.read_bytes(), path)
-        check_identity(_names(data, UID(transfer_syntax)), sop_class, sop_instance)
-        return self._send(sop_class, sop_instance, transfer_syntax, data)
+        ``transfer_syntax`` (which the peer must have accepted for its SOP class).
+        The file is mapped, not read into memory: an instance may be gigabytes,
+        and each of a forward's associations sends one."""
+        with path.open("rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            with memoryview(mapped) as whole, _dataset_bytes(whole, path) as data:
+                check_identity(_names(data, UID(transfer_syntax)), sop_class, sop_instance)
+                return self._send(sop_class, sop_instance, transfer_syntax, data)
+        finally:
+            # Slices still referenced (an exception's frames) keep it mapped
+            # until they are gone; closing then would raise.
+            with suppress(BufferError):
+                mapped.close()
 
     def send_dataset(self, dataset: Dataset) -> StoreOutcome:
         """C-STORE of a data set in its file meta's transfer syntax, or for an
@@ -260,7 +272,7 @@ def _names(data_set: memoryview, syntax: UID) -> tuple[str, str]:
         return "", ""
 
 
-def _dataset_bytes(data: bytes, path: Path) -> memoryview:
+def _dataset_bytes(data: bytes | memoryview, path: Path) -> memoryview:
     """The data set of a Part-10 file: what follows its file meta."""
     # Preamble, "DICM", then (0002,0000) UL of the meta group's length.
     if data[128:132] == b"DICM" and data[132:138] == b"\x02\x00\x00\x00UL":

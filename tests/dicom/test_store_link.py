@@ -7,8 +7,10 @@ import socket
 import struct
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import suppress
+from pathlib import Path
 
 import pytest
 from pynetdicom.pdu import A_ASSOCIATE_AC
@@ -20,6 +22,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 
 from qrfarm.dicom import Node
+from qrfarm.dicom.sending import StoreConnection
 from qrfarm.dicom.store_link import StoreLink
 from qrfarm.errors import AssociationAborted
 
@@ -206,3 +209,83 @@ def test_a_response_command_set_that_cannot_be_read_is_an_abort(
     _send_from(peer, lambda s: s.sendall(_pdu(0x03, command)))
     with pytest.raises(AssociationAborted, match="response"):
         link._response(1)
+
+
+def _store_response() -> bytes:
+    """A C-STORE-RSP to message 1, success."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    command = Dataset()
+    command.CommandField = 0x8001
+    command.MessageIDBeingRespondedTo = 1
+    command.CommandDataSetType = 0x0101
+    command.Status = 0
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, command)
+    return _pdu(0x03, out.getvalue())
+
+
+def _answer_one_store(peer: socket.socket) -> None:
+    """Take PDUs (keeping none of their bytes) until a data set's last
+    fragment, then answer success."""
+
+    def skip(count: int) -> None:
+        while count:
+            count -= len(peer.recv(min(count, 64 << 10)))
+
+    while True:
+        header = peer.recv(6, socket.MSG_WAITALL)
+        if len(header) < 6:
+            return
+        _kind, left = struct.unpack(">BxI", header)
+        last = False
+        while left:
+            item_length, _context, control = struct.unpack(">IBB", peer.recv(6, socket.MSG_WAITALL))
+            skip(item_length - 2)
+            left -= 4 + item_length
+            last = last or (control & 0x03) == 0x02
+        if last:
+            peer.sendall(_store_response())
+            return
+
+
+def test_a_held_file_is_sent_without_being_read_into_memory(
+    link_and_peer: tuple[StoreLink, socket.socket], tmp_path: Path
+) -> None:
+    """A large instance (here 48 MiB of pixel data) is sent from the file's
+    mapping: what the sender allocates stays far below its size."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    link, peer = link_and_peer
+    sop = "1.2.826.0.1.3680043.10.1234.77"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = sop
+    ds.PixelData = b"\x01" * (48 << 20)
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "large.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    del ds
+    link.contexts[(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)] = 1
+    link.dimse_timeout = 30.0  # allocations are slow while traced
+    connection = StoreConnection(NODE, link)
+    answering = threading.Thread(target=_answer_one_store, args=(peer,), daemon=True)
+    answering.start()
+    tracemalloc.start()
+    try:
+        outcome = connection.send_file(path, CT_IMAGE_STORAGE, sop, ExplicitVRLittleEndian)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    answering.join(10)
+    assert outcome.ok, outcome
+    assert peak < 8 << 20, peak
