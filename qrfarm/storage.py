@@ -222,6 +222,9 @@ class InstanceStorage:
                 os.link(marker, path)
             except FileExistsError:
                 pass  # another SCP process stored this UID meanwhile: its bytes, or others?
+            except OSError:
+                marker.unlink(missing_ok=True)  # the caller knows only the old name
+                raise
             else:
                 unsynced = None
                 if self.fsync and sync_folder:

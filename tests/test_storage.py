@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
 from qrfarm import storage
+from qrfarm.errors import StorageFull
 from qrfarm.storage import InstanceStorage
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
@@ -57,3 +59,21 @@ def test_the_same_bytes_found_in_place_leave_their_folder_to_a_group_sync(
     assert stored.unsynced_folder == path.parent
     assert store.sync_folders([stored]) == {}
     assert path.parent in synced
+
+
+def test_a_link_that_fails_leaves_no_temp_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk full (or any error) at the link into place: refused as such, and
+    the temp file (renamed to mark its final place) is gone with it."""
+    store = InstanceStorage(tmp_path)
+    temp = store.incoming() / "rx-test.part"
+    temp.write_bytes(DATA)
+
+    def full(_source: object, _target: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "link", full)
+    with pytest.raises(StorageFull):
+        store.store_file(STUDY, SERIES, SOP, temp)
+    assert [p.name for p in store.incoming().iterdir() if p.name != ".lock"] == []
