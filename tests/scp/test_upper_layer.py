@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -23,13 +25,15 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, build_role
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, build_role
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from sqlalchemy import func, select
 
+from qrfarm.dicom import Node
+from qrfarm.dicom.store_link import StoreLink
 from qrfarm.models import OrphanInstance
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.scp import StorageScp
@@ -267,3 +271,110 @@ def test_a_command_set_that_never_ends_is_aborted(db: Db, scp: StorageScp, corpu
     instance = next(i for i in corpus.instances if i.modality == "CT")
     storescu(scp.port, [instance.path])
     assert recorded(db) == 1
+
+
+def _minimal_store_pdvs(context_id: int, number: int) -> bytes:
+    """The PDV items of one whole C-STORE of a minimal CT data set."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.1234.5.{number}"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.5"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1234.5.0"
+    request = C_STORE()
+    request.MessageID = number
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    encoded = BytesIO()
+    ds.save_as(encoded, implicit_vr=False, little_endian=True)
+    request.DataSet = BytesIO(encoded.getvalue())
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return b"".join(P_DATA_TF(p).encode()[6:] for p in message.encode_msg(context_id, 1 << 20))
+
+
+def _open_fds() -> int:
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+def test_many_whole_requests_in_one_pdu_are_not_taken_at_once(
+    db: Db, scp: StorageScp, corpus: Corpus
+) -> None:
+    """The asynchronous operations window is one: a peer that packs 300
+    C-STOREs into one P-DATA-TF does not make the SCP open 300 temp files at
+    once (it is answered one request at a time, or aborted)."""
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=QRFARM_SCP_AE)
+    assert assoc.is_established
+    assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+    raw = assoc.dul.socket.socket
+    context_id = assoc.accepted_contexts[0].context_id
+    assert context_id is not None
+    items = b"".join(_minimal_store_pdvs(context_id, n) for n in range(1, 301))
+    before = _open_fds()
+    peak = before
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _open_fds())
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    raw.sendall(struct.pack(">BxL", 0x04, len(items)) + items)
+    time.sleep(2.0)
+    done.set()
+    watcher.join()
+    assoc.abort()
+    assert peak - before < 20, (before, peak)
+    instance = next(i for i in corpus.instances if i.modality == "CT")
+    storescu(scp.port, [instance.path])
+
+
+def test_a_peer_that_never_reads_its_answers_is_no_longer_read_from(
+    scp: StorageScp, receive_path: str, request: pytest.FixtureRequest
+) -> None:
+    """C-ECHO requests sent on and on, not one answer read (a receive window of
+    2 KiB): the SCP's answers wait in bounded buffers, and it stops taking
+    requests, so the sender blocks."""
+    if receive_path == "pynetdicom":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="pynetdicom's DUL thread reads on into a queue of its own "
+                "while the answers wait: one reason the asyncio path is the default",
+            )
+        )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.connect(("127.0.0.1", scp.port))
+    link = StoreLink(sock, Node(QRFARM_SCP_AE, "127.0.0.1", scp.port), dimse_timeout=5.0)
+    link._associate([build_context(VERIFICATION)], "STORESCU", 5.0)
+    (context_id,) = link.contexts.values()
+    uid = b"1.2.840.10008.1.1\x00"
+    echo = (
+        struct.pack("<HHI", 0x0000, 0x0002, len(uid))
+        + uid
+        + struct.pack("<HHIH", 0x0000, 0x0100, 2, 0x0030)  # Command Field: C-ECHO-RQ
+        + struct.pack("<HHIH", 0x0000, 0x0110, 2, 1)  # Message ID
+        + struct.pack("<HHIH", 0x0000, 0x0800, 2, 0x0101)  # no data set
+    )
+    pdv = struct.pack(">LBB", len(echo) + 2, context_id, 0x03) + echo
+    batch = (struct.pack(">BxL", 0x04, len(pdv)) + pdv) * 1000
+    sock.settimeout(5.0)
+    blocked = False
+    sent = 0
+    deadline = time.monotonic() + 35
+    try:
+        while time.monotonic() < deadline:
+            sock.sendall(batch)
+            sent += 1000
+    except (TimeoutError, ConnectionError):
+        blocked = True  # (or ended): either way no longer read from
+    finally:
+        link.abort()
+    assert blocked, f"{sent} requests taken from a peer that reads no answer"

@@ -208,6 +208,7 @@ class Connection:
             if pdu_type == messages.P_DATA:
                 for message in self._p_data(memoryview(pdu)[messages.PDU_HEADER.size :]):
                     await message
+                await self._drain()
             elif pdu_type == messages.RELEASE_RQ:
                 self.writer.write(messages.release_response())
                 await self.writer.drain()
@@ -218,6 +219,22 @@ class Connection:
                 return
             else:
                 raise UpperLayerViolation(f"unexpected PDU type {pdu_type:#04x}")
+
+    async def _drain(self) -> None:
+        """Read on only once the answers written so far are taken (a peer that
+        never reads them would otherwise grow the write buffer without end);
+        within the idle timeout."""
+        try:
+            async with asyncio.timeout(self.server.idle_timeout_s):
+                await self.writer.drain()
+        except TimeoutError:
+            log.warning(
+                "association from %s at %s aborted: its answers not read for %.0f s",
+                self.calling_ae,
+                self.host,
+                self.server.idle_timeout_s,
+            )
+            raise ConnectionError("the peer does not read its answers") from None
 
     def _p_data(self, body: memoryview) -> list[asyncio.Task[None]]:
         """Take the PDVs of one P-DATA-TF; the answers of the messages it completed."""
@@ -239,6 +256,13 @@ class Connection:
             if control & 1:
                 if self.incoming is not None:
                     raise UpperLayerViolation("a command fragment inside a data set")
+                if answers and not self.command:
+                    # The window is one operation: the next request may come
+                    # only after this one's answer.
+                    raise UpperLayerViolation(
+                        "a request before the one in progress was answered "
+                        "(the asynchronous operations window is 1)"
+                    )
                 self.command += data
                 if len(self.command) > MAX_COMMAND_BYTES:
                     # A command set is a few hundred bytes; one never ending is not.
