@@ -98,17 +98,34 @@ class InstanceStorage:
             for folder in base.iterdir():
                 if not folder.is_dir() or folder == self._incoming or _held(folder / ".lock"):
                     continue
-                for marker in folder.glob(f"{_LINK}*"):
-                    relative = _final_of(marker.name)
-                    final = self.root / relative
-                    try:
-                        unrecorded = final.samefile(marker) and not is_recorded(relative)
-                    except OSError:
-                        unrecorded = False  # the final name was never linked
-                    if unrecorded:
-                        final.unlink()
-                        removed += 1
+                removed += self._sweep(folder, is_recorded)
                 shutil.rmtree(folder, ignore_errors=True)
+        return removed
+
+    def settle_kept(self, is_recorded: Callable[[str], bool]) -> int:
+        """At a stop, with no store of this process in flight: the files it kept
+        when the database could not say whether a row vouched for them
+        (:func:`qrfarm.jobs.ingest.discard_unrecorded`) are settled if one
+        does and removed if none does; how many were removed. What
+        ``is_recorded`` raises (the database still out of reach) leaves the
+        rest to the next start's :meth:`recover`."""
+        if self._incoming is None or self._incoming_pid != os.getpid():
+            return 0
+        return self._sweep(self._incoming, is_recorded)
+
+    def _sweep(self, folder: Path, is_recorded: Callable[[str], bool]) -> int:
+        removed = 0
+        for marker in folder.glob(f"{_LINK}*"):
+            relative = _final_of(marker.name)
+            final = self.root / relative
+            try:
+                unrecorded = final.samefile(marker) and not is_recorded(relative)
+            except OSError:
+                unrecorded = False  # the final name was never linked
+            if unrecorded:
+                final.unlink()
+                removed += 1
+            marker.unlink(missing_ok=True)
         return removed
 
     def settle(self, stored: StoredFile) -> None:

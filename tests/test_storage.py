@@ -6,9 +6,11 @@ import errno
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 
 from qrfarm import storage
 from qrfarm.errors import StorageFull
+from qrfarm.jobs.ingest import discard_unrecorded
 from qrfarm.storage import InstanceStorage
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
@@ -77,3 +79,21 @@ def test_a_link_that_fails_leaves_no_temp_file_behind(
     with pytest.raises(StorageFull):
         store.store_file(STUDY, SERIES, SOP, temp)
     assert [p.name for p in store.incoming().iterdir() if p.name != ".lock"] == []
+
+
+def test_a_file_whose_row_cannot_be_looked_for_is_kept_for_recovery(tmp_path: Path) -> None:
+    """Its row not committed, as far as this store knows, and the database out
+    of reach to say whether a row vouches for the file after all (a commit
+    whose answer was lost, or another store of the same bytes): the file
+    and its mark stay for the next start's recovery, rather than a row being
+    left without its file."""
+    store = InstanceStorage(tmp_path)
+    temp = store.incoming() / "rx-test.part"
+    temp.write_bytes(DATA)
+    stored = store.store_file(STUDY, SERIES, SOP, temp)
+    assert stored.created and stored.pending is not None
+    unreachable = create_engine(f"sqlite:///{tmp_path / 'missing' / 'qrfarm.db'}")
+    relative = str(stored.path.relative_to(tmp_path))
+    discard_unrecorded(unreachable, store, stored, STUDY, relative)
+    assert stored.path.exists()
+    assert stored.pending.exists()

@@ -182,13 +182,17 @@ def discard_unrecorded(
 ) -> None:
     """The row was not committed: remove the file this store created, unless a
     record committed meanwhile points to it (the same bytes, received at once
-    on another association, found it in place and recorded it)."""
+    on another association, found it in place and recorded it). When the
+    database cannot say, the file and its mark stay: a commit whose answer was
+    lost, or another store's row, may vouch for it, and the next start's
+    recovery (:meth:`InstanceStorage.recover`) decides by the rows then."""
     if stored.created:
         try:
             with engine.connect() as connection:
                 if file_is_recorded(connection, study_uid, relative):
                     storage.settle(stored)
                     return
-        except SQLAlchemyError:
-            pass  # out of reach: no other record could have committed either
+        except SQLAlchemyError as exc:
+            log.warning("kept %s for recovery: its row could not be looked for (%s)", relative, exc)
+            return
     storage.discard(stored)

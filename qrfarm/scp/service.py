@@ -15,6 +15,7 @@ from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import exists, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.errors import ProxyHeaderError
@@ -296,33 +297,43 @@ class StorageScp:
         ae._servers.append(server)
         return server
 
-    def _recover(self) -> None:
-        """Sweep what SCP processes killed on this storage left: temp files, and
-        files linked to their final name whose row was never committed."""
-
-        def is_recorded(relative: str) -> bool:
-            with self.context.sessions() as session:
-                return bool(
-                    session.scalar(
-                        select(
-                            or_(
-                                exists().where(ReceivedInstance.file_path == relative),
-                                exists().where(OrphanInstance.file_path == relative),
-                            )
+    def _is_recorded(self, relative: str) -> bool:
+        with self.context.sessions() as session:
+            return bool(
+                session.scalar(
+                    select(
+                        or_(
+                            exists().where(ReceivedInstance.file_path == relative),
+                            exists().where(OrphanInstance.file_path == relative),
                         )
                     )
                 )
+            )
 
-        removed = self.context.storage.recover(is_recorded)
+    def _recover(self) -> None:
+        """Sweep what SCP processes killed on this storage left: temp files, and
+        files linked to their final name whose row was never committed."""
+        removed = self.context.storage.recover(self._is_recorded)
         if removed:
             log.warning("removed %d files a killed SCP stored without their rows", removed)
+
+    def _settle_kept(self) -> None:
+        """Once no store is in flight: the files kept for want of the database."""
+        try:
+            removed = self.context.storage.settle_kept(self._is_recorded)
+        except SQLAlchemyError as exc:
+            log.warning("files kept for recovery left to the next start: %s", exc)
+            return
+        if removed:
+            log.warning("removed %d files stored while their rows could not be", removed)
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Refuse new associations, let the ones in flight finish, then close."""
         if self._aio is not None:
             self.context.draining.set()
-            self._aio.stop(drain_timeout)
+            self._aio.stop(drain_timeout)  # its thread pool, and every store, done
             self._aio = None
+            self._settle_kept()
             self.context.close()
             return
         servers = [s for s in (self._server, self._tls_server) if s is not None]
@@ -343,6 +354,13 @@ class StorageScp:
                 log.warning("aborting an association still open after %.0f s", drain_timeout)
             assoc.abort(block=False)
         self._server = self._tls_server = None
+        # Their handlers end with them; a store still in flight after this
+        # leaves the files kept to the next start.
+        idle_by = time.monotonic() + 10.0
+        while time.monotonic() < idle_by and any(s.active_associations for s in servers):
+            time.sleep(0.05)
+        if not any(s.active_associations for s in servers):
+            self._settle_kept()
         self.context.close()
 
     def serve(self, on_ready: Callable[[], None] | None = None) -> None:

@@ -108,8 +108,15 @@ def test_database_outage_admits_no_stranger_and_leaves_nothing_unrecorded(
         dcmtk = storescu(scp.port, [during[1].path], "STORESCU2")
         assert "Received Store Response (Refused: OutOfResources)" in dcmtk.stderr, dcmtk.stderr
 
-        # Nothing that was refused stays; what was recorded before is untouched.
-        assert list(root.rglob("*.dcm")) == [recorded_file]
+        # What was recorded before is untouched. A file made for a refused
+        # instance stays only with its mark: the database could not say
+        # whether a row vouches for it, so it is kept until it can (below,
+        # once the database is back and the SCP stops).
+        placed = {p for p in root.rglob("*.dcm") if ".incoming" not in p.parts}
+        marks = [m.name for m in root.rglob("link.*")]
+        for kept in placed - {recorded_file}:
+            flat = str(kept.relative_to(root)).replace("/", "_")
+            assert any(m.endswith(flat) for m in marks), kept
         assert recorded_file.read_bytes() == recorded_bytes
         assert not list(root.rglob("*.part"))
         time.sleep(max(0.0, back_at - time.monotonic()))
@@ -123,5 +130,6 @@ def test_database_outage_admits_no_stranger_and_leaves_nothing_unrecorded(
             *session.scalars(select(ReceivedInstance.file_path)),
         }
     engine.dispose()
-    # Every file on disk has its row.
+    # Every file on disk has its row, and none is left marked.
     assert {str(p.relative_to(root)) for p in root.rglob("*.dcm")} <= paths
+    assert not list(root.rglob("link.*"))
