@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from qrfarm.dicom import rejection
 from qrfarm.observability.metrics import SCP_ASSOCIATIONS
 
-from .gate import SlotHolder
+from .gate import MAX_PROBES, SlotHolder
 from .known_nodes import Admission
 
 if TYPE_CHECKING:
@@ -39,11 +39,20 @@ def admit(
     except Exception:
         log.exception("association not admitted: admission could not be decided")
         reason = REJECT_UNVERIFIED
-    if reason is None and not ctx.gate.admit(holder):
-        log.warning("association rejected: all %d slots are held", ctx.gate.max_associations)
+    probe = is_probe(ctx, calling_ae.strip())
+    if reason is None and not ctx.gate.admit(holder, probe=probe):
+        if probe:
+            log.warning("probe association from %s rejected: %d probes held", host, MAX_PROBES)
+        else:
+            log.warning("association rejected: all %d slots are held", ctx.gate.max_associations)
         reason = REJECT_NO_SLOT
     SCP_ASSOCIATIONS.labels("accepted" if reason is None else "rejected").inc()
     return reason
+
+
+def is_probe(ctx: ScpContext, calling_ae: str) -> bool:
+    """The farm's own health probe (a blank title names no probe)."""
+    return bool(ctx.probe_ae_title) and calling_ae == ctx.probe_ae_title
 
 
 def refusal(
@@ -61,7 +70,7 @@ def refusal(
             ours,
         )
         return REJECT_UNKNOWN_CALLED_AE
-    if calling_ae == ctx.probe_ae_title:
+    if is_probe(ctx, calling_ae):
         SCP_ASSOCIATIONS.labels("probe").inc()
         return None
     admission = ctx.known_nodes.admission(calling_ae, host)

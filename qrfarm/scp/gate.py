@@ -18,6 +18,10 @@ from typing import Protocol
 
 from pynetdicom.association import Association
 
+# Associations of the farm's own probe at once: apart from the slots, so that
+# probes (whose AE title anyone can send) never hold one a PACS needs.
+MAX_PROBES = 4
+
 
 class SlotHolder(Protocol):
     """What holds a slot: a pynetdicom association, or one of the asyncio path's."""
@@ -34,29 +38,35 @@ class ConnectionGate:
         self.max_associations = max_associations
         self.max_pending_per_host = max_pending_per_host
         self._admitted: weakref.WeakSet[SlotHolder] = weakref.WeakSet()
+        self._probes: weakref.WeakSet[SlotHolder] = weakref.WeakSet()
         self._lock = threading.Lock()
         # Held while a connection is counted and its association thread started.
         self.accepting = threading.Lock()
 
-    def _holding(self) -> list[SlotHolder]:
+    @staticmethod
+    def _holding(holders: weakref.WeakSet[SlotHolder]) -> list[SlotHolder]:
         return [
             a
-            for a in self._admitted
+            for a in holders
             if a.is_alive() and not (a.is_released or a.is_aborted or a.is_rejected)
         ]
 
-    def admit(self, assoc: SlotHolder) -> bool:
-        """Take a slot for an admitted association; False when none is free."""
+    def admit(self, assoc: SlotHolder, *, probe: bool = False) -> bool:
+        """Take a slot for an admitted association (a probe's own, for the
+        farm's probe); False when none is free."""
+        holders, cap = (
+            (self._probes, MAX_PROBES) if probe else (self._admitted, self.max_associations)
+        )
         with self._lock:
-            if len(self._holding()) >= self.max_associations:
+            if len(self._holding(holders)) >= cap:
                 return False
-            self._admitted.add(assoc)
+            holders.add(assoc)
             return True
 
     def pending_from(self, host: str, associations: list[Association]) -> int:
         """Connections from ``host`` not admitted (yet), among the server's."""
         with self._lock:
-            admitted = set(self._admitted)
+            admitted = set(self._admitted) | set(self._probes)
         return sum(
             1
             for a in associations

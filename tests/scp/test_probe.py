@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 from pydicom import dcmread
+from pynetdicom import AE
 from sqlalchemy import func, select
 
 from qrfarm.models import OrphanInstance, ReceivedInstance
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.scp import StorageScp
+from qrfarm.scp.gate import MAX_PROBES
 from qrfarm.storage import InstanceStorage
 from tests.conftest import QRFARM_SCP_AE
 
@@ -22,6 +24,7 @@ from .senders import encoded, send_raw, store_association
 
 PROBE_AE = "QRFARMPROBE"
 REFUSED_NOT_AUTHORIZED = 0x0124
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def probe(port: int, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -70,3 +73,39 @@ def test_the_probe_gets_a_c_echo_and_may_store_nothing(
     assert not list((tmp_path / "storage").rglob("*.dcm"))
     stopped = probe(port, tmp_path)
     assert stopped.returncode == 1 and "not ready" in stopped.stderr
+
+
+def test_probes_hold_no_slot_a_pacs_needs(db: Db, tmp_path: Path, corpus: Corpus) -> None:
+    """Anyone can call with the probe's AE title: its associations are capped
+    apart (MAX_PROBES), so that held open they never lock a PACS out."""
+    scp = StorageScp(
+        db.sessions,
+        InstanceStorage(tmp_path / "storage"),
+        ae_title=QRFARM_SCP_AE,
+        port=0,
+        probe_ae_title=PROBE_AE,
+        max_associations=MAX_PROBES + 1,
+    )
+    port = scp.start()
+    held = []
+    try:
+        for _ in range(MAX_PROBES):
+            ae = AE(ae_title=PROBE_AE)
+            ae.add_requested_context(VERIFICATION)
+            assoc = ae.associate("127.0.0.1", port, ae_title=QRFARM_SCP_AE)
+            assert assoc.is_established
+            held.append(assoc)
+        one_more = AE(ae_title=PROBE_AE)
+        one_more.add_requested_context(VERIFICATION)
+        refused = one_more.associate("127.0.0.1", port, ae_title=QRFARM_SCP_AE)
+        assert refused.is_rejected
+        instance = corpus.instances[0]
+        with store_association(port, [instance.sop_class_uid]) as assoc:
+            status = send_raw(
+                assoc, instance.sop_class_uid, instance.sop_uid, encoded(dcmread(instance.path))
+            )
+        assert status == 0x0000
+    finally:
+        for assoc in held:
+            assoc.release()
+        scp.stop(drain_timeout=5)
