@@ -10,6 +10,7 @@ FLUSH_S = 2.0
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
 UNKNOWN_CALLED_AE = (0x01, 0x01, 0x07)
+NO_REASON_GIVEN = (0x01, 0x01, 0x01)
 # The caller cannot be checked now (its list is out of reach): try again later.
 UNVERIFIED_CALLING_AE = (0x02, 0x01, 0x03)
 LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)  # transient

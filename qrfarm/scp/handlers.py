@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Status, rejection
+from qrfarm.dicom.contexts import MAX_CONTEXTS
 from qrfarm.dicom.sockets import tune
 from qrfarm.errors import InstanceRefused, StorageError, StorageFull, UnsafeUid
 from qrfarm.jobs.recording import InstanceFacts
@@ -79,6 +80,11 @@ def handle_requested(event: Event, ctx: ScpContext) -> None:
     """Admit or reject an association before negotiation (``admission.admit``)."""
     request = event.assoc.requestor.primitive
     assert request is not None
+    proposed = len(request.presentation_context_definition_list)
+    if proposed > MAX_CONTEXTS:
+        log.warning("association refused: %d presentation contexts proposed", proposed)
+        rejection.reject(event, rejection.NO_REASON_GIVEN)
+        return
     reason = admission.admit(
         ctx,
         str(request.calling_ae_title),

@@ -28,8 +28,13 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, build_context, build_role
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    AsynchronousOperationsWindowNegotiation,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
 from sqlalchemy import func, select
 
 from qrfarm.dicom import Node
@@ -378,3 +383,44 @@ def test_a_peer_that_never_reads_its_answers_is_no_longer_read_from(
     finally:
         link.abort()
     assert blocked, f"{sent} requests taken from a peer that reads no answer"
+
+
+def _association_request(contexts: int) -> bytes:
+    """An A-ASSOCIATE-RQ proposing ``contexts`` presentation contexts (IDs
+    wrapping past 255 when there are more than 128)."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "STORESCU"
+    primitive.called_ae_title = QRFARM_SCP_AE
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.10.1234"
+    primitive.user_information = [maximum, implementation]
+    proposed = []
+    for number in range(contexts):
+        context = build_context(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        context.context_id = (2 * number) % 256 + 1
+        proposed.append(context)
+    primitive.presentation_context_definition_list = proposed
+    request = A_ASSOCIATE_RQ()
+    request.from_primitive(primitive)
+    return bytes(request.encode())
+
+
+@pytest.mark.parametrize("contexts", [129, 4000])
+def test_an_association_request_past_128_contexts_is_not_accepted(
+    db: Db, scp: StorageScp, corpus: Corpus, contexts: int
+) -> None:
+    """PS3.8 allows 128 presentation contexts; a request with more (here up to
+    some 350 KiB of them) is refused or aborted, and the SCP serves on."""
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as peer:
+        try:
+            peer.sendall(_association_request(contexts))
+            answer = peer.recv(1)
+        except ConnectionResetError:
+            answer = b""  # closed before all of it was read: not accepted either
+    assert answer in (b"\x03", b"\x07", b""), answer
+    instance = next(i for i in corpus.instances if i.modality == "CT")
+    storescu(scp.port, [instance.path])
+    assert recorded(db) == 1

@@ -120,7 +120,7 @@ class Connection:
                     # once asks at once; an idle one is closed within the grace.
                     grace = asyncio.get_running_loop().time() + OVER_CAP_GRACE_S
                     artim.reschedule(min(artim.when() or grace, grace))
-                pdu_type, pdu = await self._read_pdu()
+                pdu_type, pdu = await self._read_pdu(negotiation.MAX_REQUEST_BYTES)
         except TimeoutError:
             if pending:
                 log.warning(
@@ -183,12 +183,13 @@ class Connection:
             self.host = client
         return True
 
-    async def _read_pdu(self) -> tuple[int, bytes]:
+    async def _read_pdu(self, limit: int | None = None) -> tuple[int, bytes]:
         head = await self.reader.readexactly(messages.PDU_HEADER.size)
         pdu_type, length = messages.PDU_HEADER.unpack(head)
-        if length > self.read_limit:
+        limit = self.read_limit if limit is None else limit
+        if length > limit:
             # Never read into memory: the connection ends instead.
-            raise ConnectionError(f"a PDU of {length} bytes announced, {self.read_limit} accepted")
+            raise ConnectionError(f"a PDU of {length} bytes announced, {limit} accepted")
         return pdu_type, head + await self.reader.readexactly(length)
 
     async def _serve(self) -> None:

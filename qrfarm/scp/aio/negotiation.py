@@ -10,6 +10,7 @@ answering (1, 1): one operation at a time, as on pynetdicom's path.
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import cast
@@ -27,6 +28,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
 
+from qrfarm.dicom.contexts import MAX_CONTEXTS
+
 APPLICATION_CONTEXT_NAME = UID("1.2.840.10008.3.1.1.1")
 # A sender asks in the same words every time (storescu proposes some 120
 # contexts): decoding and negotiating them took tens of milliseconds of the
@@ -35,6 +38,12 @@ APPLICATION_CONTEXT_NAME = UID("1.2.840.10008.3.1.1.1")
 # push others out.
 REMEMBERED_RQ_BYTES = 64 << 10
 REMEMBERED_RQS = 32
+# Where an A-ASSOCIATE-RQ's variable items begin: PDU header 6, protocol
+# version 2, reserved 2, called and calling AE titles 16 each, reserved 32.
+_VARIABLE_ITEMS = 74
+# The longest A-ASSOCIATE-RQ taken: 128 contexts of many transfer syntaxes
+# each fit in a fraction of it; more is read no further (the connection ends).
+MAX_REQUEST_BYTES = 256 << 10
 
 
 @dataclass
@@ -48,6 +57,12 @@ class Request:
 
     @classmethod
     def decode(cls, pdu: bytes) -> Request:
+        """The request a whole A-ASSOCIATE-RQ PDU makes; ValueError when it is
+        malformed or proposes more presentation contexts than PS3.8 allows
+        (counted before pynetdicom decodes the items)."""
+        proposed = count_contexts(pdu)
+        if proposed > MAX_CONTEXTS:
+            raise ValueError(f"{proposed} presentation contexts proposed, at most {MAX_CONTEXTS}")
         rq = A_ASSOCIATE_RQ()
         rq.decode(pdu)
         primitive = rq.to_primitive()
@@ -57,6 +72,18 @@ class Request:
             str(primitive.called_ae_title).strip(),
             int(primitive.maximum_length_received or 0),
         )
+
+
+def count_contexts(pdu: bytes) -> int:
+    """The presentation context items (type 0x20) of an A-ASSOCIATE-RQ PDU,
+    walked by their lengths only."""
+    offset, count = _VARIABLE_ITEMS, 0
+    while offset + 4 <= len(pdu):
+        item_type = pdu[offset]
+        (length,) = struct.unpack_from(">H", pdu, offset + 2)
+        count += item_type == 0x20
+        offset += 4 + length
+    return count
 
 
 @dataclass
