@@ -132,7 +132,9 @@ class MoveCache:
     this PACS may still receive", per SCP process.
 
     The instances of a move all name the same Message ID, so the database is
-    asked about once a move, and the move's expected list is read once. The
+    asked about a move at most every ``ttl_s`` (a fifth of a second: a move
+    cancelled or failed is seen ended that soon, and what its PACS goes on
+    sending is an orphan), and the move's expected list is read once. The
     moves of a PACS ended within the late window are read at most about once
     a second (an instance that matches no move reads them again if they are
     older than a tenth of a second): a PACS with many moves just ended costs
@@ -141,12 +143,11 @@ class MoveCache:
     group (every instance of a group arrived before the group's read, and a
     move is running before its C-MOVE is sent, so none is missed).
 
-    Safe for a few seconds: an ID is handed out again only after the late
-    window has passed since its move ended, an expected list once known does
-    not change, and a job's end matters only against the late window.
+    An ID is handed out again only after the late window has passed since its
+    move ended, and an expected list once known does not change.
     """
 
-    def __init__(self, ttl_s: float = 2.0, receiving_ttl_s: float = 1.0) -> None:
+    def __init__(self, ttl_s: float = 0.2, receiving_ttl_s: float = 1.0) -> None:
         self.ttl_s = ttl_s
         self.receiving_ttl_s = receiving_ttl_s
         self._moves: dict[tuple[str, int], _MoveOf] = {}

@@ -9,6 +9,7 @@ what a job has recorded.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 from pydicom import dcmread
@@ -18,6 +19,7 @@ from sqlalchemy import select, update
 
 from qrfarm.dicom import Level, Root, build_retrieve_identifier
 from qrfarm.jobs.reconcile import finalize
+from qrfarm.jobs.states import transition
 from qrfarm.models import (
     Attempt,
     ExpectedInstance,
@@ -223,3 +225,24 @@ def test_the_sweeper_releases_the_message_ids_of_attempts_whose_lease_expired(
             ).all()
         )
     assert released[lost.id] is not None and released[alive.id] is None
+
+
+def test_an_instance_for_a_move_just_cancelled_is_an_orphan(
+    db: Db, scp: StorageScp, corpus: Corpus
+) -> None:
+    """A PACS that goes on sending after the move was cancelled (Orthanc ignores
+    C-CANCEL): once the move has ended, what it sends is not counted for it,
+    whatever the SCP read of the move a moment before."""
+    asked, _ = two_studies(corpus)
+    job, originator = study_move(db, asked[0].study_uid)
+    assert store(scp.port, dcmread(asked[0].path), "ORTHANC", originator) == 0x0000
+    with db.sessions() as session, session.begin():
+        transition(session.get_one(Job, job.id), JobState.CANCELLED, error="cancelled")
+    time.sleep(0.3)  # well within the seconds a move's other facts are cached
+    assert store(scp.port, dcmread(asked[1].path), "ORTHANC", originator) == 0x0000
+
+    assert [r.sop_instance_uid for r in received(db, job.id)] == [asked[0].sop_uid]
+    assert job_row(db, job.id).recorded_count == 1
+    (orphan,) = orphans(db)
+    assert orphan.claimed_job_id == job.id
+    assert orphan.refusal is not None and "cancelled" in orphan.refusal
