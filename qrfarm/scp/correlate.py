@@ -45,6 +45,7 @@ _MOVE_OF = (
         Job.expected_count,
         Job.state,
         Job.ended_at,
+        Job.destination_node_id,
     )
     .join(Job, Job.id == MoveMessageId.job_id)
     .where(
@@ -100,6 +101,7 @@ class _MoveOf:
     expected: frozenset[str] | None  # None: no expected list (yet)
     state: JobState
     ended_at: dt.datetime | None
+    destination_node_id: int | None  # None: the move sends here
     seen_at: float
 
 
@@ -229,6 +231,7 @@ class MoveCache:
             expected,
             JobState(row.state),
             row.ended_at,
+            row.destination_node_id,
             now,
         )
         with self._lock:
@@ -286,6 +289,9 @@ def _by_originator(
     # SCPs put their own AE title there) or a forged one.
     if move.node_id not in node_ids:
         return move.job_id, "the move it names was sent to another node"
+    # A move to another node sends nothing here (qrfarm.delivery verifies it there).
+    if move.destination_node_id is not None:
+        return move.job_id, "the move it names sends to another node"
     refusal = outside_move(move.level, move.identifier, move.expected, _keys(facts))
     if refusal is not None:
         return move.job_id, refusal

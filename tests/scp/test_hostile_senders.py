@@ -246,3 +246,22 @@ def test_an_instance_for_a_move_just_cancelled_is_an_orphan(
     (orphan,) = orphans(db)
     assert orphan.claimed_job_id == job.id
     assert orphan.refusal is not None and "cancelled" in orphan.refusal
+
+
+def test_an_instance_naming_a_move_to_another_node_is_an_orphan(
+    db: Db, scp: StorageScp, corpus: Corpus
+) -> None:
+    """A move whose destination is another node sends nothing here: an
+    instance that names its Message ID (misrouted, or forged) is not counted
+    for it (its proof of arrival is at that node)."""
+    asked, _ = two_studies(corpus)
+    job, originator = study_move(db, asked[0].study_uid)
+    with db.sessions() as session, session.begin():
+        session.get_one(Job, job.id).destination_node_id = db.node_id("sandbox")
+    assert store(scp.port, dcmread(asked[0].path), "ORTHANC", originator) == 0x0000
+
+    assert received(db, job.id) == []
+    assert job_row(db, job.id).recorded_count == 0
+    (orphan,) = orphans(db)
+    assert orphan.claimed_job_id == job.id
+    assert orphan.refusal is not None and "another node" in orphan.refusal
