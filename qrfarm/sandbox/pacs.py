@@ -101,6 +101,9 @@ class Behaviour:
     # C-FINDs at these levels are answered "unable to process" (0xC000), as by
     # a PACS that supports no IMAGE-level queries.
     refused_find_levels: frozenset[Level] = frozenset()
+    # A faulty PACS: a C-GET sends every instance of the studies asked into,
+    # whatever the level and keys asked for.
+    get_sends_whole_study: bool = False
     stats: SandboxStats = field(default_factory=SandboxStats)
 
     def pause(self, retrieve: bool = True) -> None:
@@ -143,6 +146,9 @@ def handle_get(event: Event, archive: Archive, behaviour: Behaviour) -> Iterator
     if instances is None:
         yield 0
         return
+    if behaviour.get_sends_whole_study:
+        studies = {i.key(Level.STUDY) for i in instances}
+        instances = [i for i in archive.instances if i.key(Level.STUDY) in studies]
     yield len(instances)
     for instance in instances:
         behaviour.pause()

@@ -4,8 +4,9 @@ recorded as the storage SCP records (:func:`qrfarm.jobs.ingest.record_stored`)."
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,7 +16,8 @@ from qrfarm.dicom.sinks import check_whole
 from qrfarm.errors import StorageError, StorageFull
 from qrfarm.jobs.ingest import record_stored
 from qrfarm.jobs.recording import Correlation, InstanceFacts, Match
-from qrfarm.models import MatchedBy
+from qrfarm.jobs.scope import InstanceKeys, outside_move
+from qrfarm.models import ExpectedInstance, Job, MatchedBy
 from qrfarm.storage import InstanceStorage
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,24 @@ class GetStore:
         self.storage = storage
 
     def sink_for(self, job_id: int, calling_ae: str) -> InstanceSink:
+        """The sink of one C-GET of ``job_id``: what the PACS sends is counted
+        for the job only if it lies inside what the job asked for (its keys,
+        and its expected list when one is known); else it is kept as an
+        orphan naming the job and why, as the storage SCP does."""
+        level, identifier, expected = self._scope(job_id)
+
+        def belongs(facts: InstanceFacts) -> Correlation:
+            keys = InstanceKeys(
+                facts.patient_id,
+                facts.study_instance_uid,
+                facts.series_instance_uid,
+                facts.sop_instance_uid,
+            )
+            refusal = outside_move(level, identifier, expected, keys)
+            if refusal is None:
+                return Correlation([Match(job_id, MatchedBy.GET)])
+            return Correlation([], claimed_job_id=job_id, refusal=refusal)
+
         def sink(request: StoreRequest) -> int:
             failure = check_whole(request)
             if failure is not None:
@@ -65,7 +85,7 @@ class GetStore:
                     self.storage,
                     facts,
                     stored,
-                    lambda _: Correlation([Match(job_id, MatchedBy.GET)]),
+                    lambda _: belongs(facts),
                 )
             except SQLAlchemyError as exc:
                 log.error("C-GET instance %s not recorded: %s", request.sop_instance_uid, exc)
@@ -73,3 +93,18 @@ class GetStore:
             return Status.SUCCESS
 
         return sink
+
+    def _scope(self, job_id: int) -> tuple[str, dict[str, Any], frozenset[str] | None]:
+        """The job's level, identifier and expected list (None: no list)."""
+        with self.sessions() as session:
+            job = session.get_one(Job, job_id)
+            expected = None
+            if job.expected_count:
+                expected = frozenset(
+                    session.scalars(
+                        select(ExpectedInstance.sop_instance_uid).where(
+                            ExpectedInstance.job_id == job_id
+                        )
+                    )
+                )
+            return job.level, dict(job.identifier), expected

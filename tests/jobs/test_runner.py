@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from qrfarm.client import Client
 from qrfarm.config import Settings
@@ -20,7 +21,7 @@ from qrfarm.dicom import Level, Node, Timeouts
 from qrfarm.jobs.dispatch import RUN_JOB, node_queue
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.jobs.runner import RunnerDeps, run_job
-from qrfarm.models import make_engine, upgrade
+from qrfarm.models import OrphanInstance, ReceivedInstance, make_engine, upgrade
 from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.scp import StorageScp
@@ -220,3 +221,34 @@ def test_stores_after_the_grace_with_no_originator_complete_the_job_with_one_mov
     assert status["state"] == "completed", status
     assert status["recorded"] == status["expected"] == len(instances)
     assert bench.pacs.behaviour.stats.moves == 1
+
+
+def test_a_get_counts_only_what_it_asked_for_from_a_pacs_that_sends_more(
+    bench: Bench, corpus: Corpus
+) -> None:
+    """A faulty PACS answers a SERIES-level C-GET with the whole study: the
+    instances of the other series are kept as orphans that name the job,
+    never counted for it."""
+    bench.register(max_associations=2)
+    study, instances = next(
+        (s, i) for s, i in corpus.studies().items() if len({x.series_uid for x in i}) >= 2
+    )
+    series = sorted({i.series_uid for i in instances})[0]
+    asked = [i for i in instances if i.series_uid == series]
+    bench.pacs.behaviour.get_sends_whole_study = True
+    job_id = bench.client.get(
+        "pacs", Level.SERIES, {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+    )
+    run_job(bench.deps, job_id, "runner-test")
+    status = bench.client.status(job_id)
+    assert status["recorded"] == len(asked), status
+    with bench.client.sessions() as session:
+        counted = set(
+            session.scalars(
+                select(ReceivedInstance.sop_instance_uid).where(ReceivedInstance.job_id == job_id)
+            )
+        )
+        kept = session.scalars(select(OrphanInstance)).all()
+    assert counted == {i.sop_uid for i in asked}
+    assert {o.sop_instance_uid for o in kept} == {i.sop_uid for i in instances} - counted
+    assert all(o.claimed_job_id == job_id and o.refusal for o in kept)
