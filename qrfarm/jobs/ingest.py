@@ -16,6 +16,7 @@ fails only itself.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from qrfarm.storage import InstanceStorage, StoredFile
 from .recording import Correlation, InstanceFacts, Recorded, file_is_recorded, record, reopen_late
 
 log = logging.getLogger(__name__)
+
+REOPEN_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -127,15 +130,27 @@ def record_stored_batch(
                 _relative(storage, item.stored),
             )
     if late:
-        # Rare: instances after their job was reconciled. The rows are durable
-        # whatever happens here: a failure is logged, not answered as one.
-        try:
-            with sessions() as session, session.begin():
-                reopen_late(session, sorted(late))
-        except SQLAlchemyError as exc:
-            log.error("jobs %s not reconciled again after a late arrival: %s", sorted(late), exc)
+        _reopen(sessions, sorted(late))
     assert all(outcome is not None for outcome in outcomes)
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _reopen(sessions: sessionmaker[Session], job_ids: list[int]) -> None:
+    """Reconcile again the jobs that got an instance after they were reconciled
+    (rare). The rows are durable whatever happens here, so a failure is not
+    answered as one; a moment's failure (a deadlock with the job's own
+    reconciliation, a blip) is tried again, for a job left ended would go on
+    naming as missing an instance it holds."""
+    for attempt in range(REOPEN_TRIES):
+        try:
+            with sessions() as session, session.begin():
+                reopen_late(session, job_ids)
+            return
+        except SQLAlchemyError as exc:
+            if attempt + 1 == REOPEN_TRIES:
+                log.error("jobs %s not reconciled again after a late arrival: %s", job_ids, exc)
+                return
+            time.sleep(0.05 * 2**attempt)
 
 
 def _transaction(

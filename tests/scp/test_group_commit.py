@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm import storage as storage_module
+from qrfarm.jobs import ingest as ingest_module
 from qrfarm.jobs.ingest import Outcome, ToRecord, record_stored_batch
 from qrfarm.jobs.recording import Correlation, InstanceFacts, Match
-from qrfarm.models import Job, MatchedBy, OrphanInstance, ReceivedInstance
+from qrfarm.jobs.states import transition
+from qrfarm.models import Job, JobState, MatchedBy, OrphanInstance, ReceivedInstance
 from qrfarm.sandbox.synthetic import Corpus, SyntheticInstance
 from qrfarm.scp import committer as committer_module
 from qrfarm.scp.committer import GroupCommitter
@@ -163,3 +165,41 @@ def test_rows_waiting_while_a_group_commits_go_together(
     assert results == {index: [] for index in range(6)}
     with db.sessions() as session:
         assert len(session.scalars(select(OrphanInstance.id)).all()) == 6
+
+
+def test_a_late_arrival_reopens_its_job_though_the_first_try_fails(
+    db: Db, storage_root: Path, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance arriving after its job was reconciled reopens it; a moment's
+    failure of that (a deadlock, a blip) is tried again, or the job would keep
+    naming as missing an instance it holds."""
+    storage = InstanceStorage(storage_root, fsync=True)
+    (instance,) = one_series(corpus, 1)
+    job, _ = study_move(db, instance.study_uid)
+    with db.sessions() as session, session.begin():
+        row = session.get_one(Job, job.id)
+        transition(row, JobState.RECONCILING)
+        transition(row, JobState.PARTIAL, error="1 missing")
+        row.missing_uids = [instance.sop_uid]
+    real = ingest_module.reopen_late
+    tries: list[int] = []
+
+    def flaky(session: Session, job_ids: list[int]) -> None:
+        tries.append(len(job_ids))
+        if len(tries) == 1:
+            raise OperationalError("UPDATE jobs", {}, Exception("deadlock detected"))
+        real(session, job_ids)
+
+    monkeypatch.setattr(ingest_module, "reopen_late", flaky)
+    file = stored(storage, instance)
+
+    def for_job(_: Connection) -> Correlation:
+        return Correlation([Match(job.id, MatchedBy.UIDS)])
+
+    (outcome,) = record_stored_batch(
+        db.engine, db.sessions, storage, [ToRecord(facts_of(instance, file.size), file, for_job)]
+    )
+    assert outcome == [job.id]
+    assert len(tries) == 2
+    with db.sessions() as session:
+        assert session.get_one(Job, job.id).state is not JobState.PARTIAL
