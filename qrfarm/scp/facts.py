@@ -54,12 +54,18 @@ def _header(path: Path, offset: int, syntax: UID, max_bytes: int) -> Dataset:
     with path.open("rb") as handle:
         if syntax.is_deflated:
             handle.seek(offset)
-            return read_dataset(
-                BytesIO(_inflate_checked(handle, max_bytes)),
-                syntax.is_implicit_VR,
-                syntax.is_little_endian,
-                stop_when=_past_header,
+            head = _inflate_checked(handle, max_bytes)
+            stream = BytesIO(head)
+            header = read_dataset(
+                stream, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=_past_header
             )
+            if len(head) >= HEADER_BYTES and stream.tell() >= len(head):
+                # The read ran to the end of what was inflated, not past the
+                # Series Instance UID: a value there may be cut short.
+                raise DatasetTruncated(
+                    f"its identifying elements do not end within its first {HEADER_BYTES} bytes"
+                )
+            return header
         size = path.stat().st_size
         if size > offset:
             with (
