@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from pynetdicom.presentation import PresentationContext
 
-from qrfarm.dicom import Status
+from qrfarm.dicom import Status, rejection
 from qrfarm.dicom.commitment import STORAGE_COMMITMENT_PUSH
 from qrfarm.errors import UpperLayerViolation
 from qrfarm.nodes.hosts import peer_address
@@ -160,6 +160,7 @@ class Connection:
             self.is_rejected = True
             self.writer.write(negotiation.reject(reason))
             await self.writer.drain()
+            await self._await_close()
             return False
         accepted = self.server.recent_requests.accept(
             pdu, request, self.server.supported, self.ctx.max_pdu
@@ -170,6 +171,15 @@ class Connection:
         self.writer.write(accepted.pdu)
         self.is_established = True
         return True
+
+    async def _await_close(self) -> None:
+        """After an A-ASSOCIATE-RJ the requestor closes the connection (PS3.8
+        Sta13); closed here first, a peer may see the close before the answer
+        and report an abort. At most FLUSH_S."""
+        with suppress(TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            async with asyncio.timeout(rejection.FLUSH_S):
+                while await self.reader.read(4096):
+                    pass
 
     async def _take_proxy_header(self) -> bool:
         """The client's address from a PROXY v2 header, when the peer is a proxy."""
