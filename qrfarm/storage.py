@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .errors import StorageError, StorageFull, UnsafeUid
 
@@ -39,6 +40,21 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 INCOMING = ".incoming"
 _LINK = "link."  # a second link to a file stored, until its row is committed
 _BLOCK = 1 << 20
+
+
+class FileHold:
+    """A shared lock on a stored file, held by a store that found the file in
+    place from then until its row is committed (or not): the store that
+    created the file, if its own row failed, removes it only when no such
+    hold is on it (:meth:`InstanceStorage.remove_unless_held`)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,8 @@ class StoredFile:
     # The folder whose fsync was left to the caller (``sync_folder=False``):
     # several files of one folder recorded together share one fsync.
     unsynced_folder: Path | None = None
+    # Found in place: held until settle() or discard().
+    hold: FileHold | None = None
 
 
 def check_uid(uid: str, what: str) -> str:
@@ -119,27 +137,56 @@ class InstanceStorage:
             relative = _final_of(marker.name)
             final = self.root / relative
             try:
-                unrecorded = final.samefile(marker) and not is_recorded(relative)
+                linked = final.samefile(marker)
             except OSError:
-                unrecorded = False  # the final name was never linked
-            if unrecorded:
-                final.unlink()
+                linked = False  # the final name was never linked
+            if linked and _remove_unrecorded(final, relative, is_recorded):
                 removed += 1
             marker.unlink(missing_ok=True)
         return removed
 
     def settle(self, stored: StoredFile) -> None:
-        """Its row is committed: the file no longer needs its mark."""
+        """Its row is committed: the file no longer needs its mark (nor a hold)."""
+        self.release(stored)
         if stored.pending is not None:
             stored.pending.unlink(missing_ok=True)
 
     def discard(self, stored: StoredFile) -> None:
         """Its row was not committed: remove the file if this store created it
-        (without its row it counts for nothing); bytes that were there already
-        belong to an earlier record and stay."""
-        if stored.created:
-            stored.path.unlink(missing_ok=True)
+        and no other store holds it (without its row it counts for nothing);
+        bytes that were there already belong to an earlier record and stay."""
+        if stored.created and self.remove_unless_held(stored.path, lambda: True) == "held":
+            self.release(stored)
+            return  # kept with its mark: the store holding it is committing a row
         self.settle(stored)
+
+    def release(self, stored: StoredFile) -> None:
+        """Let go of a file found in place (settle and discard do it)."""
+        if stored.hold is not None:
+            stored.hold.release()
+
+    @staticmethod
+    def remove_unless_held(
+        path: Path, unrecorded: Callable[[], bool]
+    ) -> Literal["removed", "held", "recorded"]:
+        """Remove ``path`` unless a store that found it in place holds it
+        (committing its own row) or ``unrecorded()`` finds a row pointing to it;
+        both decided under an exclusive lock, which such a store waits for."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return "removed"
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "held"
+            if not unrecorded():
+                return "recorded"
+            path.unlink(missing_ok=True)
+            return "removed"
+        finally:
+            os.close(fd)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return (
@@ -252,17 +299,52 @@ class InstanceStorage:
                     path, size, True, False, pending=marker, unsynced_folder=unsynced
                 )
                 return stored, None
-        if not _same(path, temp, size):
-            return None, temp
-        # Found in place: another SCP process may have linked it and not yet
-        # synced its folder (or failed to); a row may vouch for it only once
-        # the entry is durable, so the folder is synced here too.
-        unsynced = None
-        if self.fsync and sync_folder:
-            _fsync_dir(path.parent)
-        elif self.fsync:
-            unsynced = path.parent
-        return StoredFile(path, size, False, False, unsynced_folder=unsynced), temp
+        hold = _hold_shared(path)
+        if hold is None:
+            # Removed meanwhile by the store that made it (its row failed):
+            # these bytes are placed anew.
+            return self._place(path, temp, size, sync_folder)
+        try:
+            if not _same(path, temp, size):
+                hold.release()
+                return None, temp
+            # Found in place: another SCP process may have linked it and not yet
+            # synced its folder (or failed to); a row may vouch for it only once
+            # the entry is durable, so the folder is synced here too.
+            unsynced = None
+            if self.fsync and sync_folder:
+                _fsync_dir(path.parent)
+            elif self.fsync:
+                unsynced = path.parent
+        except BaseException:
+            hold.release()
+            raise
+        found = StoredFile(path, size, False, False, unsynced_folder=unsynced, hold=hold)
+        return found, temp
+
+
+def _remove_unrecorded(final: Path, relative: str, is_recorded: Callable[[str], bool]) -> bool:
+    """Whether ``final`` was removed: no row points to it, no store holds it."""
+    outcome = InstanceStorage.remove_unless_held(final, lambda: not is_recorded(relative))
+    return outcome == "removed"
+
+
+def _hold_shared(path: Path) -> FileHold | None:
+    """A shared lock on the file at ``path``, once no store removing it holds
+    it exclusively; None when it is gone (or was removed meanwhile)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.fstat(fd).st_nlink == 0:
+            os.close(fd)
+            return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return FileHold(fd)
 
 
 def _final_of(marker_name: str) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine
 from qrfarm import storage
 from qrfarm.errors import StorageFull
 from qrfarm.jobs.ingest import discard_unrecorded
+from qrfarm.models import upgrade
 from qrfarm.storage import InstanceStorage
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
@@ -97,3 +98,29 @@ def test_a_file_whose_row_cannot_be_looked_for_is_kept_for_recovery(tmp_path: Pa
     discard_unrecorded(unreachable, store, stored, STUDY, relative)
     assert stored.path.exists()
     assert stored.pending.exists()
+
+
+def test_a_file_another_store_found_in_place_outlives_the_row_that_failed(
+    tmp_path: Path,
+) -> None:
+    """Two stores of the same bytes at once (a PACS sending again on another
+    association): the first made the file and its row failed; the second
+    found the file in place and is about to commit its own row. The first
+    must not remove the file from under the second's row."""
+    store = InstanceStorage(tmp_path)
+    url = f"sqlite:///{tmp_path / 'qrfarm.db'}"
+    upgrade(url)
+    engine = create_engine(url)
+    first_temp = store.incoming() / "rx-first.part"
+    first_temp.write_bytes(DATA)
+    first = store.store_file(STUDY, SERIES, SOP, first_temp)
+    second_temp = store.incoming() / "rx-second.part"
+    second_temp.write_bytes(DATA)
+    second = store.store_file(STUDY, SERIES, SOP, second_temp)
+    assert first.created and not second.created and second.path == first.path
+    relative = str(first.path.relative_to(tmp_path))
+    discard_unrecorded(engine, store, first, STUDY, relative)  # no row (yet) says it is there
+    assert first.path.exists()
+    store.settle(second)  # the second's row committed
+    assert first.path.read_bytes() == DATA
+    engine.dispose()

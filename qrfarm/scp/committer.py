@@ -110,6 +110,8 @@ class GroupCommitter:
             )
         except Exception as exc:  # every store of the group must get an answer
             log.exception("a group of %d rows failed", len(group))
+            for waiting in group:  # a file found in place is let go (made ones keep their mark)
+                self.storage.release(waiting.item.stored)
             return [exc] * len(group)
 
     def close(self) -> None:
