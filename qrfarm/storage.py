@@ -151,13 +151,14 @@ class InstanceStorage:
         if stored.pending is not None:
             stored.pending.unlink(missing_ok=True)
 
-    def discard(self, stored: StoredFile) -> None:
-        """Its row was not committed: remove the file if this store created it
-        and no other store holds it (without its row it counts for nothing);
-        bytes that were there already belong to an earlier record and stay."""
-        if stored.created and self.remove_unless_held(stored.path, lambda: True) == "held":
-            self.release(stored)
-            return  # kept with its mark: the store holding it is committing a row
+    def discard(self, stored: StoredFile, unrecorded: Callable[[], bool]) -> None:
+        """Its row was not committed: remove the file if this store created it,
+        no other store holds it and ``unrecorded()`` finds no row pointing to
+        it (without a row it counts for nothing); bytes that were there
+        already belong to an earlier record and stay. Held, or ``unrecorded``
+        raising, the file keeps its mark: recovery decides by the rows then."""
+        if stored.created and self.remove_unless_held(stored.path, unrecorded) == "held":
+            return  # the store holding it is committing a row
         self.settle(stored)
 
     def release(self, stored: StoredFile) -> None:

@@ -201,20 +201,12 @@ def discard_unrecorded(
     database cannot say, the file and its mark stay: a commit whose answer was
     lost, or another store's row, may vouch for it, and the next start's
     recovery (:meth:`InstanceStorage.recover`) decides by the rows then."""
-    if stored.created:
 
-        def unrecorded() -> bool:
-            with engine.connect() as connection:
-                return not file_is_recorded(connection, study_uid, relative)
+    def unrecorded() -> bool:
+        with engine.connect() as connection:
+            return not file_is_recorded(connection, study_uid, relative)
 
-        try:
-            outcome = storage.remove_unless_held(stored.path, unrecorded)
-        except SQLAlchemyError as exc:
-            log.warning("kept %s for recovery: its row could not be looked for (%s)", relative, exc)
-            return
-        if outcome != "held":
-            storage.settle(stored)  # removed, or a row committed meanwhile vouches for it
-        # Held: another store found it in place and is committing its row;
-        # kept with its mark (recovery or the stop decides by the rows then).
-        return
-    storage.discard(stored)
+    try:
+        storage.discard(stored, unrecorded)
+    except SQLAlchemyError as exc:
+        log.warning("kept %s for recovery: its row could not be looked for (%s)", relative, exc)

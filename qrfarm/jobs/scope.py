@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .recording import InstanceFacts
 
 # The unique key of each level, from the top: (level, tag, name).
 _KEYS = (
@@ -70,6 +73,16 @@ def outside_identifier(level: str, identifier: dict[str, Any], keys: InstanceKey
         if value.strip() not in wanted:
             return f"its {name} is not one the move asked for"
     return None
+
+
+def keys_of(facts: InstanceFacts) -> InstanceKeys:
+    """The unique keys an incoming instance names."""
+    return InstanceKeys(
+        patient_id=facts.patient_id,
+        study_instance_uid=facts.study_instance_uid,
+        series_instance_uid=facts.series_instance_uid,
+        sop_instance_uid=facts.sop_instance_uid,
+    )
 
 
 def outside_move(

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, exists, or_, select
 
 from qrfarm.jobs.recording import Correlation, InstanceFacts, Match
-from qrfarm.jobs.scope import InstanceKeys, outside_move
+from qrfarm.jobs.scope import keys_of, outside_move
 from qrfarm.models import (
     ENDED_STATES,
     ExpectedInstance,
@@ -241,15 +241,6 @@ class MoveCache:
         return move
 
 
-def _keys(facts: InstanceFacts) -> InstanceKeys:
-    return InstanceKeys(
-        patient_id=facts.patient_id,
-        study_instance_uid=facts.study_instance_uid,
-        series_instance_uid=facts.series_instance_uid,
-        sop_instance_uid=facts.sop_instance_uid,
-    )
-
-
 def correlate(
     connection: Connection,
     facts: InstanceFacts,
@@ -292,7 +283,7 @@ def _by_originator(
     # A move to another node sends nothing here (qrfarm.delivery verifies it there).
     if move.destination_node_id is not None:
         return move.job_id, "the move it names sends to another node"
-    refusal = outside_move(move.level, move.identifier, move.expected, _keys(facts))
+    refusal = outside_move(move.level, move.identifier, move.expected, keys_of(facts))
     if refusal is not None:
         return move.job_id, refusal
     if move.state in ENDED_STATES:
@@ -331,7 +322,7 @@ def _matching(
 ) -> list[Match]:
     """The moves whose identifier holds the instance and, where an IMAGE-level
     find named what to expect, whose list names it."""
-    keys = _keys(facts)
+    keys = keys_of(facts)
     return [
         Match(job_id, MatchedBy.UIDS)
         for job_id, level, identifier, expected_count in moves

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,9 +15,10 @@ from qrfarm.dicom.identifiers import is_valid_uid
 from qrfarm.dicom.sinks import check_whole
 from qrfarm.errors import StorageError, StorageFull
 from qrfarm.jobs.ingest import record_stored
+from qrfarm.jobs.reconcile import expected_uids
 from qrfarm.jobs.recording import Correlation, InstanceFacts, Match
-from qrfarm.jobs.scope import InstanceKeys, outside_move
-from qrfarm.models import ExpectedInstance, Job, MatchedBy
+from qrfarm.jobs.scope import keys_of, outside_move
+from qrfarm.models import Job, MatchedBy
 from qrfarm.storage import InstanceStorage
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,7 @@ class GetStore:
         level, identifier, expected = self._scope(job_id)
 
         def belongs(facts: InstanceFacts) -> Correlation:
-            keys = InstanceKeys(
-                facts.patient_id,
-                facts.study_instance_uid,
-                facts.series_instance_uid,
-                facts.sop_instance_uid,
-            )
-            refusal = outside_move(level, identifier, expected, keys)
+            refusal = outside_move(level, identifier, expected, keys_of(facts))
             if refusal is None:
                 return Correlation([Match(job_id, MatchedBy.GET)])
             return Correlation([], claimed_job_id=job_id, refusal=refusal)
@@ -98,13 +93,5 @@ class GetStore:
         """The job's level, identifier and expected list (None: no list)."""
         with self.sessions() as session:
             job = session.get_one(Job, job_id)
-            expected = None
-            if job.expected_count:
-                expected = frozenset(
-                    session.scalars(
-                        select(ExpectedInstance.sop_instance_uid).where(
-                            ExpectedInstance.job_id == job_id
-                        )
-                    )
-                )
+            expected = frozenset(expected_uids(session, job_id)) if job.expected_count else None
             return job.level, dict(job.identifier), expected

@@ -235,6 +235,8 @@ class Connection:
         """Read on only once the answers written so far are taken (a peer that
         never reads them would otherwise grow the write buffer without end);
         within the idle timeout."""
+        if not self.writer.transport.get_write_buffer_size():
+            return  # all taken by the socket: nothing to wait for (the usual case)
         try:
             async with asyncio.timeout(self.server.idle_timeout_s):
                 await self.writer.drain()
