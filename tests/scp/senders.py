@@ -14,6 +14,15 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import PresentationContext
+
+from tests.conftest import QRFARM_SCP_AE
 
 
 @contextmanager
@@ -66,3 +75,21 @@ def send_raw(
 
 def read(path: object) -> Dataset:
     return dcmread(path)  # type: ignore[arg-type]
+
+
+def association_request(calling_ae: str, contexts: list[PresentationContext]) -> bytes:
+    """An A-ASSOCIATE-RQ PDU to the test SCP proposing ``contexts`` as given
+    (their IDs included), for peers the tests speak raw bytes as."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling_ae
+    primitive.called_ae_title = QRFARM_SCP_AE
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.10.1234"
+    primitive.user_information = [maximum, implementation]
+    primitive.presentation_context_definition_list = contexts
+    request = A_ASSOCIATE_RQ()
+    request.from_primitive(primitive)
+    return bytes(request.encode())

@@ -12,12 +12,6 @@ import socket
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    MaximumLengthNotification,
-)
 
 from qrfarm.errors import InvalidNode
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
@@ -26,6 +20,7 @@ from tests.conftest import QRFARM_SCP_AE
 from tests.peers.dcmtk import echoscu
 
 from .conftest import Db
+from .senders import association_request
 
 VERIFICATION = "1.2.840.10008.1.1"
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
@@ -119,22 +114,10 @@ def test_after_a_rejection_the_peer_closes_the_connection(
                 "A-ASSOCIATE-RJ is sent",
             )
         )
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "STRANGER"
-    primitive.called_ae_title = QRFARM_SCP_AE
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = 16384
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.826.0.1.3680043.10.1234"
-    primitive.user_information = [maximum, implementation]
     context = build_context(VERIFICATION)
     context.context_id = 1
-    primitive.presentation_context_definition_list = [context]
-    request = A_ASSOCIATE_RQ()
-    request.from_primitive(primitive)
     with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as peer:
-        peer.sendall(request.encode())
+        peer.sendall(association_request("STRANGER", [context]))
         answer = peer.recv(10, socket.MSG_WAITALL)
         assert answer[:1] == b"\x03"  # A-ASSOCIATE-RJ
         assert tuple(answer[7:10]) == CALLING_AE_NOT_RECOGNISED

@@ -28,12 +28,9 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, build_context, build_role
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
     AsynchronousOperationsWindowNegotiation,
-    ImplementationClassUIDNotification,
-    MaximumLengthNotification,
 )
 from sqlalchemy import func, select
 
@@ -48,6 +45,7 @@ from tests.peers import dataset_bytes, peer_env, require_peer
 from tests.peers.dcmtk import STORESCU
 
 from .conftest import Db
+from .senders import association_request
 
 DCMCJPEG = "/usr/bin/dcmcjpeg"
 DCMCRLE = "/usr/bin/dcmcrle"
@@ -388,24 +386,12 @@ def test_a_peer_that_never_reads_its_answers_is_no_longer_read_from(
 def _association_request(contexts: int) -> bytes:
     """An A-ASSOCIATE-RQ proposing ``contexts`` presentation contexts (IDs
     wrapping past 255 when there are more than 128)."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "STORESCU"
-    primitive.called_ae_title = QRFARM_SCP_AE
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = 16384
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.826.0.1.3680043.10.1234"
-    primitive.user_information = [maximum, implementation]
     proposed = []
     for number in range(contexts):
         context = build_context(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         context.context_id = (2 * number) % 256 + 1
         proposed.append(context)
-    primitive.presentation_context_definition_list = proposed
-    request = A_ASSOCIATE_RQ()
-    request.from_primitive(primitive)
-    return bytes(request.encode())
+    return association_request("STORESCU", proposed)
 
 
 @pytest.mark.parametrize("contexts", [129, 4000])
