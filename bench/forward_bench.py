@@ -237,13 +237,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         )
                         results["qrfarm"].append(seconds)
                         results["qrfarm_attempt"].append(inner)
-                        parallel = results.get("storescu_parallel") or [0.0]
-                        print(
+                        line = (
                             f"run {n + 1}: qrfarm {seconds:.2f} s (attempt {inner:.2f} s), "
-                            f"storescu {results['storescu'][-1]:.2f} s, "
-                            f"storescu x {args.associations} {parallel[-1]:.2f} s",
-                            flush=True,
+                            f"storescu {results['storescu'][-1]:.2f} s"
                         )
+                        if args.associations > 1:
+                            parallel = results["storescu_parallel"][-1]
+                            line += f", storescu x {args.associations} {parallel:.2f} s"
+                        print(line, flush=True)
             finally:
                 farm.stop()
     finally:

@@ -121,8 +121,9 @@ def discard_orphans(
     ctx = console_context(request)
     response = RedirectResponse("/console/orphans", status_code=303)
     try:
-        with ctx.client.sessions() as db, db.begin():
-            removed = orphan_actions.discard(db, calling_ae, study_uid, ctx.settings.storage_root)
+        removed = orphan_actions.discard(
+            ctx.client.sessions, calling_ae, study_uid, ctx.settings.storage_root
+        )
     except QrfarmError as exc:
         flash(ctx, request, response, f"Not discarded: {exc}")
         return response

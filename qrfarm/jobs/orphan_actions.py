@@ -12,14 +12,16 @@ import logging
 from pathlib import Path
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.errors import Conflict, NoSuchJob, NotFound
 from qrfarm.models import Job, JobKind, MatchedBy, OrphanInstance, ReceivedInstance, table
 from qrfarm.models.session import insert_for
+from qrfarm.storage import InstanceStorage
 
 from .orphans import _COPIED
 from .reconcile import reopen_for_late_arrival
+from .recording import file_is_recorded
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +80,32 @@ def assign(session: Session, calling_ae: str, study_uid: str, job_id: int) -> in
     return len(rows)
 
 
-def discard(session: Session, calling_ae: str, study_uid: str, storage_root: Path) -> int:
-    """Remove the group's orphans, and their files no job's record points to;
-    how many rows went."""
-    rows = _group(session, calling_ae, study_uid)
-    paths = {row.file_path for row in rows}
-    session.execute(delete(OrphanInstance).where(OrphanInstance.id.in_([r.id for r in rows])))
-    kept = set(
-        session.scalars(
-            select(ReceivedInstance.file_path).where(ReceivedInstance.file_path.in_(paths))
-        )
-    ) | set(
-        session.scalars(select(OrphanInstance.file_path).where(OrphanInstance.file_path.in_(paths)))
-    )
+def discard(
+    sessions: sessionmaker[Session], calling_ae: str, study_uid: str, storage_root: Path
+) -> int:
+    """Remove the group's orphans, then the files no record needs any more;
+    how many rows went.
+
+    A file goes only after the deletion is committed (a failed commit leaves
+    rows and files as they were), and then only under the rule every removal
+    of a stored file follows (:meth:`InstanceStorage.remove_unless_held`):
+    not while a store that found it in place holds it to commit its own row,
+    nor once any row, a job's or an orphan's, points to it."""
+    with sessions() as session, session.begin():
+        rows = _group(session, calling_ae, study_uid)
+        files = {(row.study_instance_uid, row.file_path) for row in rows}
+        session.execute(delete(OrphanInstance).where(OrphanInstance.id.in_([r.id for r in rows])))
     root = storage_root.resolve()
-    for path in paths - kept:
-        target = (root / path).resolve()
+    engine = sessions.kw["bind"]
+    for study, relative in files:
+        target = (root / relative).resolve()
         # Only files inside the storage root: a row's path is never followed out of it.
-        if target.is_relative_to(root):
-            target.unlink(missing_ok=True)
+        if not target.is_relative_to(root):
+            continue
+
+        def unrecorded(study: str = study, relative: str = relative) -> bool:
+            with engine.connect() as connection:
+                return not file_is_recorded(connection, study, relative)
+
+        InstanceStorage.remove_unless_held(target, unrecorded)
     return len(rows)
