@@ -144,6 +144,11 @@ class DeadlineExceeded(DicomTimeout):
     """The whole operation ran past its overall deadline."""
 
 
+class OperationCancelled(QrfarmError):
+    """The job's cancel was seen while its operation ran (a WADO-RS answer
+    being read): the operation stopped there; what it recorded stays."""
+
+
 class PermitLost(RetriableError):
     """The association's farm-wide permit could not be renewed (expired, taken
     by another worker, or its store unreachable): its operation was cancelled

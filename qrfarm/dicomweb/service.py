@@ -17,6 +17,7 @@ from typing import Any, Literal
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 import requests
+import urllib3
 from dicomweb_client import DICOMwebClient
 from requests.auth import AuthBase, HTTPBasicAuth
 
@@ -293,5 +294,12 @@ def http_error(exc: Exception, what: str) -> Exception:
     if isinstance(exc, requests.TooManyRedirects):
         return DicomWebError(f"{what}: more than {MAX_REDIRECTS} redirects", transient=False)
     if isinstance(exc, requests.RequestException):
+        return DicomWebError(f"{what}: {type(exc).__name__}", transient=False)
+    # urllib3's own, from a body read off the raw stream.
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return DicomWebError(f"{what}: timed out", transient=True)
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return DicomWebError(f"{what}: the connection broke ({type(exc).__name__})", transient=True)
+    if isinstance(exc, urllib3.exceptions.HTTPError):
         return DicomWebError(f"{what}: {type(exc).__name__}", transient=False)
     return exc

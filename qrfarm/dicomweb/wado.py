@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import requests
+import urllib3
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.uid import UID
@@ -133,15 +134,21 @@ def _chunks(
     deadline: float | None,
     should_stop: Callable[[], None] | None,
 ) -> Iterator[bytes]:
-    try:
-        for chunk in response.iter_content(READ_BYTES):
-            if deadline is not None and time.monotonic() > deadline:
-                raise DicomWebResponseError(f"{what}: not received within its deadline")
-            if should_stop is not None:
-                should_stop()
-            yield chunk
-    except requests.RequestException as exc:
-        raise http_error(exc, what) from exc
+    # read1: what one read of the socket gives (at most READ_BYTES), so that
+    # the deadline and the stop are checked as bytes come; a read of READ_BYTES
+    # waits until that many came, which a slow service stretches at will.
+    while True:
+        try:
+            chunk = response.raw.read1(READ_BYTES, decode_content=True)
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            raise http_error(exc, what) from exc
+        if not chunk:
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise DicomWebResponseError(f"{what}: not received within its deadline")
+        if should_stop is not None:
+            should_stop()
+        yield chunk
 
 
 def _content_type(header: str) -> tuple[str, bytes]:

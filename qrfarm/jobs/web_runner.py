@@ -38,6 +38,7 @@ from qrfarm.errors import (
     InvalidNode,
     LeaseLost,
     NodeBusy,
+    OperationCancelled,
     PermitLost,
     QrfarmError,
     StorageError,
@@ -208,12 +209,16 @@ def _find(deps: RunnerDeps, taken: Claim, snap: WebSnapshot, web: WebClient) -> 
 
 @dataclass(frozen=True)
 class _Stop:
-    """Why a retrieve stops between two reads: its lease or its node's slot lost."""
+    """Why a retrieve stops between two reads: its lease or its node's slot
+    lost, or its job cancelled (a study comes as one answer, which may take
+    minutes)."""
 
     watch: JobWatch
     slot_lost: threading.Event
 
     def check(self) -> None:
+        if self.watch.cancelled.is_set():
+            raise OperationCancelled("the job was cancelled; its retrieve was stopped")
         if self.watch.lost.is_set():
             raise LeaseLost("the job's lease was lost; its retrieve was stopped")
         if self.slot_lost.is_set():
@@ -251,20 +256,25 @@ def _retrieve(
 
     tally = _Tally(set(), set())
     recorder = _Recorder(deps, web_deps, taken.job_id, snap.source_ae)
-    for resource in resources:
-        if _cancel_requested(deps, taken):
-            break
-        with tracer.start_as_current_span("dicomweb.wado-rs"):
-            for part in wado.retrieve(
-                web,
-                resource,
-                web_deps.storage.incoming(),
-                max_part_bytes=web_deps.max_instance_bytes,
-                deadline=time.monotonic() + web_deps.resource_deadline_s,
-                should_stop=stop.check,
-            ):
-                recorder.record(part, resource, tally)
-                stop.watch.on_response(_progress(expected, tally))
+    try:
+        for resource in resources:
+            if _cancel_requested(deps, taken):
+                break
+            with tracer.start_as_current_span("dicomweb.wado-rs"):
+                for part in wado.retrieve(
+                    web,
+                    resource,
+                    web_deps.storage.incoming(),
+                    max_part_bytes=web_deps.max_instance_bytes,
+                    deadline=time.monotonic() + web_deps.resource_deadline_s,
+                    should_stop=stop.check,
+                ):
+                    recorder.record(part, resource, tally)
+                    stop.watch.on_response(_progress(expected, tally))
+    except OperationCancelled as exc:
+        log.info("job %d: %s", taken.job_id, exc)
+    # Cancelled or not, what was recorded is reconciled: a cancelled job ends
+    # cancelled, naming how many instances arrived.
     _after_retrieve(deps, taken, tally)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,14 +27,22 @@ class _Answer(http.server.BaseHTTPRequestHandler):
     content_type: ClassVar[str] = ""
     body: ClassVar[bytes] = b""
     chunk: ClassVar[int] = 7
+    pause_s: ClassVar[float] = 0.0  # between two writes: a slow service
+    cut_short: ClassVar[threading.Event]  # the client closed before the end
 
     def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", self.content_type)
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        for start in range(0, len(self.body), self.chunk):
-            self.wfile.write(self.body[start : start + self.chunk])
+        try:
+            for start in range(0, len(self.body), self.chunk):
+                self.wfile.write(self.body[start : start + self.chunk])
+                if self.pause_s:
+                    self.wfile.flush()
+                    time.sleep(self.pause_s)
+        except OSError:
+            self.cut_short.set()
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -41,7 +50,7 @@ class _Answer(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def service() -> Iterator[type[_Answer]]:
-    handler = type("Handler", (_Answer,), {})
+    handler = type("Handler", (_Answer,), {"cut_short": threading.Event()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     handler.url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -61,11 +70,22 @@ def multipart(*parts: bytes, part_type: bytes = b"application/dicom") -> bytes:
     return body + b"--" + BOUNDARY.encode() + b"--\r\n"
 
 
-def fetch(service: type[_Answer], spool: Path, max_part_bytes: int = 1 << 20) -> list[Path]:
+def fetch(
+    service: type[_Answer],
+    spool: Path,
+    max_part_bytes: int = 1 << 20,
+    deadline: float | None = None,
+) -> list[Path]:
     spool.mkdir(exist_ok=True)
     url = service.url  # type: ignore[attr-defined]
     with open_client(WebService(url), WebTimeouts(connect_s=2, read_s=5)) as web:
-        parts = wado.retrieve(web, wado.Resource("1.2.3"), spool, max_part_bytes=max_part_bytes)
+        parts = wado.retrieve(
+            web,
+            wado.Resource("1.2.3"),
+            spool,
+            max_part_bytes=max_part_bytes,
+            deadline=deadline,
+        )
         return [part.path for part in parts]
 
 
@@ -121,3 +141,18 @@ def test_a_part_cut_short_inside_its_data_set_is_not_taken_for_whole(
     (path,) = fetch(service, tmp_path / "spool")
     with pytest.raises(DatasetTruncated):
         wado.read_part(path)
+
+
+def test_a_service_trickling_its_answer_is_cut_at_the_deadline(
+    service: type[_Answer], corpus: Corpus, tmp_path: Path
+) -> None:
+    """Each read brings a few bytes, so no read times out: the retrieve's
+    deadline must still end it, while the service is still sending (a read
+    that waits for a large block would let it run on to its end)."""
+    whole = corpus.instances[0].path.read_bytes()
+    service.content_type, service.body = MULTIPART, multipart(whole, whole)
+    service.chunk, service.pause_s = 16, 0.02
+    with pytest.raises(DicomWebResponseError, match="within its deadline"):
+        fetch(service, tmp_path / "spool", deadline=time.monotonic() + 0.5)
+    assert service.cut_short.wait(10), "the answer was read to its end"
+    assert list((tmp_path / "spool").iterdir()) == []

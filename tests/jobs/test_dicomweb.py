@@ -7,6 +7,8 @@ reconciled; a retry asks for exactly what is missing."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -339,3 +341,52 @@ def test_an_instance_a_stow_rs_destination_refuses_leaves_the_forward_partial_na
         assert destination.requests[-1] == [refused]  # the retry sent that one alone
     finally:
         destination.stop()
+
+
+def test_a_cancel_stops_a_wado_rs_retrieve_inside_a_study_keeping_what_arrived(
+    bench: WebBench, corpus: Corpus
+) -> None:
+    """A study comes as one WADO-RS answer: a cancel must not wait for all of
+    it. The service sends the first instance whole, then the rest a few bytes
+    at a time; cancelled meanwhile, the retrieve closes the answer, the first
+    instance stays recorded and the job ends cancelled."""
+    study, instances = next(iter(small_studies(corpus).items()))
+    slow = FakeDicomWeb(served=[i.path.read_bytes() for i in instances], trickle_from=1).start()
+    try:
+        with bench.client.sessions() as session, session.begin():
+            upsert_node(
+                session,
+                NodeSpec(
+                    "slowweb",
+                    "SLOWWEB",
+                    "127.0.0.1",
+                    slow.port,
+                    dicomweb_url=slow.url,
+                    retrieve_transport="dicomweb",
+                ),
+            )
+        job_id = bench.client.get("slowweb", Level.STUDY, {"StudyInstanceUID": study})
+        running = threading.Thread(target=bench.run, args=(job_id,), daemon=True)
+        running.start()
+        deadline = time.monotonic() + 60
+        while _rows_of(bench, job_id) < 1:
+            assert time.monotonic() < deadline, "the first instance was never recorded"
+            time.sleep(0.05)
+        assert bench.client.cancel(job_id) == "running"
+        running.join(60)
+        assert not running.is_alive(), "the retrieve went on after its cancel"
+        status = bench.client.status(job_id)
+        assert status["state"] == "cancelled", status
+        assert status["recorded"] == 1
+        assert slow.cut_short.wait(10), "the WADO-RS answer was read to its end"
+    finally:
+        slow.stop()
+
+
+def _rows_of(bench: WebBench, job_id: int) -> int:
+    with bench.client.sessions() as session:
+        return len(
+            session.scalars(
+                select(ReceivedInstance.id).where(ReceivedInstance.job_id == job_id)
+            ).all()
+        )

@@ -1,13 +1,17 @@
-"""A STOW-RS and QIDO-RS service of our own on 127.0.0.1, for what no real
-peer does on demand: it refuses chosen SOP Instance UIDs (Failed SOP
+"""A STOW-RS, QIDO-RS and WADO-RS service of our own on 127.0.0.1, for what
+no real peer does on demand: it refuses chosen SOP Instance UIDs (Failed SOP
 Sequence with a chosen Failure Reason, a 409 answer), and answers QIDO-RS
-with exactly what it stored. It records the UIDs of every STOW-RS request."""
+with exactly what it stored. It records the UIDs of every STOW-RS request.
+It serves ``served`` files as a study (an IMAGE-level QIDO-RS search, a
+study's WADO-RS), sending parts from ``trickle_from`` on a few bytes at a
+time, as a slow archive does."""
 
 from __future__ import annotations
 
 import http.server
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -21,8 +25,13 @@ class FakeDicomWeb:
     refuse: dict[str, int] = field(default_factory=dict)  # SOP UID -> Failure Reason
     stored: dict[str, tuple[str, str]] = field(default_factory=dict)  # SOP -> (study, series)
     requests: list[list[str]] = field(default_factory=list)  # SOP UIDs of each STOW-RS
+    served: list[bytes] = field(default_factory=list)  # files of one study, for WADO-RS
+    trickle_from: int | None = None  # the first served part sent slowly
+    # The client closed a WADO-RS answer before its end.
+    cut_short: threading.Event = field(default_factory=threading.Event)
     port: int = 0
     _server: http.server.ThreadingHTTPServer | None = None
+    _closing: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
@@ -66,6 +75,12 @@ class FakeDicomWeb:
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
+                if parts.path.endswith("/dicom-web/instances"):
+                    self._json(200, [_reference(data) for data in fake.served])
+                    return
+                if "/studies/" in parts.path and not parts.path.endswith("/instances"):
+                    self._wado()
+                    return
                 wanted = set(",".join(query.get("SOPInstanceUID", [""])).split(","))
                 study = parts.path.split("/studies/")[1].split("/")[0]
                 found = [
@@ -74,6 +89,34 @@ class FakeDicomWeb:
                     if uid in wanted and of_study == study
                 ]
                 self._json(200, found)
+
+            def _wado(self) -> None:
+                boundary = b"fake-boundary"
+                self.send_response(200)
+                self.send_header(
+                    "Content-Type",
+                    'multipart/related; type="application/dicom"; boundary=fake-boundary',
+                )
+                self.end_headers()
+                try:
+                    for n, data in enumerate(fake.served):
+                        part = b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                        part += data + b"\r\n"
+                        if fake.trickle_from is not None and n >= fake.trickle_from:
+                            self._trickle(part)
+                        else:
+                            self.wfile.write(part)
+                    self.wfile.write(b"--" + boundary + b"--\r\n")
+                except OSError:
+                    fake.cut_short.set()
+
+            def _trickle(self, data: bytes) -> None:
+                for start in range(0, len(data), 16):
+                    if fake._closing.is_set():
+                        raise ConnectionAbortedError("the service is stopping")
+                    self.wfile.write(data[start : start + 16])
+                    self.wfile.flush()
+                    time.sleep(0.05)
 
             def _json(self, status: int, document: Any) -> None:
                 data = json.dumps(document).encode()
@@ -92,6 +135,7 @@ class FakeDicomWeb:
         return self
 
     def stop(self) -> None:
+        self._closing.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -106,3 +150,17 @@ def _read_chunked(stream: Any) -> bytes:
             return body
         body += stream.read(size)
         stream.readline()
+
+
+def _reference(data: bytes) -> dict[str, Any]:
+    """An IMAGE-level QIDO-RS answer naming a served file."""
+    ds = dcmread(BytesIO(data), stop_before_pixels=True)
+    return {
+        tag: {"vr": "UI", "Value": [str(ds[keyword].value)]}
+        for tag, keyword in (
+            ("0020000D", "StudyInstanceUID"),
+            ("0020000E", "SeriesInstanceUID"),
+            ("00080018", "SOPInstanceUID"),
+            ("00080016", "SOPClassUID"),
+        )
+    }
