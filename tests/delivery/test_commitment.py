@@ -8,10 +8,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +27,7 @@ from qrfarm.dicom import Node, Timeouts
 from qrfarm.dicom.commitment import (
     COMMITTED,
     MAX_REFERENCES,
+    STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH,
     InstanceRef,
     commitment_request,
@@ -258,3 +260,50 @@ def test_more_instances_than_one_request_may_name_are_asked_for_in_several(
     )
     assert asked == [MAX_REFERENCES, 5]
     assert committed == {r.sop_instance_uid for r in refs}
+
+
+def test_a_report_on_the_requesting_association_is_recorded(
+    sessions: sessionmaker[Session],  # noqa: F811
+) -> None:
+    """PS3.4 J.3.3: a destination may send its N-EVENT-REPORT on the
+    association that carried the N-ACTION, before the requester releases it.
+    No storage SCP of the farm listens here: only that association can bring
+    the report, and the request ends with it, answered Success."""
+    node_id = _node_id(sessions)
+    uid = "1.2.826.0.1.3680043.10.1234.9.7"
+    answered: list[int] = []
+
+    def report_on_same_association(event: Any) -> None:
+        request = event.action_information
+        info = Dataset()
+        info.TransactionUID = request.TransactionUID
+        info.ReferencedSOPSequence = request.ReferencedSOPSequence
+        status, _ = event.assoc.send_n_event_report(
+            info, COMMITTED, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
+        )
+        answered.append(int(status.Status))
+
+    def on_action(event: Any) -> tuple[int, None]:
+        # The report follows the N-ACTION's answer: sent from a thread of its own.
+        threading.Timer(0.1, report_on_same_association, args=(event,)).start()
+        return 0x0000, None
+
+    destination = AE(ae_title="DEST")
+    destination.add_supported_context(STORAGE_COMMITMENT_PUSH)
+    server = destination.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_ACTION, on_action)]
+    )
+    port = int(server.socket.getsockname()[1])  # type: ignore[union-attr]
+    try:
+        report = request_commitment(
+            sessions,
+            SETTINGS,
+            job_id=add_job(sessions),
+            node_id=node_id,
+            node=Node("DEST", "127.0.0.1", port),
+            refs=[InstanceRef(CT, uid)],
+        )
+    finally:
+        server.shutdown()
+    assert report.committed == [uid]
+    assert answered == [0x0000]
