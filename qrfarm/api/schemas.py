@@ -134,7 +134,9 @@ class JobOut(BaseModel):
     confirmed: int | None = Field(
         None, description="Instances the destination node confirmed holding."
     )
-    verified_by: str | None = Field(None, description="commitment or find.")
+    verified_by: str | None = Field(
+        None, description="How the destination confirmed: commitment, find (C-FIND) or qido-rs."
+    )
     external_reference: str | None
     expected: int | None
     reported: Counts

@@ -91,7 +91,8 @@ def confirm(
     if committed is not None:
         return VerifiedBy.COMMITMENT, {by_sent[uid] for uid in committed if uid in by_sent}
     found = verify(deps, node, [(p.study, p.series, p.sent_uid) for p in items])
-    return VerifiedBy.FIND, {by_sent[uid] for uid in found if uid in by_sent}
+    method = VerifiedBy.QIDO if transport == "dicomweb" else VerifiedBy.FIND
+    return method, {by_sent[uid] for uid in found if uid in by_sent}
 
 
 def _by_commitment(

@@ -25,6 +25,7 @@ class VerifiedBy(enum.StrEnum):
 
     COMMITMENT = "commitment"  # Storage Commitment (PS3.4 Annex J)
     FIND = "find"  # an IMAGE-level C-FIND at the destination
+    QIDO = "qido-rs"  # an IMAGE-level QIDO-RS search at a DICOMweb destination
 
 
 class DeliveredInstance(Base):

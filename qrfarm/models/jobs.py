@@ -60,7 +60,7 @@ class Job(Base):
     # none: the farm's own storage SCP. What arrives there is verified at the
     # destination (qrfarm.delivery), not recorded by the farm.
     destination_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id"))
-    # How the destination last confirmed what it holds ("commitment", "find"),
+    # How the destination last confirmed what it holds ("commitment", "find", "qido-rs"),
     # and how many expected instances it confirmed in all.
     verified_by: Mapped[str | None] = mapped_column(String(16))
     confirmed_count: Mapped[int | None] = mapped_column(Integer)

@@ -243,6 +243,7 @@ def test_a_forward_to_a_dicomweb_destination_is_sent_by_stow_rs_and_confirmed_by
     assert forward["state"] == "completed", forward
     assert forward["expected"] == forward["recorded"] == len(instances)
     assert forward["missing_uids"] == [] and forward["failed_uids"] == []
+    assert forward["verified_by"] == "qido-rs"
     # The destination holds each instance, as the farm held it.
     for instance in instances:
         held = (bench.settings.storage_root / _file_of(bench, instance.sop_uid)).read_bytes()
@@ -390,3 +391,46 @@ def _rows_of(bench: WebBench, job_id: int) -> int:
                 select(ReceivedInstance.id).where(ReceivedInstance.job_id == job_id)
             ).all()
         )
+
+
+def test_an_instance_a_stow_rs_destination_says_it_stored_but_does_not_hold_stays_unconfirmed(
+    bench: WebBench, corpus: Corpus
+) -> None:
+    """The STOW-RS answer alone is not proof: an instance it lists as stored
+    that QIDO-RS then does not find is not confirmed, and the forward ends
+    partial naming it."""
+    study, instances = list(small_studies(corpus).items())[1]
+    forgotten = instances[-1].sop_uid
+    destination = FakeDicomWeb(forget={forgotten}).start()
+    try:
+        with bench.client.sessions() as session, session.begin():
+            upsert_node(
+                session,
+                NodeSpec(
+                    "forgetting",
+                    "FORGETTING",
+                    "127.0.0.1",
+                    destination.port,
+                    dicomweb_url=destination.url,
+                    delivery_transport="dicomweb",
+                ),
+            )
+        retrieved = bench.run(bench.client.get("web", Level.STUDY, {"StudyInstanceUID": study}))
+        assert retrieved["state"] == "completed", retrieved
+        forward_id = bench.client.forward(retrieved["id"], "forgetting")
+        with bench.client.sessions() as session, session.begin():
+            session.get_one(Job, forward_id).max_attempts = 2
+        forward = bench.run(forward_id)
+        # Missing, not refused: retried (sending that one alone) while attempts are left.
+        while forward["state"] == "queued":
+            forward = bench.run(forward["id"])
+        assert forward["state"] == "partial", forward
+        assert forward["missing_uids"] == [forgotten]
+        assert forward["failed_uids"] == []
+        assert forward["recorded"] == len(instances) - 1
+        first, *retries = destination.requests
+        assert sorted(first) == sorted(i.sop_uid for i in instances)
+        assert retries and all(sent == [forgotten] for sent in retries)
+        assert len(retries) == forward["attempt_count"] - 1
+    finally:
+        destination.stop()

@@ -1,7 +1,8 @@
 """A STOW-RS, QIDO-RS and WADO-RS service of our own on 127.0.0.1, for what
 no real peer does on demand: it refuses chosen SOP Instance UIDs (Failed SOP
-Sequence with a chosen Failure Reason, a 409 answer), and answers QIDO-RS
-with exactly what it stored. It records the UIDs of every STOW-RS request.
+Sequence with a chosen Failure Reason, a 409 answer), or says it stored
+chosen ones and forgets them, and answers QIDO-RS with exactly what it
+stored. It records the UIDs of every STOW-RS request.
 It serves ``served`` files as a study (an IMAGE-level QIDO-RS search, a
 study's WADO-RS), sending parts from ``trickle_from`` on a few bytes at a
 time, as a slow archive does."""
@@ -23,6 +24,8 @@ from pydicom import dcmread
 @dataclass
 class FakeDicomWeb:
     refuse: dict[str, int] = field(default_factory=dict)  # SOP UID -> Failure Reason
+    # Answered as stored by STOW-RS, yet never kept (QIDO-RS does not find them).
+    forget: set[str] = field(default_factory=set)
     stored: dict[str, tuple[str, str]] = field(default_factory=dict)  # SOP -> (study, series)
     requests: list[list[str]] = field(default_factory=list)  # SOP UIDs of each STOW-RS
     served: list[bytes] = field(default_factory=list)  # files of one study, for WADO-RS
@@ -63,7 +66,11 @@ class FakeDicomWeb:
                         item["00081197"] = {"vr": "US", "Value": [fake.refuse[uid]]}
                         failed.append(item)
                     else:
-                        fake.stored[uid] = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+                        if uid not in fake.forget:
+                            fake.stored[uid] = (
+                                str(ds.StudyInstanceUID),
+                                str(ds.SeriesInstanceUID),
+                            )
                         referenced.append(item)
                 fake.requests.append(sent)
                 answer = {
