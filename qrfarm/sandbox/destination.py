@@ -52,6 +52,9 @@ class SandboxDestination:
         self.stores: Counter[str] = Counter()
         self.forgotten: list[str] = []
         self.associations = 0  # A-ASSOCIATE-RQs received, accepted or not
+        # Connections open now, and the most open at once.
+        self.connections = 0
+        self.peak_connections = 0
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
 
@@ -69,6 +72,8 @@ class SandboxDestination:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._requested),
+            (evt.EVT_CONN_OPEN, self._opened),
+            (evt.EVT_CONN_CLOSE, self._closed),
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, handle_find, [self.archive, Behaviour()]),
         ]
@@ -80,6 +85,15 @@ class SandboxDestination:
     def _requested(self, event: Event) -> None:
         with self._lock:
             self.associations += 1
+
+    def _opened(self, event: Event) -> None:
+        with self._lock:
+            self.connections += 1
+            self.peak_connections = max(self.peak_connections, self.connections)
+
+    def _closed(self, event: Event) -> None:
+        with self._lock:
+            self.connections -= 1
 
     def _store(self, event: Event) -> int:
         if self.store_delay_s:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from qrfarm.dicom import Level
 from qrfarm.errors import NotForwardable
+from qrfarm.jobs.nodes import NodeSpec
 from qrfarm.models import (
     DeliveredInstance,
     FarmRelay,
@@ -20,6 +21,7 @@ from qrfarm.models import (
     NodeRecord,
     ReceivedInstance,
 )
+from qrfarm.sandbox.destination import SandboxDestination
 from qrfarm.sandbox.synthetic import Corpus
 from tests.conftest import QRFARM_SCP_AE
 from tests.farm.conftest import Farm, make_farm
@@ -27,6 +29,23 @@ from tests.peers.dcmqrscp import DcmqrscpPeer
 from tests.peers.orthanc import OrthancPeer
 
 from .conftest import DEST_LIMIT, ChildCounter, destination_specs
+
+# The pooled destination's limit: fewer than the farm's forward associations (4).
+POOLED_LIMIT = 2
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxDestination]:
+    """A destination taking a moment for each C-STORE, so that a forward's
+    associations overlap."""
+    destination = SandboxDestination(
+        tmp_path_factory.mktemp("pooled"), ae_title="POOLED", store_delay_s=0.02
+    )
+    destination.port = destination.start()  # type: ignore[attr-defined]
+    try:
+        yield destination
+    finally:
+        destination.stop()
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +56,19 @@ def farm(
     dest_qr: DcmqrscpPeer,
     pseudo_qr: DcmqrscpPeer,
     implicit_orthanc: OrthancPeer,
+    pooled: SandboxDestination,
 ) -> Iterator[Farm]:
     with make_farm("embedded", tmp_path_factory.mktemp("farm"), qrfarm_scp_port) as farm:
         specs = destination_specs(orthanc, dest_qr, pseudo_qr, implicit_orthanc)
+        specs.append(
+            NodeSpec(
+                "pooled",
+                "POOLED",
+                "127.0.0.1",
+                int(pooled.port),  # type: ignore[attr-defined]
+                max_associations=POOLED_LIMIT,
+            )
+        )
         for spec in specs:
             farm.register(spec)
         farm.start_scp()
@@ -94,6 +123,21 @@ def test_forward_to_a_destination_the_source_does_not_know(
         assert arrived.PixelData == original.PixelData
         assert arrived.PatientID == original.PatientID
     assert len(dest_qr.stored_files()) == len(held)
+
+
+def test_a_forward_sends_over_several_associations_within_the_destinations_limit(
+    farm: Farm, pooled: SandboxDestination, corpus: Corpus
+) -> None:
+    """Pooled associations: as many at once as the destination's limit allows
+    (fewer than the farm would use), counted at the destination."""
+    study = corpus.large_study_uid
+    held = {i.sop_uid for i in corpus.studies()[study]}
+    move = _fetch(farm, study)
+    forward = farm.wait(farm.client.forward(int(move["id"]), "pooled"))
+    assert forward["state"] == "completed", forward
+    assert forward["confirmed"] == len(held)
+    assert pooled.held == held
+    assert pooled.peak_connections == POOLED_LIMIT
 
 
 def test_forward_refuses_a_job_that_holds_nothing(farm: Farm, corpus: Corpus) -> None:
