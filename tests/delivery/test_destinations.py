@@ -296,12 +296,15 @@ def test_an_hl7_order_lands_the_priors_in_the_reading_orthanc_and_its_webhook_sa
         pytest.fail(f"no prefetch webhook:\n{world.farm.logs()}")
     [body] = ended
     prefetch = body["prefetch"]
+    # The two newest of P001's three studies (the order's accession matches
+    # none: all three are priors); the webhook names no study, the prefetch does.
     with world.farm.client.sessions() as session:
         row = session.scalar(select(Prefetch).where(Prefetch.id == prefetch["id"]))
         assert row is not None
         chosen = [s["study_instance_uid"] for s in row.selected]
-    # The two newest of P001's three studies, every instance in the destination.
-    assert len(chosen) == 2
+    dates = {i.study_uid: i.study_date for i in corpus.patients()["P001"]}
+    assert sorted(chosen) == sorted(sorted(dates, key=dates.__getitem__)[-2:])
+    # Every instance of them is in the destination.
     wanted = {i.sop_uid for uid in chosen for i in corpus.studies()[uid]}
     assert all(_holds(world.committing, uid) for uid in wanted)
     assert prefetch["state"] == "completed", (prefetch, world.farm.logs())
@@ -311,6 +314,7 @@ def test_an_hl7_order_lands_the_priors_in_the_reading_orthanc_and_its_webhook_sa
     assert len(moves) == 2
     assert all(j["state"] == "completed" for j in moves)
     assert all(j["destination"] == world.committing.ae_title for j in moves)
+    assert all(j["verified_by"] == "commitment" for j in moves)  # the reading Orthanc commits
     assert sum(j["confirmed"] for j in moves) == len(wanted)
     assert prefetch["recorded"] == 0  # nothing was stored by the farm
 
