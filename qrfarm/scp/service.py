@@ -167,6 +167,7 @@ class StorageScp:
         max_pdu: int = 1 << 20,
         max_instance_bytes: int = 8 << 30,
         associate_timeout_s: float = 5.0,
+        idle_timeout_s: float = 60.0,
         max_pending_per_host: int = 8,
         probe_ae_title: str | None = None,
         listen_fd: int | None = None,
@@ -189,6 +190,8 @@ class StorageScp:
             check_host_pattern(p, "PROXY protocol source") for p in proxy_protocol_from
         ]
         self.associate_timeout_s = associate_timeout_s
+        # An association that sends nothing for this long is aborted.
+        self.idle_timeout_s = idle_timeout_s
         self.context = ScpContext(
             storage,
             sessions,
@@ -217,7 +220,7 @@ class StorageScp:
         # not: the gate counts slots instead, taken only on admission.
         ae.maximum_associations = 1 << 16
         ae.maximum_pdu_size = self.max_pdu
-        ae.network_timeout = 60
+        ae.network_timeout = self.idle_timeout_s
         # A connection must ask for an association within this (pynetdicom's
         # ARTIM timer runs on it), or it is closed.
         ae.acse_timeout = self.associate_timeout_s
@@ -272,6 +275,7 @@ class StorageScp:
             ae_title=self.ae_title,
             host=self.host,
             associate_timeout_s=self.associate_timeout_s,
+            idle_timeout_s=self.idle_timeout_s,
             proxies=proxies,
         )
         server.start()

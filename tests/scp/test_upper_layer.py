@@ -410,3 +410,70 @@ def test_an_association_request_past_128_contexts_is_not_accepted(
     instance = next(i for i in corpus.instances if i.modality == "CT")
     storescu(scp.port, [instance.path])
     assert recorded(db) == 1
+
+
+def test_a_slow_link_that_keeps_sending_a_large_pdu_is_not_taken_for_idle(
+    db: Db,
+    storage_root: Path,
+    corpus: Corpus,
+    receive_path: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The idle timeout is for a peer that sends nothing: a PDU of 256 KiB
+    that takes three idle timeouts to come, bytes arriving all along (a slow
+    WAN link), is stored, not aborted."""
+    if receive_path == "pynetdicom":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="pynetdicom's network timeout restarts only when a whole PDU "
+                "has come: a link too slow for one PDU per timeout is cut",
+            )
+        )
+    scp = StorageScp(
+        db.sessions,
+        InstanceStorage(storage_root),
+        ae_title=QRFARM_SCP_AE,
+        port=0,
+        idle_timeout_s=0.5,
+    )
+    port = scp.start()
+    instance = next(i for i in corpus.instances if i.modality == "CT")
+    ds = dcmread(instance.path)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title=QRFARM_SCP_AE)
+        assert assoc.is_established
+        context_id = assoc.accepted_contexts[0].context_id
+        assert context_id is not None
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = ds.SOPClassUID
+        request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+        request.Priority = 0
+        # Padded to 256 KiB (a private tag): one large data set PDU.
+        data = dataset_bytes(instance.path.read_bytes())
+        padding = 256 * 1024 - len(data)
+        data += struct.pack("<HH2sHL", 0x0009, 0x1010, b"UN", 0, padding - 12) + bytes(padding - 12)
+        request.DataSet = BytesIO(data)
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        command, data_pdu = (P_DATA_TF(p).encode() for p in message.encode_msg(context_id, 1 << 20))
+        assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+        raw = assoc.dul.socket.socket
+        assoc._reactor_checkpoint.clear()  # the answer is read here, not by pynetdicom
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+        raw.sendall(command)
+        piece = len(data_pdu) // 60
+        for start in range(0, len(data_pdu), piece):  # 60 pieces, 0.025 s apart: 1.5 s
+            raw.sendall(data_pdu[start : start + piece])
+            time.sleep(0.025)
+        _, answer = assoc.dimse.get_msg(block=True)
+        assert isinstance(answer, C_STORE) and answer.Status == 0x0000, answer
+        assoc._reactor_checkpoint.set()
+        assoc.release()
+    finally:
+        scp.stop(drain_timeout=5)
+    assert recorded(db) == 1

@@ -31,6 +31,7 @@ from ..handlers import store_spooled
 from ..spool import META_ALLOWANCE, MIN_PDU_READ
 from . import messages, negotiation
 from .incoming import Incoming, TempFiles, file_meta
+from .pdus import read_pdu, read_pdu_while_sent
 from .preamble import proxy_header, start_tls
 from .reports import N_EVENT_REPORT_RQ_FIELD, IncomingReport, report_response
 
@@ -120,7 +121,7 @@ class Connection:
                     # once asks at once; an idle one is closed within the grace.
                     grace = asyncio.get_running_loop().time() + OVER_CAP_GRACE_S
                     artim.reschedule(min(artim.when() or grace, grace))
-                pdu_type, pdu = await self._read_pdu(negotiation.MAX_REQUEST_BYTES)
+                pdu_type, pdu = await read_pdu(self.reader, negotiation.MAX_REQUEST_BYTES)
         except TimeoutError:
             if pending:
                 log.warning(
@@ -193,23 +194,16 @@ class Connection:
             self.host = client
         return True
 
-    async def _read_pdu(self, limit: int | None = None) -> tuple[int, bytes]:
-        head = await self.reader.readexactly(messages.PDU_HEADER.size)
-        pdu_type, length = messages.PDU_HEADER.unpack(head)
-        limit = self.read_limit if limit is None else limit
-        if length > limit:
-            # Never read into memory: the connection ends instead.
-            raise ConnectionError(f"a PDU of {length} bytes announced, {limit} accepted")
-        return pdu_type, head + await self.reader.readexactly(length)
-
     async def _serve(self) -> None:
         while True:
             try:
-                async with asyncio.timeout(self.server.idle_timeout_s):
-                    pdu_type, pdu = await self._read_pdu()
+                async with asyncio.timeout(self.server.idle_timeout_s) as idle:
+                    pdu_type, pdu = await read_pdu_while_sent(
+                        self.reader, self.read_limit, idle, self.server.idle_timeout_s
+                    )
             except TimeoutError:
                 log.warning(
-                    "association from %s at %s aborted: idle for %.0f s",
+                    "association from %s at %s aborted: idle for %g s",
                     self.calling_ae,
                     self.host,
                     self.server.idle_timeout_s,
@@ -242,7 +236,7 @@ class Connection:
                 await self.writer.drain()
         except TimeoutError:
             log.warning(
-                "association from %s at %s aborted: its answers not read for %.0f s",
+                "association from %s at %s aborted: its answers not read for %g s",
                 self.calling_ae,
                 self.host,
                 self.server.idle_timeout_s,

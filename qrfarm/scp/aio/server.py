@@ -74,13 +74,14 @@ class AioStorageServer:
         ae_title: str,
         host: str,
         associate_timeout_s: float,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
         proxies: HostPatterns | None = None,
     ) -> None:
         self.ctx = ctx
         self.ae_title = ae_title.strip()
         self.host = host
         self.associate_timeout_s = associate_timeout_s
-        self.idle_timeout_s = IDLE_TIMEOUT_S
+        self.idle_timeout_s = idle_timeout_s
         self.proxies = proxies
         self.supported = supported_contexts()
         self.recent_requests = RecentRequests()
