@@ -7,15 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydicom.dataset import Dataset
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 
 from ..config import Settings
 from ..dicom import (
@@ -24,8 +15,6 @@ from ..dicom import (
     DirectorySink,
     Level,
     Operation,
-    OperationResult,
-    Response,
     StatusCategory,
     build_query_identifier,
     build_retrieve_identifier,
@@ -54,7 +43,6 @@ from .common import (
     TlsOpt,
     app,
     choose_root,
-    err,
     exit_code,
     out,
     print_json,
@@ -64,6 +52,7 @@ from .common import (
     split_keys,
     timeouts_from,
 )
+from .direct_output import SubOperationProgress, print_final, print_table
 from .farm import JsonOpt
 from .jobs import queue_job
 from .retrieve import queue_retrieval
@@ -72,56 +61,6 @@ DirectOpt = Annotated[
     bool, typer.Option("--direct", help="Run it here and now, not as a queued job.")
 ]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the queued job to its end.")]
-
-
-def _print_final(result: OperationResult) -> None:
-    final = result.final
-    style = {"success": "green", "warning": "yellow"}.get(final.category.value, "red")
-    out.print(f"[{style}]{result.operation.value}: {final.summary()}[/]", highlight=False)
-    if result.operation in (Operation.GET, Operation.MOVE):
-        counts = ", ".join(
-            f"{name} {getattr(final, name) if getattr(final, name) is not None else '-'}"
-            for name in ("completed", "failed", "warning")
-        )
-        out.print(f"sub-operations: {counts}", highlight=False)
-        if result.counts_omitted:
-            out.print(f"[yellow]the peer left out: {', '.join(result.counts_omitted)}[/]")
-        for uid in final.failed_sop_instance_uids:
-            out.print(f"failed: {uid}", highlight=False)
-
-
-class SubOperationProgress:
-    """A progress bar on stderr fed by the pending responses' sub-operation counts."""
-
-    def __init__(self, label: str) -> None:
-        self._progress = Progress(
-            TextColumn(label),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("failed {task.fields[failed]}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        )
-        self._task = self._progress.add_task(label, total=None, failed=0)
-
-    def __enter__(self) -> SubOperationProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._progress.stop()
-
-    def __call__(self, response: Response) -> None:
-        if not response.is_pending or response.remaining is None:
-            return
-        done = (response.completed or 0) + (response.failed or 0) + (response.warning or 0)
-        self._progress.update(
-            self._task,
-            total=done + response.remaining,
-            completed=done,
-            failed=response.failed or 0,
-        )
 
 
 @app.command()
@@ -209,34 +148,11 @@ def find(
         if as_json:
             print_json([m.to_json_dict() for m in result.matches])
         else:
-            _print_table(identifier, result.matches)
-            _print_final(result)
+            print_table(identifier, result.matches)
+            print_final(result)
         return exit_code(result)
 
     run(action)
-
-
-def _print_table(identifier: Dataset, matches: list[Dataset]) -> None:
-    columns = [
-        e.keyword
-        for e in identifier
-        if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet") and e.VR != "SQ"
-    ]
-    table = Table(show_lines=False)
-    for column in columns:
-        table.add_column(column)
-    for match in matches:
-        table.add_row(*[_text(match.get(c)) for c in columns])
-    out.print(table)
-    out.print(f"{len(matches)} match(es)")
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)  # type: ignore[attr-defined]
-    return str(value)
 
 
 @app.command()
@@ -306,7 +222,7 @@ def get(
         if as_json:
             print_json({**result_document(result), "files": [str(p) for p in sink.paths]})
         else:
-            _print_final(result)
+            print_final(result)
             out.print(f"{len(sink.paths)} file(s) in {output}", highlight=False)
         return exit_code(result)
 
@@ -445,7 +361,7 @@ def move(
         if as_json:
             print_json(result_document(result))
         else:
-            _print_final(result)
+            print_final(result)
         return exit_code(result)
 
     run(action)
