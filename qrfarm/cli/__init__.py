@@ -18,6 +18,7 @@ from . import (  # noqa: F401 - registers the commands
     forwarding,
     integration,
     jobs,
+    nodes,
     probe,
     serve,
     services,

@@ -13,8 +13,9 @@ from ..config import Settings
 from ..workflow import audit
 from .audit import note, note_job
 from .common import EXIT_OK, app, err, out, print_json, run
-from .farm import JsonOpt, node_app
+from .farm import JsonOpt
 from .jobs import EXIT_FOR_STATE, follow, print_job
+from .nodes import node_app
 
 
 @node_app.command("forwarding")

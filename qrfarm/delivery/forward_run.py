@@ -52,7 +52,9 @@ from .verification import Expected, confirm_for, find_at_destination
 log = logging.getLogger(__name__)
 
 
-def verify_by_find(deps: RunnerDeps, node: Node, sent: list[tuple[str, str, str]]) -> set[str]:
+def verify_by_find(
+    deps: RunnerDeps, node_id: int, node: Node, sent: list[tuple[str, str, str]]
+) -> set[str]:
     """Which of ``sent`` (study, series, SOP Instance UIDs) the destination holds;
     a series whose find it refuses is left unconfirmed."""
     expected = [Expected(sop, None, study, series) for study, series, sop in sent]
@@ -110,7 +112,7 @@ def run_forward(
     factory = fdeps.transports.get(plan.transport)
     if factory is None:
         raise QrfarmError(f"no {plan.transport} transport in this worker for {node}")
-    options = TransportOptions(node, plan.transcode, rewrite, fdeps.associations)
+    options = TransportOptions(node, plan.node_id, plan.transcode, rewrite, fdeps.associations)
     # Stops between instances once the lease is lost or the job is cancelled.
     sent = factory(options).send(plan.items, watch.halted)
     _record(deps, taken, plan, sent)

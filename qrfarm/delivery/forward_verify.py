@@ -28,7 +28,9 @@ from .verification import DeliveryVerifier, committed_at
 log = logging.getLogger(__name__)
 
 # (study, series, SOP Instance UID) as the destination got them -> those it holds.
-Verifier = Callable[[RunnerDeps, Node, list[tuple[str, str, str]]], set[str]]
+# (deps, the destination node's id, its address, the sent (study, series, SOP) UIDs)
+# -> the sent SOP Instance UIDs it holds.
+Verifier = Callable[[RunnerDeps, int, Node, list[tuple[str, str, str]]], set[str]]
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def confirm(
     committed = _by_commitment(deps, job_id, node_id, node, transport, items)
     if committed is not None:
         return VerifiedBy.COMMITMENT, {by_sent[uid] for uid in committed if uid in by_sent}
-    found = verify(deps, node, [(p.study, p.series, p.sent_uid) for p in items])
+    found = verify(deps, node_id, node, [(p.study, p.series, p.sent_uid) for p in items])
     method = VerifiedBy.QIDO if transport == "dicomweb" else VerifiedBy.FIND
     return method, {by_sent[uid] for uid in found if uid in by_sent}
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Node
@@ -33,11 +32,10 @@ from qrfarm.jobs.nodes import web_service_of
 from qrfarm.jobs.worker_deps import RunnerDeps
 from qrfarm.models import NodeRecord
 
+from .forward_verify import Verifier
 from .transports import Outgoing, Sent, Transport, TransportFactory, TransportOptions
 
 log = logging.getLogger(__name__)
-
-Verifier = Callable[[RunnerDeps, Node, list[tuple[str, str, str]]], set[str]]
 
 
 @dataclass(frozen=True)
@@ -49,23 +47,18 @@ class WebDelivery:
     timeouts: WebTimeouts
 
 
-def web_destination(session: Session, node: Node) -> WebService | None:
-    """The DICOMweb service of the destination ``node`` stands for, if it is
-    sent to by STOW-RS."""
-    row = session.scalar(
-        select(NodeRecord).where(
-            NodeRecord.ae_title == node.ae_title,
-            NodeRecord.host == node.host,
-            NodeRecord.port == node.port,
-            NodeRecord.delivery_transport == "dicomweb",
-        )
-    )
-    return web_service_of(row) if row is not None else None
+def web_destination(session: Session, node_id: int) -> WebService | None:
+    """The DICOMweb service of destination ``node_id``, if it is sent to by
+    STOW-RS (by its row: two archives may share an AE title and address)."""
+    row = session.get(NodeRecord, node_id)
+    if row is None or row.delivery_transport != "dicomweb":
+        return None
+    return web_service_of(row)
 
 
-def _open(delivery: WebDelivery, node: Node) -> WebClient:
+def _open(delivery: WebDelivery, node_id: int, node: Node) -> WebClient:
     with delivery.sessions() as session:
-        service = web_destination(session, node)
+        service = web_destination(session, node_id)
     if service is None:
         raise InvalidNode(f"destination {node} is sent to by STOW-RS but has no DICOMweb URL")
     if delivery.check_target is not None:
@@ -91,7 +84,7 @@ class StowTransport:
         if not items:
             return []
         results: list[Sent] = []
-        with _open(self.delivery, self.options.node) as web:
+        with _open(self.delivery, self.options.node_id, self.options.node) as web:
             by_path = {item.path: item for item in items}
             for batch in stow.batches([item.path for item in items]):
                 if stop.is_set():
@@ -181,12 +174,14 @@ def verify_by_transport(delivery: WebDelivery, by_find: Verifier) -> Verifier:
     """Proof of arrival by the destination's own transport: QIDO-RS at a
     destination sent to by STOW-RS, ``by_find`` (C-FIND) at any other."""
 
-    def verify(deps: RunnerDeps, node: Node, sent: list[tuple[str, str, str]]) -> set[str]:
+    def verify(
+        deps: RunnerDeps, node_id: int, node: Node, sent: list[tuple[str, str, str]]
+    ) -> set[str]:
         with delivery.sessions() as session:
-            service = web_destination(session, node)
+            service = web_destination(session, node_id)
         if service is None:
-            return by_find(deps, node, sent)
-        with _open(delivery, node) as web:
+            return by_find(deps, node_id, node, sent)
+        with _open(delivery, node_id, node) as web:
             return stow.held_at(web, sent)
 
     return verify

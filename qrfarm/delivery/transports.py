@@ -91,6 +91,7 @@ class StoreConnections(Protocol):
 @dataclass(frozen=True)
 class TransportOptions:
     node: Node
+    node_id: int  # its row: what the node is reached by is read from it, never by address
     transcode: bool
     rewrite: Rewrite | None
     # At most this many associations at once (the node's own limit caps it).

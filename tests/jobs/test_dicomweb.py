@@ -434,3 +434,35 @@ def test_an_instance_a_stow_rs_destination_says_it_stored_but_does_not_hold_stay
         assert len(retries) == forward["attempt_count"] - 1
     finally:
         destination.stop()
+
+
+def test_two_dicomweb_destinations_behind_one_address_each_get_their_own_deliveries(
+    bench: WebBench, corpus: Corpus
+) -> None:
+    """Two archives behind one HTTP server (same AE title, host and port, other
+    paths): a forward to the second is sent to, and verified at, the second's
+    URL, never the first's."""
+    study, instances = next(iter(small_studies(corpus).items()))
+    server = FakeDicomWeb().start()
+    try:
+        with bench.client.sessions() as session, session.begin():
+            for name, path in (("archive-a", "/a/dicom-web"), ("archive-b", "/b/dicom-web")):
+                upsert_node(
+                    session,
+                    NodeSpec(
+                        name,
+                        "ARCHIVE",
+                        "127.0.0.1",
+                        server.port,
+                        dicomweb_url=f"http://127.0.0.1:{server.port}{path}",
+                        delivery_transport="dicomweb",
+                    ),
+                )
+        retrieved = bench.run(bench.client.get("web", Level.STUDY, {"StudyInstanceUID": study}))
+        assert retrieved["state"] == "completed", retrieved
+        forward = bench.run(bench.client.forward(retrieved["id"], "archive-b"))
+        assert forward["state"] == "completed", forward
+        assert forward["confirmed"] == len(instances)
+        assert server.paths and all(p.startswith("/b/dicom-web/") for p in server.paths)
+    finally:
+        server.stop()

@@ -28,6 +28,7 @@ class FakeDicomWeb:
     forget: set[str] = field(default_factory=set)
     stored: dict[str, tuple[str, str]] = field(default_factory=dict)  # SOP -> (study, series)
     requests: list[list[str]] = field(default_factory=list)  # SOP UIDs of each STOW-RS
+    paths: list[str] = field(default_factory=list)  # the path of each STOW-RS
     served: list[bytes] = field(default_factory=list)  # files of one study, for WADO-RS
     trickle_from: int | None = None  # the first served part sent slowly
     # The client closed a WADO-RS answer before its end.
@@ -73,6 +74,7 @@ class FakeDicomWeb:
                             )
                         referenced.append(item)
                 fake.requests.append(sent)
+                fake.paths.append(urlsplit(self.path).path)
                 answer = {
                     "00081198": {"vr": "SQ", "Value": failed},
                     "00081199": {"vr": "SQ", "Value": referenced},
