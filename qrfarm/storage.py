@@ -339,7 +339,14 @@ def _hold_shared(path: Path) -> FileHold | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        if os.fstat(fd).st_nlink == 0:
+        # Removed while we waited: its name is gone or names another file now
+        # (a second link, a mark, may keep the inode alive).
+        held = os.fstat(fd)
+        try:
+            named = path.stat()
+        except FileNotFoundError:
+            named = None
+        if named is None or (named.st_ino, named.st_dev) != (held.st_ino, held.st_dev):
             os.close(fd)
             return None
     except BaseException:

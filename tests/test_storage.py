@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +128,30 @@ def test_a_file_another_store_found_in_place_outlives_the_row_that_failed(
     store.settle(second)  # the second's row committed
     assert first.path.read_bytes() == DATA
     engine.dispose()
+
+
+def test_a_file_removed_while_a_store_waited_for_it_is_placed_anew(tmp_path: Path) -> None:
+    """A store finding the same bytes in place waits while another removes
+    the file (holding it exclusively). The inode may outlive its name (a
+    second link, the maker's mark): the store must see the name gone and
+    place its bytes anew, not take the unnamed inode for the file in place."""
+    store = InstanceStorage(tmp_path)
+    path = _placed_by_another_process(store)
+    os.link(path, tmp_path / "mark")  # the inode keeps a second name
+    remover = os.open(path, os.O_RDONLY)
+    fcntl.flock(remover, fcntl.LOCK_EX)
+    temp = store.incoming() / "rx.part"
+    temp.write_bytes(DATA)
+    placed: list[storage.StoredFile] = []
+    waiting = threading.Thread(
+        target=lambda: placed.append(store.store_file(STUDY, SERIES, SOP, temp))
+    )
+    waiting.start()
+    time.sleep(0.3)  # the store is waiting for its shared lock
+    path.unlink()
+    os.close(remover)
+    waiting.join(10)
+    [stored] = placed
+    assert stored.created and not stored.differs_from_first
+    assert path.read_bytes() == DATA
+    store.settle(stored)

@@ -298,7 +298,7 @@ def http_error(exc: Exception, what: str) -> Exception:
     # urllib3's own, from a body read off the raw stream.
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
         return DicomWebError(f"{what}: timed out", transient=True)
-    if isinstance(exc, urllib3.exceptions.ProtocolError):
+    if isinstance(exc, urllib3.exceptions.ProtocolError | urllib3.exceptions.SSLError):
         return DicomWebError(f"{what}: the connection broke ({type(exc).__name__})", transient=True)
     if isinstance(exc, urllib3.exceptions.HTTPError):
         return DicomWebError(f"{what}: {type(exc).__name__}", transient=False)

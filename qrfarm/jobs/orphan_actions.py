@@ -9,9 +9,12 @@ lose their row, and their file when no job's record points to it.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.errors import Conflict, NoSuchJob, NotFound
@@ -24,6 +27,9 @@ from .reconcile import reopen_for_late_arrival
 from .recording import file_is_recorded
 
 log = logging.getLogger(__name__)
+
+# How long a discard waits for a store holding an orphan's file (a commit's time).
+HOLD_WAIT_S = 5.0
 
 
 def _group(session: Session, calling_ae: str, study_uid: str) -> list[OrphanInstance]:
@@ -107,5 +113,25 @@ def discard(
             with engine.connect() as connection:
                 return not file_is_recorded(connection, study, relative)
 
-        InstanceStorage.remove_unless_held(target, unrecorded)
+        try:
+            outcome = _remove_once_free(target, unrecorded)
+        except (OSError, SQLAlchemyError) as exc:
+            # The rows are gone already: the other files are still tried.
+            log.warning("orphan file %s kept: %s", relative, type(exc).__name__)
+            continue
+        if outcome == "held":
+            log.warning("orphan file %s kept: a store still holds it", relative)
     return len(rows)
+
+
+def _remove_once_free(target: Path, unrecorded: Callable[[], bool]) -> str:
+    """Remove ``target`` as :meth:`InstanceStorage.remove_unless_held` does,
+    waiting up to HOLD_WAIT_S for a store holding it: it holds it only until
+    its own row commits (and the file stays) or fails (and, found in place, it
+    would leave the file to no row at all)."""
+    deadline = time.monotonic() + HOLD_WAIT_S
+    while True:
+        outcome = InstanceStorage.remove_unless_held(target, unrecorded)
+        if outcome != "held" or time.monotonic() >= deadline:
+            return outcome
+        time.sleep(0.05)

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import urllib3
 
 from qrfarm.dicomweb import WebService, WebTimeouts, open_client, wado
-from qrfarm.errors import DatasetTruncated, DicomWebResponseError
+from qrfarm.dicomweb.service import http_error
+from qrfarm.errors import DatasetTruncated, DicomWebError, DicomWebResponseError
 from qrfarm.sandbox.synthetic import Corpus
 
 BOUNDARY = "b0undary-1234"
@@ -156,3 +158,24 @@ def test_a_service_trickling_its_answer_is_cut_at_the_deadline(
         fetch(service, tmp_path / "spool", deadline=time.monotonic() + 0.5)
     assert service.cut_short.wait(10), "the answer was read to its end"
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "retriable"),
+    [
+        (urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"), True),  # type: ignore[arg-type]
+        (urllib3.exceptions.ProtocolError("connection broken"), True),
+        (urllib3.exceptions.SSLError("bad record mac"), True),
+        (urllib3.exceptions.DecodeError("not gzip"), False),
+    ],
+    ids=["timeout", "broken", "tls", "undecodable"],
+)
+def test_a_body_read_that_fails_is_a_dicomweb_error_retriable_where_it_may_pass(
+    error: Exception, retriable: bool
+) -> None:
+    """What urllib3 raises while a WADO-RS body is read off the stream: a
+    DicomWebError naming the request, retriable for what may pass next time."""
+    mapped = http_error(error, "WADO-RS 1.2.3")
+    assert isinstance(mapped, DicomWebError)
+    assert "WADO-RS 1.2.3" in str(mapped)
+    assert mapped.retriable is retriable

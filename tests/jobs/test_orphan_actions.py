@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,11 +79,12 @@ def test_a_discard_whose_commit_fails_keeps_the_rows_and_their_files(
 
 
 def test_a_file_a_store_holds_while_committing_its_row_is_not_removed(
-    sessions: sessionmaker[Session], tmp_path: Path
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store that found the same instance's file in place holds it (a shared
     lock) until its own row commits: the discard must not remove the file
     from under that row."""
+    monkeypatch.setattr(orphan_actions, "HOLD_WAIT_S", 0.3)
     path = _orphan(sessions, tmp_path, f"{STUDY}.1.1")
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -93,3 +95,19 @@ def test_a_file_a_store_holds_while_committing_its_row_is_not_removed(
 
     assert _orphans(sessions) == 0
     assert path.exists()
+
+
+def test_a_file_whose_holder_lets_go_without_a_row_is_removed_once_free(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """The store holding the file found it in place and its own row failed:
+    it leaves the file (the bytes were an earlier record's), so the discard
+    waits for it to let go and then removes the file no row points to."""
+    path = _orphan(sessions, tmp_path, f"{STUDY}.1.1")
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    threading.Timer(0.3, os.close, args=(fd,)).start()
+
+    assert orphan_actions.discard(sessions, "PACS", STUDY, tmp_path) == 1
+
+    assert not path.exists()

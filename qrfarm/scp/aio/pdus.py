@@ -40,13 +40,13 @@ async def read_pdu_while_sent(
     head, pdu_type, length = await read_head(reader, limit)
     if length <= PROGRESS_BYTES:
         return pdu_type, head + await reader.readexactly(length)
-    pdu = bytearray(len(head) + length)
-    pdu[: len(head)] = head
-    at = len(head)
     loop = asyncio.get_running_loop()
-    while at < len(pdu):
-        piece = await reader.readexactly(min(PROGRESS_BYTES, len(pdu) - at))
-        pdu[at : at + len(piece)] = piece
-        at += len(piece)
+    idle.reschedule(loop.time() + idle_timeout_s)  # the header came: not idle
+    # Grown as the bytes come, not made at the announced size: a header alone
+    # pins no memory.
+    pdu = bytearray(head)
+    end = len(head) + length
+    while len(pdu) < end:
+        pdu += await reader.readexactly(min(PROGRESS_BYTES, end - len(pdu)))
         idle.reschedule(loop.time() + idle_timeout_s)
     return pdu_type, pdu
