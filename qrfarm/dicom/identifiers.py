@@ -26,93 +26,8 @@ from pydicom.tag import BaseTag, Tag
 
 from qrfarm.errors import InvalidIdentifier
 
+from .attribute_levels import level_of
 from .model import UNIQUE_KEY, Level, Root, levels, path_to
-
-# The level each common attribute lives at (PS3.4 C.6.1.1 and C.6.2.1). In the
-# study root the patient attributes belong to the STUDY level.
-_LEVEL_OF: dict[str, Level] = {
-    **dict.fromkeys(
-        [
-            "PatientName",
-            "PatientID",
-            "IssuerOfPatientID",
-            "PatientBirthDate",
-            "PatientBirthTime",
-            "PatientSex",
-            "OtherPatientIDsSequence",
-            "OtherPatientNames",
-            "EthnicGroup",
-            "PatientComments",
-            "NumberOfPatientRelatedStudies",
-            "NumberOfPatientRelatedSeries",
-            "NumberOfPatientRelatedInstances",
-        ],
-        Level.PATIENT,
-    ),
-    **dict.fromkeys(
-        [
-            "StudyInstanceUID",
-            "StudyDate",
-            "StudyTime",
-            "AccessionNumber",
-            "StudyID",
-            "StudyDescription",
-            "ReferringPhysicianName",
-            "ModalitiesInStudy",
-            "SOPClassesInStudy",
-            "AnatomicRegionsInStudyCodeSequence",
-            "NameOfPhysiciansReadingStudy",
-            "AdmittingDiagnosesDescription",
-            "PatientAge",
-            "PatientSize",
-            "PatientWeight",
-            "Occupation",
-            "AdditionalPatientHistory",
-            "OtherStudyNumbers",
-            "NumberOfStudyRelatedSeries",
-            "NumberOfStudyRelatedInstances",
-            "InstitutionName",
-        ],
-        Level.STUDY,
-    ),
-    **dict.fromkeys(
-        [
-            "SeriesInstanceUID",
-            "Modality",
-            "SeriesNumber",
-            "SeriesDescription",
-            "SeriesDate",
-            "SeriesTime",
-            "BodyPartExamined",
-            "Laterality",
-            "PerformedProcedureStepStartDate",
-            "PerformedProcedureStepStartTime",
-            "RequestAttributesSequence",
-            "NumberOfSeriesRelatedInstances",
-            "ProtocolName",
-            "Manufacturer",
-        ],
-        Level.SERIES,
-    ),
-    **dict.fromkeys(
-        [
-            "SOPInstanceUID",
-            "SOPClassUID",
-            "InstanceNumber",
-            "ContentDate",
-            "ContentTime",
-            "NumberOfFrames",
-            "Rows",
-            "Columns",
-            "AcquisitionDate",
-            "AcquisitionTime",
-            "ImageType",
-            "ConceptNameCodeSequence",
-            "AvailableTransferSyntaxUID",
-        ],
-        Level.IMAGE,
-    ),
-}
 
 # Attributes allowed in any identifier besides the keys themselves.
 _CONTROL_KEYWORDS = {
@@ -185,14 +100,6 @@ def parse_key(spec: str) -> tuple[str, str | None]:
     """``-k`` syntax: ``Keyword=value`` to match, bare ``Keyword`` for a return key."""
     name, sep, value = spec.partition("=")
     return resolve_keyword(name), (value if sep else None)
-
-
-def level_of(keyword: str, root: Root) -> Level | None:
-    """The level an attribute belongs to under ``root``, if it is a known key."""
-    level = _LEVEL_OF.get(keyword)
-    if level is Level.PATIENT and root is Root.STUDY:
-        return Level.STUDY
-    return level
 
 
 def _values(value: object) -> list[str]:
