@@ -42,14 +42,9 @@ from qrfarm.jobs.nodes import node_of
 from qrfarm.jobs.worker_deps import RunnerDeps
 from qrfarm.models import Job, VerifiedBy
 
+from .asking import Expected, committed_at, find_at_destination
 from .commitment import CommitmentSettings
-from .verification import (
-    Expected,
-    committed_at,
-    confirm_for,
-    find_at_destination,
-    unconfirmed,
-)
+from .verification import confirm_for, unconfirmed
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,10 @@ from qrfarm.models import (
 )
 
 from . import pseudonymise
+from .asking import Expected, find_at_destination
 from .forward_verify import Verifier, confirm, confirmed_held, pending
 from .transports import Outgoing, Sent, TransportFactory, TransportOptions, transport_name
-from .verification import Expected, confirm_for, find_at_destination
+from .verification import confirm_for
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from qrfarm.dicom.commitment import InstanceRef
 from qrfarm.jobs.worker_deps import RunnerDeps
 from qrfarm.models import DeliveredInstance, ExpectedInstance, ForwardedInstance, VerifiedBy
 
-from .verification import DeliveryVerifier, committed_at
+from .asking import committed_at
+from .verification import DeliveryVerifier
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pynetdicom import AE, evt
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.delivery import commitment, verification
+from qrfarm.delivery import asking, commitment
 from qrfarm.delivery.commitment import (
     CommitmentReport,
     CommitmentSettings,
@@ -247,10 +247,10 @@ def test_more_instances_than_one_request_may_name_are_asked_for_in_several(
         asked.append(len(refs))
         return CommitmentReport("2.25.1", [r.sop_instance_uid for r in refs], {})
 
-    monkeypatch.setattr(verification, "request_commitment", answer_all)
+    monkeypatch.setattr(asking, "request_commitment", answer_all)
     refs = [InstanceRef(CT, f"1.2.826.0.1.3680043.10.1234.{n}") for n in range(MAX_REFERENCES + 5)]
     deps = SimpleNamespace(sessions=sessions, connections=SimpleNamespace(held=None))
-    committed = verification.committed_at(
+    committed = asking.committed_at(
         deps,  # type: ignore[arg-type]
         SETTINGS,
         job_id=job_id,

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from qrfarm.delivery import verification
-from qrfarm.delivery.verification import Expected, find_at_destination
+from qrfarm.delivery.asking import Expected, find_at_destination
 from qrfarm.dicom import Connection, Node, Root, Timeouts
 from qrfarm.dicom.model import Operation, sop_class
 from qrfarm.errors import DeadlineExceeded, DeliveryUnverifiable
