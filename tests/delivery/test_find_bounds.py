@@ -16,7 +16,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from qrfarm.delivery import verification
+from qrfarm.delivery import asking
 from qrfarm.delivery.asking import Expected, find_at_destination
 from qrfarm.dicom import Connection, Node, Root, Timeouts
 from qrfarm.dicom.model import Operation, sop_class
@@ -83,8 +83,8 @@ def test_a_find_that_runs_past_its_deadline_is_stopped(
     endless: tuple[int, threading.Event, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port, _cancelled, _sent = endless
-    monkeypatch.setattr(verification, "FIND_DEADLINE_S", 0.2)
-    monkeypatch.setattr(verification, "FIND_SLACK", 10_000_000)
+    monkeypatch.setattr(asking, "FIND_DEADLINE_S", 0.2)
+    monkeypatch.setattr(asking, "FIND_SLACK", 10_000_000)
     expected = [Expected(f"{SERIES}.{n}", None, STUDY, SERIES) for n in range(10)]
     conn = _connection(port)
     try:
