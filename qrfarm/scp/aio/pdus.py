@@ -34,7 +34,7 @@ async def read_pdu(reader: asyncio.StreamReader, limit: int) -> tuple[int, bytes
 
 async def read_pdu_while_sent(
     reader: asyncio.StreamReader, limit: int, idle: asyncio.Timeout, idle_timeout_s: float
-) -> tuple[int, bytes | bytearray]:
+) -> tuple[int, bytes]:
     """One whole PDU; while a large one keeps coming, ``idle`` is pushed back
     by ``idle_timeout_s`` after each piece."""
     head, pdu_type, length = await read_head(reader, limit)
@@ -42,11 +42,13 @@ async def read_pdu_while_sent(
         return pdu_type, head + await reader.readexactly(length)
     loop = asyncio.get_running_loop()
     idle.reschedule(loop.time() + idle_timeout_s)  # the header came: not idle
-    # Grown as the bytes come, not made at the announced size: a header alone
-    # pins no memory.
-    pdu = bytearray(head)
-    end = len(head) + length
-    while len(pdu) < end:
-        pdu += await reader.readexactly(min(PROGRESS_BYTES, end - len(pdu)))
+    # Pieces as the bytes come, joined once (not a buffer of the announced
+    # size: a header alone pins no memory).
+    pieces = [head]
+    left = length
+    while left:
+        piece = await reader.readexactly(min(PROGRESS_BYTES, left))
+        pieces.append(piece)
+        left -= len(piece)
         idle.reschedule(loop.time() + idle_timeout_s)
-    return pdu_type, pdu
+    return pdu_type, b"".join(pieces)
