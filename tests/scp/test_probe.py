@@ -98,7 +98,9 @@ def test_probes_hold_no_slot_a_pacs_needs(db: Db, tmp_path: Path, corpus: Corpus
         one_more = AE(ae_title=PROBE_AE)
         one_more.add_requested_context(VERIFICATION)
         refused = one_more.associate("127.0.0.1", port, ae_title=QRFARM_SCP_AE)
-        assert refused.is_rejected
+        assert refused.is_rejected, (
+            f"not rejected: established {refused.is_established}, aborted {refused.is_aborted}"
+        )
         instance = corpus.instances[0]
         with store_association(port, [instance.sop_class_uid]) as assoc:
             status = send_raw(
