@@ -26,7 +26,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.storage import InstanceStorage, StoredFile
 
-from .recording import Correlation, InstanceFacts, Recorded, file_is_recorded, record, reopen_late
+from .recording import (
+    Correlation,
+    InstanceFacts,
+    Recorded,
+    record,
+    reopen_late,
+    unrecorded_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +208,7 @@ def discard_unrecorded(
     database cannot say, the file and its mark stay: a commit whose answer was
     lost, or another store's row, may vouch for it, and the next start's
     recovery (:meth:`InstanceStorage.recover`) decides by the rows then."""
-
-    def unrecorded() -> bool:
-        with engine.connect() as connection:
-            return not file_is_recorded(connection, study_uid, relative)
-
     try:
-        storage.discard(stored, unrecorded)
+        storage.discard(stored, unrecorded_check(engine, study_uid, relative))
     except SQLAlchemyError as exc:
         log.warning("kept %s for recovery: its row could not be looked for (%s)", relative, exc)

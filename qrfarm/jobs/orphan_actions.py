@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,7 +25,7 @@ from qrfarm.storage import InstanceStorage
 
 from .orphans import _COPIED
 from .reconcile import reopen_for_late_arrival
-from .recording import file_is_recorded
+from .recording import unrecorded_check
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,8 @@ def discard(
         # Only files inside the storage root: a row's path is never followed out of it.
         if not target.is_relative_to(root):
             continue
-
-        def unrecorded(study: str = study, relative: str = relative) -> bool:
-            with engine.connect() as connection:
-                return not file_is_recorded(connection, study, relative)
-
         try:
-            outcome = _remove_once_free(target, unrecorded)
+            outcome = _remove_once_free(target, unrecorded_check(engine, study, relative))
         except (OSError, SQLAlchemyError) as exc:
             # The rows are gone already: the other files are still tried.
             log.warning("orphan file %s kept: %s", relative, type(exc).__name__)
@@ -124,7 +120,9 @@ def discard(
     return len(rows)
 
 
-def _remove_once_free(target: Path, unrecorded: Callable[[], bool]) -> str:
+def _remove_once_free(
+    target: Path, unrecorded: Callable[[], bool]
+) -> Literal["removed", "held", "recorded"]:
     """Remove ``target`` as :meth:`InstanceStorage.remove_unless_held` does,
     waiting up to HOLD_WAIT_S for a store holding it: it holds it only until
     its own row commits (and the file stays) or fails (and, found in place, it

@@ -16,6 +16,7 @@ database round trip itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Engine,
     Executable,
     Table,
     bindparam,
@@ -310,3 +312,15 @@ def file_is_recorded(connection: Connection, study_uid: str, file_path: str) -> 
             )
         ).scalar()
     )
+
+
+def unrecorded_check(engine: Engine, study_uid: str, file_path: str) -> Callable[[], bool]:
+    """The question put under a stored file's exclusive lock before it is
+    removed (:meth:`InstanceStorage.remove_unless_held`): does no row point
+    to it? Asked on a connection of its own when called."""
+
+    def unrecorded() -> bool:
+        with engine.connect() as connection:
+            return not file_is_recorded(connection, study_uid, file_path)
+
+    return unrecorded
