@@ -12,9 +12,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
-from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
@@ -52,25 +53,45 @@ def send_raw(
 ) -> int:
     """Send ``raw`` as the data set of a C-STORE, whatever it holds; return the status."""
     context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class)
+    request = store_request(sop_class, sop_uid, raw, message_id)
+    assert context.context_id is not None
+    with reactor_paused(assoc):
+        assoc.dimse.send_msg(request, context.context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    assert isinstance(response, C_STORE) and response.Status is not None
+    return int(response.Status)
+
+
+def store_request(sop_class: str, sop_uid: str, data: bytes, message_id: int = 1) -> C_STORE:
+    """A C-STORE request carrying ``data`` as its data set, whatever it holds."""
     request = C_STORE()
     request.MessageID = message_id
     request.AffectedSOPClassUID = sop_class
     request.AffectedSOPInstanceUID = sop_uid
     request.Priority = 0
-    request.DataSet = BytesIO(raw)
-    assert context.context_id is not None
-    # As send_c_store does: pause the association's reactor, or it takes the
-    # response off the queue itself ("unexpected C-STORE service message").
+    request.DataSet = BytesIO(data)
+    return request
+
+
+def store_pdus(request: C_STORE, context_id: int, max_pdu: int) -> list[bytes]:
+    """The request's P-DATA-TF PDUs, encoded as a sender puts them on the wire."""
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return [P_DATA_TF(p).encode() for p in message.encode_msg(context_id, max_pdu)]
+
+
+@contextmanager
+def reactor_paused(assoc: Association) -> Iterator[None]:
+    """The association's answers read by the test: as send_c_store does, its
+    reactor is paused, or it takes the response off the queue itself
+    ("unexpected C-STORE service message")."""
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
         time.sleep(0.0001)
     try:
-        assoc.dimse.send_msg(request, context.context_id)
-        _, response = assoc.dimse.get_msg(block=True)
+        yield
     finally:
         assoc._reactor_checkpoint.set()
-    assert isinstance(response, C_STORE) and response.Status is not None
-    return int(response.Status)
 
 
 def read(path: object) -> Dataset:

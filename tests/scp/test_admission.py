@@ -19,7 +19,7 @@ from qrfarm.scp import StorageScp
 from tests.conftest import QRFARM_SCP_AE
 from tests.peers.dcmtk import echoscu
 
-from .conftest import Db
+from .conftest import Db, limit_of_the_pynetdicom_path
 from .senders import association_request
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -106,14 +106,11 @@ def test_after_a_rejection_the_peer_closes_the_connection(
     """PS3.8 (Sta13): after its A-ASSOCIATE-RJ the SCP waits for the requestor
     to close the connection rather than closing it at once; a peer that sees
     the close first may report an abort and lose the reason."""
-    if receive_path == "pynetdicom":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="pynetdicom's acceptor closes the connection once its "
-                "A-ASSOCIATE-RJ is sent",
-            )
-        )
+    limit_of_the_pynetdicom_path(
+        request,
+        receive_path,
+        "pynetdicom's acceptor closes the connection once its A-ASSOCIATE-RJ is sent",
+    )
     context = build_context(VERIFICATION)
     context.context_id = 1
     with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as peer:

@@ -26,9 +26,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, build_context, build_role
-from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import (
     AsynchronousOperationsWindowNegotiation,
 )
@@ -44,8 +42,8 @@ from tests.conftest import QRFARM_SCP_AE
 from tests.peers import dataset_bytes, peer_env, require_peer
 from tests.peers.dcmtk import STORESCU
 
-from .conftest import Db
-from .senders import association_request
+from .conftest import Db, limit_of_the_pynetdicom_path
+from .senders import association_request, reactor_paused, store_pdus, store_request
 
 DCMCJPEG = "/usr/bin/dcmcjpeg"
 DCMCRLE = "/usr/bin/dcmcrle"
@@ -206,15 +204,10 @@ def test_a_peer_that_aborts_mid_data_set_leaves_nothing(
     assert assoc.is_established
     context = assoc.accepted_contexts[0]
     assert context.context_id is not None
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = ds.SOPClassUID
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 0
-    request.DataSet = BytesIO(dataset_bytes(instance.path.read_bytes()))
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    pdus = [P_DATA_TF(p).encode() for p in message.encode_msg(context.context_id, 4096)]
+    request = store_request(
+        ds.SOPClassUID, ds.SOPInstanceUID, dataset_bytes(instance.path.read_bytes())
+    )
+    pdus = store_pdus(request, context.context_id, 4096)
     assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
     raw = assoc.dul.socket.socket
     for pdu in pdus[: len(pdus) // 2]:  # the command and half the data set
@@ -283,17 +276,10 @@ def _minimal_store_pdvs(context_id: int, number: int) -> bytes:
     ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.1234.5.{number}"
     ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.5"
     ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1234.5.0"
-    request = C_STORE()
-    request.MessageID = number
-    request.AffectedSOPClassUID = ds.SOPClassUID
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 0
     encoded = BytesIO()
     ds.save_as(encoded, implicit_vr=False, little_endian=True)
-    request.DataSet = BytesIO(encoded.getvalue())
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    return b"".join(P_DATA_TF(p).encode()[6:] for p in message.encode_msg(context_id, 1 << 20))
+    request = store_request(ds.SOPClassUID, ds.SOPInstanceUID, encoded.getvalue(), number)
+    return b"".join(pdu[6:] for pdu in store_pdus(request, context_id, 1 << 20))
 
 
 def _open_fds() -> int:
@@ -343,14 +329,12 @@ def test_a_peer_that_never_reads_its_answers_is_no_longer_read_from(
     """C-ECHO requests sent on and on, not one answer read (a receive window of
     2 KiB): the SCP's answers wait in bounded buffers, and it stops taking
     requests, so the sender blocks."""
-    if receive_path == "pynetdicom":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="pynetdicom's DUL thread reads on into a queue of its own "
-                "while the answers wait: one reason the asyncio path is the default",
-            )
-        )
+    limit_of_the_pynetdicom_path(
+        request,
+        receive_path,
+        "pynetdicom's DUL thread reads on into a queue of its own while the answers "
+        "wait: one reason the asyncio path is the default",
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -422,14 +406,12 @@ def test_a_slow_link_that_keeps_sending_a_large_pdu_is_not_taken_for_idle(
     """The idle timeout is for a peer that sends nothing: a PDU of 256 KiB
     that takes three idle timeouts to come, bytes arriving all along (a slow
     WAN link), is stored, not aborted."""
-    if receive_path == "pynetdicom":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="pynetdicom's network timeout restarts only when a whole PDU "
-                "has come: a link too slow for one PDU per timeout is cut",
-            )
-        )
+    limit_of_the_pynetdicom_path(
+        request,
+        receive_path,
+        "pynetdicom's network timeout restarts only when a whole PDU has come: "
+        "a link too slow for one PDU per timeout is cut",
+    )
     scp = StorageScp(
         db.sessions,
         InstanceStorage(storage_root),
@@ -447,32 +429,22 @@ def test_a_slow_link_that_keeps_sending_a_large_pdu_is_not_taken_for_idle(
         assert assoc.is_established
         context_id = assoc.accepted_contexts[0].context_id
         assert context_id is not None
-        request = C_STORE()
-        request.MessageID = 1
-        request.AffectedSOPClassUID = ds.SOPClassUID
-        request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-        request.Priority = 0
         # Padded to 256 KiB (a private tag): one large data set PDU.
         data = dataset_bytes(instance.path.read_bytes())
         padding = 256 * 1024 - len(data)
         data += struct.pack("<HH2sHL", 0x0009, 0x1010, b"UN", 0, padding - 12) + bytes(padding - 12)
-        request.DataSet = BytesIO(data)
-        message = C_STORE_RQ()
-        message.primitive_to_message(request)
-        command, data_pdu = (P_DATA_TF(p).encode() for p in message.encode_msg(context_id, 1 << 20))
+        request = store_request(ds.SOPClassUID, ds.SOPInstanceUID, data)
+        command, data_pdu = store_pdus(request, context_id, 1 << 20)
         assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
         raw = assoc.dul.socket.socket
-        assoc._reactor_checkpoint.clear()  # the answer is read here, not by pynetdicom
-        while not assoc._is_paused:
-            time.sleep(0.0001)
-        raw.sendall(command)
-        piece = len(data_pdu) // 60
-        for start in range(0, len(data_pdu), piece):  # 60 pieces, 0.025 s apart: 1.5 s
-            raw.sendall(data_pdu[start : start + piece])
-            time.sleep(0.025)
-        _, answer = assoc.dimse.get_msg(block=True)
+        with reactor_paused(assoc):  # the answer is read here, not by pynetdicom
+            raw.sendall(command)
+            piece = len(data_pdu) // 60
+            for start in range(0, len(data_pdu), piece):  # 60 pieces, 0.025 s apart: 1.5 s
+                raw.sendall(data_pdu[start : start + piece])
+                time.sleep(0.025)
+            _, answer = assoc.dimse.get_msg(block=True)
         assert isinstance(answer, C_STORE) and answer.Status == 0x0000, answer
-        assoc._reactor_checkpoint.set()
         assoc.release()
     finally:
         scp.stop(drain_timeout=5)
