@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import delete, select
@@ -64,6 +65,14 @@ class WebBench:
     def run(self, job_id: int) -> dict[str, Any]:
         run_job(self.deps, job_id, "dicomweb-test")
         return self.client.status(job_id, responses=True)
+
+    def add_web_node(self, name: str, ae_title: str, url: str, **options: Any) -> int:
+        """A node reached by DICOMweb at ``url`` (on 127.0.0.1, its port), with
+        its transports and limits as ``options`` (NodeSpec's); its id."""
+        with self.client.sessions() as session, session.begin():
+            port = urlsplit(url).port or 80
+            spec = NodeSpec(name, ae_title, "127.0.0.1", port, dicomweb_url=url, **options)
+            return upsert_node(session, spec).id
 
 
 @pytest.fixture(scope="module")
@@ -216,18 +225,9 @@ def stow_destination(
     the farm sends to by STOW-RS."""
     peer = start_dicomweb_orthanc(tmp_path_factory.mktemp("stow-destination"), "STOWDEST")
     try:
-        with bench.client.sessions() as session, session.begin():
-            upsert_node(
-                session,
-                NodeSpec(
-                    "stowdest",
-                    "STOWDEST",
-                    "127.0.0.1",
-                    peer.http_port,
-                    dicomweb_url=dicomweb_url(peer),
-                    delivery_transport="dicomweb",
-                ),
-            )
+        bench.add_web_node(
+            "stowdest", "STOWDEST", dicomweb_url(peer), delivery_transport="dicomweb"
+        )
         yield peer
     finally:
         peer.stop()
@@ -265,19 +265,13 @@ def _file_of(bench: WebBench, sop_uid: str) -> str:
 def test_a_dicomweb_job_waits_for_its_nodes_slot_like_an_association(bench: WebBench) -> None:
     """A node's max_associations bounds its DICOMweb jobs across the farm: with
     its one slot held elsewhere, a job goes back to its queue (not an attempt)."""
-    with bench.client.sessions() as session, session.begin():
-        node_id = upsert_node(
-            session,
-            NodeSpec(
-                "web-one",
-                "WEBPACS",
-                "127.0.0.1",
-                bench.orthanc.http_port,
-                max_associations=1,
-                dicomweb_url=dicomweb_url(bench.orthanc),
-                retrieve_transport="dicomweb",
-            ),
-        ).id
+    node_id = bench.add_web_node(
+        "web-one",
+        "WEBPACS",
+        dicomweb_url(bench.orthanc),
+        max_associations=1,
+        retrieve_transport="dicomweb",
+    )
     other = WebSlots(FilePermits(bench.settings.data_dir / "permits"))
     job_id = bench.client.find("web-one", Level.STUDY, {"PatientID": "P*"})
     with other.hold(node_id, 1):
@@ -314,18 +308,7 @@ def test_an_instance_a_stow_rs_destination_refuses_leaves_the_forward_partial_na
     refused = instances[0].sop_uid
     destination = FakeDicomWeb(refuse={refused: 0x0110}).start()
     try:
-        with bench.client.sessions() as session, session.begin():
-            upsert_node(
-                session,
-                NodeSpec(
-                    "refusing",
-                    "REFUSING",
-                    "127.0.0.1",
-                    destination.port,
-                    dicomweb_url=destination.url,
-                    delivery_transport="dicomweb",
-                ),
-            )
+        bench.add_web_node("refusing", "REFUSING", destination.url, delivery_transport="dicomweb")
         retrieved = bench.run(bench.client.get("web", Level.STUDY, {"StudyInstanceUID": study}))
         assert retrieved["state"] == "completed", retrieved
         forward = bench.run(bench.client.forward(retrieved["id"], "refusing"))
@@ -354,18 +337,7 @@ def test_a_cancel_stops_a_wado_rs_retrieve_inside_a_study_keeping_what_arrived(
     study, instances = next(iter(small_studies(corpus).items()))
     slow = FakeDicomWeb(served=[i.path.read_bytes() for i in instances], trickle_from=1).start()
     try:
-        with bench.client.sessions() as session, session.begin():
-            upsert_node(
-                session,
-                NodeSpec(
-                    "slowweb",
-                    "SLOWWEB",
-                    "127.0.0.1",
-                    slow.port,
-                    dicomweb_url=slow.url,
-                    retrieve_transport="dicomweb",
-                ),
-            )
+        bench.add_web_node("slowweb", "SLOWWEB", slow.url, retrieve_transport="dicomweb")
         job_id = bench.client.get("slowweb", Level.STUDY, {"StudyInstanceUID": study})
         running = threading.Thread(target=bench.run, args=(job_id,), daemon=True)
         running.start()
@@ -403,18 +375,9 @@ def test_an_instance_a_stow_rs_destination_says_it_stored_but_does_not_hold_stay
     forgotten = instances[-1].sop_uid
     destination = FakeDicomWeb(forget={forgotten}).start()
     try:
-        with bench.client.sessions() as session, session.begin():
-            upsert_node(
-                session,
-                NodeSpec(
-                    "forgetting",
-                    "FORGETTING",
-                    "127.0.0.1",
-                    destination.port,
-                    dicomweb_url=destination.url,
-                    delivery_transport="dicomweb",
-                ),
-            )
+        bench.add_web_node(
+            "forgetting", "FORGETTING", destination.url, delivery_transport="dicomweb"
+        )
         retrieved = bench.run(bench.client.get("web", Level.STUDY, {"StudyInstanceUID": study}))
         assert retrieved["state"] == "completed", retrieved
         forward_id = bench.client.forward(retrieved["id"], "forgetting")
@@ -445,19 +408,9 @@ def test_two_dicomweb_destinations_behind_one_address_each_get_their_own_deliver
     study, instances = next(iter(small_studies(corpus).items()))
     server = FakeDicomWeb().start()
     try:
-        with bench.client.sessions() as session, session.begin():
-            for name, path in (("archive-a", "/a/dicom-web"), ("archive-b", "/b/dicom-web")):
-                upsert_node(
-                    session,
-                    NodeSpec(
-                        name,
-                        "ARCHIVE",
-                        "127.0.0.1",
-                        server.port,
-                        dicomweb_url=f"http://127.0.0.1:{server.port}{path}",
-                        delivery_transport="dicomweb",
-                    ),
-                )
+        for name, path in (("archive-a", "/a/dicom-web"), ("archive-b", "/b/dicom-web")):
+            url = f"http://127.0.0.1:{server.port}{path}"
+            bench.add_web_node(name, "ARCHIVE", url, delivery_transport="dicomweb")
         retrieved = bench.run(bench.client.get("web", Level.STUDY, {"StudyInstanceUID": study}))
         assert retrieved["state"] == "completed", retrieved
         forward = bench.run(bench.client.forward(retrieved["id"], "archive-b"))
