@@ -140,7 +140,7 @@ def _chunks(
     while True:
         try:
             chunk = response.raw.read1(READ_BYTES, decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        except urllib3.exceptions.HTTPError as exc:  # read off the raw stream: urllib3's own
             raise http_error(exc, what) from exc
         if not chunk:
             return
