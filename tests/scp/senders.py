@@ -9,13 +9,14 @@ from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
-from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.events import Event
+from pynetdicom.pdu import A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
@@ -40,6 +41,52 @@ def store_association(
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def association_answer(
+    port: int,
+    calling_ae: str,
+    *,
+    source: str = "127.0.0.1",
+    called_ae: str = QRFARM_SCP_AE,
+    held: list[Association] | None = None,
+) -> tuple[int, int, int] | None:
+    """None when the SCP accepts a Verification association (released at
+    once, or appended to ``held``); else its A-ASSOCIATE-RJ (result, source,
+    diagnostic).
+
+    The rejection is read off the PDU itself: pynetdicom's requestor can
+    report a fast one as an abort, when its DUL thread has already closed the
+    socket on the answer before the ACSE thread checks that it connected.
+    """
+    rejections: list[A_ASSOCIATE_RJ] = []
+
+    def on_pdu(event: Event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejections.append(event.pdu)
+
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(VERIFICATION, ImplicitVRLittleEndian)
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title=called_ae,
+        bind_address=(source, 0),
+        evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)],
+    )
+    if assoc.is_established:
+        assert int(assoc.send_c_echo().Status) == 0
+        if held is None:
+            assoc.release()
+        else:
+            held.append(assoc)
+        return None
+    assert rejections, f"the SCP neither accepted nor rejected (aborted {assoc.is_aborted})"
+    answer = rejections[0]
+    return (answer.result or 0, answer.source or 0, answer.reason_diagnostic or 0)
 
 
 def encoded(ds: Dataset) -> bytes:

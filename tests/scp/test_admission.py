@@ -10,8 +10,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import build_context
 
 from qrfarm.errors import InvalidNode
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
@@ -20,34 +19,12 @@ from tests.conftest import QRFARM_SCP_AE
 from tests.peers.dcmtk import echoscu
 
 from .conftest import Db, limit_of_the_pynetdicom_path
-from .senders import association_request
+from .senders import association_answer, association_request
 
 VERIFICATION = "1.2.840.10008.1.1"
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
 CALLED_AE_NOT_RECOGNISED = (0x01, 0x01, 0x07)
-
-
-def associate(
-    port: int,
-    calling_ae: str,
-    *,
-    source: str = "127.0.0.1",
-    called_ae: str = QRFARM_SCP_AE,
-) -> tuple[int, int, int] | None:
-    """None when the SCP accepts (then released); else its rejection's
-    (result, source, diagnostic)."""
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(VERIFICATION, ImplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae, bind_address=(source, 0))
-    if assoc.is_established:
-        assert int(assoc.send_c_echo().Status) == 0
-        assoc.release()
-        return None
-    assert assoc.is_rejected, "the SCP neither accepted nor rejected (aborted?)"
-    answer = assoc.acceptor.primitive
-    assert answer is not None
-    return (int(answer.result), int(answer.result_source), int(answer.diagnostic))
 
 
 def add_node(db: Db, spec: NodeSpec) -> None:
@@ -57,10 +34,11 @@ def add_node(db: Db, spec: NodeSpec) -> None:
 
 def test_known_ae_from_the_wrong_host_is_rejected(scp: StorageScp) -> None:
     # "sender" is registered at 127.0.0.1 (tests/scp/conftest.py).
-    assert associate(scp.port, "STORESCU", source="127.0.0.1") is None
-    assert associate(scp.port, "STORESCU", source="127.0.0.2") == CALLING_AE_NOT_RECOGNISED
+    assert association_answer(scp.port, "STORESCU", source="127.0.0.1") is None
+    assert association_answer(scp.port, "STORESCU", source="127.0.0.2") == CALLING_AE_NOT_RECOGNISED
     # Its other store AE title too: a host check is per node, not per title.
-    assert associate(scp.port, "STORESCU2", source="127.0.0.2") == CALLING_AE_NOT_RECOGNISED
+    other_title = association_answer(scp.port, "STORESCU2", source="127.0.0.2")
+    assert other_title == CALLING_AE_NOT_RECOGNISED
 
 
 def test_store_hosts_take_networks_and_names(db: Db, scp: StorageScp) -> None:
@@ -68,11 +46,11 @@ def test_store_hosts_take_networks_and_names(db: Db, scp: StorageScp) -> None:
     add_node(db, NodeSpec("by-name", "NAMEPACS", "127.0.0.1", 104, store_hosts=["localhost"]))
     scp.context.known_nodes.expire()
     # The store hosts replace the node's own host: only what they name is admitted.
-    assert associate(scp.port, "NETPACS", source="127.0.0.2") is None
-    assert associate(scp.port, "NETPACS", source="127.0.0.1") == CALLING_AE_NOT_RECOGNISED
+    assert association_answer(scp.port, "NETPACS", source="127.0.0.2") is None
+    assert association_answer(scp.port, "NETPACS", source="127.0.0.1") == CALLING_AE_NOT_RECOGNISED
     # "localhost" resolves to 127.0.0.1 (and ::1), never to 127.0.0.2.
-    assert associate(scp.port, "NAMEPACS", source="127.0.0.1") is None
-    assert associate(scp.port, "NAMEPACS", source="127.0.0.2") == CALLING_AE_NOT_RECOGNISED
+    assert association_answer(scp.port, "NAMEPACS", source="127.0.0.1") is None
+    assert association_answer(scp.port, "NAMEPACS", source="127.0.0.2") == CALLING_AE_NOT_RECOGNISED
 
 
 def test_a_node_behind_nat_is_admitted_from_any_host_only_when_told(
@@ -80,18 +58,18 @@ def test_a_node_behind_nat_is_admitted_from_any_host_only_when_told(
 ) -> None:
     add_node(db, NodeSpec("natted", "NATPACS", "127.0.0.1", 104, any_store_host=True))
     scp.context.known_nodes.expire()
-    assert associate(scp.port, "NATPACS", source="127.0.0.2") is None
-    assert associate(scp.port, "NATPACS", source="127.0.0.1") is None
+    assert association_answer(scp.port, "NATPACS", source="127.0.0.2") is None
+    assert association_answer(scp.port, "NATPACS", source="127.0.0.1") is None
 
 
 def test_a_wrong_called_ae_is_rejected(scp: StorageScp) -> None:
-    assert associate(scp.port, "STORESCU", called_ae="ANY-SCP") == CALLED_AE_NOT_RECOGNISED
-    assert associate(scp.port, "STORESCU", called_ae=QRFARM_SCP_AE + "X") == (
+    assert association_answer(scp.port, "STORESCU", called_ae="ANY-SCP") == CALLED_AE_NOT_RECOGNISED
+    assert association_answer(scp.port, "STORESCU", called_ae=QRFARM_SCP_AE + "X") == (
         CALLED_AE_NOT_RECOGNISED
     )
     run = echoscu("127.0.0.1", scp.port, "ANY-SCP", calling_ae="STORESCU")
     assert run.returncode != 0 and "Called AE Title Not Recognized" in run.stderr
-    assert associate(scp.port, "STORESCU") is None
+    assert association_answer(scp.port, "STORESCU") is None
 
 
 def test_bad_store_hosts_are_refused_at_registration(db: Db) -> None:

@@ -26,7 +26,8 @@ from tests.peers.dcmtk import STORESCU
 from tests.peers.ports import free_port, wait_for_port
 
 from .conftest import Db
-from .test_admission import CALLING_AE_NOT_RECOGNISED, associate
+from .senders import association_answer
+from .test_admission import CALLING_AE_NOT_RECOGNISED
 
 HAPROXY = "/usr/sbin/haproxy"
 DEPLOY_CFG = Path(__file__).parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
@@ -104,7 +105,7 @@ def test_behind_haproxy_the_pacs_is_admitted_by_its_real_address(
     assert row.sop_instance_uid == instance.sop_uid
     assert row.peer_host == "127.0.0.1"
     # Its AE title from another address, through the same HAProxy: refused.
-    assert associate(front, "STORESCU", source="127.0.0.2") == CALLING_AE_NOT_RECOGNISED
+    assert association_answer(front, "STORESCU", source="127.0.0.2") == CALLING_AE_NOT_RECOGNISED
 
 
 def test_a_connection_from_the_proxy_address_without_a_header_is_dropped(
@@ -114,6 +115,6 @@ def test_a_connection_from_the_proxy_address_without_a_header_is_dropped(
     # Straight to the SCP from the proxy's address, with no PROXY header: its
     # A-ASSOCIATE-RQ is not read as one; nothing is admitted.
     with pytest.raises(AssertionError, match="neither accepted nor rejected"):
-        associate(scp.port, "STORESCU", source=PROXY_SOURCE)
+        association_answer(scp.port, "STORESCU", source=PROXY_SOURCE)
     # From anywhere else the SCP speaks DICOM at once.
-    assert associate(scp.port, "STORESCU", source="127.0.0.1") is None
+    assert association_answer(scp.port, "STORESCU", source="127.0.0.1") is None

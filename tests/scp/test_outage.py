@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import AE
 from sqlalchemy import select
 
 from qrfarm.jobs.nodes import upsert_node
@@ -27,25 +25,11 @@ from tests.peers.dcmtk import STORESCU
 from tests.postgres_cluster import OwnPostgres
 
 from .conftest import NODES
-from .senders import encoded, send_raw, store_association
+from .senders import association_answer, encoded, send_raw, store_association
 
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
 REJECTED_TRANSIENT = 0x02
 OUTAGE_S = 30.0
-
-
-def rejection_of(port: int, calling_ae: str) -> tuple[int, int, int] | None:
-    """None when the SCP accepts; else its A-ASSOCIATE-RJ (result, source, diagnostic)."""
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context("1.2.840.10008.1.1", ImplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title=QRFARM_SCP_AE)
-    if assoc.is_established:
-        assoc.release()
-        return None
-    assert assoc.is_rejected, "the SCP neither accepted nor rejected"
-    answer = assoc.acceptor.primitive
-    assert answer is not None
-    return (int(answer.result), int(answer.result_source), int(answer.diagnostic))
 
 
 def storescu(port: int, files: list[Path], calling_ae: str) -> subprocess.CompletedProcess[str]:
@@ -92,7 +76,7 @@ def test_database_outage_admits_no_stranger_and_leaves_nothing_unrecorded(
         time.sleep(REFRESH_S + 1)
 
         # A stranger is turned away, for now (it may try again later).
-        assert rejection_of(scp.port, "STRANGER") == (REJECTED_TRANSIENT, 0x01, 0x03)
+        assert association_answer(scp.port, "STRANGER") == (REJECTED_TRANSIENT, 0x01, 0x03)
         stranger = storescu(scp.port, [during[0].path], "STRANGER")
         assert stranger.returncode != 0
         assert "Rejected Transient" in stranger.stderr + stranger.stdout

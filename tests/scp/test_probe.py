@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom.association import Association
 from sqlalchemy import func, select
 
 from qrfarm.models import OrphanInstance, ReceivedInstance
@@ -20,11 +20,11 @@ from qrfarm.storage import InstanceStorage
 from tests.conftest import QRFARM_SCP_AE
 
 from .conftest import Db
-from .senders import encoded, send_raw, store_association
+from .senders import association_answer, encoded, send_raw, store_association
 
 PROBE_AE = "QRFARMPROBE"
 REFUSED_NOT_AUTHORIZED = 0x0124
-VERIFICATION = "1.2.840.10008.1.1"
+LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)  # A-ASSOCIATE-RJ, PS3.8 9.3.4
 
 
 def probe(port: int, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -87,20 +87,11 @@ def test_probes_hold_no_slot_a_pacs_needs(db: Db, tmp_path: Path, corpus: Corpus
         max_associations=MAX_PROBES + 1,
     )
     port = scp.start()
-    held = []
+    held: list[Association] = []
     try:
         for _ in range(MAX_PROBES):
-            ae = AE(ae_title=PROBE_AE)
-            ae.add_requested_context(VERIFICATION)
-            assoc = ae.associate("127.0.0.1", port, ae_title=QRFARM_SCP_AE)
-            assert assoc.is_established
-            held.append(assoc)
-        one_more = AE(ae_title=PROBE_AE)
-        one_more.add_requested_context(VERIFICATION)
-        refused = one_more.associate("127.0.0.1", port, ae_title=QRFARM_SCP_AE)
-        assert refused.is_rejected, (
-            f"not rejected: established {refused.is_established}, aborted {refused.is_aborted}"
-        )
+            assert association_answer(port, PROBE_AE, held=held) is None
+        assert association_answer(port, PROBE_AE) == LOCAL_LIMIT_EXCEEDED
         instance = corpus.instances[0]
         with store_association(port, [instance.sop_class_uid]) as assoc:
             status = send_raw(
