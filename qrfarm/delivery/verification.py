@@ -287,6 +287,9 @@ def finalize_delivery(
         return
     reported = (job.reported_completed or 0) + (job.reported_warning or 0)
     failed = {uid for uid in job.failed_uids if uid not in confirmed}
+    # Failures the source named and the destination confirmed after all (a
+    # retry) are resolved; a failure it only counted is not.
+    reported_failed = max(0, (job.reported_failed or 0) - len(set(job.failed_uids) & confirmed))
     if job.expected_count is not None:
         expected = expected_uids(session, job.id)
         missing = expected - confirmed
@@ -297,15 +300,15 @@ def finalize_delivery(
         enough = len(confirmed) >= reported
         parts = [f"{reported} reported sent, {len(confirmed)} confirmed"]
     job.missing_uids = sorted(missing | failed)
-    if not missing and not failed and not (job.reported_failed or 0) and enough:
+    if not missing and not failed and not reported_failed and enough:
         transition(job, JobState.COMPLETED)
         job.error = None
         return
-    if failed or job.reported_failed:
-        parts.append(f"{max(len(failed), job.reported_failed or 0)} failed at the source")
+    if failed or reported_failed:
+        parts.append(f"{max(len(failed), reported_failed)} failed at the source")
     if problem:
         parts.append(problem)
     reason = "; ".join(parts) + " at the destination"
-    if policy is not None and retry_missing(job, policy, reason):
+    if policy is not None and retry_missing(job, policy, reason, expected):
         return
     transition(job, JobState.PARTIAL, error=reason)

@@ -13,12 +13,12 @@ import logging
 import time
 
 from opentelemetry import trace
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from qrfarm.dicom import OperationResult, Status, StatusCategory
 from qrfarm.errors import QrfarmError
-from qrfarm.models import Attempt, DimseResponse, Job, JobState, table, utcnow
+from qrfarm.models import Attempt, DimseResponse, ExpectedInstance, Job, JobState, table, utcnow
 from qrfarm.observability.metrics import ATTEMPTS, RETRIES
 from qrfarm.observability.tracing import tracer
 
@@ -209,23 +209,34 @@ def requeue_busy(deps: RunnerDeps, taken: Claim, node_name: str, reason: str) ->
 
 
 def retry_still_missing(deps: RunnerDeps, taken: Claim, retry_uids: list[str]) -> list[str]:
-    """What a retry still has to ask for: its UIDs not held by now (arrived late,
-    or orphans of the node that the job claims)."""
+    """What a retry still has to ask for: its UIDs that the job's expected list
+    names (only those can be asked for by UID: their series is known) and
+    that it does not hold by now (arrived late, or orphans of the node that
+    the job claims)."""
     with deps.sessions() as session, session.begin():
         job = fenced(session, taken)
         if job is None:
             return []
+        askable = set(
+            session.scalars(
+                select(ExpectedInstance.sop_instance_uid).where(
+                    ExpectedInstance.job_id == job.id,
+                    ExpectedInstance.sop_instance_uid.in_(retry_uids),
+                )
+            )
+        )
         if job.destination_node_id is not None:
             # Sent to another node: what the farm holds is not what it holds.
-            return list(retry_uids)
+            return [uid for uid in retry_uids if uid in askable]
         claim_orphans(session, job, deps.policy.late_window_s)
         session.flush()
         held = recorded_uids(session, job.id)
-    return [uid for uid in retry_uids if uid not in held]
+    return [uid for uid in retry_uids if uid in askable and uid not in held]
 
 
 def reconcile_held(deps: RunnerDeps, taken: Claim) -> None:
-    """All a retry was for arrived meanwhile: reconcile on what is held, no second move."""
+    """Nothing a retry was for is left to ask for (it arrived meanwhile, or the
+    expected list does not name it): reconcile on what is held, no second move."""
     with deps.sessions() as session, session.begin():
         job = fenced(session, taken)
         if job is None:
@@ -234,5 +245,9 @@ def reconcile_held(deps: RunnerDeps, taken: Claim) -> None:
         transition(job, JobState.RECONCILING)
         job.reconcile_until = utcnow()
         recorded = job.recorded_count
-    log.info("job %d: the instances to retry arrived meanwhile; no second move", taken.job_id)
+    log.info(
+        "job %d: nothing left that a retry can ask for (arrived meanwhile, or not "
+        "in the expected list); no second move",
+        taken.job_id,
+    )
     reconcile_until_done(deps, taken, recorded)

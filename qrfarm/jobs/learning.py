@@ -51,7 +51,7 @@ def node_and_limit(
     rejected_at = profiles.refused_at(profile, probe_after_s, time.time() if now is None else now)
     if rejected_at is None:
         return node, node.max_associations
-    return node, min(node.max_associations, max(rejected_at - 1, 1))
+    return node, min(node.max_associations, profiles.limit_below(rejected_at))
 
 
 def after_final_response(session: Session, job: Job, results: list[OperationResult]) -> None:

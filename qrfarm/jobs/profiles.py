@@ -110,6 +110,13 @@ def refused_at(row: NodeProfile | None, probe_after_s: float, now: float) -> int
     return row.rejected_at_associations + int(quiet_periods)
 
 
+def limit_below(rejected_at: int) -> int:
+    """The associations a node refused at ``rejected_at`` is taken to accept:
+    one fewer, and never none (a node that refuses the farm's only one is
+    busy elsewhere, or not done with the last one yet; the farm keeps to one)."""
+    return max(rejected_at - 1, 1)
+
+
 def node_id_of(session: Session, ae_title: str, host: str, port: int) -> int | None:
     return session.scalar(
         select(NodeRecord.id).where(
@@ -155,7 +162,7 @@ def profile(session: Session, node_id: int, probe_after_s: float = PROBE_AFTER_S
     rejected_at = refused_at(row, probe_after_s, time.time())
     return {
         **{name: verdict(observations.get(name), name) for name in TRAITS + DESTINATION_TRAITS},
-        "rejects_above_associations": None if rejected_at is None else rejected_at - 1,
+        "rejects_above_associations": None if rejected_at is None else limit_below(rejected_at),
         "max_associations_held": 0 if row is None else row.max_associations_held,
         "observations": {
             name: observations[name] for name in TRAITS + DESTINATION_TRAITS if name in observations

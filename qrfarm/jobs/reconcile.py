@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Collection
 from dataclasses import replace
 
 from sqlalchemy import select
@@ -107,27 +108,30 @@ def finalize(session: Session, job: Job, policy: JobPolicy | None = None) -> Non
         if len(recorded) < reported:
             parts.append(f"{reported} reported sent, {len(recorded)} arrived")
         reason = "; ".join(parts) or "incomplete"
-    if policy is not None and retry_missing(job, policy, reason):
+    if policy is not None and retry_missing(job, policy, reason, expected):
         RECONCILIATIONS.labels("retrying").inc()
         return
     transition(job, JobState.PARTIAL, error=reason)
     RECONCILIATIONS.labels("partial").inc()
 
 
-def retry_missing(job: Job, policy: JobPolicy, reason: str) -> bool:
-    """Queue the job again for its missing instances (``missing_uids``), when
-    that can help; qrfarm.delivery calls it for what a destination did not confirm."""
+def retry_missing(job: Job, policy: JobPolicy, reason: str, expected: Collection[str]) -> bool:
+    """Queue the job again for its missing instances (``missing_uids``) that
+    ``expected`` (its IMAGE-level find) names, when that can help; qrfarm.delivery
+    calls it for what a destination did not confirm. An instance only the
+    PACS's failure list names cannot be asked for by UID (its series is not
+    known): it stays named, and alone it queues nothing."""
     if not (policy.retry_partial and job.missing_uids and job.kind is not JobKind.FIND):
         return False
-    # Only what an IMAGE-level find named can be asked for by UID.
-    if job.expected_count is None or job.attempt_count >= job.max_attempts:
+    askable = [uid for uid in job.missing_uids if uid in expected]
+    if job.expected_count is None or not askable or job.attempt_count >= job.max_attempts:
         return False
     delay = policy.backoff(job.attempt_count)
     RETRIES.labels("missing").inc()
     transition(job, JobState.QUEUED, error=f"{reason}; asking again for those")
-    job.retry_uids = list(job.missing_uids)
+    job.retry_uids = askable
     job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
-    log.info("job %d: %s; retry of %d in %.1f s", job.id, reason, len(job.missing_uids), delay)
+    log.info("job %d: %s; retry of %d in %.1f s", job.id, reason, len(askable), delay)
     return True
 
 
@@ -143,12 +147,13 @@ def _verifier_lost(session: Session, job: Job, policy: JobPolicy) -> None:
             select(DeliveredInstance.sop_instance_uid).where(DeliveredInstance.job_id == job.id)
         )
     )
-    job.missing_uids = sorted(expected_uids(session, job.id) - confirmed)
+    expected = expected_uids(session, job.id)
+    job.missing_uids = sorted(expected - confirmed)
     reason = "verification at the destination did not finish"
     if (
         job.expected_count is None
         or not job.missing_uids
-        or not retry_missing(job, replace(policy, retry_partial=True), reason)
+        or not retry_missing(job, replace(policy, retry_partial=True), reason, expected)
     ):
         transition(job, JobState.PARTIAL, error=reason)
 

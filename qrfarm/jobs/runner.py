@@ -285,6 +285,12 @@ def _find_after_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, conn: Conn
 
 
 def _run_get(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
+    if snap.retry_uids:
+        missing = retry_still_missing(deps, taken, snap.retry_uids)
+        if not missing:
+            reconcile_held(deps, taken)
+            return
+        snap = replace(snap, retry_uids=missing)
     with deps.connections.query_retrieve(snap.node) as conn:
         refs = expected_instances(conn, snap.identifier, snap.root)
     store_expected(deps.sessions, taken, refs)
@@ -332,7 +338,9 @@ def _traced(on_response: Callable[[Response], None]) -> Callable[[Response], Non
 
 def _retrieve_identifiers(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> list[Dataset]:
     """The job's identifier, or for a retry of what is missing, one IMAGE-level
-    identifier per series with the missing SOP Instance UIDs."""
+    identifier per series with the missing SOP Instance UIDs (the expected
+    list names each: :func:`retry_still_missing` kept only those). Never the
+    whole identifier for a retry: that would ask for everything again."""
     if not snap.retry_uids:
         return [snap.identifier]
     with deps.sessions() as session:
@@ -357,4 +365,4 @@ def _retrieve_identifiers(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> li
         if snap.root is Root.PATIENT:
             keys = {"PatientID": str(patient_id), **keys}
         identifiers.append(build_retrieve_identifier(snap.root, Level.IMAGE, keys))
-    return identifiers or [snap.identifier]
+    return identifiers

@@ -43,12 +43,14 @@ def _level(identifier: Dataset) -> Level | None:
 
 @dataclass
 class SandboxStats:
-    """What the sandbox saw: associations at once (now and at most), C-CANCELs."""
+    """What the sandbox saw: associations at once (now and at most), C-CANCELs,
+    retrieve requests."""
 
     open_associations: int = 0
     peak_associations: int = 0
     cancels: int = 0
     moves: int = 0  # C-MOVE requests received
+    gets: int = 0  # C-GET requests received
     refused: int = 0
     admitted: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -142,6 +144,8 @@ def _instances(event: Event, archive: Archive) -> list[ArchivedInstance] | None:
 
 
 def handle_get(event: Event, archive: Archive, behaviour: Behaviour) -> Iterator[Any]:
+    with behaviour.stats.lock:
+        behaviour.stats.gets += 1
     instances = _instances(event, archive)
     if instances is None:
         yield 0

@@ -107,3 +107,19 @@ def test_a_refusal_at_the_probed_limit_brings_it_down_and_starts_the_quiet_perio
     assert [limit(t0 + q * QUIET_S) for q in (0, 0.9, 1, 2, 3, 10)] == [1, 1, 2, 3, 4, 4]
     refused(t0 + 2 * QUIET_S, taken=3)  # probed at 3 and refused again
     assert [limit(t0 + q * QUIET_S) for q in (2, 2.9, 3, 4)] == [2, 2, 3, 4]
+
+
+def test_a_lone_association_refused_shows_the_limit_the_farm_keeps_to(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A node busy elsewhere (or not yet done with the farm's last association)
+    refuses the farm's only one: the profile shows the one association the
+    farm still uses, never a limit of none."""
+    add_job(sessions)  # and its node, "pacs"
+    with sessions() as session, session.begin():
+        node_id = session.scalars(select(NodeRecord.id).where(NodeRecord.name == "pacs")).one()
+        profiles.observe_associations(session, node_id, rejected_at=1, probe_after_s=QUIET_S)
+    with sessions() as session:
+        shown = profiles.profile(session, node_id, QUIET_S)["rejects_above_associations"]
+        used = learning.node_and_limit(session, node_id, QUIET_S)[1]
+    assert shown == used == 1

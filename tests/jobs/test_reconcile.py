@@ -91,3 +91,29 @@ def test_a_cancelled_job_keeps_what_arrived(sessions: sessionmaker[Session]) -> 
     assert job.state is JobState.CANCELLED
     assert job.recorded_count == 2
     assert job.error == "cancelled; 2 instance(s) arrived"
+
+
+def test_a_failure_named_outside_the_expected_list_is_reported_not_asked_for(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The PACS names as failed an instance its find never listed: the job
+    names it, but a retry by UID cannot ask for it (its series is unknown),
+    so none is queued for it alone."""
+    job_id = reconciling(sessions, reported_completed=3, reported_failed=1, failed_uids=["9"])
+    expect(sessions, job_id, ["1", "2", "3"])
+    receive(sessions, job_id, ["1", "2", "3"])
+    job = end(sessions, job_id, RETRYING)
+    assert job.state is JobState.PARTIAL
+    assert job.missing_uids == ["9"]
+    assert job.retry_uids == []
+
+
+def test_a_retry_asks_only_for_what_the_expected_list_names(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = reconciling(sessions, reported_completed=2, reported_failed=1, failed_uids=["9"])
+    expect(sessions, job_id, ["1", "2", "3"])
+    receive(sessions, job_id, ["1", "2"])
+    job = end(sessions, job_id, RETRYING)
+    assert job.state is JobState.QUEUED
+    assert job.retry_uids == ["3"]

@@ -21,7 +21,7 @@ from qrfarm.dicom import Level, Node, Timeouts
 from qrfarm.jobs.dispatch import RUN_JOB, node_queue
 from qrfarm.jobs.nodes import NodeSpec, upsert_node
 from qrfarm.jobs.runner import RunnerDeps, run_job
-from qrfarm.models import OrphanInstance, ReceivedInstance, make_engine, upgrade
+from qrfarm.models import Job, JobState, OrphanInstance, ReceivedInstance, make_engine, upgrade
 from qrfarm.sandbox.pacs import Behaviour, SandboxPacs
 from qrfarm.sandbox.synthetic import Corpus
 from qrfarm.scp import StorageScp
@@ -221,6 +221,33 @@ def test_stores_after_the_grace_with_no_originator_complete_the_job_with_one_mov
     assert status["state"] == "completed", status
     assert status["recorded"] == status["expected"] == len(instances)
     assert bench.pacs.behaviour.stats.moves == 1
+
+
+@pytest.mark.parametrize("kind", ["move", "get"])
+def test_a_retry_of_an_instance_never_expected_asks_the_pacs_for_nothing(
+    bench: Bench, corpus: Corpus, kind: str
+) -> None:
+    """A partial job names an instance its find never listed (the PACS said it
+    failed): a retry cannot ask for it by UID, and must not ask for the whole
+    study instead."""
+    bench.register(max_associations=2)
+    study, instances = next((s, i) for s, i in corpus.studies().items() if 10 <= len(i) <= 20)
+    with moves_into_scp(bench):
+        submit = bench.client.move if kind == "move" else bench.client.get
+        job_id = submit("pacs", Level.STUDY, {"StudyInstanceUID": study})
+        run_job(bench.deps, job_id, "runner-test")
+        assert bench.client.status(job_id)["state"] == "completed"
+        with bench.client.sessions() as session, session.begin():
+            job = session.get_one(Job, job_id)
+            job.state, job.reported_failed = JobState.PARTIAL, 1
+            job.failed_uids = job.missing_uids = ["1.2.826.0.1.3680043.9.9999"]
+        bench.client.retry(job_id)
+        run_job(bench.deps, job_id, "runner-test")
+    status = bench.client.status(job_id)
+    assert status["state"] == "partial", status
+    assert status["recorded"] == len(instances)
+    assert bench.pacs.behaviour.stats.moves == (1 if kind == "move" else 0)
+    assert bench.pacs.behaviour.stats.gets == (1 if kind == "get" else 0)
 
 
 def test_a_get_counts_only_what_it_asked_for_from_a_pacs_that_sends_more(
