@@ -53,14 +53,20 @@ class OwnPostgres:
         )
 
     def start(self) -> None:
-        self._pg_ctl(
-            "-w",
-            "-l",
-            str(self.directory / "postgres.log"),
-            "-o",
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1",
-            "start",
-        )
+        log = self.directory / "postgres.log"
+        try:
+            self._pg_ctl(
+                "-w",
+                "-l",
+                str(log),
+                "-o",
+                f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1",
+                "start",
+            )
+        except subprocess.CalledProcessError as exc:
+            # Why, in the failure itself: the test's folder may be gone when it is read.
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+            raise RuntimeError(f"PostgreSQL did not start on port {self.port}:\n{tail}") from exc
 
     def stop(self) -> None:
         self._pg_ctl("-w", "-m", "fast", "stop")

@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.dicom import Node
+from qrfarm.dicom.sending import check_identity
 from qrfarm.dicomweb import WebClient, WebService, WebTimeouts, open_client, stow, url_host
 from qrfarm.errors import InvalidNode, QrfarmError
 from qrfarm.jobs.nodes import web_service_of
@@ -109,9 +110,18 @@ class StowTransport:
         for item in items:
             try:
                 dataset: Dataset = dcmread(item.path)
+                sop_class = str(dataset.get("SOPClassUID", ""))
+                sop_instance = str(dataset.get("SOPInstanceUID", ""))
+                check_identity((sop_class, sop_instance), item.sop_class_uid, item.sop_instance_uid)
                 if self.options.rewrite is not None:
                     self.options.rewrite(dataset)
-            except (OSError, ValueError) as exc:
+            except QrfarmError as exc:
+                results.append(_not_sent(item, str(exc), exc.retriable))
+                continue
+            except Exception as exc:  # noqa: BLE001 (this instance fails, not the forward)
+                # Not DICOM, or a data set the rewrite cannot take: named by
+                # the error's type (its text may quote values).
+                log.warning("forwarding %s failed: %s", item.sop_instance_uid, type(exc).__name__)
                 results.append(_not_sent(item, f"could not be read: {type(exc).__name__}", False))
                 continue
             loaded.append((item, dataset))

@@ -13,6 +13,9 @@ QIDO-RS has no PATIENT level: such a query is refused, naming the rule.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,8 @@ from qrfarm.dicom.planning import ImageRef
 from qrfarm.errors import DicomWebResponseError, InvalidIdentifier
 
 from .service import WebClient, http_error
+
+log = logging.getLogger(__name__)
 
 # Answers asked for per request (limit, offset): a service that caps its
 # answers (Orthanc: QidoCaseSensitive aside, "QueryLimit") pages them.
@@ -94,7 +99,11 @@ def search(web: WebClient, identifier: Dataset, root: Root) -> list[Dataset]:
 
 
 def _pages(web: WebClient, query: QidoQuery) -> Iterator[dict[str, Any]]:
+    """Every answer, a page of PAGE_SIZE at a time. A service that ignores
+    offset answers each page alike: a page seen before ends the search as a
+    DicomWebResponseError, where paging on would never end."""
     offset = 0
+    seen: set[str] = set()
     while True:
         kwargs: dict[str, Any] = {
             "limit": PAGE_SIZE,
@@ -113,9 +122,17 @@ def _pages(web: WebClient, query: QidoQuery) -> Iterator[dict[str, Any]]:
             raise http_error(exc, f"QIDO-RS {query.level.value.lower()} search") from exc
         if not isinstance(page, list):
             raise DicomWebResponseError("QIDO-RS answered something other than a JSON array")
-        yield from page
         # Fewer than asked: the last page. More than asked: the service
         # ignores limit and sent everything at once.
+        if len(page) == PAGE_SIZE:
+            digest = hashlib.sha256(json.dumps(page, sort_keys=True).encode()).hexdigest()
+            if digest in seen:
+                raise DicomWebResponseError(
+                    f"QIDO-RS answered offset {offset} with a page it had sent already: "
+                    "the service ignores offset, and its answers cannot be paged"
+                )
+            seen.add(digest)
+        yield from page
         if len(page) != PAGE_SIZE:
             return
         offset += PAGE_SIZE
@@ -151,12 +168,21 @@ def _vr_of(tag: int) -> str:
 
 def instances_of(web: WebClient, identifier: Dataset, root: Root) -> list[ImageRef]:
     """Every instance a retrieve identifier names, by one IMAGE-level QIDO-RS
-    search on its unique keys: the expected instances of a WADO-RS retrieve."""
+    search on its unique keys: the expected instances of a WADO-RS retrieve.
+
+    An answer outside those keys (a service that ignores a filter) is left
+    out: it is not what the job asked for, and is neither expected nor
+    retrieved."""
     level = validate_retrieve_identifier(identifier, root)
     filters: dict[str, str] = {}
     for step in path_to(root, level):
         keyword = UNIQUE_KEY[step]
         filters[keyword] = _text(identifier[keyword])
+    wanted = {
+        _REF_KEYS[keyword]: set(value.split(","))
+        for keyword, value in filters.items()
+        if keyword in _REF_KEYS
+    }
     query = QidoQuery(
         Level.IMAGE,
         filters,
@@ -164,19 +190,27 @@ def instances_of(web: WebClient, identifier: Dataset, root: Root) -> list[ImageR
         [],
     )
     found: dict[str, ImageRef] = {}
+    outside = 0
     for raw in _pages(web, query):
         if not isinstance(raw, dict):
             raise DicomWebResponseError("a QIDO-RS answer is not a DICOM JSON object")
         uids = {key: _first(raw, tag) for key, tag in _REF_TAGS.items()}
         if not all(is_valid_uid(uids[k]) for k in ("sop", "study", "series")):
             raise DicomWebResponseError("a QIDO-RS instance answer lacks a valid UID")
+        if any(uids[key] not in values for key, values in wanted.items()):
+            outside += 1
+            continue
         found[uids["sop"]] = ImageRef(
             uids["sop"], uids["class"] or None, uids["study"], uids["series"]
         )
+    if outside:
+        log.warning("QIDO-RS answered %d instance(s) outside the keys asked for: left out", outside)
     return list(found.values())
 
 
 _REF_TAGS = {"sop": "00080018", "class": "00080016", "study": "0020000D", "series": "0020000E"}
+# The unique keys an answer is held against (a patient's is not returned).
+_REF_KEYS = {"StudyInstanceUID": "study", "SeriesInstanceUID": "series", "SOPInstanceUID": "sop"}
 
 
 def _first(raw: dict[str, Any], tag: str) -> str:

@@ -26,6 +26,7 @@ from qrfarm.errors import (
     DicomWebRedirectRefused,
     DicomWebResponseError,
     InvalidNode,
+    QrfarmError,
 )
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,8 @@ class QidoClient(DICOMwebClient):
 
 def http_error(exc: Exception, what: str) -> Exception:
     """A requests exception as qrfarm's: DicomWebError, retriable where it may pass;
-    qrfarm's own errors (a refused redirect) pass through unchanged."""
+    qrfarm's own errors (a refused redirect) pass through unchanged; any
+    other is an answer that could not be read (DicomWebResponseError)."""
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         status = exc.response.status_code
         reason = exc.response.reason or ""
@@ -302,4 +304,8 @@ def http_error(exc: Exception, what: str) -> Exception:
         return DicomWebError(f"{what}: the connection broke ({type(exc).__name__})", transient=True)
     if isinstance(exc, urllib3.exceptions.HTTPError):
         return DicomWebError(f"{what}: {type(exc).__name__}", transient=False)
-    return exc
+    if isinstance(exc, QrfarmError):
+        return exc
+    # Anything else came of reading the answer (dicomweb-client decoding JSON
+    # or a body that is not what it should be): the answer is unusable.
+    return DicomWebResponseError(f"{what}: the answer could not be read ({type(exc).__name__})")

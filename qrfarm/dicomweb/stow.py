@@ -113,16 +113,23 @@ def _read_answer(body: Dataset, answer: StowAnswer) -> None:
         uid = str(item.get("ReferencedSOPInstanceUID", ""))
         if not uid:
             continue
-        reason = item.get("WarningReason")
+        reason = _reason(item.get("WarningReason"))
         if reason is not None:
-            answer.warnings[uid] = int(reason)
+            answer.warnings[uid] = reason
         answer.stored.add(uid)
         answer.failed.pop(uid, None)
     for item in body.get("FailedSOPSequence", []) or []:
         uid = str(item.get("ReferencedSOPInstanceUID", ""))
         if uid and uid not in answer.stored:
-            reason = item.get("FailureReason")
-            answer.failed[uid] = int(reason) if reason is not None else None
+            answer.failed[uid] = _reason(item.get("FailureReason"))
+
+
+def _reason(value: object) -> int | None:
+    """A Warning or Failure Reason (US, one value); None when the service sent
+    none, or something else (several values, text): not given."""
+    if isinstance(value, int) and 0 <= value <= 0xFFFF:
+        return value
+    return None
 
 
 def held_at(web: WebClient, sent: Iterable[tuple[str, str, str]]) -> set[str]:
@@ -140,6 +147,10 @@ def held_at(web: WebClient, sent: Iterable[tuple[str, str, str]]) -> set[str]:
 
 
 def _found(web: WebClient, study: str, chunk: list[str]) -> set[str]:
+    """Which of ``chunk`` (fewer than a page) the service finds in ``study``. A
+    page is asked for past the first only while pages bring UIDs asked for
+    and not found yet: a service padding its answers, or ignoring offset,
+    is asked a bounded number of times."""
     wanted = set(chunk)
     found: set[str] = set()
     offset = 0
@@ -156,10 +167,11 @@ def _found(web: WebClient, study: str, chunk: list[str]) -> set[str]:
             raise http_error(exc, "QIDO-RS check of stored instances") from exc
         if not isinstance(page, list):
             raise DicomWebResponseError("QIDO-RS answered something other than a JSON array")
+        before = len(found)
         for raw in page:
             values = raw.get("00080018", {}).get("Value") if isinstance(raw, dict) else None
             if isinstance(values, list) and values and str(values[0]) in wanted:
                 found.add(str(values[0]))
-        if len(page) != PAGE_SIZE:
+        if len(page) != PAGE_SIZE or found == wanted or len(found) == before:
             return found
         offset += PAGE_SIZE

@@ -5,7 +5,12 @@ chosen ones and forgets them, and answers QIDO-RS with exactly what it
 stored. It records the UIDs of every STOW-RS request.
 It serves ``served`` files as a study (an IMAGE-level QIDO-RS search, a
 study's WADO-RS), sending parts from ``trickle_from`` on a few bytes at a
-time, as a slow archive does."""
+time, as a slow archive does.
+
+A hostile one, on demand: its IMAGE-level search at /instances also names
+``foreign`` files (it ignores the filters), every QIDO-RS answer is padded
+to ``pad_qido`` rows whatever the offset (it ignores offset), and a Failure
+Reason is sent with ``reason_values`` (several values where one belongs)."""
 
 from __future__ import annotations
 
@@ -33,6 +38,11 @@ class FakeDicomWeb:
     trickle_from: int | None = None  # the first served part sent slowly
     # The client closed a WADO-RS answer before its end.
     cut_short: threading.Event = field(default_factory=threading.Event)
+    foreign: list[bytes] = field(default_factory=list)
+    pad_qido: int = 0
+    reason_values: list[int] | None = None
+    searches: int = 0  # QIDO-RS requests answered
+    wado_paths: list[str] = field(default_factory=list)  # the path of each WADO-RS
     port: int = 0
     _server: http.server.ThreadingHTTPServer | None = None
     _closing: threading.Event = field(default_factory=threading.Event)
@@ -64,7 +74,8 @@ class FakeDicomWeb:
                         "00081155": {"vr": "UI", "Value": [uid]},
                     }
                     if uid in fake.refuse:
-                        item["00081197"] = {"vr": "US", "Value": [fake.refuse[uid]]}
+                        reasons = fake.reason_values or [fake.refuse[uid]]
+                        item["00081197"] = {"vr": "US", "Value": reasons}
                         failed.append(item)
                     else:
                         if uid not in fake.forget:
@@ -85,9 +96,14 @@ class FakeDicomWeb:
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
                 if parts.path.endswith("/dicom-web/instances"):
-                    self._json(200, [_reference(data) for data in fake.served])
+                    named = [_reference(data) for data in [*fake.served, *fake.foreign]]
+                    self._qido(named)
+                    return
+                if parts.path.endswith("/dicom-web/studies"):
+                    self._qido([])  # it holds no study of its own to name
                     return
                 if "/studies/" in parts.path and not parts.path.endswith("/instances"):
+                    fake.wado_paths.append(parts.path)
                     self._wado()
                     return
                 wanted = set(",".join(query.get("SOPInstanceUID", [""])).split(","))
@@ -97,7 +113,12 @@ class FakeDicomWeb:
                     for uid, (of_study, _) in sorted(fake.stored.items())
                     if uid in wanted and of_study == study
                 ]
-                self._json(200, found)
+                self._qido(found)
+
+            def _qido(self, answers: list[dict[str, Any]]) -> None:
+                fake.searches += 1
+                junk = {"00080018": {"vr": "UI", "Value": ["1.2.826.0.1.3680043.10.1234.77"]}}
+                self._json(200, answers + [junk] * max(0, fake.pad_qido - len(answers)))
 
             def _wado(self) -> None:
                 boundary = b"fake-boundary"

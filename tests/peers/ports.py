@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -41,6 +42,22 @@ def nothing_listens(port: int) -> bool:
     return _can_bind(port, reuse_address=True)
 
 
+def _worker_range() -> tuple[int, int]:
+    """The ports this test process picks from: below the ephemeral range, and
+    under pytest-xdist a slice of its own per worker (gw0, gw1, ...), so that
+    a port one worker has handed out and left free for a while (a database
+    stopped and started again) is never picked by another."""
+    high = _ephemeral_low() - 1
+    low = 15000 if high > 16000 else 1025
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        size = (high - low + 1) // count
+        low += int(worker[2:]) % count * size
+        high = low + size - 1
+    return low, high
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on and no earlier call returned.
 
@@ -48,8 +65,7 @@ def free_port() -> int:
     taken, between this call and the bind of the peer, by the local end of an
     outgoing connection (a PACS connecting to a move destination, say).
     """
-    high = _ephemeral_low() - 1
-    low = 15000 if high > 16000 else 1025
+    low, high = _worker_range()
     with _lock:
         for _ in range(500):
             port = random.randint(low, high)

@@ -1,0 +1,76 @@
+"""QIDO-RS paging against a service that ignores offset (each page alike, a
+full one): searches end, with an error or with what was asked for, after a
+bounded number of requests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+
+from qrfarm.dicom import Root
+from qrfarm.dicomweb import WebService, WebTimeouts, open_client, qido, stow
+from qrfarm.dicomweb.qido import PAGE_SIZE
+from qrfarm.errors import DicomWebResponseError
+from qrfarm.sandbox.synthetic import Corpus
+from tests.peers.fake_dicomweb import FakeDicomWeb
+
+
+@pytest.fixture
+def padding_service() -> Iterator[FakeDicomWeb]:
+    service = FakeDicomWeb(pad_qido=PAGE_SIZE).start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call``'s result (or its error, raised here), failing if it takes longer."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("value", call()))
+        except Exception as exc:  # noqa: BLE001 (raised again below)
+            outcome.append(("error", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still paging after {seconds:g} s"
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def test_a_search_of_a_service_that_ignores_offset_is_refused_naming_why(
+    padding_service: FakeDicomWeb,
+) -> None:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    with (
+        open_client(WebService(padding_service.url), WebTimeouts()) as web,
+        pytest.raises(DicomWebResponseError, match="ignores offset"),
+    ):
+        within(30, lambda: qido.search(web, identifier, Root.STUDY))
+    assert padding_service.searches == 2
+
+
+def test_a_stored_check_against_padded_answers_asks_a_bounded_number_of_times(
+    padding_service: FakeDicomWeb, corpus: Corpus
+) -> None:
+    instances = corpus.instances[:3]
+    padding_service.stored = {i.sop_uid: (i.study_uid, i.series_uid) for i in instances}
+    never_sent = (instances[0].study_uid, instances[0].series_uid, "1.2.826.0.1.3680043.10.9.1")
+    sent = [(i.study_uid, i.series_uid, i.sop_uid) for i in instances]
+    with open_client(WebService(padding_service.url), WebTimeouts()) as web:
+        held = within(30, lambda: stow.held_at(web, [*sent, never_sent]))
+    assert held == {i.sop_uid for i in instances}
+    studies = {i.study_uid for i in instances}
+    assert padding_service.searches <= 2 * len(studies)
