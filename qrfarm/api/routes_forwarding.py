@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from qrfarm.delivery import forward as forwarding
@@ -69,10 +69,15 @@ class PseudonymOut(BaseModel):
     "/{job_id}/forward",
     status_code=status.HTTP_201_CREATED,
     response_model=JobOut,
-    responses={**UNREADABLE_BODY, **NOT_FOUND},
+    responses={
+        **UNREADABLE_BODY,
+        **NOT_FOUND,
+        200: {"model": JobOut, "description": "The same forward, sent before under this key."},
+        409: {"model": ErrorOut, "description": "The key was used for another request."},
+    },
     **needs(Scope.SUBMIT, ("job.forward", "C")),
 )
-def forward_job(job_id: JobId, body: ForwardIn, ctx: Context) -> dict[str, Any]:
+def forward_job(job_id: JobId, body: ForwardIn, ctx: Context, response: Response) -> dict[str, Any]:
     """Forward what a completed or partial job holds to a registered node: a job of
     kind ``forward``, completed once the destination confirms every instance."""
     reference = reference_of(body.external_reference, None)
@@ -82,19 +87,23 @@ def forward_job(job_id: JobId, body: ForwardIn, ctx: Context) -> dict[str, Any]:
             allowed_hosts=tuple(ctx.settings.allowed_hosts),
             secret_configured=ctx.settings.webhook_secret is not None,
         )
+    request = forwarding.ForwardRequest(
+        source_job_id=job_id,
+        destination=body.destination,
+        transcode=body.transcode,
+        priority=body.priority,
+        external_reference=reference,
+        callback_url=body.callback_url,
+        max_attempts=ctx.settings.max_attempts,
+    )
+    with ctx.sessions() as db:
+        earlier = forwarding.earlier_forward(db, request)  # Conflict: another job's
+    if earlier is not None:
+        response.status_code = status.HTTP_200_OK
+        with ctx.sessions() as db:
+            return job_summary(db, earlier, responses=False)
     forward_id = forwarding.submit_forward(
-        ctx.sessions,
-        forwarding.ForwardRequest(
-            source_job_id=job_id,
-            destination=body.destination,
-            transcode=body.transcode,
-            priority=body.priority,
-            external_reference=reference,
-            callback_url=body.callback_url,
-            max_attempts=ctx.settings.max_attempts,
-        ),
-        ctx.dispatcher,
-        ctx.settings.check_target,
+        ctx.sessions, request, ctx.dispatcher, ctx.settings.check_target
     )
     with ctx.sessions() as db:
         return job_summary(db, forward_id, responses=False)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from qrfarm.errors import NotForwardable, UnknownNode
+from qrfarm.errors import Conflict, NotForwardable, UnknownNode
 from qrfarm.jobs.dispatch import Dispatcher, send_run_jobs
 from qrfarm.jobs.nodes import check_node_targets
 from qrfarm.jobs.submit import existing_job
@@ -188,14 +189,47 @@ def submit_forward(
     dispatcher: Dispatcher,
     check_target: Callable[[str], None] | None = None,
 ) -> int:
-    """Record a forward job, then enqueue it on the destination's queue; its id."""
-    with sessions() as session, session.begin():
-        existing = existing_job(session, request.external_reference)
-        if existing is not None:
-            return existing
-        job = new_forward(session, request, check_target)
-        job_id, node_name = job.id, request.destination
+    """Record a forward job, then enqueue it on the destination's queue; its id.
+    A reference used before gives back its job only for this same forward
+    (Conflict otherwise: a reference is no key to other jobs)."""
+    try:
+        with sessions() as session, session.begin():
+            existing = earlier_forward(session, request)
+            if existing is not None:
+                return existing
+            job = new_forward(session, request, check_target)
+            job_id, node_name = job.id, request.destination
+    except IntegrityError:
+        # The same reference submitted at the same moment: the other one won.
+        with sessions() as session:
+            existing = earlier_forward(session, request)
+        if existing is None:
+            raise
+        return existing
     send_run_jobs(sessions, dispatcher, [(job_id, node_name)])
+    return job_id
+
+
+def earlier_forward(session: Session, request: ForwardRequest) -> int | None:
+    """The forward made before under the request's reference, if it was made
+    for this very forward; None when the reference is new; Conflict when it
+    named another job or another forward."""
+    job_id = existing_job(session, request.external_reference)
+    if job_id is None:
+        return None
+    job = session.get(Job, job_id)
+    forward = session.get(Forward, job_id)
+    node = session.scalar(select(NodeRecord).where(NodeRecord.name == request.destination))
+    same = (
+        job is not None
+        and forward is not None
+        and node is not None
+        and forward.source_job_id == request.source_job_id
+        and job.destination_node_id == node.id
+        and job.callback_url == request.callback_url
+    )
+    if not same:
+        raise Conflict(f"reference {request.external_reference!r} was used for another request")
     return job_id
 
 

@@ -119,18 +119,28 @@ def run_forward(
     _record(deps, taken, plan, sent)
     with deps.sessions() as session:
         to_verify = pending(session, taken.job_id)
+    problem = None
     if to_verify and not watch.cancelled.is_set():
-        method, confirmed = confirm(
-            deps,
-            fdeps.verify,
-            job_id=taken.job_id,
-            node_id=plan.node_id,
-            node=node,
-            transport=plan.transport,
-            items=to_verify,
-        )
-        confirm_for(deps, taken, confirmed, method)
-    _end(deps, taken, sent, str(node))
+        try:
+            method, confirmed = confirm(
+                deps,
+                fdeps.verify,
+                job_id=taken.job_id,
+                node_id=plan.node_id,
+                node=node,
+                transport=plan.transport,
+                items=to_verify,
+            )
+        except QrfarmError as exc:
+            # What was sent is recorded: the attempt ends on what is confirmed
+            # (those stay named unconfirmed), never as a lost task.
+            log.warning(
+                "job %d: what was sent to %s could not be checked: %s", taken.job_id, node, exc
+            )
+            problem = f"the check of what was sent failed: {exc}"
+        else:
+            confirm_for(deps, taken, confirmed, method)
+    _end(deps, taken, sent, str(node), problem)
 
 
 def _plan(deps: RunnerDeps, taken: Claim, root: Path) -> _Plan | None:
@@ -215,7 +225,9 @@ def _record(deps: RunnerDeps, taken: Claim, plan: _Plan, sent: list[Sent]) -> No
             pseudonymise.record(session, plan.node_id, plan.replaced)
 
 
-def _end(deps: RunnerDeps, taken: Claim, sent: list[Sent], node: str) -> None:
+def _end(
+    deps: RunnerDeps, taken: Claim, sent: list[Sent], node: str, problem: str | None = None
+) -> None:
     """End the attempt and the job on what the destination has confirmed."""
     with deps.sessions() as session, session.begin():
         job = fenced(session, taken)
@@ -229,7 +241,7 @@ def _end(deps: RunnerDeps, taken: Claim, sent: list[Sent], node: str) -> None:
         )
         failed = [s for s in sent if not s.ok]
         end_attempt(session, taken, "forwarded" if not failed else "forwarded with failures")
-        _conclude(session, job, deps, expected, held_confirmed, failed, node)
+        _conclude(session, job, deps, expected, held_confirmed, failed, node, problem)
 
 
 def _conclude(
@@ -240,6 +252,7 @@ def _conclude(
     confirmed: set[str],
     failed: list[Sent],
     node: str,
+    problem: str | None = None,
 ) -> None:
     job.recorded_count = job.confirmed_count = len(confirmed & expected)
     missing = expected - confirmed
@@ -256,6 +269,8 @@ def _conclude(
     parts = [f"{len(missing)} of {len(expected)} instance(s) not confirmed at {node}"]
     if failed:
         parts.append(f"{len(failed)} not taken: {failed[0].reason}")
+    if problem:
+        parts.append(problem)
     reason = "; ".join(parts)
     # Worth another attempt: a failure that may pass, or sent and not (yet) seen.
     passing = any(s.retriable for s in failed) or len(missing) > len(failed)

@@ -209,22 +209,25 @@ def requeue_busy(deps: RunnerDeps, taken: Claim, node_name: str, reason: str) ->
 
 
 def retry_still_missing(deps: RunnerDeps, taken: Claim, retry_uids: list[str]) -> list[str]:
-    """What a retry still has to ask for: its UIDs that the job's expected list
-    names (only those can be asked for by UID: their series is known) and
-    that it does not hold by now (arrived late, or orphans of the node that
-    the job claims)."""
+    """What a retry still has to ask for: its UIDs not held by now (arrived
+    late, or orphans of the node that the job claims) and, where the job has
+    an expected list, named by it (only those can be asked for by UID: their
+    series is known; without a list the retry asks for the whole identifier)."""
     with deps.sessions() as session, session.begin():
         job = fenced(session, taken)
         if job is None:
             return []
-        askable = set(
-            session.scalars(
-                select(ExpectedInstance.sop_instance_uid).where(
-                    ExpectedInstance.job_id == job.id,
-                    ExpectedInstance.sop_instance_uid.in_(retry_uids),
+        if job.expected_count is None:
+            askable = set(retry_uids)
+        else:
+            askable = set(
+                session.scalars(
+                    select(ExpectedInstance.sop_instance_uid).where(
+                        ExpectedInstance.job_id == job.id,
+                        ExpectedInstance.sop_instance_uid.in_(retry_uids),
+                    )
                 )
             )
-        )
         if job.destination_node_id is not None:
             # Sent to another node: what the farm holds is not what it holds.
             return [uid for uid in retry_uids if uid in askable]

@@ -339,8 +339,9 @@ def _traced(on_response: Callable[[Response], None]) -> Callable[[Response], Non
 def _retrieve_identifiers(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> list[Dataset]:
     """The job's identifier, or for a retry of what is missing, one IMAGE-level
     identifier per series with the missing SOP Instance UIDs (the expected
-    list names each: :func:`retry_still_missing` kept only those). Never the
-    whole identifier for a retry: that would ask for everything again."""
+    list names each: :func:`retry_still_missing` kept only those). The whole
+    identifier again only for a job without an expected list: its missing
+    UIDs (the source's failures) cannot be asked for by series."""
     if not snap.retry_uids:
         return [snap.identifier]
     with deps.sessions() as session:
@@ -365,4 +366,4 @@ def _retrieve_identifiers(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> li
         if snap.root is Root.PATIENT:
             keys = {"PatientID": str(patient_id), **keys}
         identifiers.append(build_retrieve_identifier(snap.root, Level.IMAGE, keys))
-    return identifiers
+    return identifiers or ([] if snap.expected_known else [snap.identifier])

@@ -58,13 +58,24 @@ def test_a_move_and_a_forward_reach_a_registered_destination_verified_there(
             assert job["verified_by"] == "find" and job["confirmed"] == len(moved)
             assert moved <= destination.held
 
-            into_farm = wait_ended(http, move("sandbox", forwarded_study).json()["id"])
+            order = {"external_reference": "ORDER-77"}
+            into_farm = wait_ended(http, move("sandbox", forwarded_study, **order).json()["id"])
             assert into_farm["state"] == "completed", into_farm
+            # A reference is no key to another job: the move's, on a forward, is refused.
+            reused = http.post(
+                f"/jobs/{into_farm['id']}/forward", json={"destination": "reading", **order}
+            )
+            assert reused.status_code == 409, reused.text
             unknown = http.post(f"/jobs/{into_farm['id']}/forward", json={"destination": "nowhere"})
             assert unknown.status_code == 422 and "nowhere" in unknown.text, unknown.text
-            asked = http.post(f"/jobs/{into_farm['id']}/forward", json={"destination": "reading"})
+            forward_body = {"destination": "reading", "external_reference": "ORDER-77-F"}
+            asked = http.post(f"/jobs/{into_farm['id']}/forward", json=forward_body)
             assert asked.status_code == 201, asked.text
             assert asked.json()["kind"] == "forward"
+            # The same forward sent again (a retrying engine) gets its job back.
+            again = http.post(f"/jobs/{into_farm['id']}/forward", json=forward_body)
+            assert again.status_code == 200, again.text
+            assert again.json()["id"] == asked.json()["id"]
             forward = wait_ended(http, asked.json()["id"])
             assert forward["state"] == "completed", forward
             assert forward["verified_by"] == "find" and forward["confirmed"] == len(forwarded)

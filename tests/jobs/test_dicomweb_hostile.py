@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from qrfarm.dicom import Level
+from qrfarm.models import Job
 from qrfarm.sandbox.synthetic import Corpus
 from tests.peers.fake_dicomweb import FakeDicomWeb
 
@@ -98,5 +99,29 @@ def test_a_held_file_that_is_another_instance_or_no_dicom_is_not_sent_by_stow_rs
         assert forward["recorded"] == len(instances) - 2
         sent = [uid for request in destination.requests for uid in request]
         assert sorted(sent) == sorted(i.sop_uid for i in instances[1:] if i is not broken)
+    finally:
+        destination.stop()
+
+
+def test_a_forward_whose_check_fails_ends_naming_what_is_not_confirmed(
+    bench: WebBench,  # noqa: F811
+    corpus: Corpus,
+) -> None:
+    """Sent, and the destination's QIDO-RS answers 500: nothing is confirmed,
+    the attempt still ends (never the task), and the forward names every
+    instance unconfirmed and why."""
+    study, instances = list(small_studies(corpus).items())[1]
+    destination = FakeDicomWeb(check_status=500).start()
+    try:
+        bench.add_web_node("unchecked", "UNCHECKED", destination.url, delivery_transport="dicomweb")
+        retrieved = bench.run(bench.client.get("web", Level.STUDY, {"StudyInstanceUID": study}))
+        forward_id = bench.client.forward(retrieved["id"], "unchecked")
+        with bench.client.sessions() as session, session.begin():
+            session.get_one(Job, forward_id).max_attempts = 1
+        forward = bench.run(forward_id)
+        assert forward["state"] == "failed", forward
+        assert forward["missing_uids"] == sorted(i.sop_uid for i in instances)
+        assert "HTTP 500" in forward["error"], forward["error"]
+        assert len(destination.requests) == 1
     finally:
         destination.stop()

@@ -41,6 +41,8 @@ class FakeDicomWeb:
     foreign: list[bytes] = field(default_factory=list)
     pad_qido: int = 0
     reason_values: list[int] | None = None
+    # The HTTP status its stored check (a QIDO-RS search in a study) answers with.
+    check_status: int = 200
     searches: int = 0  # QIDO-RS requests answered
     wado_paths: list[str] = field(default_factory=list)  # the path of each WADO-RS
     port: int = 0
@@ -105,6 +107,9 @@ class FakeDicomWeb:
                 if "/studies/" in parts.path and not parts.path.endswith("/instances"):
                     fake.wado_paths.append(parts.path)
                     self._wado()
+                    return
+                if fake.check_status != 200:
+                    self._json(fake.check_status, [])
                     return
                 wanted = set(",".join(query.get("SOPInstanceUID", [""])).split(","))
                 study = parts.path.split("/studies/")[1].split("/")[0]
