@@ -74,7 +74,14 @@ def find_at_destination(
                     f"{conn.node} answered the IMAGE-level C-FIND with {result.final.summary()}"
                 )
             wanted = set(batch)
-            found |= {str(m.get("SOPInstanceUID", "")) for m in result.matches} & wanted
+            # A match counts in the study and series asked about only (PS3.4
+            # C.4.1.1.3.2: the unique keys above the level come back with it).
+            found |= {
+                str(m.get("SOPInstanceUID", ""))
+                for m in result.matches
+                if str(m.get("StudyInstanceUID", "")) == study
+                and str(m.get("SeriesInstanceUID", "")) == series
+            } & wanted
     return found
 
 
@@ -105,12 +112,15 @@ def committed_at(
     node_id: int,
     node: Node,
     refs: list[InstanceRef],
+    busy_raises: bool = False,
 ) -> set[str] | None:
     """The instances ``node`` commits to holding; None when it cannot say (the
     caller verifies by C-FIND). Each request's association takes one of the
     node's permits; more instances than one request may name are asked for in
     several. The profile learns whether the node commits, and a node last seen
-    not to is asked again only after ``settings.recheck_after_s``."""
+    not to is asked again only after ``settings.recheck_after_s``. No permit
+    free now says nothing of commitment: with ``busy_raises`` that is NodeBusy
+    (the caller asks again later), else None."""
     if not refs:
         return set()  # nothing to ask for (and nothing learned)
     with deps.sessions() as session:
@@ -131,6 +141,8 @@ def committed_at(
             )
             committed.update(report.committed)
     except NodeBusy as exc:
+        if busy_raises:
+            raise
         log.info("job %d: %s; verifying by C-FIND", job_id, exc)
         return None
     except CommitmentUnavailable as exc:

@@ -171,6 +171,7 @@ def _commit(deps: RunnerDeps, verifier: DeliveryVerifier, plan: _Plan) -> set[st
         node_id=plan.node_id,
         node=plan.node,
         refs=refs,
+        busy_raises=True,  # the rounds below wait for a permit: asked again then
     )
     plan.commitment = committed is not None  # for this job's next rounds
     return committed

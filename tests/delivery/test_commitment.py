@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from qrfarm.delivery.commitment import (
     handle_report,
     request_commitment,
 )
+from qrfarm.delivery.verification import DeliveryVerifier, verify_delivery
 from qrfarm.dicom import Node, Timeouts
 from qrfarm.dicom.commitment import (
     COMMITTED,
@@ -34,7 +36,10 @@ from qrfarm.dicom.commitment import (
 )
 from qrfarm.errors import CommitmentUnavailable, NodeBusy, QrfarmError
 from qrfarm.jobs import profiles
-from qrfarm.models import CommitmentRequest, NodeRecord
+from qrfarm.jobs.leases import claim
+from qrfarm.jobs.policy import JobPolicy
+from qrfarm.jobs.states import transition
+from qrfarm.models import CommitmentRequest, ExpectedInstance, Job, JobState, NodeRecord, utcnow
 from qrfarm.sandbox.destination import SandboxDestination
 from qrfarm.workers.permits import FilePermits
 from qrfarm.workers.pool import AssociationPool
@@ -307,3 +312,51 @@ def test_a_report_on_the_requesting_association_is_recorded(
         server.shutdown()
     assert report.committed == [uid]
     assert answered == [0x0000]
+
+
+def test_a_destination_busy_at_the_first_round_is_asked_for_its_commitment_again(
+    sessions: sessionmaker[Session],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No permit free for the commitment request (the confirmation alongside
+    the move still holds one) says nothing of Storage Commitment: the next
+    round asks again, and the move is completed by commitment, where it was
+    left to C-FIND (which this destination does not answer) and ended partial."""
+    node_id = _node_id(sessions)
+    uids = [f"1.2.826.0.1.3680043.10.1234.8.{n}" for n in range(3)]
+    job_id = add_job(sessions, destination_node_id=node_id)
+    with sessions() as session, session.begin():
+        taken, job = claim(session, job_id, "test-worker", JobPolicy()) or (None, None)
+        assert taken is not None and job is not None
+        session.add_all(
+            ExpectedInstance(job_id=job_id, sop_instance_uid=uid, sop_class_uid=CT) for uid in uids
+        )
+        job.expected_count, job.root = len(uids), "study"
+        transition(job, JobState.RECONCILING)
+        job.reconcile_until = utcnow() + dt.timedelta(seconds=10)
+    asked: list[int] = []
+
+    def busy_then_committed(*_args: object, refs: list[InstanceRef], **_kw: object) -> object:
+        asked.append(len(refs))
+        if len(asked) == 1:
+            raise NodeBusy("DEST: all 1 permits are taken")
+        return CommitmentReport("2.25.2", [r.sop_instance_uid for r in refs], {})
+
+    def no_find(_node: Node) -> object:
+        raise QrfarmError("this destination answers no C-FIND")
+
+    monkeypatch.setattr(asking, "request_commitment", busy_then_committed)
+    deps = SimpleNamespace(
+        sessions=sessions,
+        connections=SimpleNamespace(held=None, query_retrieve=no_find),
+        policy=JobPolicy(retry_partial=False),
+    )
+    state = verify_delivery(deps, taken, DeliveryVerifier(SETTINGS, poll_s=0.05))  # type: ignore[arg-type]
+    with sessions() as session:
+        job = session.get_one(Job, job_id)
+        assert (state, job.verified_by, job.confirmed_count) == (
+            JobState.COMPLETED,
+            "commitment",
+            3,
+        )
+    assert asked == [3, 3]

@@ -92,3 +92,34 @@ def test_a_find_that_runs_past_its_deadline_is_stopped(
             find_at_destination(conn, expected)
     finally:
         conn.abort()
+
+
+def test_a_match_in_another_study_or_series_confirms_nothing() -> None:
+    """A destination answering the SOP Instance UIDs asked for under another
+    study or series (or none): those are not the instances sent there."""
+    other = "1.2.826.0.1.3680043.10.1234.2"
+    answers = [(other, SERIES), (STUDY, f"{other}.1"), (None, None), (STUDY, SERIES)]
+
+    def on_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for number, (study, series) in enumerate(answers):
+            match = Dataset()
+            match.QueryRetrieveLevel = "IMAGE"
+            if study is not None:
+                match.StudyInstanceUID, match.SeriesInstanceUID = study, series
+            match.SOPInstanceUID = f"{SERIES}.{number}"
+            yield 0xFF00, match
+
+    ae = AE(ae_title="ENDLESS")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
+    )
+    try:
+        conn = _connection(int(server.socket.getsockname()[1]))  # type: ignore[union-attr]
+        try:
+            expected = [Expected(f"{SERIES}.{n}", None, STUDY, SERIES) for n in range(4)]
+            assert find_at_destination(conn, expected) == {f"{SERIES}.3"}
+        finally:
+            conn.close()
+    finally:
+        server.shutdown()
