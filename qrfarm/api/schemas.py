@@ -119,6 +119,13 @@ class AttemptOut(BaseModel):
     responses: list[DimseResponseOut]
 
 
+class RelayOut(BaseModel):
+    destination: str = Field(description="The node the move goes on to, through the farm.")
+    forward: int | None = Field(
+        description="The forward job taking it there (null until the move has ended)."
+    )
+
+
 class JobOut(BaseModel):
     id: int
     kind: str
@@ -160,6 +167,11 @@ class JobOut(BaseModel):
         None, description="Why a queued job waits: a bulk window, its not_before, a node's cap."
     )
     attempts: list[AttemptOut] | None = None
+    relay: RelayOut | None = Field(
+        None,
+        description="A move relayed through the farm: its forward says what reached "
+        "the destination (the move's own state, what reached the farm).",
+    )
 
 
 class Page(BaseModel, Generic[T]):

@@ -8,7 +8,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from qrfarm.errors import NoSuchJob
-from qrfarm.models import Attempt, DimseResponse, FindResult, Job, JobKind, JobState, NodeRecord
+from qrfarm.models import (
+    Attempt,
+    DimseResponse,
+    FarmRelay,
+    FindResult,
+    Job,
+    JobKind,
+    JobState,
+    NodeRecord,
+)
 
 from .dispatch import DISPATCH_PENDING_NOTE
 
@@ -87,6 +96,7 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
         "not_before": job.not_before.isoformat() if job.not_before else None,
         # Why a queued job waits (a bulk window, its not_before, its node's cap).
         "wait_reason": job.wait_reason if job.state is JobState.QUEUED else None,
+        "relay": _relay(session, job.id),
     }
     if responses:
         summary["attempts"] = [
@@ -96,6 +106,21 @@ def job_summary(session: Session, job_id: int, *, responses: bool = True) -> dic
             )
         ]
     return summary
+
+
+def _relay(session: Session, job_id: int) -> dict[str, Any] | None:
+    """A move relayed through the farm: where it goes on to, and the forward
+    that takes it there (None until the move has ended). The move itself ends
+    on what reached the farm; the forward's own state says what reached the
+    destination."""
+    row = session.execute(
+        select(FarmRelay.forward_job_id, NodeRecord.name)
+        .join(NodeRecord, NodeRecord.id == FarmRelay.destination_node_id)
+        .where(FarmRelay.move_job_id == job_id)
+    ).first()
+    if row is None:
+        return None
+    return {"destination": row.name, "forward": row.forward_job_id}
 
 
 def _trace_id(trace_parent: str | None) -> str | None:

@@ -232,7 +232,10 @@ def test_a_move_for_a_destination_the_source_cannot_reach_is_relayed(
     assert move["state"] == "completed", move
     assert move["destination"] == QRFARM_SCP_AE and move["destination_node"] is None
     assert move["recorded"] == len(instances)
+    # Its summary names where it goes on to, and (once started) the forward taking it there.
+    assert move["relay"]["destination"] == "dest", move
     forward_id = _relayed_forward(farm, int(move["id"]))
+    assert farm.client.status(int(move["id"]))["relay"]["forward"] == forward_id
     forward = farm.wait(forward_id)
     assert forward["kind"] == "forward" and forward["node"] == "dest"
     assert forward["state"] == "completed", forward
