@@ -149,6 +149,12 @@ def _verifier_lost(session: Session, job: Job, policy: JobPolicy) -> None:
     )
     expected = expected_uids(session, job.id)
     job.missing_uids = sorted(expected - confirmed)
+    job.confirmed_count = len(confirmed & expected) if expected else len(confirmed)
+    if expected and not job.missing_uids and not set(job.failed_uids or []) - confirmed:
+        # Everything was confirmed before the verifier died: nothing is left.
+        transition(job, JobState.COMPLETED)
+        job.error = None
+        return
     reason = "verification at the destination did not finish"
     if (
         job.expected_count is None

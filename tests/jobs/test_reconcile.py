@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qrfarm.jobs.policy import JobPolicy
 from qrfarm.jobs.reconcile import all_arrived, finalize
-from qrfarm.models import Job, JobState
+from qrfarm.models import DeliveredInstance, Job, JobState, NodeRecord
 
 from .conftest import add_job, expect, load, receive
 
@@ -117,3 +117,25 @@ def test_a_retry_asks_only_for_what_the_expected_list_names(
     job = end(sessions, job_id, RETRYING)
     assert job.state is JobState.QUEUED
     assert job.retry_uids == ["3"]
+
+
+def test_a_move_whose_verifier_died_after_every_instance_was_confirmed_is_completed(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The worker verifying a move at another node died after the destination
+    had confirmed everything: nothing is left to send again or to name."""
+    with sessions() as session, session.begin():
+        node = NodeRecord(name="reading", ae_title="READING", host="127.0.0.1", port=104)
+        session.add(node)
+        session.flush()
+        node_id = node.id
+    job_id = reconciling(sessions, reported_completed=2, destination_node_id=node_id)
+    expect(sessions, job_id, ["1", "2"])
+    with sessions() as session, session.begin():
+        session.add_all(
+            DeliveredInstance(job_id=job_id, sop_instance_uid=uid, verified_by="find")
+            for uid in ["1", "2"]
+        )
+    job = end(sessions, job_id, NOT_RETRYING)
+    assert job.state is JobState.COMPLETED, job.error
+    assert (job.missing_uids, job.confirmed_count) == ([], 2)
