@@ -43,12 +43,14 @@ def receive_path(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def limit_of_the_pynetdicom_path(
-    request: pytest.FixtureRequest, receive_path: str, reason: str
+    request: pytest.FixtureRequest, receive_path: str, reason: str, *, strict: bool = True
 ) -> None:
     """What the pynetdicom receive path is known not to do: under it the test
-    is a strict xfail naming why (it must go on failing there)."""
+    is a strict xfail naming why (it must go on failing there). ``strict``
+    False only where that path's failure depends on timing: it may pass there
+    on a loaded machine."""
     if receive_path == "pynetdicom":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+        request.applymarker(pytest.mark.xfail(strict=strict, reason=reason))
 
 
 @dataclass

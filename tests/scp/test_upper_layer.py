@@ -334,6 +334,8 @@ def test_a_peer_that_never_reads_its_answers_is_no_longer_read_from(
         receive_path,
         "pynetdicom's DUL thread reads on into a queue of its own while the answers "
         "wait: one reason the asyncio path is the default",
+        # Loaded, that thread can fall 5 s behind: the sender then seems blocked.
+        strict=False,
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
