@@ -74,13 +74,14 @@ def find_at_destination(
                     f"{conn.node} answered the IMAGE-level C-FIND with {result.final.summary()}"
                 )
             wanted = set(batch)
-            # A match counts in the study and series asked about only (PS3.4
-            # C.4.1.1.3.2: the unique keys above the level come back with it).
+            # A match counts in the study and series asked about only: one
+            # naming others is not the instance sent (one naming none is
+            # taken as the archive's answer to the keys asked).
             found |= {
                 str(m.get("SOPInstanceUID", ""))
                 for m in result.matches
-                if str(m.get("StudyInstanceUID", "")) == study
-                and str(m.get("SeriesInstanceUID", "")) == series
+                if str(m.get("StudyInstanceUID") or study) == study
+                and str(m.get("SeriesInstanceUID") or series) == series
             } & wanted
     return found
 

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qrfarm.dicom import Node
-from qrfarm.errors import NotForwardable, QrfarmError
+from qrfarm.errors import NodeBusy, NotForwardable, QrfarmError
 from qrfarm.jobs.attempt_end import end_attempt
 from qrfarm.jobs.leases import Claim, fenced
 from qrfarm.jobs.states import transition
@@ -131,6 +131,8 @@ def run_forward(
                 transport=plan.transport,
                 items=to_verify,
             )
+        except NodeBusy:
+            raise  # its permits are taken: the job waits its turn, no attempt counted
         except QrfarmError as exc:
             # What was sent is recorded: the attempt ends on what is confirmed
             # (those stay named unconfirmed), never as a lost task.
@@ -167,8 +169,12 @@ def _plan(deps: RunnerDeps, taken: Claim, root: Path) -> _Plan | None:
             )
             .order_by(ReceivedInstance.id)
         ).all()
-        seed = options.pseudonym_seed if forward.pseudonymise and options else None
-        if forward.pseudonymise and not seed:
+        # Read as the instances go out, the stricter of the forward's and the
+        # destination's: one marked for research while this forward waited
+        # never gets the originals.
+        pseudonymise = forward.pseudonymise or bool(options and options.pseudonymise)
+        seed = options.pseudonym_seed if pseudonymise and options else None
+        if pseudonymise and not seed:
             # Never the originals in place of pseudonyms.
             raise NotForwardable(
                 f"job {job.id} is to be pseudonymised and its destination has no "

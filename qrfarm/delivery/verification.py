@@ -43,7 +43,7 @@ from qrfarm.jobs import profiles
 from qrfarm.jobs.leases import Claim, fenced
 from qrfarm.jobs.nodes import node_of
 from qrfarm.jobs.policy import JobPolicy
-from qrfarm.jobs.reconcile import expected_uids, retry_missing
+from qrfarm.jobs.reconcile import expected_uids, retry_missing, unresolved_failures
 from qrfarm.jobs.states import transition
 from qrfarm.jobs.worker_deps import RunnerDeps
 from qrfarm.models import (
@@ -287,10 +287,7 @@ def finalize_delivery(
         transition(job, JobState.CANCELLED, error=f"cancelled; {len(confirmed)} confirmed")
         return
     reported = (job.reported_completed or 0) + (job.reported_warning or 0)
-    failed = {uid for uid in job.failed_uids if uid not in confirmed}
-    # Failures the source named and the destination confirmed after all (a
-    # retry) are resolved; a failure it only counted is not.
-    reported_failed = max(0, (job.reported_failed or 0) - len(set(job.failed_uids) & confirmed))
+    failed, reported_failed = unresolved_failures(job, confirmed)
     if job.expected_count is not None:
         expected = expected_uids(session, job.id)
         missing = expected - confirmed

@@ -13,8 +13,6 @@ QIDO-RS has no PATIENT level: such a query is refused, naming the rule.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,9 +98,11 @@ def search(web: WebClient, identifier: Dataset, root: Root) -> list[Dataset]:
 
 def _pages(web: WebClient, query: QidoQuery) -> Iterator[dict[str, Any]]:
     """Every answer, a page of PAGE_SIZE at a time. A service that ignores
-    offset answers each page alike: a page seen before ends the search as a
+    offset sends the same entities again: a full page naming no entity not
+    seen before (by the level's unique UID) ends the search as a
     DicomWebResponseError, where paging on would never end."""
     offset = 0
+    unique_tag = _UNIQUE_TAGS[query.level]
     seen: set[str] = set()
     while True:
         kwargs: dict[str, Any] = {
@@ -125,13 +125,13 @@ def _pages(web: WebClient, query: QidoQuery) -> Iterator[dict[str, Any]]:
         # Fewer than asked: the last page. More than asked: the service
         # ignores limit and sent everything at once.
         if len(page) == PAGE_SIZE:
-            digest = hashlib.sha256(json.dumps(page, sort_keys=True).encode()).hexdigest()
-            if digest in seen:
+            before = len(seen)
+            seen |= {_first(raw, unique_tag) for raw in page if isinstance(raw, dict)}
+            if len(seen) == before:
                 raise DicomWebResponseError(
-                    f"QIDO-RS answered offset {offset} with a page it had sent already: "
+                    f"QIDO-RS answered offset {offset} with entities it had sent already: "
                     "the service ignores offset, and its answers cannot be paged"
                 )
-            seen.add(digest)
         yield from page
         if len(page) != PAGE_SIZE:
             return
@@ -183,18 +183,17 @@ def instances_of(web: WebClient, identifier: Dataset, root: Root) -> list[ImageR
         for keyword, value in filters.items()
         if keyword in _REF_KEYS
     }
-    query = QidoQuery(
-        Level.IMAGE,
-        filters,
-        ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"],
-        [],
-    )
+    fields = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+    if "PatientID" in filters:
+        fields.append("PatientID")  # returned, to be held against the one asked for
+    query = QidoQuery(Level.IMAGE, filters, fields, [])
     found: dict[str, ImageRef] = {}
     outside = 0
     for raw in _pages(web, query):
         if not isinstance(raw, dict):
             raise DicomWebResponseError("a QIDO-RS answer is not a DICOM JSON object")
         uids = {key: _first(raw, tag) for key, tag in _REF_TAGS.items()}
+        uids["patient"] = _first(raw, "00100020")
         if not all(is_valid_uid(uids[k]) for k in ("sop", "study", "series")):
             raise DicomWebResponseError("a QIDO-RS instance answer lacks a valid UID")
         if any(uids[key] not in values for key, values in wanted.items()):
@@ -208,9 +207,21 @@ def instances_of(web: WebClient, identifier: Dataset, root: Root) -> list[ImageR
     return list(found.values())
 
 
+# Each level's unique key, as a DICOM JSON tag.
+_UNIQUE_TAGS = {
+    Level.PATIENT: "00100020",
+    Level.STUDY: "0020000D",
+    Level.SERIES: "0020000E",
+    Level.IMAGE: "00080018",
+}
 _REF_TAGS = {"sop": "00080018", "class": "00080016", "study": "0020000D", "series": "0020000E"}
-# The unique keys an answer is held against (a patient's is not returned).
-_REF_KEYS = {"StudyInstanceUID": "study", "SeriesInstanceUID": "series", "SOPInstanceUID": "sop"}
+# The unique keys an answer is held against (the patient's is asked back).
+_REF_KEYS = {
+    "PatientID": "patient",
+    "StudyInstanceUID": "study",
+    "SeriesInstanceUID": "series",
+    "SOPInstanceUID": "sop",
+}
 
 
 def _first(raw: dict[str, Any], tag: str) -> str:

@@ -32,6 +32,9 @@ MAX_BATCH_BYTES = 32 << 20
 MAX_BATCH_COUNT = 100
 # UIDs asked about in one QIDO-RS search (a UID list in the query string).
 CONFIRM_CHUNK = 50
+# Pages read for one such search from a service that ignores the UID list
+# (a study of up to 50,000 instances); what lies beyond stays unconfirmed.
+MAX_CHECK_PAGES = 100
 
 
 @dataclass
@@ -148,13 +151,14 @@ def held_at(web: WebClient, sent: Iterable[tuple[str, str, str]]) -> set[str]:
 
 def _found(web: WebClient, study: str, chunk: list[str]) -> set[str]:
     """Which of ``chunk`` (fewer than a page) the service finds in ``study``. A
-    page is asked for past the first only while pages bring UIDs asked for
-    and not found yet: a service padding its answers, or ignoring offset,
-    is asked a bounded number of times."""
+    service that ignores the UID filter pages through the whole study: the
+    next page is asked for only while pages bring UIDs not seen before (one
+    that ignores offset repeats them), and at most MAX_CHECK_PAGES."""
     wanted = set(chunk)
     found: set[str] = set()
+    seen: set[str] = set()
     offset = 0
-    while True:
+    for _ in range(MAX_CHECK_PAGES):
         try:
             page: Any = web.client.search_for_instances(
                 study_instance_uid=study,
@@ -167,11 +171,14 @@ def _found(web: WebClient, study: str, chunk: list[str]) -> set[str]:
             raise http_error(exc, "QIDO-RS check of stored instances") from exc
         if not isinstance(page, list):
             raise DicomWebResponseError("QIDO-RS answered something other than a JSON array")
-        before = len(found)
+        before = len(seen)
         for raw in page:
             values = raw.get("00080018", {}).get("Value") if isinstance(raw, dict) else None
-            if isinstance(values, list) and values and str(values[0]) in wanted:
-                found.add(str(values[0]))
-        if len(page) != PAGE_SIZE or found == wanted or len(found) == before:
+            if isinstance(values, list) and values:
+                seen.add(str(values[0]))
+                if str(values[0]) in wanted:
+                    found.add(str(values[0]))
+        if len(page) != PAGE_SIZE or found == wanted or len(seen) == before:
             return found
         offset += PAGE_SIZE
+    return found

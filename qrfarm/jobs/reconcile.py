@@ -65,6 +65,15 @@ def all_arrived(session: Session, job: Job) -> bool:
     return len(recorded) >= reported
 
 
+def unresolved_failures(job: Job, held: set[str]) -> tuple[set[str], int]:
+    """The failures the source named that are still not ``held`` (arrived, or
+    confirmed at the destination), and how many it reported failed less those
+    named ones held after all (a retry, a resend): a failure it only counted
+    is not resolved."""
+    named = set(job.failed_uids or [])
+    return named - held, max(0, (job.reported_failed or 0) - len(named & held))
+
+
 def finalize(session: Session, job: Job, policy: JobPolicy | None = None) -> None:
     """End a ``reconciling`` job as completed, partial or cancelled; with a
     ``policy`` that retries partial jobs, one with instances missing (and
@@ -82,11 +91,8 @@ def finalize(session: Session, job: Job, policy: JobPolicy | None = None) -> Non
         return
     expected = expected_uids(session, job.id) if job.expected_count is not None else set()
     missing = expected - recorded
-    failed = {uid for uid in job.failed_uids if uid not in recorded}
     reported = (job.reported_completed or 0) + (job.reported_warning or 0)
-    # Failures the PACS named and that arrived after all (a retry, a resend)
-    # are resolved; a failure it only counted is not.
-    reported_failed = max(0, (job.reported_failed or 0) - len(set(job.failed_uids) & recorded))
+    failed, reported_failed = unresolved_failures(job, recorded)
     job.missing_uids = sorted(missing | failed)
     # Completeness is decided by content where a find named it: every
     # expected instance held. Only without that list do the PACS's counts
@@ -148,17 +154,22 @@ def _verifier_lost(session: Session, job: Job, policy: JobPolicy) -> None:
         )
     )
     expected = expected_uids(session, job.id)
-    job.missing_uids = sorted(expected - confirmed)
+    unconfirmed = expected - confirmed
+    failed, reported_failed = unresolved_failures(job, confirmed)
+    job.missing_uids = sorted(unconfirmed | failed)
     job.confirmed_count = len(confirmed & expected) if expected else len(confirmed)
-    if expected and not job.missing_uids and not set(job.failed_uids or []) - confirmed:
+    if expected and not job.missing_uids and not reported_failed:
         # Everything was confirmed before the verifier died: nothing is left.
         transition(job, JobState.COMPLETED)
         job.error = None
         return
-    reason = "verification at the destination did not finish"
+    if unconfirmed or not expected:
+        reason = "verification at the destination did not finish"
+    else:
+        reason = f"{max(len(failed), reported_failed)} failed at the source"
     if (
         job.expected_count is None
-        or not job.missing_uids
+        or not unconfirmed
         or not retry_missing(job, replace(policy, retry_partial=True), reason, expected)
     ):
         transition(job, JobState.PARTIAL, error=reason)

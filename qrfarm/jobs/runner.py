@@ -285,15 +285,16 @@ def _find_after_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, conn: Conn
 
 
 def _run_get(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
+    with deps.connections.query_retrieve(snap.node) as conn:
+        refs = expected_instances(conn, snap.identifier, snap.root)
+    store_expected(deps.sessions, taken, refs)
     if snap.retry_uids:
+        # Against the list just found: what it no longer names cannot be asked for.
         missing = retry_still_missing(deps, taken, snap.retry_uids)
         if not missing:
             reconcile_held(deps, taken)
             return
         snap = replace(snap, retry_uids=missing)
-    with deps.connections.query_retrieve(snap.node) as conn:
-        refs = expected_instances(conn, snap.identifier, snap.root)
-    store_expected(deps.sessions, taken, refs)
     identifiers = _retrieve_identifiers(deps, taken, snap)
     classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})
     results = []

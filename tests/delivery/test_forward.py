@@ -11,8 +11,10 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
+from qrfarm.delivery.forward import ForwardRequest, new_forward
 from qrfarm.dicom import Level
 from qrfarm.errors import NotForwardable
+from qrfarm.jobs.dispatch import send_run_jobs
 from qrfarm.jobs.nodes import NodeSpec
 from qrfarm.models import (
     DeliveredInstance,
@@ -317,3 +319,28 @@ def test_a_pseudonymised_forward_without_its_seed_sends_nothing(
                 select(ForwardOptions).join(NodeRecord).where(NodeRecord.name == "research")
             ).one()
             options.pseudonym_seed = seed
+
+
+def test_a_forward_queued_before_its_destination_was_marked_for_research_sends_no_originals(
+    farm: Farm, pseudo_qr: DcmqrscpPeer, corpus: Corpus
+) -> None:
+    """Whether to pseudonymise is read when the instances go out, the stricter
+    of the forward's and the destination's: a destination marked for research
+    while a forward to it waited gets pseudonyms, never the originals."""
+    study = _small_studies(corpus)[5]
+    originals = {i.sop_uid: dcmread(i.path) for i in corpus.studies()[study]}
+    move = _fetch(farm, study)
+    farm.client.forwarding_options("research", pseudonymise=False)
+    with farm.client.sessions() as session, session.begin():
+        request = ForwardRequest(source_job_id=int(move["id"]), destination="research")
+        forward_id = new_forward(session, request).id
+    farm.client.forwarding_options("research", pseudonymise=True)
+    before = set(pseudo_qr.stored_files())
+    send_run_jobs(farm.client.sessions, farm.client.dispatcher, [(forward_id, "research")])
+    forward = farm.wait(forward_id)
+    assert forward["state"] == "completed", forward
+    sent = [dcmread(p) for p in set(pseudo_qr.stored_files()) - before]
+    assert len(sent) == len(originals)
+    patient_ids = {str(ds.PatientID) for ds in originals.values()}
+    assert all(str(ds.PatientID) not in patient_ids for ds in sent)
+    assert not {str(ds.SOPInstanceUID) for ds in sent} & set(originals)

@@ -74,3 +74,19 @@ def test_a_stored_check_against_padded_answers_asks_a_bounded_number_of_times(
     assert held == {i.sop_uid for i in instances}
     studies = {i.study_uid for i in instances}
     assert padding_service.searches <= 2 * len(studies)
+
+
+def test_a_stored_check_pages_through_a_study_when_the_uid_list_is_ignored() -> None:
+    """The service answers the whole study whatever UIDs are asked for: the
+    ones sent are still found, on whichever page they are."""
+    study, series = "1.2.826.0.1.3680043.10.9.2", "1.2.826.0.1.3680043.10.9.2.1"
+    held = {f"{series}.{n}": (study, series) for n in range(1, PAGE_SIZE + 120)}
+    service = FakeDicomWeb(stored=held, ignore_uid_filter=True).start()
+    try:
+        sent = sorted(held)[-3:]  # past the first page
+        with open_client(WebService(service.url), WebTimeouts()) as web:
+            found = within(30, lambda: stow.held_at(web, [(study, series, s) for s in sent]))
+        assert found == set(sent)
+        assert service.searches == 2
+    finally:
+        service.stop()

@@ -139,3 +139,33 @@ def test_a_move_whose_verifier_died_after_every_instance_was_confirmed_is_comple
     job = end(sessions, job_id, NOT_RETRYING)
     assert job.state is JobState.COMPLETED, job.error
     assert (job.missing_uids, job.confirmed_count) == ([], 2)
+
+
+def test_a_verified_move_left_with_a_failure_outside_its_list_stays_partial_naming_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Every expected instance confirmed at the destination, and the source
+    named one more failed (never in its find): a retry has nothing to ask
+    for, and the job ends partial naming that failure, not a lost verifier."""
+    with sessions() as session, session.begin():
+        node = NodeRecord(name="reading", ae_title="READING", host="127.0.0.1", port=104)
+        session.add(node)
+        session.flush()
+        node_id = node.id
+    job_id = reconciling(
+        sessions,
+        reported_completed=2,
+        reported_failed=1,
+        failed_uids=["9"],
+        destination_node_id=node_id,
+    )
+    expect(sessions, job_id, ["1", "2"])
+    with sessions() as session, session.begin():
+        session.add_all(
+            DeliveredInstance(job_id=job_id, sop_instance_uid=uid, verified_by="find")
+            for uid in ["1", "2"]
+        )
+    job = end(sessions, job_id, RETRYING)
+    assert job.state is JobState.PARTIAL
+    assert job.missing_uids == ["9"]
+    assert job.error == "1 failed at the source"

@@ -40,6 +40,9 @@ class FakeDicomWeb:
     cut_short: threading.Event = field(default_factory=threading.Event)
     foreign: list[bytes] = field(default_factory=list)
     pad_qido: int = 0
+    # Its stored check answers every instance of the study, paged by limit and
+    # offset, whatever SOP Instance UIDs were asked for.
+    ignore_uid_filter: bool = False
     reason_values: list[int] | None = None
     # The HTTP status its stored check (a QIDO-RS search in a study) answers with.
     check_status: int = 200
@@ -116,8 +119,11 @@ class FakeDicomWeb:
                 found = [
                     {"00080018": {"vr": "UI", "Value": [uid]}}
                     for uid, (of_study, _) in sorted(fake.stored.items())
-                    if uid in wanted and of_study == study
+                    if (fake.ignore_uid_filter or uid in wanted) and of_study == study
                 ]
+                if fake.ignore_uid_filter:
+                    offset = int(query.get("offset", ["0"])[0])
+                    found = found[offset : offset + int(query.get("limit", ["500"])[0])]
                 self._qido(found)
 
             def _qido(self, answers: list[dict[str, Any]]) -> None:
