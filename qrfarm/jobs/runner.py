@@ -205,13 +205,23 @@ def _run_find(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) 
             transition(job, JobState.FAILED, error=f"C-FIND answered {final.summary()}")
 
 
+def _still_to_ask(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> _Snapshot | None:
+    """A retry narrowed to what is still missing; None when nothing is left to
+    ask for (the job is then reconciled on what is held, no second retrieve)."""
+    if not snap.retry_uids:
+        return snap
+    missing = retry_still_missing(deps, taken, snap.retry_uids)
+    if not missing:
+        reconcile_held(deps, taken)
+        return None
+    return replace(snap, retry_uids=missing)
+
+
 def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:
-    if snap.retry_uids:
-        missing = retry_still_missing(deps, taken, snap.retry_uids)
-        if not missing:
-            reconcile_held(deps, taken)
-            return
-        snap = replace(snap, retry_uids=missing)
+    narrowed = _still_to_ask(deps, taken, snap)
+    if narrowed is None:
+        return
+    snap = narrowed
     with deps.connections.query_retrieve(snap.node) as conn:
         watch.connection = conn
         alongside = None
@@ -288,13 +298,11 @@ def _run_get(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -
     with deps.connections.query_retrieve(snap.node) as conn:
         refs = expected_instances(conn, snap.identifier, snap.root)
     store_expected(deps.sessions, taken, refs)
-    if snap.retry_uids:
-        # Against the list just found: what it no longer names cannot be asked for.
-        missing = retry_still_missing(deps, taken, snap.retry_uids)
-        if not missing:
-            reconcile_held(deps, taken)
-            return
-        snap = replace(snap, retry_uids=missing)
+    # Against the list just found: what it no longer names cannot be asked for.
+    narrowed = _still_to_ask(deps, taken, snap)
+    if narrowed is None:
+        return
+    snap = narrowed
     identifiers = _retrieve_identifiers(deps, taken, snap)
     classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})
     results = []

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -23,6 +24,20 @@ from qrfarm.dicom.model import Operation, sop_class
 from qrfarm.errors import DeadlineExceeded, DeliveryUnverifiable
 
 STUDY, SERIES = "1.2.826.0.1.3680043.10.1234.1", "1.2.826.0.1.3680043.10.1234.1.1"
+
+
+@contextmanager
+def find_scp(on_find: Callable[[Any], Iterator[tuple[int, Dataset | None]]]) -> Iterator[int]:
+    """A destination answering C-FINDs with ``on_find``, on 127.0.0.1; its port."""
+    ae = AE(ae_title="ENDLESS")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
+    )
+    try:
+        yield int(server.socket.getsockname()[1])  # type: ignore[union-attr]
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture
@@ -46,15 +61,8 @@ def endless() -> Iterator[tuple[int, threading.Event, list[int]]]:
             sent.append(number)
             yield 0xFF00, match
 
-    ae = AE(ae_title="ENDLESS")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-    server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
-    )
-    try:
-        yield int(server.socket.getsockname()[1]), cancelled, sent  # type: ignore[union-attr]
-    finally:
-        server.shutdown()
+    with find_scp(on_find) as port:
+        yield port, cancelled, sent
 
 
 def _connection(port: int) -> Connection:
@@ -110,17 +118,10 @@ def test_a_match_in_another_study_or_series_confirms_nothing() -> None:
             match.SOPInstanceUID = f"{SERIES}.{number}"
             yield 0xFF00, match
 
-    ae = AE(ae_title="ENDLESS")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-    server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
-    )
-    try:
-        conn = _connection(int(server.socket.getsockname()[1]))  # type: ignore[union-attr]
+    with find_scp(on_find) as port:
+        conn = _connection(port)
         try:
             expected = [Expected(f"{SERIES}.{n}", None, STUDY, SERIES) for n in range(4)]
             assert find_at_destination(conn, expected) == {f"{SERIES}.2", f"{SERIES}.3"}
         finally:
             conn.close()
-    finally:
-        server.shutdown()

@@ -18,6 +18,23 @@ def reconciling(sessions: sessionmaker[Session], **columns: object) -> int:
     return add_job(sessions, state=JobState.RECONCILING, attempt_count=1, **columns)
 
 
+def reading_node(sessions: sessionmaker[Session]) -> int:
+    """A destination node (a reading PACS) for moves verified there; its id."""
+    with sessions() as session, session.begin():
+        node = NodeRecord(name="reading", ae_title="READING", host="127.0.0.1", port=104)
+        session.add(node)
+        session.flush()
+        return node.id
+
+
+def confirmed_at_destination(sessions: sessionmaker[Session], job_id: int, uids: list[str]) -> None:
+    with sessions() as session, session.begin():
+        session.add_all(
+            DeliveredInstance(job_id=job_id, sop_instance_uid=uid, verified_by="find")
+            for uid in uids
+        )
+
+
 def end(sessions: sessionmaker[Session], job_id: int, policy: JobPolicy) -> Job:
     with sessions() as session, session.begin():
         finalize(session, session.get_one(Job, job_id), policy)
@@ -124,18 +141,10 @@ def test_a_move_whose_verifier_died_after_every_instance_was_confirmed_is_comple
 ) -> None:
     """The worker verifying a move at another node died after the destination
     had confirmed everything: nothing is left to send again or to name."""
-    with sessions() as session, session.begin():
-        node = NodeRecord(name="reading", ae_title="READING", host="127.0.0.1", port=104)
-        session.add(node)
-        session.flush()
-        node_id = node.id
+    node_id = reading_node(sessions)
     job_id = reconciling(sessions, reported_completed=2, destination_node_id=node_id)
     expect(sessions, job_id, ["1", "2"])
-    with sessions() as session, session.begin():
-        session.add_all(
-            DeliveredInstance(job_id=job_id, sop_instance_uid=uid, verified_by="find")
-            for uid in ["1", "2"]
-        )
+    confirmed_at_destination(sessions, job_id, ["1", "2"])
     job = end(sessions, job_id, NOT_RETRYING)
     assert job.state is JobState.COMPLETED, job.error
     assert (job.missing_uids, job.confirmed_count) == ([], 2)
@@ -147,11 +156,7 @@ def test_a_verified_move_left_with_a_failure_outside_its_list_stays_partial_nami
     """Every expected instance confirmed at the destination, and the source
     named one more failed (never in its find): a retry has nothing to ask
     for, and the job ends partial naming that failure, not a lost verifier."""
-    with sessions() as session, session.begin():
-        node = NodeRecord(name="reading", ae_title="READING", host="127.0.0.1", port=104)
-        session.add(node)
-        session.flush()
-        node_id = node.id
+    node_id = reading_node(sessions)
     job_id = reconciling(
         sessions,
         reported_completed=2,
@@ -160,11 +165,7 @@ def test_a_verified_move_left_with_a_failure_outside_its_list_stays_partial_nami
         destination_node_id=node_id,
     )
     expect(sessions, job_id, ["1", "2"])
-    with sessions() as session, session.begin():
-        session.add_all(
-            DeliveredInstance(job_id=job_id, sop_instance_uid=uid, verified_by="find")
-            for uid in ["1", "2"]
-        )
+    confirmed_at_destination(sessions, job_id, ["1", "2"])
     job = end(sessions, job_id, RETRYING)
     assert job.state is JobState.PARTIAL
     assert job.missing_uids == ["9"]
