@@ -196,7 +196,12 @@ def instances_of(web: WebClient, identifier: Dataset, root: Root) -> list[ImageR
         uids["patient"] = _first(raw, "00100020")
         if not all(is_valid_uid(uids[k]) for k in ("sop", "study", "series")):
             raise DicomWebResponseError("a QIDO-RS instance answer lacks a valid UID")
-        if any(uids[key] not in values for key, values in wanted.items()):
+        # A service that does not return the patient's ID at this level is
+        # taken at its filter; one naming another patient is not.
+        if any(
+            uids[key] not in values and (key != "patient" or uids[key])
+            for key, values in wanted.items()
+        ):
             outside += 1
             continue
         found[uids["sop"]] = ImageRef(

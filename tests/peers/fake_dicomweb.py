@@ -194,9 +194,9 @@ def _read_chunked(stream: Any) -> bytes:
 
 
 def _reference(data: bytes) -> dict[str, Any]:
-    """An IMAGE-level QIDO-RS answer naming a served file."""
+    """An IMAGE-level QIDO-RS answer naming a served file (and its patient)."""
     ds = dcmread(BytesIO(data), stop_before_pixels=True)
-    return {
+    answer = {
         tag: {"vr": "UI", "Value": [str(ds[keyword].value)]}
         for tag, keyword in (
             ("0020000D", "StudyInstanceUID"),
@@ -205,3 +205,5 @@ def _reference(data: bytes) -> dict[str, Any]:
             ("00080016", "SOPClassUID"),
         )
     }
+    answer["00100020"] = {"vr": "LO", "Value": [str(ds.PatientID)]}
+    return answer

@@ -1,6 +1,7 @@
-"""QIDO-RS paging against a service that ignores offset (each page alike, a
-full one): searches end, with an error or with what was asked for, after a
-bounded number of requests."""
+"""QIDO-RS against services that do not keep to their search: one that
+ignores offset (each page alike, a full one) is asked a bounded number of
+times; one that ignores its filters has its answers outside the keys asked
+for left out."""
 
 from __future__ import annotations
 
@@ -90,3 +91,33 @@ def test_a_stored_check_pages_through_a_study_when_the_uid_list_is_ignored() -> 
         assert service.searches == 2
     finally:
         service.stop()
+
+
+def test_an_instance_search_keeps_only_the_patient_and_study_asked_for(corpus: Corpus) -> None:
+    """A search that ignores its filters names another patient's and another
+    study's instances too: only those of the keys asked for are expected."""
+    patients = sorted(corpus.patients().items())
+    (patient, mine), (_, theirs) = patients[0], patients[1]
+    study = mine[0].study_uid
+    other_study = next(i for i in mine if i.study_uid != study)
+    source = FakeDicomWeb(
+        served=[i.path.read_bytes() for i in mine if i.study_uid == study],
+        foreign=[theirs[0].path.read_bytes(), other_study.path.read_bytes()],
+    ).start()
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "PATIENT"
+        identifier.PatientID = patient
+        with open_client(WebService(source.url), WebTimeouts()) as web:
+            by_patient = qido.instances_of(web, identifier, Root.PATIENT)
+            identifier.QueryRetrieveLevel = "STUDY"
+            identifier.StudyInstanceUID = study
+            by_study = qido.instances_of(web, identifier, Root.PATIENT)
+    finally:
+        source.stop()
+    assert {r.sop_instance_uid for r in by_patient} == {
+        i.sop_uid for i in mine if i.study_uid == study
+    } | {other_study.sop_uid}
+    assert {r.sop_instance_uid for r in by_study} == {
+        i.sop_uid for i in mine if i.study_uid == study
+    }
