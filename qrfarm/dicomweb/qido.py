@@ -193,7 +193,6 @@ def instances_of(web: WebClient, identifier: Dataset, root: Root) -> list[ImageR
         if not isinstance(raw, dict):
             raise DicomWebResponseError("a QIDO-RS answer is not a DICOM JSON object")
         uids = {key: _first(raw, tag) for key, tag in _REF_TAGS.items()}
-        uids["patient"] = _first(raw, "00100020")
         if not all(is_valid_uid(uids[k]) for k in ("sop", "study", "series")):
             raise DicomWebResponseError("a QIDO-RS instance answer lacks a valid UID")
         # A service that does not return the patient's ID at this level is
@@ -219,7 +218,13 @@ _UNIQUE_TAGS = {
     Level.SERIES: "0020000E",
     Level.IMAGE: "00080018",
 }
-_REF_TAGS = {"sop": "00080018", "class": "00080016", "study": "0020000D", "series": "0020000E"}
+_REF_TAGS = {
+    "sop": "00080018",
+    "class": "00080016",
+    "study": "0020000D",
+    "series": "0020000E",
+    "patient": "00100020",  # returned only when asked for (a patient-level retrieve)
+}
 # The unique keys an answer is held against (the patient's is asked back).
 _REF_KEYS = {
     "PatientID": "patient",

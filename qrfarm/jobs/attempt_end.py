@@ -237,6 +237,17 @@ def retry_still_missing(deps: RunnerDeps, taken: Claim, retry_uids: list[str]) -
     return [uid for uid in retry_uids if uid in askable and uid not in held]
 
 
+def retry_left(deps: RunnerDeps, taken: Claim, retry_uids: list[str]) -> list[str] | None:
+    """A retry's UIDs narrowed to what it still has to ask for
+    (:func:`retry_still_missing`); None when nothing is left, the job then
+    reconciled on what is held (:func:`reconcile_held`)."""
+    missing = retry_still_missing(deps, taken, retry_uids)
+    if not missing:
+        reconcile_held(deps, taken)
+        return None
+    return missing
+
+
 def reconcile_held(deps: RunnerDeps, taken: Claim) -> None:
     """Nothing a retry was for is left to ask for (it arrived meanwhile, or the
     expected list does not name it): reconcile on what is held, no second move."""

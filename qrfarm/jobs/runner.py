@@ -53,10 +53,9 @@ from .attempt_end import (
     after_retrieve,
     attempt_failed,
     end_attempt,
-    reconcile_held,
     record_responses,
     requeue_busy,
-    retry_still_missing,
+    retry_left,
 )
 from .expected import ExpectedAlongside, find_and_store, store_expected
 from .leases import Claim, claim, fenced
@@ -210,11 +209,8 @@ def _still_to_ask(deps: RunnerDeps, taken: Claim, snap: _Snapshot) -> _Snapshot 
     ask for (the job is then reconciled on what is held, no second retrieve)."""
     if not snap.retry_uids:
         return snap
-    missing = retry_still_missing(deps, taken, snap.retry_uids)
-    if not missing:
-        reconcile_held(deps, taken)
-        return None
-    return replace(snap, retry_uids=missing)
+    missing = retry_left(deps, taken, snap.retry_uids)
+    return None if missing is None else replace(snap, retry_uids=missing)
 
 
 def _run_move(deps: RunnerDeps, taken: Claim, snap: _Snapshot, watch: JobWatch) -> None:

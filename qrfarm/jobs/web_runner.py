@@ -60,10 +60,9 @@ from qrfarm.observability.tracing import context_of, tracer
 from .attempt_end import (
     attempt_failed,
     end_attempt,
-    reconcile_held,
     reconcile_until_done,
     requeue_busy,
-    retry_still_missing,
+    retry_left,
 )
 from .expected import store_expected
 from .ingest import record_stored
@@ -241,9 +240,8 @@ def _retrieve(
     stop: _Stop,
 ) -> None:
     if snap.retry_uids:
-        missing = retry_still_missing(deps, taken, snap.retry_uids)
-        if not missing:
-            reconcile_held(deps, taken)
+        missing = retry_left(deps, taken, snap.retry_uids)
+        if missing is None:
             return
         resources = _retry_resources(deps, taken, missing)
         expected = len(missing)
